@@ -1,0 +1,113 @@
+//! Human units in TOML: durations like `"250ms"` and sizes like `"16MiB"`.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+
+/// A duration written as `"250ms"`, `"30s"`, `"1m 30s"` (humantime syntax).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Dur;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration such as \"250ms\", \"30s\" or \"2m\"")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Dur, E> {
+                humantime::parse_duration(s.trim()).map(Dur).map_err(|e| {
+                    E::custom(format!(
+                        "invalid duration {s:?}: {e}; expected a duration such as \"250ms\", \"30s\" or \"2m\""
+                    ))
+                })
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl Serialize for Dur {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+impl From<Dur> for Duration {
+    fn from(d: Dur) -> Duration {
+        d.0
+    }
+}
+
+/// A size in bytes written as `"16MiB"`, `"512KiB"`, `"1GB"` or a plain integer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Size(pub u64);
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Size;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a size such as \"16MiB\", \"512KiB\" or a number of bytes")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Size, E> {
+                u64::try_from(v)
+                    .map(Size)
+                    .map_err(|_| E::custom(format!("invalid size {v}: a size cannot be negative")))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Size, E> {
+                Ok(Size(v))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Size, E> {
+                s.trim()
+                    .parse::<bytesize::ByteSize>()
+                    .map(|b| Size(b.as_u64()))
+                    .map_err(|e| {
+                        E::custom(format!(
+                            "invalid size {s:?}: {e}; expected a size such as \"16MiB\" or \"512KiB\""
+                        ))
+                    })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Serialize for Size {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Deserialize)]
+    struct T {
+        d: Dur,
+        s: Size,
+    }
+
+    #[test]
+    fn parses_units() {
+        let t: T = toml::from_str("d = \"250ms\"\ns = \"16MiB\"").unwrap();
+        assert_eq!(t.d.0, Duration::from_millis(250));
+        assert_eq!(t.s.0, 16 * 1024 * 1024);
+        let t: T = toml::from_str("d = \"2m\"\ns = 1024").unwrap();
+        assert_eq!(t.d.0, Duration::from_secs(120));
+        assert_eq!(t.s.0, 1024);
+    }
+
+    #[test]
+    fn rejects_bad_units() {
+        let e = toml::from_str::<T>("d = \"fast\"\ns = 1").err().unwrap();
+        assert!(e.to_string().contains("invalid duration"), "{e}");
+        let e = toml::from_str::<T>("d = \"1s\"\ns = \"lots\"").err().unwrap();
+        assert!(e.to_string().contains("invalid size"), "{e}");
+    }
+}

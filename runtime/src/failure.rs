@@ -1,0 +1,92 @@
+//! Failure classes: every failure knows its class where it is created, so the
+//! router is a table lookup (DESIGN.md §4).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The class of a failure. The pipeline's `[errors]` table maps each to an action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureClass {
+    /// The handler returned `retriable`: a transient problem.
+    Retriable,
+    /// The handler returned `fatal`: this message will never succeed.
+    Fatal,
+    /// The handler trapped: panic, `unreachable`, stack overflow, bad output.
+    Trap,
+    /// The handler ran past its wall-clock budget (`timeout`).
+    Timeout,
+    /// The handler ran out of fuel (instructions).
+    Fuel,
+    /// The handler tried to grow its memory past its cap.
+    Memory,
+    /// An output could not be published for a transient reason (broker away, timeout, queue full).
+    Sink,
+    /// The broker refused this very message and always will (too large, invalid topic, not authorised).
+    Rejected,
+    /// The source could not turn the bytes into a message.
+    Decode,
+}
+
+impl FailureClass {
+    /// Every class, in the order the documentation lists them.
+    pub const ALL: [FailureClass; 9] = [
+        FailureClass::Retriable,
+        FailureClass::Fatal,
+        FailureClass::Trap,
+        FailureClass::Timeout,
+        FailureClass::Fuel,
+        FailureClass::Memory,
+        FailureClass::Sink,
+        FailureClass::Rejected,
+        FailureClass::Decode,
+    ];
+
+    /// The name used in TOML, headers, metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureClass::Retriable => "retriable",
+            FailureClass::Fatal => "fatal",
+            FailureClass::Trap => "trap",
+            FailureClass::Timeout => "timeout",
+            FailureClass::Fuel => "fuel",
+            FailureClass::Memory => "memory",
+            FailureClass::Sink => "sink",
+            FailureClass::Rejected => "rejected",
+            FailureClass::Decode => "decode",
+        }
+    }
+
+    /// Whether the failure is about the circumstances rather than the message:
+    /// these are the classes the circuit breaker counts.
+    pub fn is_transient(self) -> bool {
+        matches!(
+            self,
+            FailureClass::Retriable | FailureClass::Timeout | FailureClass::Sink
+        )
+    }
+}
+
+impl fmt::Display for FailureClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A classified failure of one message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{class}: {message}")]
+pub struct Failure {
+    pub class: FailureClass,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(class: FailureClass, message: impl Into<String>) -> Self {
+        Failure {
+            class,
+            message: message.into(),
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! Sluice: a message-processing runtime. It consumes from a broker, runs each
+//! message through a sandboxed WebAssembly handler, publishes the handler's
+//! outputs, and routes every failure by a policy written in TOML.
+//!
+//! # Layout
+//! - [`config`]: pipeline TOML → validated [`config::PipelineConfig`].
+//! - [`message`]: the host-side message, output and header types.
+//! - [`failure`]: failure classes; every failure knows its class where it is made.
+//! - [`engine`]: wasmtime: the guest contract, the three budgets, traps → classes.
+//! - [`sources`]: one module per broker, each yielding deliveries with a settle handle.
+//! - [`sinks`]: one module per broker.
+//! - [`router`]: the `[errors]` table, retry backoff, dead-letter records, circuit breaker.
+//! - [`pipeline`]: source → handler → sinks → settle, for one pipeline.
+
+pub mod config;
+pub mod engine;
+pub mod failure;
+pub mod message;
+pub mod pipeline;
+pub mod router;
+pub mod sinks;
+pub mod sources;

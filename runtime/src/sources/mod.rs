@@ -1,0 +1,127 @@
+//! Sources: one module per broker, each yielding [`Delivery`]s that carry the
+//! means to settle them (commit, ack, PUBACK, checkpoint) exactly once.
+
+pub mod file;
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+use crate::message::Message;
+
+/// How a delivery ends. Sent to the source exactly once per delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settlement {
+    /// The message is done: its outputs (or its dead-letter record) were
+    /// accepted downstream, or the policy dropped it. Commit / ack / PUBACK.
+    Ack,
+    /// The message was dead-lettered. JetStream answers `term`; the other
+    /// sources treat it as [`Settlement::Ack`].
+    Terminated,
+    /// The message is not done: deliver it again after `delay` (JetStream
+    /// `nak` with delay; the others re-queue it). Nothing is committed past it.
+    Redeliver { delay: Duration },
+}
+
+/// The source-specific half of a delivery: how to settle it.
+pub trait Settle: Send + 'static {
+    /// Settles the delivery. Called exactly once.
+    fn settle(self: Box<Self>, how: Settlement) -> BoxFuture<'static, anyhow::Result<()>>;
+
+    /// Tells the broker the message is still being worked on (JetStream
+    /// `in_progress`). Default: nothing to tell.
+    fn in_progress(&self) -> BoxFuture<'static, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// One message plus the means to settle it.
+pub struct Delivery {
+    pub message: Message,
+    /// Set when the source could not turn the bytes into a message; the payload
+    /// then holds the raw bytes and the pipeline routes the `decode` class.
+    pub decode_error: Option<String>,
+    settle: Option<Box<dyn Settle>>,
+}
+
+impl Delivery {
+    pub fn new(message: Message, settle: Box<dyn Settle>) -> Self {
+        Delivery {
+            message,
+            decode_error: None,
+            settle: Some(settle),
+        }
+    }
+
+    /// A delivery whose bytes could not be decoded.
+    pub fn undecodable(message: Message, error: String, settle: Box<dyn Settle>) -> Self {
+        Delivery {
+            message,
+            decode_error: Some(error),
+            settle: Some(settle),
+        }
+    }
+
+    /// Settles the delivery; the handle is consumed, so it cannot happen twice.
+    pub async fn settle(mut self, how: Settlement) -> anyhow::Result<()> {
+        match self.settle.take() {
+            Some(s) => s.settle(how).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Splits the delivery into its message and its settle handle.
+    pub fn into_parts(mut self) -> (Message, Option<String>, Box<dyn Settle>) {
+        let settle = self.settle.take().expect("a delivery always has its handle until settled");
+        (std::mem::replace(&mut self.message, Message::new("", Vec::new())), self.decode_error.take(), settle)
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        if self.settle.is_some() {
+            // Not a loss: an unsettled delivery is redelivered by the broker (or
+            // re-read from the checkpoint), but it means a code path forgot it.
+            tracing::warn!(topic = %self.message.topic, offset = ?self.message.offset,
+                "delivery dropped without being settled; it will be redelivered");
+        }
+    }
+}
+
+/// Why a source failed as a whole (not one message).
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The configuration or credentials are wrong; retrying will not help.
+    #[error("{0}")]
+    Fatal(String),
+    /// The broker is away; the source keeps reconnecting.
+    #[error("{0}")]
+    Transient(String),
+}
+
+/// A stream of deliveries from one broker subscription.
+pub trait Source: Send {
+    /// The next delivery. `Ok(None)` means the source is finished: a `file`
+    /// source with `follow = false` at end of input once every line it handed
+    /// out is settled.
+    fn next(&mut self) -> BoxFuture<'_, Result<Option<Delivery>, SourceError>>;
+
+    /// True when the broker schedules redeliveries itself (JetStream): the
+    /// router then answers a retry with [`Settlement::Redeliver`] and the delay
+    /// instead of sleeping, so a restart does not lose the schedule.
+    fn redelivers(&self) -> bool {
+        false
+    }
+
+    /// Stops taking new messages from the broker (circuit breaker open).
+    /// Messages already handed out stay valid.
+    fn pause(&mut self) {}
+
+    /// Undoes [`Source::pause`].
+    fn resume(&mut self) {}
+
+    /// Stops intake for shutdown; deliveries already handed out may still be settled.
+    fn close(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
