@@ -13,10 +13,13 @@
 //! - [`pipeline`]: source → handler → sinks → settle, for one pipeline.
 
 pub mod config;
+pub mod connect;
 pub mod engine;
+pub mod envelope;
 pub mod failure;
 pub mod message;
 pub mod pipeline;
 pub mod router;
 pub mod sinks;
 pub mod sources;
+pub mod stats;

@@ -1,1 +1,593 @@
-//! TODO
+//! One pipeline: source → (dedup) → handler → sinks → settle, with failures
+//! routed by the policy table and intake gated by the circuit breaker.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc};
+
+use crate::engine::{Plugin, Worker};
+use crate::failure::{Failure, FailureClass};
+use crate::message::{Message, Output};
+use crate::router::breaker::{Breaker, BreakerState};
+use crate::router::dedup::Dedup;
+use crate::router::{Decision, Policy, backoff, dead_letter};
+use crate::sinks::{Record, Sink};
+use crate::sources::{Delivery, Settle, Settlement, Source, SourceError};
+use crate::stats::{Snapshot, Stats};
+
+/// Deliveries queued per worker: small, so a slow handler slows intake.
+const WORKER_QUEUE: usize = 16;
+/// Longest a publish may take before it counts as a `sink` failure.
+pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The sinks a pipeline publishes to.
+#[derive(Clone, Default)]
+pub struct Sinks {
+    /// Outputs that name no sink go here.
+    pub default: Option<Arc<dyn Sink>>,
+    /// Outputs naming a sink go to the one of that name.
+    pub named: HashMap<String, Arc<dyn Sink>>,
+}
+
+/// Why a pipeline ended other than by finishing or by shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The policy said `stop` for a failure.
+    #[error("pipeline {pipeline} stopped by policy after a {failure}")]
+    Stopped { pipeline: String, failure: Failure },
+    /// The source failed for good (bad credentials, missing topic, ...).
+    #[error("pipeline {pipeline}: source failed: {message}")]
+    Source { pipeline: String, message: String },
+}
+
+/// The parts a pipeline is made of.
+pub struct Parts {
+    pub name: String,
+    pub source: Box<dyn Source>,
+    pub plugin: Plugin,
+    pub sinks: Sinks,
+    pub dead_letter: Option<Arc<dyn Sink>>,
+    pub policy: Policy,
+    pub breaker: crate::config::BreakerConfig,
+    pub dedup: Option<Dedup>,
+    /// Workers; messages with the same key stay in order.
+    pub concurrency: usize,
+    pub publish_timeout: Duration,
+}
+
+/// Swaps the plugin version of a running pipeline. Messages in flight finish
+/// on the version they started with; the next message uses the new one.
+#[derive(Clone)]
+pub struct PluginSlot {
+    current: Arc<RwLock<Plugin>>,
+    version: Arc<AtomicU64>,
+}
+
+impl PluginSlot {
+    fn new(p: Plugin) -> Self {
+        PluginSlot {
+            current: Arc::new(RwLock::new(p)),
+            version: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// The version new messages get.
+    pub fn get(&self) -> Plugin {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Installs `p` for the next messages.
+    pub fn swap(&self, p: Plugin) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = p;
+        self.version.fetch_add(1, Relaxed);
+    }
+}
+
+struct Shared {
+    name: String,
+    plugin: PluginSlot,
+    sinks: Sinks,
+    dead_letter: Option<Arc<dyn Sink>>,
+    policy: Policy,
+    breaker: Arc<Breaker>,
+    stats: Arc<Stats>,
+    redelivers: bool,
+    dedup: Option<Mutex<Dedup>>,
+    publish_timeout: Duration,
+    /// Set by a worker whose message the policy says to `stop` on.
+    stopping: AtomicBool,
+    stop_failure: Mutex<Option<Failure>>,
+    /// Set at shutdown: retries are handed back to the source instead of slept.
+    shutting_down: AtomicBool,
+    wake: Notify,
+}
+
+/// A pipeline ready to run.
+pub struct Pipeline {
+    source: Box<dyn Source>,
+    shared: Arc<Shared>,
+    concurrency: usize,
+}
+
+impl Pipeline {
+    pub fn new(parts: Parts) -> Self {
+        let redelivers = parts.source.redelivers();
+        Pipeline {
+            source: parts.source,
+            concurrency: parts.concurrency.max(1),
+            shared: Arc::new(Shared {
+                breaker: Arc::new(Breaker::new(parts.breaker, &parts.name)),
+                name: parts.name,
+                plugin: PluginSlot::new(parts.plugin),
+                sinks: parts.sinks,
+                dead_letter: parts.dead_letter,
+                policy: parts.policy,
+                stats: Arc::new(Stats::default()),
+                redelivers,
+                dedup: parts.dedup.map(Mutex::new),
+                publish_timeout: parts.publish_timeout,
+                stopping: AtomicBool::new(false),
+                stop_failure: Mutex::new(None),
+                shutting_down: AtomicBool::new(false),
+                wake: Notify::new(),
+            }),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Live counters.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.shared.stats.clone()
+    }
+
+    /// The handle to swap the plugin while running.
+    pub fn plugin_slot(&self) -> PluginSlot {
+        self.shared.plugin.clone()
+    }
+
+    /// The breaker, for state reporting.
+    pub fn breaker(&self) -> Arc<Breaker> {
+        self.shared.breaker.clone()
+    }
+
+    /// Runs until the source is finished, `shutdown` resolves, or the policy
+    /// says stop. On shutdown, intake stops and messages in flight are
+    /// finished or handed back to the source, never lost.
+    pub async fn run(
+        mut self,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<Snapshot, PipelineError> {
+        let sh = self.shared.clone();
+        let mut senders = Vec::with_capacity(self.concurrency);
+        let mut workers = Vec::with_capacity(self.concurrency);
+        for _ in 0..self.concurrency {
+            let (tx, rx) = mpsc::channel::<Delivery>(WORKER_QUEUE);
+            senders.push(tx);
+            workers.push(tokio::spawn(worker(sh.clone(), rx)));
+        }
+        tokio::pin!(shutdown);
+        let mut round_robin = 0usize;
+        let mut source_error = None;
+        loop {
+            if sh.stopping.load(Relaxed) {
+                break;
+            }
+            if sh.breaker.state() != BreakerState::Closed {
+                self.source.pause();
+                tokio::select! {
+                    biased;
+                    _ = &mut shutdown => break,
+                    _ = sh.wake.notified() => continue,
+                    _ = sh.breaker.admit() => {}
+                }
+                self.source.resume();
+            }
+            let next = tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                _ = sh.wake.notified() => continue,
+                n = self.source.next() => n,
+            };
+            let delivery = match next {
+                Ok(Some(d)) => d,
+                Ok(None) => break,
+                Err(SourceError::Fatal(message)) => {
+                    tracing::error!(pipeline = %sh.name, "source failed: {message}");
+                    source_error = Some(message);
+                    break;
+                }
+                Err(SourceError::Transient(message)) => {
+                    tracing::warn!(pipeline = %sh.name, "source: {message}; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            sh.stats.received.fetch_add(1, Relaxed);
+            if let Some(dedup) = &sh.dedup {
+                let dup = {
+                    let mut d = dedup.lock().unwrap_or_else(|e| e.into_inner());
+                    d.id(&delivery.message)
+                        .is_some_and(|id| d.is_duplicate(&id))
+                };
+                if dup {
+                    sh.stats.deduplicated.fetch_add(1, Relaxed);
+                    if let Err(e) = delivery.settle(Settlement::Ack).await {
+                        tracing::warn!(pipeline = %sh.name, "settling a duplicate failed: {e:#}");
+                    }
+                    continue;
+                }
+            }
+            let shard = shard_of(&delivery.message, self.concurrency, &mut round_robin);
+            if senders[shard].send(delivery).await.is_err() {
+                break;
+            }
+        }
+        sh.shutting_down.store(true, Relaxed);
+        drop(senders);
+        self.source.close().await;
+        for w in workers {
+            if let Err(e) = w.await {
+                tracing::error!(pipeline = %sh.name, "worker task failed: {e}");
+            }
+        }
+        // Deliveries settled after close still reach the source's checkpoint.
+        self.source.close().await;
+        close_sinks(&sh).await;
+        if let Some(message) = source_error {
+            return Err(PipelineError::Source {
+                pipeline: sh.name.clone(),
+                message,
+            });
+        }
+        let stopped = sh
+            .stop_failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(failure) = stopped {
+            return Err(PipelineError::Stopped {
+                pipeline: sh.name.clone(),
+                failure,
+            });
+        }
+        Ok(sh.stats.snapshot())
+    }
+}
+
+async fn close_sinks(sh: &Shared) {
+    let all = sh
+        .sinks
+        .default
+        .iter()
+        .chain(sh.sinks.named.values())
+        .chain(sh.dead_letter.iter());
+    for s in all {
+        if let Err(e) = s.close().await {
+            tracing::warn!(pipeline = %sh.name, "closing a sink: {e:#}");
+        }
+    }
+}
+
+/// Same key → same worker; no key → round robin. One worker: everything in order.
+fn shard_of(msg: &Message, n: usize, rr: &mut usize) -> usize {
+    if n == 1 {
+        return 0;
+    }
+    match &msg.key {
+        Some(k) => {
+            let mut h = DefaultHasher::new();
+            k.hash(&mut h);
+            (h.finish() % n as u64) as usize
+        }
+        None => {
+            *rr = (*rr + 1) % n;
+            *rr
+        }
+    }
+}
+
+async fn worker(sh: Arc<Shared>, mut rx: mpsc::Receiver<Delivery>) {
+    let mut version = sh.plugin.version.load(Relaxed);
+    let mut w = Worker::new(sh.plugin.get());
+    while let Some(d) = rx.recv().await {
+        if sh.stopping.load(Relaxed) {
+            // The pipeline is stopping by policy: hand the rest back untouched.
+            settle(
+                &sh,
+                d.into_parts().2,
+                Settlement::Redeliver {
+                    delay: Duration::ZERO,
+                },
+            )
+            .await;
+            continue;
+        }
+        let v = sh.plugin.version.load(Relaxed);
+        if v != version {
+            version = v;
+            w.set_plugin(sh.plugin.get());
+        }
+        sh.stats.in_flight.fetch_add(1, Relaxed);
+        let result = process(&sh, &mut w, d).await;
+        sh.stats.in_flight.fetch_sub(1, Relaxed);
+        if let Err(failure) = result {
+            tracing::error!(pipeline = %sh.name, "stopping by policy: {failure}");
+            *sh.stop_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(failure);
+            sh.stopping.store(true, Relaxed);
+            sh.wake.notify_waiters();
+        }
+    }
+}
+
+async fn settle(sh: &Shared, handle: Box<dyn Settle>, how: Settlement) {
+    if matches!(how, Settlement::Redeliver { .. }) {
+        sh.stats.redelivered.fetch_add(1, Relaxed);
+    }
+    if let Err(e) = handle.settle(how).await {
+        // Not settled means the broker redelivers it: a duplicate, never a loss.
+        tracing::warn!(pipeline = %sh.name, "settle ({how:?}) failed: {e:#}");
+    }
+}
+
+/// Sleeps unless shutdown starts first; true when the sleep completed.
+async fn sleep_unless_shutdown(sh: &Shared, d: Duration) -> bool {
+    if sh.shutting_down.load(Relaxed) {
+        return false;
+    }
+    let deadline = tokio::time::Instant::now() + d;
+    loop {
+        let notified = sh.wake.notified();
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => return true,
+            _ = notified => if sh.shutting_down.load(Relaxed) || sh.stopping.load(Relaxed) { return false },
+        }
+    }
+}
+
+/// Handles one delivery to its end. `Err` means the policy said stop.
+async fn process(sh: &Shared, w: &mut Worker, d: Delivery) -> Result<(), Failure> {
+    let (mut msg, decode_error, handle) = d.into_parts();
+    loop {
+        let failure = match &decode_error {
+            Some(e) => Failure::new(FailureClass::Decode, e.clone()),
+            None => {
+                let (result, cost) = w.handle(&msg).await;
+                sh.stats.fuel_used.fetch_add(cost.fuel_used, Relaxed);
+                match result {
+                    Ok(outputs) => match publish(sh, &msg, outputs).await {
+                        Ok(n) => {
+                            sh.stats.outputs.fetch_add(n as u64, Relaxed);
+                            sh.stats.succeeded.fetch_add(1, Relaxed);
+                            sh.breaker.success();
+                            remember(sh, &msg);
+                            settle(sh, handle, Settlement::Ack).await;
+                            return Ok(());
+                        }
+                        Err(f) => f,
+                    },
+                    Err(f) => f,
+                }
+            }
+        };
+        sh.stats.failure(failure.class, &failure.message);
+        tracing::debug!(pipeline = %sh.name, topic = %msg.topic, offset = ?msg.offset, attempt = msg.attempt, "{failure}");
+        if failure.class.is_transient() {
+            sh.breaker.failure();
+        }
+        match sh.policy.decide(failure.class, msg.attempt) {
+            Decision::Retry(delay) => {
+                sh.stats.retries.fetch_add(1, Relaxed);
+                if sh.redelivers {
+                    // The broker keeps the schedule (JetStream nak with delay).
+                    settle(sh, handle, Settlement::Redeliver { delay }).await;
+                    return Ok(());
+                }
+                if !sleep_unless_shutdown(sh, delay).await {
+                    settle(
+                        sh,
+                        handle,
+                        Settlement::Redeliver {
+                            delay: Duration::ZERO,
+                        },
+                    )
+                    .await;
+                    return Ok(());
+                }
+                msg.attempt += 1;
+            }
+            Decision::DeadLetter { exhausted: true }
+                if failure.class == FailureClass::Sink && sh.breaker.enabled() =>
+            {
+                // The sink is away, not the message at fault: do not burn the
+                // stream into the dead letter. Open the breaker and try this
+                // message again as the probe once it half-opens.
+                tracing::warn!(pipeline = %sh.name, "sink failing after {} attempts; holding the message", msg.attempt);
+                sh.breaker.trip();
+                tokio::select! {
+                    _ = sh.breaker.admit() => {}
+                    _ = wait_shutdown(sh) => {
+                        settle(sh, handle, Settlement::Redeliver { delay: Duration::ZERO }).await;
+                        return Ok(());
+                    }
+                }
+                msg.attempt += 1;
+            }
+            Decision::DeadLetter { .. } => {
+                if !failure.class.is_transient() {
+                    sh.breaker.neutral();
+                }
+                let Some(dlq) = &sh.dead_letter else {
+                    settle(
+                        sh,
+                        handle,
+                        Settlement::Redeliver {
+                            delay: Duration::ZERO,
+                        },
+                    )
+                    .await;
+                    return Err(Failure::new(
+                        failure.class,
+                        format!(
+                            "{} (and the pipeline has no [dead_letter] to send it to)",
+                            failure.message
+                        ),
+                    ));
+                };
+                let digest = w.plugin().digest().to_string();
+                let record = dead_letter::record(
+                    &msg,
+                    &failure,
+                    msg.attempt,
+                    &sh.name,
+                    &digest,
+                    record_id(sh, &msg, "dlq"),
+                );
+                match timed_publish(sh, dlq.as_ref(), std::slice::from_ref(&record)).await {
+                    Ok(()) => {
+                        sh.stats.dead_lettered.fetch_add(1, Relaxed);
+                        remember(sh, &msg);
+                        settle(sh, handle, Settlement::Terminated).await;
+                    }
+                    Err(e) => {
+                        // Not settled: the source delivers it again later.
+                        let delay = backoff::delay(&sh.policy.retry, msg.attempt + 1);
+                        tracing::error!(pipeline = %sh.name, "dead-letter write failed ({e}); the message stays unsettled and is redelivered in {delay:?}");
+                        settle(sh, handle, Settlement::Redeliver { delay }).await;
+                    }
+                }
+                return Ok(());
+            }
+            Decision::Drop { .. } => {
+                if !failure.class.is_transient() {
+                    sh.breaker.neutral();
+                }
+                sh.stats.dropped.fetch_add(1, Relaxed);
+                tracing::info!(pipeline = %sh.name, "dropped by policy: {failure}");
+                remember(sh, &msg);
+                settle(sh, handle, Settlement::Ack).await;
+                return Ok(());
+            }
+            Decision::Stop => {
+                settle(
+                    sh,
+                    handle,
+                    Settlement::Redeliver {
+                        delay: Duration::ZERO,
+                    },
+                )
+                .await;
+                return Err(failure);
+            }
+        }
+    }
+}
+
+async fn wait_shutdown(sh: &Shared) {
+    loop {
+        let n = sh.wake.notified();
+        if sh.shutting_down.load(Relaxed) || sh.stopping.load(Relaxed) {
+            return;
+        }
+        n.await;
+    }
+}
+
+fn remember(sh: &Shared, msg: &Message) {
+    if let Some(dedup) = &sh.dedup {
+        let mut d = dedup.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(id) = d.id(msg) {
+            d.remember(id);
+        }
+    }
+}
+
+/// A stable id for a record derived from `msg` (same on every retry).
+fn record_id(sh: &Shared, msg: &Message, suffix: &str) -> String {
+    match msg.offset {
+        Some(o) => format!(
+            "{}:{}:{}:{}:{suffix}",
+            sh.name,
+            msg.topic,
+            msg.partition.unwrap_or(0),
+            o
+        ),
+        None => {
+            let mut h = DefaultHasher::new();
+            msg.payload.hash(&mut h);
+            msg.key.hash(&mut h);
+            format!("{}:{}:{:016x}:{suffix}", sh.name, msg.topic, h.finish())
+        }
+    }
+}
+
+async fn timed_publish(sh: &Shared, sink: &dyn Sink, records: &[Record]) -> Result<(), Failure> {
+    match tokio::time::timeout(sh.publish_timeout, sink.publish(records)).await {
+        Ok(r) => r,
+        Err(_) => Err(Failure::new(
+            FailureClass::Sink,
+            format!("publish timed out after {:?}", sh.publish_timeout),
+        )),
+    }
+}
+
+/// Publishes a call's outputs, in order, grouped by sink. Returns how many.
+async fn publish(sh: &Shared, msg: &Message, outputs: Vec<Output>) -> Result<usize, Failure> {
+    let n = outputs.len();
+    let mut i = 0;
+    let mut outputs = outputs.into_iter().peekable();
+    while let Some(first) = outputs.next() {
+        let name = first.sink.clone();
+        let mut batch = vec![first];
+        while outputs.peek().is_some_and(|o| o.sink == name) {
+            batch.extend(outputs.next());
+        }
+        let sink = match &name {
+            None => sh.sinks.default.as_ref().ok_or_else(|| {
+                Failure::new(
+                    FailureClass::Trap,
+                    "bad output: it names no sink and the pipeline has no default [sink]",
+                )
+            })?,
+            Some(s) => sh.sinks.named.get(s).ok_or_else(|| {
+                let known: Vec<&str> = sh.sinks.named.keys().map(String::as_str).collect();
+                Failure::new(
+                    FailureClass::Trap,
+                    format!(
+                        "bad output: no sink named {s:?} (the pipeline has: {})",
+                        if known.is_empty() {
+                            "none".into()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                )
+            })?,
+        };
+        let records: Vec<Record> = batch
+            .into_iter()
+            .map(|o| {
+                i += 1;
+                Record {
+                    topic: o.topic,
+                    key: o.key,
+                    payload: o.payload,
+                    headers: o.headers,
+                    id: record_id(sh, msg, &i.to_string()),
+                }
+            })
+            .collect();
+        timed_publish(sh, sink.as_ref(), &records).await?;
+    }
+    Ok(n)
+}

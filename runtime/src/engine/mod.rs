@@ -1,1 +1,148 @@
-//! TODO
+//! The sandbox: wasmtime components under three budgets on every call —
+//! fuel (instructions), an epoch deadline (wall clock) and a memory cap —
+//! with traps mapped to failure classes and a fresh instance after each trap.
+
+mod bindings;
+pub mod cache;
+mod host;
+mod limits;
+mod plugin;
+
+pub use host::KvStore;
+pub use limits::MemoryExceeded;
+pub use plugin::{CallStats, Instance, Plugin, PluginError, PluginSpec, Worker};
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use wasmtime::{Config, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// How the process-wide engine is set up.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Where compiled components are cached; `None` = no disk cache.
+    pub cache_dir: Option<PathBuf>,
+    /// Handler instances alive at once, across all pipelines (pool size).
+    pub max_instances: u32,
+    /// Use the pooling allocator (fast instantiation after a trap).
+    pub pooling: bool,
+    /// Epoch tick: the granularity of wall-clock deadlines.
+    pub epoch_tick: Duration,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            cache_dir: cache::default_dir(),
+            max_instances: 128,
+            pooling: true,
+            epoch_tick: Duration::from_millis(1),
+        }
+    }
+}
+
+/// The wasmtime engine shared by every pipeline of the process, with its one
+/// epoch ticker. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<EngineInner>,
+}
+
+struct EngineInner {
+    wasmtime: wasmtime::Engine,
+    options: EngineOptions,
+    /// Why a semaphore: the pooling allocator has a fixed number of slots;
+    /// asking for more fails instead of waiting, so callers wait here.
+    slots: Arc<Semaphore>,
+    stop_ticker: Arc<AtomicBool>,
+}
+
+impl Drop for EngineInner {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Engine {
+    /// Builds the engine and starts its epoch ticker.
+    pub fn new(options: EngineOptions) -> anyhow::Result<Engine> {
+        let wasmtime = match build(&options, options.pooling) {
+            Ok(e) => e,
+            Err(e) if options.pooling => {
+                tracing::warn!("pooling allocator unavailable ({e:#}); using on-demand allocation");
+                build(&options, false)?
+            }
+            Err(e) => return Err(e),
+        };
+        let stop_ticker = Arc::new(AtomicBool::new(false));
+        // One ticker per engine, never one per store or per call: a ticker per
+        // call once cost wasmtime users two orders of magnitude (issue 11814).
+        let ticker_engine = wasmtime.clone();
+        let stop = stop_ticker.clone();
+        let tick = options.epoch_tick;
+        std::thread::Builder::new()
+            .name("sluice-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(tick);
+                    ticker_engine.increment_epoch();
+                }
+            })?;
+        Ok(Engine {
+            inner: Arc::new(EngineInner {
+                wasmtime,
+                slots: Arc::new(Semaphore::new(options.max_instances as usize)),
+                options,
+                stop_ticker,
+            }),
+        })
+    }
+
+    pub(crate) fn wasmtime(&self) -> &wasmtime::Engine {
+        &self.inner.wasmtime
+    }
+
+    pub(crate) fn options(&self) -> &EngineOptions {
+        &self.inner.options
+    }
+
+    pub(crate) fn slots(&self) -> &Arc<Semaphore> {
+        &self.inner.slots
+    }
+
+    /// Epoch ticks that make up `timeout` (at least one).
+    pub(crate) fn ticks(&self, timeout: Duration) -> u64 {
+        let tick = self.inner.options.epoch_tick.as_nanos().max(1);
+        (timeout.as_nanos().div_ceil(tick) as u64).max(1)
+    }
+}
+
+fn build(options: &EngineOptions, pooling: bool) -> anyhow::Result<wasmtime::Engine> {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.consume_fuel(true);
+    config.epoch_interruption(true);
+    // Guest stack: deep recursion traps as a stack overflow at this depth.
+    config.max_wasm_stack(1 << 20);
+    config.async_stack_size(2 << 20);
+    if pooling {
+        let n = options.max_instances;
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(n)
+            .total_core_instances(n * 8)
+            .total_memories(n * 4)
+            .total_tables(n * 8)
+            .total_stacks(n)
+            .max_core_instances_per_component(64)
+            .max_memories_per_component(8)
+            .max_tables_per_component(16)
+            .max_memory_size(4 << 30)
+            // Keep a few slots warm: re-instantiating after a trap reuses them.
+            .max_unused_warm_slots(n.min(32));
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    Ok(wasmtime::Engine::new(&config)?)
+}

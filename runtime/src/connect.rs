@@ -1,0 +1,86 @@
+//! Turns a validated [`PipelineConfig`] into a runnable [`Pipeline`]: opens
+//! the source and sinks it names and loads its plugin.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::config::{FileSinkFormat, PipelineConfig, SinkConfig, SourceConfig};
+use crate::engine::{Engine, Plugin, PluginSpec};
+use crate::pipeline::{DEFAULT_PUBLISH_TIMEOUT, Parts, Pipeline, Sinks};
+use crate::router::Policy;
+use crate::router::dedup::Dedup;
+use crate::sinks::Sink;
+use crate::sources::Source;
+
+/// Opens the source a `[source]` table describes.
+pub async fn open_source(cfg: &SourceConfig) -> anyhow::Result<Box<dyn Source>> {
+    match cfg {
+        SourceConfig::File(f) => Ok(Box::new(crate::sources::file::open(f)?)),
+    }
+}
+
+/// Opens a sink; `dead_letter` picks the defaults for dead letters.
+pub async fn open_sink(cfg: &SinkConfig, dead_letter: bool) -> anyhow::Result<Arc<dyn Sink>> {
+    match cfg {
+        SinkConfig::File(f) => {
+            let format = if dead_letter {
+                FileSinkFormat::Envelope
+            } else {
+                FileSinkFormat::Lines
+            };
+            Ok(Arc::new(crate::sinks::file::open(f, format)?))
+        }
+    }
+}
+
+/// Loads the plugin and opens everything a pipeline needs.
+pub async fn build(cfg: &PipelineConfig, engine: &Engine) -> anyhow::Result<Pipeline> {
+    let plugin = Plugin::load(engine, PluginSpec::from_config(&cfg.name, &cfg.handler)).await?;
+    build_with_plugin(cfg, plugin).await
+}
+
+/// Opens everything a pipeline needs, with a plugin already loaded.
+pub async fn build_with_plugin(cfg: &PipelineConfig, plugin: Plugin) -> anyhow::Result<Pipeline> {
+    let name = &cfg.name;
+    let mut sinks = Sinks::default();
+    if let Some(s) = &cfg.sink {
+        sinks.default = Some(
+            open_sink(s, false)
+                .await
+                .with_context(|| format!("pipeline {name}: opening [sink]"))?,
+        );
+    }
+    for (sink_name, s) in &cfg.sinks {
+        let sink = open_sink(s, false)
+            .await
+            .with_context(|| format!("pipeline {name}: opening [sinks.{sink_name}]"))?;
+        sinks.named.insert(sink_name.clone(), sink);
+    }
+    let dead_letter = match &cfg.dead_letter {
+        Some(s) => Some(
+            open_sink(s, true)
+                .await
+                .with_context(|| format!("pipeline {name}: opening [dead_letter]"))?,
+        ),
+        None => None,
+    };
+    let source = open_source(&cfg.source)
+        .await
+        .with_context(|| format!("pipeline {name}: opening [source]"))?;
+    Ok(Pipeline::new(Parts {
+        name: name.clone(),
+        source,
+        plugin,
+        sinks,
+        dead_letter,
+        policy: Policy {
+            errors: cfg.errors.clone(),
+            retry: cfg.retry.clone(),
+        },
+        breaker: cfg.circuit_breaker.clone(),
+        dedup: cfg.dedup.as_ref().and_then(Dedup::new),
+        concurrency: cfg.handler.concurrency,
+        publish_timeout: DEFAULT_PUBLISH_TIMEOUT,
+    }))
+}

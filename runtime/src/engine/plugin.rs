@@ -1,0 +1,518 @@
+//! A loaded plugin version (compiled, linked, `init` verified) and the
+//! instances made from it; every call runs under fuel, deadline and memory cap.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use tokio::sync::OwnedSemaphorePermit;
+use wasmtime::component::{Linker, types::ComponentItem};
+use wasmtime::{Store, Trap};
+
+use super::Engine;
+use super::bindings::{Handler, HandlerPre, WitHandlerError, WitHeader, WitMessage, WitOutput};
+use super::cache::{self, Origin};
+use super::host::{HostState, KvStore};
+use super::limits::{Limiter, MemoryExceeded};
+use crate::config::HandlerConfig;
+use crate::failure::{Failure, FailureClass};
+use crate::message::{Header, Message, Output};
+
+/// What a plugin needs to be loaded and run.
+#[derive(Debug, Clone)]
+pub struct PluginSpec {
+    /// The `.wasm` file, or a folder holding exactly one.
+    pub path: PathBuf,
+    /// The pipeline it serves (labels its logs).
+    pub pipeline: String,
+    pub fuel: u64,
+    pub timeout: Duration,
+    pub memory: u64,
+    pub max_output_bytes: u64,
+    /// Passed to `init`.
+    pub config: Vec<(String, String)>,
+    pub kv_max_entries: usize,
+    pub kv_max_bytes: usize,
+}
+
+impl PluginSpec {
+    /// The spec a pipeline's `[handler]` table describes.
+    pub fn from_config(pipeline: &str, h: &HandlerConfig) -> Self {
+        PluginSpec {
+            path: h.plugin.clone(),
+            pipeline: pipeline.to_string(),
+            fuel: h.fuel,
+            timeout: h.timeout.0,
+            memory: h.memory.0,
+            max_output_bytes: h.max_output_bytes.0,
+            config: h
+                .config
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            kv_max_entries: h.kv_max_entries,
+            kv_max_bytes: h.kv_max_bytes.0 as usize,
+        }
+    }
+
+    /// Generous budgets for tools (`sluice call`) and tests.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        PluginSpec {
+            path: path.into(),
+            pipeline: "call".into(),
+            fuel: 100_000_000,
+            timeout: Duration::from_secs(1),
+            memory: 64 << 20,
+            max_output_bytes: 4 << 20,
+            config: Vec::new(),
+            kv_max_entries: 10_000,
+            kv_max_bytes: 4 << 20,
+        }
+    }
+}
+
+/// Why a plugin could not be loaded. The old version, if any, keeps running.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error("cannot read plugin {path}: {message}")]
+    Read { path: PathBuf, message: String },
+    #[error("plugin {path} is not a WebAssembly component: {message}")]
+    NotAComponent { path: PathBuf, message: String },
+    #[error("plugin {path} does not implement the sluice:handler world: {message}")]
+    World { path: PathBuf, message: String },
+    #[error("plugin {path} failed to start: {message}")]
+    Init { path: PathBuf, message: String },
+}
+
+/// One loaded version of a plugin. Cheap to clone; instances made from it
+/// keep it alive, so a swap never disturbs a call in flight.
+#[derive(Clone)]
+pub struct Plugin {
+    inner: Arc<PluginInner>,
+}
+
+struct PluginInner {
+    engine: Engine,
+    spec: PluginSpec,
+    file: PathBuf,
+    digest: String,
+    loaded_at: SystemTime,
+    origin: Origin,
+    pre: HandlerPre<HostState>,
+    kv: Arc<Mutex<KvStore>>,
+    pipeline: Arc<str>,
+    config: Vec<(String, String)>,
+}
+
+impl Plugin {
+    /// Reads, compiles (or loads from the cache), links, and starts one
+    /// instance to run `init`: a plugin that loads is known to work.
+    pub async fn load(engine: &Engine, spec: PluginSpec) -> Result<Plugin, PluginError> {
+        let file = resolve_file(&spec.path)?;
+        let bytes = std::fs::read(&file).map_err(|e| PluginError::Read {
+            path: file.clone(),
+            message: e.to_string(),
+        })?;
+        let digest = cache::digest(&bytes);
+        let not_component = |message: String| PluginError::NotAComponent {
+            path: file.clone(),
+            message,
+        };
+        if is_core_module(&bytes) {
+            return Err(not_component(
+                "it is a core module; build a component (e.g. `cargo build --target wasm32-wasip2`)"
+                    .into(),
+            ));
+        }
+        if !is_component(&bytes) {
+            return Err(not_component(
+                "the file does not start with the wasm magic bytes".into(),
+            ));
+        }
+        let wt = engine.wasmtime().clone();
+        let cache_dir = engine.options().cache_dir.clone();
+        let d = digest.clone();
+        let (component, origin) = tokio::task::spawn_blocking(move || {
+            cache::compile(&wt, &bytes, &d, cache_dir.as_deref())
+        })
+        .await
+        .map_err(|e| not_component(e.to_string()))?
+        .map_err(|e| not_component(format!("{e:#}")))?;
+
+        let world_err = |message: String| PluginError::World {
+            path: file.clone(),
+            message,
+        };
+        check_exports(engine, &component).map_err(world_err)?;
+        let mut linker = Linker::<HostState>::new(engine.wasmtime());
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| world_err(e.to_string()))?;
+        Handler::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| world_err(e.to_string()))?;
+        let instance_pre = linker.instantiate_pre(&component).map_err(|e| {
+            world_err(format!(
+                "it imports something the host does not provide: {e:#}"
+            ))
+        })?;
+        let pre = HandlerPre::new(instance_pre).map_err(|e| world_err(format!("{e:#}")))?;
+
+        let plugin = Plugin {
+            inner: Arc::new(PluginInner {
+                engine: engine.clone(),
+                file: file.clone(),
+                digest,
+                loaded_at: SystemTime::now(),
+                origin,
+                pre,
+                kv: Arc::new(Mutex::new(KvStore::new(
+                    spec.kv_max_entries,
+                    spec.kv_max_bytes,
+                ))),
+                pipeline: spec.pipeline.as_str().into(),
+                config: spec.config.clone(),
+                spec,
+            }),
+        };
+        // Run `init` once now, so a plugin that cannot start is refused here
+        // rather than on its first message.
+        plugin.instantiate().await.map_err(|f| PluginError::Init {
+            path: file,
+            message: f.message,
+        })?;
+        Ok(plugin)
+    }
+
+    /// `sha256:<hex>` of the plugin file.
+    pub fn digest(&self) -> &str {
+        &self.inner.digest
+    }
+
+    /// The `.wasm` file this version was read from.
+    pub fn file(&self) -> &Path {
+        &self.inner.file
+    }
+
+    pub fn spec(&self) -> &PluginSpec {
+        &self.inner.spec
+    }
+
+    pub fn loaded_at(&self) -> SystemTime {
+        self.inner.loaded_at
+    }
+
+    /// Whether the compiled code came from the disk cache.
+    pub fn from_cache(&self) -> bool {
+        self.inner.origin == Origin::Cache
+    }
+
+    /// A fresh instance with `init` run. Waits for a free slot of the pool.
+    pub async fn instantiate(&self) -> Result<Instance, Failure> {
+        let p = &self.inner;
+        let permit = p
+            .engine
+            .slots()
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Failure::new(FailureClass::Trap, "the engine is shutting down"))?;
+        let limiter = Limiter {
+            max_memory: usize::try_from(p.spec.memory).unwrap_or(usize::MAX),
+            max_table_elements: 1_000_000,
+        };
+        let state = HostState::new(p.pipeline.clone(), p.kv.clone(), limiter);
+        let mut store = Store::new(p.engine.wasmtime(), state);
+        store.limiter(|s| &mut s.limiter);
+        arm(&mut store, &p.engine, &p.spec);
+        let bindings = match p.pre.instantiate_async(&mut store).await {
+            Ok(b) => b,
+            Err(e) => return Err(classify(e, &store, &p.spec, "instantiation")),
+        };
+        arm(&mut store, &p.engine, &p.spec);
+        match bindings.call_init(&mut store, &p.config).await {
+            Ok(Ok(())) => {}
+            Ok(Err(msg)) => {
+                return Err(Failure::new(
+                    FailureClass::Trap,
+                    format!("init refused: {msg}"),
+                ));
+            }
+            Err(e) => return Err(classify(e, &store, &p.spec, "init")),
+        }
+        Ok(Instance {
+            store,
+            bindings,
+            plugin: self.clone(),
+            poisoned: false,
+            _permit: permit,
+        })
+    }
+}
+
+/// The `.wasm` file named by `path`: the path itself, or the only `.wasm` in a folder.
+fn resolve_file(path: &Path) -> Result<PathBuf, PluginError> {
+    let read_err = |message: String| PluginError::Read {
+        path: path.to_path_buf(),
+        message,
+    };
+    if !path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    let mut wasm: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|e| read_err(e.to_string()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
+        .collect();
+    match wasm.len() {
+        1 => Ok(wasm.remove(0)),
+        0 => Err(read_err("the folder holds no .wasm file".into())),
+        n => Err(read_err(format!(
+            "the folder holds {n} .wasm files; name one"
+        ))),
+    }
+}
+
+/// A core wasm module: magic, then version 1 layer 0.
+fn is_core_module(b: &[u8]) -> bool {
+    b.len() >= 8 && &b[..4] == b"\0asm" && b[4..8] == [1, 0, 0, 0]
+}
+
+/// A component: magic, then layer 1.
+fn is_component(b: &[u8]) -> bool {
+    b.len() >= 8 && &b[..4] == b"\0asm" && b[6..8] == [1, 0]
+}
+
+/// Says which of the world's exports a component lacks.
+fn check_exports(
+    engine: &Engine,
+    component: &wasmtime::component::Component,
+) -> Result<(), String> {
+    let ty = component.component_type();
+    let mut missing = Vec::new();
+    for name in ["init", "handle"] {
+        match ty.get_export(engine.wasmtime(), name) {
+            Some(e) if matches!(e.ty, ComponentItem::ComponentFunc(_)) => {}
+            Some(_) => missing.push(format!("`{name}` is exported but is not a function")),
+            None => missing.push(format!("missing export `{name}`")),
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        let found: Vec<String> = ty
+            .exports(engine.wasmtime())
+            .map(|(n, _)| format!("`{n}`"))
+            .collect();
+        Err(format!(
+            "{} (it exports: {})",
+            missing.join(", "),
+            if found.is_empty() {
+                "nothing".to_string()
+            } else {
+                found.join(", ")
+            }
+        ))
+    }
+}
+
+/// Sets the budgets for the next call: fuel and the wall-clock deadline.
+fn arm(store: &mut Store<HostState>, engine: &Engine, spec: &PluginSpec) {
+    // set_fuel fails only when fuel is not enabled, and it always is here.
+    let _ = store.set_fuel(spec.fuel);
+    store.set_epoch_deadline(engine.ticks(spec.timeout));
+}
+
+/// Turns a wasmtime error into a classified failure.
+fn classify(
+    err: wasmtime::Error,
+    store: &Store<HostState>,
+    spec: &PluginSpec,
+    during: &str,
+) -> Failure {
+    if let Some(m) = err.downcast_ref::<MemoryExceeded>() {
+        return Failure::new(FailureClass::Memory, m.to_string());
+    }
+    let stderr = store.data().stderr_text();
+    let with_stderr = |s: String| {
+        if stderr.is_empty() {
+            s
+        } else {
+            format!("{s}: {stderr}")
+        }
+    };
+    match err.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => Failure::new(
+            FailureClass::Fuel,
+            format!("ran out of fuel ({} units) during {during}", spec.fuel),
+        ),
+        Some(Trap::Interrupt) => Failure::new(
+            FailureClass::Timeout,
+            format!("ran past its timeout of {:?} during {during}", spec.timeout),
+        ),
+        Some(Trap::StackOverflow) => Failure::new(
+            FailureClass::Trap,
+            with_stderr(format!("stack overflow during {during}")),
+        ),
+        Some(Trap::UnreachableCodeReached) => Failure::new(
+            FailureClass::Trap,
+            with_stderr(format!("panic or `unreachable` during {during}")),
+        ),
+        Some(t) => Failure::new(
+            FailureClass::Trap,
+            with_stderr(format!("{t} during {during}")),
+        ),
+        None => Failure::new(
+            FailureClass::Trap,
+            with_stderr(format!("{err:#} (during {during})")),
+        ),
+    }
+}
+
+/// What one call cost.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallStats {
+    pub fuel_used: u64,
+    pub elapsed: Duration,
+}
+
+/// One instance of a plugin version. Reused between messages; discarded
+/// after any sandbox failure (a fresh one comes from the cached `InstancePre`).
+pub struct Instance {
+    store: Store<HostState>,
+    bindings: Handler,
+    plugin: Plugin,
+    poisoned: bool,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Instance {
+    /// The version this instance runs.
+    pub fn plugin(&self) -> &Plugin {
+        &self.plugin
+    }
+
+    /// True after a trap, timeout, fuel or memory failure: the instance must not be reused.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
+    /// Runs `handle` on one message under all three budgets.
+    pub async fn handle(&mut self, msg: &Message) -> (Result<Vec<Output>, Failure>, CallStats) {
+        let spec = &self.plugin.inner.spec;
+        arm(&mut self.store, &self.plugin.inner.engine, spec);
+        let wit = to_wit(msg);
+        let start = Instant::now();
+        let result = self.bindings.call_handle(&mut self.store, &wit).await;
+        let stats = CallStats {
+            fuel_used: spec.fuel.saturating_sub(self.store.get_fuel().unwrap_or(0)),
+            elapsed: start.elapsed(),
+        };
+        let result = match result {
+            Ok(Ok(outputs)) => check_outputs(outputs, spec.max_output_bytes),
+            Ok(Err(WitHandlerError::Retriable(m))) => Err(Failure::new(FailureClass::Retriable, m)),
+            Ok(Err(WitHandlerError::Fatal(m))) => Err(Failure::new(FailureClass::Fatal, m)),
+            Err(e) => {
+                self.poisoned = true;
+                Err(classify(e, &self.store, spec, "handle"))
+            }
+        };
+        (result, stats)
+    }
+}
+
+fn to_wit(msg: &Message) -> WitMessage {
+    WitMessage {
+        topic: msg.topic.clone(),
+        key: msg.key.as_ref().map(|k| k.to_vec()),
+        payload: msg.payload.to_vec(),
+        headers: msg
+            .headers
+            .iter()
+            .map(|h| WitHeader {
+                key: h.key.clone(),
+                value: h.value.to_vec(),
+            })
+            .collect(),
+        timestamp_ms: msg.timestamp_ms,
+        attempt: msg.attempt,
+    }
+}
+
+fn check_outputs(outputs: Vec<WitOutput>, max: u64) -> Result<Vec<Output>, Failure> {
+    let outputs: Vec<Output> = outputs
+        .into_iter()
+        .map(|o| Output {
+            sink: o.sink,
+            topic: o.topic,
+            key: o.key.map(Bytes::from),
+            payload: Bytes::from(o.payload),
+            headers: o
+                .headers
+                .into_iter()
+                .map(|h| Header::new(h.key, h.value))
+                .collect(),
+        })
+        .collect();
+    let total: usize = outputs.iter().map(Output::size).sum();
+    if total as u64 > max {
+        return Err(Failure::new(
+            FailureClass::Trap,
+            format!(
+                "bad output: {} output(s) of {total} bytes in all, more than max_output_bytes = {max}",
+                outputs.len()
+            ),
+        ));
+    }
+    Ok(outputs)
+}
+
+/// Runs one pipeline worker's messages: holds an instance between messages
+/// and replaces it after a sandbox failure or when the plugin version changes.
+pub struct Worker {
+    plugin: Plugin,
+    instance: Option<Instance>,
+}
+
+impl Worker {
+    pub fn new(plugin: Plugin) -> Self {
+        Worker {
+            plugin,
+            instance: None,
+        }
+    }
+
+    /// Switches to another version; the next message gets an instance of it.
+    pub fn set_plugin(&mut self, plugin: Plugin) {
+        if plugin.digest() != self.plugin.digest()
+            || !Arc::ptr_eq(&plugin.inner, &self.plugin.inner)
+        {
+            self.instance = None;
+            self.plugin = plugin;
+        }
+    }
+
+    pub fn plugin(&self) -> &Plugin {
+        &self.plugin
+    }
+
+    /// Handles one message, making an instance first when there is none.
+    pub async fn handle(&mut self, msg: &Message) -> (Result<Vec<Output>, Failure>, CallStats) {
+        if self.instance.is_none() {
+            match self.plugin.instantiate().await {
+                Ok(i) => self.instance = Some(i),
+                Err(f) => return (Err(f), CallStats::default()),
+            }
+        }
+        let Some(instance) = self.instance.as_mut() else {
+            return (
+                Err(Failure::new(FailureClass::Trap, "no instance")),
+                CallStats::default(),
+            );
+        };
+        let out = instance.handle(msg).await;
+        if instance.is_poisoned() {
+            self.instance = None;
+        }
+        out
+    }
+}

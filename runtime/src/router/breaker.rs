@@ -1,0 +1,253 @@
+//! The circuit breaker (closed → open → half-open). It counts transient
+//! failures only; while open, the pipeline takes nothing from the source.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::config::BreakerConfig;
+
+/// The breaker's state, as shown in logs, metrics and the admin API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+impl BreakerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half-open",
+        }
+    }
+}
+
+#[derive(Debug)]
+enum State {
+    Closed { failures: u32 },
+    Open { until: Instant },
+    HalfOpen { successes: u32, probing: bool },
+}
+
+/// A per-pipeline circuit breaker.
+pub struct Breaker {
+    cfg: BreakerConfig,
+    pipeline: String,
+    state: Mutex<State>,
+    changed: Notify,
+}
+
+impl Breaker {
+    pub fn new(cfg: BreakerConfig, pipeline: &str) -> Self {
+        Breaker {
+            cfg,
+            pipeline: pipeline.to_string(),
+            state: Mutex::new(State::Closed { failures: 0 }),
+            changed: Notify::new(),
+        }
+    }
+
+    pub fn state(&self) -> BreakerState {
+        match *self.lock() {
+            State::Closed { .. } => BreakerState::Closed,
+            State::Open { .. } => BreakerState::Open,
+            State::HalfOpen { .. } => BreakerState::HalfOpen,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A poisoned lock only means a panic elsewhere; the state is still valid.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until one more message may be taken: at once when closed; after
+    /// `open_for` when open (then exactly one probe); in half-open, when no
+    /// probe is in flight.
+    pub async fn admit(&self) {
+        if !self.cfg.enabled {
+            return;
+        }
+        loop {
+            let notified = self.changed.notified();
+            let wait: Option<Duration> = {
+                let mut s = self.lock();
+                match *s {
+                    State::Closed { .. } => return,
+                    State::Open { until } => {
+                        let now = Instant::now();
+                        if now >= until {
+                            tracing::info!(pipeline = %self.pipeline, "circuit breaker half-open: letting one probe message through");
+                            *s = State::HalfOpen {
+                                successes: 0,
+                                probing: true,
+                            };
+                            return;
+                        }
+                        Some(until - now)
+                    }
+                    State::HalfOpen {
+                        ref mut probing, ..
+                    } => {
+                        if !*probing {
+                            *probing = true;
+                            return;
+                        }
+                        None
+                    }
+                }
+            };
+            match wait {
+                Some(d) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(d) => {}
+                        _ = notified => {}
+                    }
+                }
+                None => notified.await,
+            }
+        }
+    }
+
+    /// Records a message that succeeded.
+    pub fn success(&self) {
+        if !self.cfg.enabled {
+            return;
+        }
+        let mut s = self.lock();
+        match *s {
+            State::Closed { ref mut failures } => *failures = 0,
+            State::HalfOpen { successes, .. } => {
+                let successes = successes + 1;
+                if successes >= self.cfg.success_threshold {
+                    tracing::info!(pipeline = %self.pipeline, "circuit breaker closed");
+                    *s = State::Closed { failures: 0 };
+                } else {
+                    *s = State::HalfOpen {
+                        successes,
+                        probing: false,
+                    };
+                }
+            }
+            State::Open { .. } => {}
+        }
+        drop(s);
+        self.changed.notify_waiters();
+    }
+
+    /// Records a transient failure (one attempt).
+    pub fn failure(&self) {
+        if !self.cfg.enabled {
+            return;
+        }
+        let mut s = self.lock();
+        match *s {
+            State::Closed { failures } => {
+                let failures = failures + 1;
+                if failures >= self.cfg.failure_threshold {
+                    self.open(&mut s, failures);
+                } else {
+                    *s = State::Closed { failures };
+                }
+            }
+            State::HalfOpen { .. } => self.open(&mut s, 1),
+            State::Open { .. } => {}
+        }
+        drop(s);
+        self.changed.notify_waiters();
+    }
+
+    /// Opens the breaker now (e.g. a sink failure used every attempt).
+    pub fn trip(&self) {
+        if !self.cfg.enabled {
+            return;
+        }
+        let mut s = self.lock();
+        if !matches!(*s, State::Open { .. }) {
+            self.open(&mut s, 0);
+        }
+        drop(s);
+        self.changed.notify_waiters();
+    }
+
+    /// A probe that ended with neither success nor a transient failure (e.g.
+    /// a poison message): let the next probe through.
+    pub fn neutral(&self) {
+        let mut s = self.lock();
+        if let State::HalfOpen {
+            ref mut probing, ..
+        } = *s
+        {
+            *probing = false;
+        }
+        drop(s);
+        self.changed.notify_waiters();
+    }
+
+    fn open(&self, s: &mut State, failures: u32) {
+        tracing::warn!(pipeline = %self.pipeline, failures, open_for = ?self.cfg.open_for.0,
+            "circuit breaker open: intake paused");
+        *s = State::Open {
+            until: Instant::now() + self.cfg.open_for.0,
+        };
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.cfg.enabled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::units::Dur;
+
+    fn breaker() -> Breaker {
+        Breaker::new(
+            BreakerConfig {
+                enabled: true,
+                failure_threshold: 3,
+                success_threshold: 2,
+                open_for: Dur(Duration::from_secs(30)),
+            },
+            "t",
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn opens_probes_and_closes() {
+        let b = breaker();
+        b.failure();
+        b.failure();
+        b.success();
+        b.failure();
+        b.failure();
+        assert_eq!(b.state(), BreakerState::Closed, "success resets the count");
+        b.failure();
+        assert_eq!(b.state(), BreakerState::Open);
+        let start = Instant::now();
+        b.admit().await;
+        assert!(start.elapsed() >= Duration::from_secs(30));
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        // A second admit waits for the probe's outcome.
+        let second = tokio::time::timeout(Duration::from_secs(1), b.admit()).await;
+        assert!(second.is_err(), "only one probe at a time");
+        b.success();
+        b.admit().await;
+        b.success();
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_probe_reopens() {
+        let b = breaker();
+        b.trip();
+        b.admit().await;
+        b.failure();
+        assert_eq!(b.state(), BreakerState::Open);
+    }
+}
