@@ -1,56 +1,33 @@
 //! Pipeline TOML → validated [`PipelineConfig`]. Pure: reads one file, collects
 //! every problem (file, line, key, what was expected) instead of stopping at the first.
+//!
+//! The steps: the TOML syntax is parsed into a table that remembers where each
+//! key and value is ([`sections`] reads each top-level section on its own and
+//! keeps going after a bad key), relative paths are made relative to the
+//! file's folder ([`paths`]), and the rules the types cannot express are
+//! checked ([`validate`]). [`diagnostics`] turns positions into lines.
 
+mod diagnostics;
+pub mod kafka;
 pub mod model;
+pub mod mqtt;
+pub mod nats;
+mod paths;
+pub mod secret;
+mod sections;
 pub mod units;
+mod validate;
 
+#[cfg(test)]
+mod tests;
+
+pub use diagnostics::{ConfigError, ConfigErrors};
 pub use model::*;
+pub use validate::{MAX_MEMORY, MIN_MEMORY};
 
-use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-/// One problem in a pipeline file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// 1-based line of the offending key or value, when known.
-    pub line: Option<usize>,
-    /// 1-based column, when known.
-    pub column: Option<usize>,
-    /// Dotted key path, e.g. `handler.timeout`, when the problem has one.
-    pub key: Option<String>,
-    /// What is wrong and what was expected.
-    pub message: String,
-}
-
-/// Every problem found in one pipeline file.
-#[derive(Debug, Clone, thiserror::Error)]
-pub struct ConfigErrors {
-    pub file: PathBuf,
-    pub errors: Vec<ConfigError>,
-}
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.errors.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{}", self.file.display())?;
-            if let Some(line) = e.line {
-                write!(f, ":{line}")?;
-                if let Some(col) = e.column {
-                    write!(f, ":{col}")?;
-                }
-            }
-            write!(f, ": ")?;
-            if let Some(key) = &e.key {
-                write!(f, "{key}: ")?;
-            }
-            write!(f, "{}", e.message)?;
-        }
-        Ok(())
-    }
-}
+use diagnostics::Diag;
 
 /// Reads, parses and validates a pipeline file. Relative paths inside it are
 /// resolved against the file's folder.
@@ -67,64 +44,27 @@ pub fn load(path: &Path) -> Result<PipelineConfig, ConfigErrors> {
     parse(path, &text)
 }
 
-/// Parses and validates pipeline TOML that was read from `path`.
+/// Parses and validates pipeline TOML that was read from `path`. Relative
+/// paths inside it are resolved against `path`'s folder. On failure, every
+/// problem found is returned, not only the first.
 pub fn parse(path: &Path, text: &str) -> Result<PipelineConfig, ConfigErrors> {
-    let config: PipelineConfig = toml::from_str(text).map_err(|e| {
-        let (line, column) = e
-            .span()
-            .map(|s| line_col(text, s.start))
-            .map_or((None, None), |(l, c)| (Some(l), Some(c)));
-        ConfigErrors {
-            file: path.to_path_buf(),
-            errors: vec![ConfigError {
-                line,
-                column,
-                key: None,
-                message: e.message().to_string(),
-            }],
+    let mut d = Diag::new(text);
+    let (root, syntax) = toml::de::DeTable::parse_recoverable(text);
+    if !syntax.is_empty() {
+        for e in syntax {
+            let message = diagnostics::syntax_message(text, &e);
+            d.error(None, e.span(), message);
         }
-    })?;
-    Ok(resolve_paths(config, path.parent().unwrap_or(Path::new("."))))
-}
-
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, col)
-}
-
-fn resolve(base: &Path, p: &mut PathBuf) {
-    if p.as_os_str() != "-" && p.is_relative() {
-        *p = base.join(&*p);
+        return Err(d.finish(path));
     }
-}
-
-fn resolve_sink(base: &Path, s: &mut SinkConfig) {
-    match s {
-        SinkConfig::File(f) => resolve(base, &mut f.path),
-    }
-}
-
-/// Makes the paths inside a config absolute relative to `base`.
-fn resolve_paths(mut c: PipelineConfig, base: &Path) -> PipelineConfig {
-    resolve(base, &mut c.handler.plugin);
-    match &mut c.source {
-        SourceConfig::File(f) => {
-            resolve(base, &mut f.path);
-            if let Some(cp) = &mut f.checkpoint {
-                resolve(base, cp);
-            }
+    let mut sections = sections::read(&mut d, &root);
+    paths::resolve_all(path.parent().unwrap_or(Path::new(".")), &mut sections);
+    validate::validate(&mut d, &root, &sections);
+    if d.is_empty() {
+        if let Some(config) = sections.into_config() {
+            return Ok(config);
         }
+        d.error(None, None, "the pipeline is incomplete");
     }
-    if let Some(s) = &mut c.sink {
-        resolve_sink(base, s);
-    }
-    for s in c.sinks.values_mut() {
-        resolve_sink(base, s);
-    }
-    if let Some(s) = &mut c.dead_letter {
-        resolve_sink(base, s);
-    }
-    c
+    Err(d.finish(path))
 }

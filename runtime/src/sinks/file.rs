@@ -47,6 +47,10 @@ pub fn open(cfg: &FileSinkConfig, default_format: FileSinkFormat) -> anyhow::Res
     let target = if cfg.path == Path::new("-") {
         Target::Stdout
     } else {
+        if let Some(dir) = cfg.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating the folder of file sink {}", cfg.path.display()))?;
+        }
         let file = OpenOptions::new()
             .create(true)
             .append(true)

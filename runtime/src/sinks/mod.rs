@@ -2,6 +2,10 @@
 //! broker (or the file system) durably accepted every record.
 
 pub mod file;
+pub mod jetstream;
+pub mod kafka;
+pub mod mqtt;
+pub mod nats;
 
 use futures::future::BoxFuture;
 

@@ -241,6 +241,10 @@ fn prepare(cfg: &FileSourceConfig) -> anyhow::Result<(File, u64, Checkpoint)> {
         .checkpoint
         .clone()
         .unwrap_or_else(|| default_checkpoint_path(&cfg.path));
+    if let Some(dir) = cp_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the folder of checkpoint {}", cp_path.display()))?;
+    }
     let mut cp_file = OpenOptions::new()
         .read(true)
         .write(true)

@@ -2,6 +2,10 @@
 //! means to settle them (commit, ack, PUBACK, checkpoint) exactly once.
 
 pub mod file;
+pub mod jetstream;
+pub mod kafka;
+pub mod mqtt;
+pub mod nats;
 
 use std::time::Duration;
 
@@ -72,8 +76,15 @@ impl Delivery {
 
     /// Splits the delivery into its message and its settle handle.
     pub fn into_parts(mut self) -> (Message, Option<String>, Box<dyn Settle>) {
-        let settle = self.settle.take().expect("a delivery always has its handle until settled");
-        (std::mem::replace(&mut self.message, Message::new("", Vec::new())), self.decode_error.take(), settle)
+        let settle = self
+            .settle
+            .take()
+            .expect("a delivery always has its handle until settled");
+        (
+            std::mem::replace(&mut self.message, Message::new("", Vec::new())),
+            self.decode_error.take(),
+            settle,
+        )
     }
 }
 

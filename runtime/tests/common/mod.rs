@@ -1,0 +1,164 @@
+//! Test helpers shared by the integration tests: plugin paths, free ports,
+//! processes killed on drop, and running the real `sluice` binary.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("runtime/ has a parent").to_path_buf()
+}
+
+static BUILD: Mutex<()> = Mutex::new(());
+
+/// `plugins/dist/<name>.wasm`, building the plugins first when it is missing.
+pub fn plugin(name: &str) -> PathBuf {
+    let path = repo().join("plugins/dist").join(format!("{name}.wasm"));
+    if !path.exists() {
+        let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+        if !path.exists() {
+            let status = Command::new("bash")
+                .arg(repo().join("plugins/build.sh"))
+                .status()
+                .expect("run plugins/build.sh");
+            assert!(status.success(), "plugins/build.sh failed");
+        }
+    }
+    assert!(path.exists(), "{} missing after plugins/build.sh", path.display());
+    path
+}
+
+/// A TCP port free on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+/// Waits until something accepts TCP connections on 127.0.0.1:`port`.
+pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// A child process killed (SIGKILL) and reaped on drop.
+pub struct Proc {
+    pub child: Child,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal (e.g. "TERM", "KILL", "INT").
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status();
+    }
+
+    /// Waits for the process to exit, at most `timeout`; returns its exit code.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status.code().unwrap_or(-1));
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `sluice` binary built for these tests.
+pub fn sluice_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_sluice"))
+}
+
+/// Starts `sluice run <pipeline>`; stderr goes to `<pipeline>.log`.
+pub fn spawn_sluice(pipeline: &Path) -> Proc {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(pipeline.with_extension("log"))
+        .expect("open log");
+    let child = Command::new(sluice_bin())
+        .arg("run")
+        .arg(pipeline)
+        .env("SLUICE_CACHE_DIR", cache_dir())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn sluice");
+    Proc { child }
+}
+
+/// Runs `sluice <args>` to completion: (exit code, stdout, stderr).
+pub fn run_sluice(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(sluice_bin())
+        .args(args)
+        .env("SLUICE_CACHE_DIR", cache_dir())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sluice");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// One compile cache for all tests, inside the target folder.
+pub fn cache_dir() -> PathBuf {
+    repo().join("target/test-cache")
+}
+
+/// An engine for in-process tests, sharing the tests' compile cache.
+pub fn engine() -> sluice::engine::Engine {
+    sluice::engine::Engine::new(sluice::engine::EngineOptions {
+        cache_dir: Some(cache_dir()),
+        ..Default::default()
+    })
+    .expect("engine")
+}
+
+/// A short random suffix for unique topic names.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{prefix}-{}-{}-{:x}", std::process::id(), N.fetch_add(1, Ordering::Relaxed), nanos)
+}
+
+/// Prints a test's accounting line, so a run's output shows the counts.
+pub fn report(test: &str, sent: usize, delivered: usize, dead: usize, dropped: usize, dup: usize) {
+    let lost = sent as i64 - (delivered + dead + dropped) as i64 + dup as i64;
+    eprintln!("[{test}] sent {sent}, delivered {delivered}, dead-lettered {dead}, dropped {dropped}, duplicated {dup}, lost {lost}");
+}
+
+pub mod kafka;
+pub mod mqtt;
+pub mod nats;
