@@ -1,0 +1,112 @@
+//! Sluice guest SDK for Rust: write a message handler as a plain function plus one macro.
+//!
+//! ```ignore
+//! use sluice_guest::{export_handler, HandlerError, Message, Output};
+//!
+//! fn handle(msg: Message) -> Result<Vec<Output>, HandlerError> {
+//!     let text = msg.payload_str()?;
+//!     Ok(vec![Output::new(text.to_uppercase())])
+//! }
+//! export_handler!(handle);                    // or: export_handler!(handle, init = my_init);
+//! ```
+//!
+//! The contract is `guest-sdk/wit/handler.wit`; this crate generates its bindings from that
+//! folder with `wit-bindgen` (pinned), so it cannot drift from what the host expects.
+//!
+//! Layout:
+//! - [`bindings`]: the raw `wit-bindgen` output (types, host imports, the export glue).
+//! - `types`: helpers on [`Message`], [`Output`], [`Header`], [`HandlerError`].
+//! - [`config`]: the `init` config as a [`Config`] map, and [`config::parse_or`].
+//! - [`log`]: `trace`/`debug`/`info`/`warn`/`error` through the host's log.
+//! - [`kv`]: the plugin's small key/value store.
+//! - [`export_handler!`]: turns the functions into the component's `init` and `handle` exports.
+//!
+//! Off `wasm32` (native `cargo test` of a handler) `log` prints to stderr and `kv` is an
+//! in-memory map per thread, so handler logic can be unit-tested without a host.
+
+// The generated export glue names this crate by an absolute path; this lets the same paths
+// resolve inside the crate too.
+extern crate self as sluice_guest;
+
+pub mod config;
+pub mod kv;
+pub mod log;
+mod types;
+
+#[doc(hidden)]
+pub use wit_bindgen as __wit_bindgen;
+
+pub use bindings::sluice::handler::types::{HandlerError, Header, Message, Output};
+pub use config::Config;
+
+/// Raw bindings generated from `guest-sdk/wit` (world `handler`). Prefer the re-exports.
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "handler",
+        // Paths as seen from the handler's crate, which depends on `sluice_guest` only.
+        runtime_path: "::sluice_guest::__wit_bindgen::rt",
+        default_bindings_module: "::sluice_guest::bindings",
+        export_macro_name: "__export_world",
+        pub_export_macro: true,
+        // So handler unit tests can `assert_eq!` outputs and errors.
+        additional_derives: [PartialEq, Eq],
+    });
+}
+
+/// Exports `handle` (and optionally `init`) as the component's implementation of the world.
+///
+/// - `export_handler!(handle);` where `fn handle(Message) -> Result<Vec<Output>, HandlerError>`.
+/// - `export_handler!(handle, init = setup);` where `fn setup(Config) -> Result<(), String>`;
+///   an `Err` refuses the plugin (the host will not load it).
+///
+/// Use it once, in the crate that is built as the `cdylib`. The crate must depend on this
+/// one under its own name, `sluice-guest` (no `package =` rename).
+#[macro_export]
+macro_rules! export_handler {
+    ($handle:path $(,)?) => {
+        $crate::export_handler!($handle, init = $crate::config::accept_any);
+    };
+    ($handle:path, init = $init:path $(,)?) => {
+        const _: () = {
+            struct SluiceHandler;
+            impl $crate::bindings::Guest for SluiceHandler {
+                fn init(config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>)
+                    -> ::core::result::Result<(), ::std::string::String> {
+                    $crate::__run_init(config, $init)
+                }
+                fn handle(msg: $crate::Message)
+                    -> ::core::result::Result<::std::vec::Vec<$crate::Output>, $crate::HandlerError> {
+                    $handle(msg)
+                }
+            }
+            $crate::bindings::__export_world!(SluiceHandler with_types_in $crate::bindings);
+        };
+    };
+}
+
+/// What the generated `init` export runs: installs the panic hook, then the user's hook.
+#[doc(hidden)]
+pub fn __run_init(
+    pairs: Vec<(String, String)>,
+    init: impl FnOnce(Config) -> Result<(), String>,
+) -> Result<(), String> {
+    install_panic_hook();
+    init(pairs.into_iter().collect())
+}
+
+/// A panic traps the instance (the host classes it `trap` and discards the instance); first
+/// the panic message goes to the host log at `error`, since the sandbox has no stderr to read.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let mut text = format!("panic: {info}");
+        if text.len() > 4096 {
+            let mut end = 4096;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+        }
+        log::error(&text);
+    }));
+}
