@@ -1,37 +1,34 @@
 //! What a handler may ask of the host: `log` and a small bounded key/value
 //! store. WASI is linked but grants nothing: no files, env, network or stdio
-//! (stderr goes to a small in-memory pipe so a panic message can be reported).
+//! (stdout and stderr are discarded; a guest that fills a captured pipe
+//! could otherwise turn a harmless `eprintln!` into a panic).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::ResourceTable;
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{Level, sluice};
 use super::limits::Limiter;
-
-/// Bytes of guest stderr kept for failure messages (a panic message fits).
-pub const STDERR_CAPTURE: usize = 4096;
 
 /// The data of one store: one handler instance.
 pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
     pub(crate) limiter: Limiter,
-    pub(crate) stderr: MemoryOutputPipe,
     kv: Arc<Mutex<KvStore>>,
     pipeline: Arc<str>,
+    /// The last error-level line the guest logged during the current call
+    /// (the Rust SDK logs panic messages this way), for failure messages.
+    pub(crate) last_error: Option<String>,
 }
 
 impl HostState {
     pub fn new(pipeline: Arc<str>, kv: Arc<Mutex<KvStore>>, limiter: Limiter) -> Self {
-        let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
         // No preopens, no env, no args, no network, no inherited stdio.
         let wasi = wasmtime_wasi::WasiCtxBuilder::new()
-            .stderr(stderr.clone())
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
@@ -40,16 +37,15 @@ impl HostState {
             wasi,
             table: ResourceTable::new(),
             limiter,
-            stderr,
             kv,
             pipeline,
+            last_error: None,
         }
     }
 
-    /// What the guest wrote to stderr so far (e.g. a Rust panic message), trimmed.
+    /// The last error the guest logged during this call (e.g. a Rust panic message).
     pub fn stderr_text(&self) -> String {
-        let bytes = self.stderr.contents();
-        String::from_utf8_lossy(&bytes).trim().to_string()
+        self.last_error.clone().unwrap_or_default()
     }
 }
 
@@ -72,7 +68,10 @@ impl sluice::handler::host::Host for HostState {
             Level::Debug => tracing::debug!(target: "sluice::guest", pipeline, "{message}"),
             Level::Info => tracing::info!(target: "sluice::guest", pipeline, "{message}"),
             Level::Warn => tracing::warn!(target: "sluice::guest", pipeline, "{message}"),
-            Level::Error => tracing::error!(target: "sluice::guest", pipeline, "{message}"),
+            Level::Error => {
+                tracing::error!(target: "sluice::guest", pipeline, "{message}");
+                self.last_error = Some(message);
+            }
         }
     }
 

@@ -10,7 +10,7 @@ mod plugin;
 
 pub use host::KvStore;
 pub use limits::MemoryExceeded;
-pub use plugin::{CallStats, Instance, Plugin, PluginError, PluginSpec, Worker};
+pub use plugin::{CallStats, Instance, NativeFn, Plugin, PluginError, PluginSpec, Worker};
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -1,0 +1,352 @@
+//! The pipeline on the embedded `file` source: routing by `[errors]`, retries
+//! with growing delays (paused time), byte-exact dead letters, a dead-letter
+//! write failure that leaves the message unsettled, and restarts that neither
+//! lose nor repeat lines.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use sluice::config::{self, PipelineConfig};
+use sluice::engine::{Plugin, PluginSpec};
+use sluice::failure::{Failure, FailureClass};
+use sluice::sinks::{Record, Sink};
+
+/// A sink that records what it accepted (with the paused clock's time) and
+/// fails the first `fail` publishes with `class`: fault injection for a sink.
+#[derive(Clone, Default)]
+struct FlakySink {
+    state: Arc<Mutex<FlakyState>>,
+}
+
+#[derive(Default)]
+struct FlakyState {
+    fail: usize,
+    class: Option<FailureClass>,
+    attempts: Vec<tokio::time::Instant>,
+    accepted: Vec<Record>,
+}
+
+impl FlakySink {
+    fn failing(fail: usize, class: FailureClass) -> Self {
+        let s = FlakySink::default();
+        {
+            let mut st = s.state.lock().unwrap();
+            st.fail = fail;
+            st.class = Some(class);
+        }
+        s
+    }
+    fn accepted(&self) -> Vec<Record> {
+        self.state.lock().unwrap().accepted.clone()
+    }
+    fn attempts(&self) -> Vec<tokio::time::Instant> {
+        self.state.lock().unwrap().attempts.clone()
+    }
+}
+
+impl Sink for FlakySink {
+    fn publish<'a>(&'a self, records: &'a [Record]) -> BoxFuture<'a, Result<(), Failure>> {
+        Box::pin(async move {
+            let mut st = self.state.lock().unwrap();
+            st.attempts.push(tokio::time::Instant::now());
+            if st.fail > 0 {
+                st.fail -= 1;
+                return Err(Failure::new(st.class.unwrap_or(FailureClass::Sink), "injected sink failure"));
+            }
+            st.accepted.extend_from_slice(records);
+            Ok(())
+        })
+    }
+}
+
+fn write_pipeline(dir: &Path, body: &str) -> PipelineConfig {
+    let file = dir.join("p.toml");
+    std::fs::write(&file, body).unwrap();
+    config::load(&file).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_string).collect()
+}
+
+fn dead_letters(path: &Path) -> Vec<sluice::envelope::Envelope> {
+    lines(path).iter().map(|l| sluice::envelope::decode(l).unwrap()).collect()
+}
+
+fn header<'a>(e: &'a sluice::envelope::Envelope, k: &str) -> Option<String> {
+    e.headers.iter().find(|h| h.key == k).map(|h| String::from_utf8_lossy(&h.value).into_owned())
+}
+
+async fn run(cfg: &PipelineConfig) -> sluice::stats::Snapshot {
+    let engine = common::engine();
+    let p = sluice::connect::build(cfg, &engine).await.expect("build");
+    p.run(std::future::pending()).await.expect("run")
+}
+
+fn base_toml(dir: &Path, plugin: &str, extra: &str) -> String {
+    format!(
+        r#"name = "t"
+[source]
+type = "file"
+path = "{d}/in.txt"
+[handler]
+plugin = "{plugin}"
+fuel = 50_000_000
+timeout = "200ms"
+memory = "16MiB"
+max_output_bytes = "1MiB"
+[sink]
+type = "file"
+path = "{d}/out.txt"
+[dead_letter]
+type = "file"
+path = "{d}/dlq.jsonl"
+[retry]
+max_attempts = 3
+initial = "10ms"
+max = "50ms"
+{extra}
+"#,
+        d = dir.display(),
+        plugin = common::plugin(plugin).display()
+    )
+}
+
+/// Each hostile fixture, mixed into good lines, is classed and routed as
+/// `[errors]` says; the good lines after it still come out.
+#[tokio::test]
+async fn hostile_fixtures_are_routed_by_the_errors_table() {
+    let cases: &[(&str, &str, &str, &str)] = &[
+        // plugin, trigger, expected class, action for that class
+        ("panic", "panic", "trap", "dead-letter"),
+        ("infinite-loop", "loop", "fuel", "dead-letter"),
+        ("alloc-bomb", "alloc", "memory", "dead-letter"),
+        ("deep-recursion", "recurse", "trap", "drop"),
+        ("fuel-burner", "burn", "fuel", "drop"),
+        ("big-output", "big", "memory", "dead-letter"),
+        ("fatal-on", "bad-1", "fatal", "dead-letter"),
+    ];
+    for (plugin, trigger, class, action) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("in.txt"), format!("a\nb\n{trigger}\nc\n{trigger}\nd\n")).unwrap();
+        let cfg = write_pipeline(d, &base_toml(d, plugin, &format!("[errors]\n{class} = \"{action}\"")));
+        let s = run(&cfg).await;
+        assert_eq!(lines(&d.join("out.txt")), vec!["a", "b", "c", "d"], "{plugin}: good lines flow");
+        let dead = dead_letters(&d.join("dlq.jsonl"));
+        if *action == "dead-letter" {
+            assert_eq!(dead.len(), 2, "{plugin}");
+            for e in &dead {
+                assert_eq!(e.payload, trigger.as_bytes());
+                assert_eq!(header(e, "sluice-error-class").as_deref(), Some(*class), "{plugin}");
+            }
+        } else {
+            assert!(dead.is_empty(), "{plugin}: dropped, not dead-lettered");
+            assert_eq!(s.dropped, 2, "{plugin}");
+        }
+        assert_eq!(s.received, 6);
+        assert_eq!(s.succeeded, 4);
+        eprintln!("[{plugin}] {class} → {action}: {s:?}");
+    }
+}
+
+/// Retries wait 1 s, 2 s, 4 s (no jitter) on the paused clock, then succeed.
+#[tokio::test(start_paused = true)]
+async fn retries_back_off_exponentially_then_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("in.txt"), "x\n").unwrap();
+    let mut cfg = write_pipeline(d, &base_toml(d, "echo", ""));
+    cfg.retry.max_attempts = 5;
+    cfg.retry.initial = config::units::Dur(Duration::from_secs(1));
+    cfg.retry.max = config::units::Dur(Duration::from_secs(60));
+    cfg.retry.jitter = config::Jitter::None;
+    cfg.circuit_breaker.enabled = false;
+    let sink = FlakySink::failing(3, FailureClass::Sink);
+    let s = run_with_sink(&cfg, sink.clone(), None).await;
+    let t = sink.attempts();
+    assert_eq!(t.len(), 4, "three failures then a success");
+    let gaps: Vec<Duration> = t.windows(2).map(|w| w[1] - w[0]).collect();
+    for (gap, want) in gaps.iter().zip([1u64, 2, 4]) {
+        assert!(
+            *gap >= Duration::from_secs(want) && *gap < Duration::from_secs(want) + Duration::from_millis(50),
+            "gaps {gaps:?}"
+        );
+    }
+    assert_eq!(sink.accepted().len(), 1);
+    assert_eq!(s.retries, 3);
+    assert_eq!(s.succeeded, 1);
+}
+
+/// Retries stop at max_attempts; the message is dead-lettered with the count.
+#[tokio::test(start_paused = true)]
+async fn retries_stop_at_max_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("in.txt"), "x\ny\n").unwrap();
+    let mut cfg = write_pipeline(d, &base_toml(d, "flaky", ""));
+    cfg.handler.config.insert("fail_times".into(), "10".into());
+    cfg.retry.jitter = config::Jitter::None;
+    let s = run(&cfg).await;
+    let dead = dead_letters(&d.join("dlq.jsonl"));
+    assert_eq!(dead.len(), 2);
+    for e in &dead {
+        assert_eq!(header(e, "sluice-error-class").as_deref(), Some("retriable"));
+        assert_eq!(header(e, "sluice-attempts").as_deref(), Some("3"));
+    }
+    assert_eq!(s.retries, 4, "two retries per message");
+    assert_eq!(s.dead_lettered, 2);
+}
+
+async fn run_with_sink(cfg: &PipelineConfig, sink: FlakySink, dlq: Option<FlakySink>) -> sluice::stats::Snapshot {
+    let engine = common::engine();
+    let plugin = Plugin::load(&engine, PluginSpec::from_config(&cfg.name, &cfg.handler)).await.unwrap();
+    let source = sluice::connect::open_source(&cfg.source).await.unwrap();
+    let dead_letter: Option<Arc<dyn Sink>> = match dlq {
+        Some(d) => Some(Arc::new(d)),
+        None => Some(sluice::connect::open_sink(cfg.dead_letter.as_ref().unwrap(), true).await.unwrap()),
+    };
+    let p = sluice::pipeline::Pipeline::new(sluice::pipeline::Parts {
+        name: cfg.name.clone(),
+        source,
+        plugin,
+        sinks: sluice::pipeline::Sinks { default: Some(Arc::new(sink)), named: Default::default() },
+        dead_letter,
+        policy: sluice::router::Policy { errors: cfg.errors.clone(), retry: cfg.retry.clone() },
+        breaker: cfg.circuit_breaker.clone(),
+        dedup: None,
+        concurrency: cfg.handler.concurrency,
+        publish_timeout: Duration::from_secs(30),
+    });
+    p.run(std::future::pending()).await.expect("run")
+}
+
+/// Dead-letter records keep payload and key byte for byte (not UTF-8 here)
+/// and carry the metadata.
+#[tokio::test]
+async fn dead_letters_are_byte_exact_with_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let bad: Vec<u8> = b"bad\xff\x00\xfe\tend".to_vec();
+    let mut input = b"good\n".to_vec();
+    input.extend_from_slice(&bad);
+    input.extend_from_slice(b"\n");
+    std::fs::write(d.join("in.txt"), &input).unwrap();
+    let cfg = write_pipeline(d, &base_toml(d, "fatal-on", ""));
+    run(&cfg).await;
+    let dead = dead_letters(&d.join("dlq.jsonl"));
+    assert_eq!(dead.len(), 1);
+    let e = &dead[0];
+    assert_eq!(e.payload.as_ref(), bad.as_slice(), "payload byte for byte");
+    assert_eq!(header(e, "sluice-error-class").as_deref(), Some("fatal"));
+    assert!(header(e, "sluice-error-message").unwrap().starts_with("refused: bad"));
+    assert_eq!(header(e, "sluice-attempts").as_deref(), Some("1"));
+    assert_eq!(header(e, "sluice-pipeline").as_deref(), Some("t"));
+    assert!(header(e, "sluice-plugin-digest").unwrap().starts_with("sha256:"));
+    assert!(header(e, "sluice-source-topic").unwrap().ends_with("in.txt"));
+    assert_eq!(header(e, "sluice-source-offset").as_deref(), Some("5"));
+    let at = header(e, "sluice-failed-at").unwrap();
+    assert!(humantime::parse_rfc3339(&at).is_ok(), "RFC 3339: {at}");
+}
+
+/// When the dead-letter write fails, the line is not settled: it comes back
+/// and is dead-lettered once the dead-letter sink works again.
+#[tokio::test]
+async fn failed_dead_letter_write_leaves_the_message_unsettled() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("in.txt"), "ok-1\nbad-2\nok-3\n").unwrap();
+    let cfg = write_pipeline(d, &base_toml(d, "fatal-on", ""));
+    let out = FlakySink::default();
+    let dlq = FlakySink::failing(2, FailureClass::Sink);
+    let s = run_with_sink(&cfg, out.clone(), Some(dlq.clone())).await;
+    let dead = dlq.accepted();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].payload, "bad-2");
+    assert_eq!(dlq.attempts().len(), 3, "two failed writes, then one that worked");
+    assert_eq!(s.redelivered, 2);
+    assert_eq!(out.accepted().len(), 2);
+    // Everything is settled now: the checkpoint is at the end of the file.
+    let cp = std::fs::read_to_string(d.join("in.txt.sluice-checkpoint")).unwrap();
+    assert!(cp.starts_with(&format!("{:020}", "ok-1\nbad-2\nok-3\n".len())), "{cp}");
+}
+
+/// A pipeline shut down mid-stream and started again neither loses nor repeats lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_neither_loses_nor_repeats() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let n = 5000;
+    let input: String = (0..n).map(|i| format!("line-{i:05}\n")).collect();
+    std::fs::write(d.join("in.txt"), &input).unwrap();
+    let mut cfg = write_pipeline(d, &base_toml(d, "echo", ""));
+    cfg.handler.concurrency = 4;
+    let engine = common::engine();
+    let mut runs = 0;
+    loop {
+        runs += 1;
+        let p = sluice::connect::build(&cfg, &engine).await.unwrap();
+        let stats = p.stats();
+        // Stop each run once it has done some work (graceful shutdown).
+        let stop = async move {
+            while stats.succeeded.load(std::sync::atomic::Ordering::Relaxed) < 700 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        let s = p.run(stop).await.unwrap();
+        if s.received == 0 || runs > 50 {
+            break;
+        }
+    }
+    let got = lines(&d.join("out.txt"));
+    let mut sorted = got.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), got.len(), "no line repeated");
+    assert_eq!(got.len(), n, "no line lost");
+    assert!(runs > 3, "the stream was interrupted several times ({runs} runs)");
+    common::report("file restart", n, got.len(), 0, 0, 0);
+}
+
+/// `sluice run` on a finite file exits 0 once every line is settled, and a
+/// second run finds nothing left to do.
+#[test]
+fn sluice_run_batch_exits_zero_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("in.txt"),
+        "2026-11-26T09:15:02.123Z INFO [api] ok path=/a\nnot a log line\n2026-11-26T09:15:03.000Z ERROR [db] down\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("p.toml"), base_toml(d, "log-parser", "")).unwrap();
+    let p = d.join("p.toml");
+    let (code, _, err) = common::run_sluice(&["run", p.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("received 3, succeeded 2"), "{err}");
+    assert_eq!(lines(&d.join("out.txt")).len(), 2);
+    let dead = dead_letters(&d.join("dlq.jsonl"));
+    assert_eq!(dead.len(), 1);
+    assert!(header(&dead[0], "sluice-error-message").unwrap().contains("malformed log line"));
+    let (code, _, err) = common::run_sluice(&["run", p.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("received 0"), "{err}");
+    let _ = PathBuf::new();
+}
+
+/// `sluice call` shows outputs and failure classes.
+#[test]
+fn sluice_call_shows_outputs_and_classes() {
+    let plugin = common::plugin("panic");
+    let (code, out, _) = common::run_sluice(&[
+        "call", "--plugin", plugin.to_str().unwrap(), "--payload", "hi", "--payload", "panic", "--payload", "again",
+    ]);
+    assert_eq!(code, 1, "a failure makes the exit code 1");
+    assert!(out.contains("#1 ok: 1 output(s)"), "{out}");
+    assert!(out.contains("#2 trap:"), "{out}");
+    assert!(out.contains("#3 ok"), "{out}");
+}

@@ -1,0 +1,188 @@
+//! The sandbox: each hostile fixture is classified correctly, and the next
+//! message runs on a fresh instance and succeeds.
+
+mod common;
+
+use std::time::Duration;
+
+use sluice::engine::{Plugin, PluginError, PluginSpec, Worker};
+use sluice::failure::FailureClass;
+use sluice::message::Message;
+
+fn spec(name: &str) -> PluginSpec {
+    let mut s = PluginSpec::new(common::plugin(name));
+    s.fuel = 200_000_000;
+    s.timeout = Duration::from_millis(300);
+    s.memory = 32 << 20;
+    s.max_output_bytes = 1 << 20;
+    s
+}
+
+/// Runs "before", the trigger, "after" through one worker; returns the
+/// trigger's failure class and message, and checks both neighbours echo.
+async fn poison(spec: PluginSpec, trigger: &str) -> (FailureClass, String) {
+    let engine = common::engine();
+    let plugin = Plugin::load(&engine, spec).await.expect("load");
+    let mut w = Worker::new(plugin);
+    let (before, _) = w.handle(&Message::new("t", "before")).await;
+    assert_eq!(before.expect("before succeeds")[0].payload, "before");
+    let (bad, _) = w.handle(&Message::new("t", trigger.to_string())).await;
+    let failure = bad.expect_err("the trigger must fail");
+    let (after, _) = w.handle(&Message::new("t", "after")).await;
+    assert_eq!(after.expect("a fresh instance handles the next message")[0].payload, "after");
+    (failure.class, failure.message)
+}
+
+#[tokio::test]
+async fn panic_is_a_trap_with_its_message() {
+    let (class, msg) = poison(spec("panic"), "panic").await;
+    assert_eq!(class, FailureClass::Trap, "{msg}");
+    assert!(msg.contains("the payload asked for a panic"), "{msg}");
+}
+
+#[tokio::test]
+async fn infinite_loop_is_a_timeout_when_fuel_is_plenty() {
+    let mut s = spec("infinite-loop");
+    s.fuel = u64::MAX / 2;
+    s.timeout = Duration::from_millis(100);
+    let start = std::time::Instant::now();
+    let (class, msg) = poison(s, "loop").await;
+    assert_eq!(class, FailureClass::Timeout, "{msg}");
+    assert!(start.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn infinite_loop_runs_out_of_fuel_when_fuel_is_small() {
+    let mut s = spec("infinite-loop");
+    s.fuel = 5_000_000;
+    s.timeout = Duration::from_secs(5);
+    let (class, msg) = poison(s, "loop").await;
+    assert_eq!(class, FailureClass::Fuel, "{msg}");
+}
+
+#[tokio::test]
+async fn alloc_bomb_hits_the_memory_cap() {
+    let (class, msg) = poison(spec("alloc-bomb"), "alloc").await;
+    assert_eq!(class, FailureClass::Memory, "{msg}");
+    assert!(msg.contains("cap"), "{msg}");
+}
+
+#[tokio::test]
+async fn deep_recursion_traps() {
+    let (class, msg) = poison(spec("deep-recursion"), "recurse").await;
+    assert_eq!(class, FailureClass::Trap, "{msg}");
+}
+
+#[tokio::test]
+async fn long_computation_runs_out_of_fuel() {
+    let mut s = spec("fuel-burner");
+    s.fuel = 10_000_000;
+    s.timeout = Duration::from_secs(5);
+    let (class, msg) = poison(s, "burn").await;
+    assert_eq!(class, FailureClass::Fuel, "{msg}");
+}
+
+#[tokio::test]
+async fn enormous_output_is_refused() {
+    // Within the memory cap but past max_output_bytes: a bad output (trap).
+    let mut s = spec("big-output");
+    s.memory = 64 << 20;
+    s.config.push(("bytes".into(), (8 << 20).to_string()));
+    let (class, msg) = poison(s, "big").await;
+    assert_eq!(class, FailureClass::Trap, "{msg}");
+    assert!(msg.contains("max_output_bytes"), "{msg}");
+    // Past the memory cap: the memory class.
+    let mut s = spec("big-output");
+    s.memory = 16 << 20;
+    s.config.push(("bytes".into(), (32 << 20).to_string()));
+    let (class, msg) = poison(s, "big").await;
+    assert_eq!(class, FailureClass::Memory, "{msg}");
+}
+
+#[tokio::test]
+async fn handler_errors_keep_the_instance() {
+    let engine = common::engine();
+    let mut s = spec("flaky");
+    s.config.push(("fail_times".into(), "2".into()));
+    let mut w = Worker::new(Plugin::load(&engine, s).await.unwrap());
+    let mut m = Message::new("t", "x");
+    for attempt in 1..=2 {
+        m.attempt = attempt;
+        let f = w.handle(&m).await.0.unwrap_err();
+        assert_eq!(f.class, FailureClass::Retriable, "{}", f.message);
+    }
+    m.attempt = 3;
+    assert_eq!(w.handle(&m).await.0.unwrap()[0].payload, "x");
+
+    let mut w = Worker::new(Plugin::load(&engine, spec("fatal-on")).await.unwrap());
+    let f = w.handle(&Message::new("t", "bad-1")).await.0.unwrap_err();
+    assert_eq!(f.class, FailureClass::Fatal);
+    assert!(f.message.contains("bad-1"));
+}
+
+#[tokio::test]
+async fn fuel_is_measured_per_call() {
+    let engine = common::engine();
+    let mut w = Worker::new(Plugin::load(&engine, spec("echo")).await.unwrap());
+    let (r, cost) = w.handle(&Message::new("t", "hello")).await;
+    assert!(r.is_ok());
+    assert!(cost.fuel_used > 0 && cost.fuel_used < 1_000_000, "{cost:?}");
+}
+
+#[tokio::test]
+async fn kv_store_is_shared_and_survives_a_fresh_instance() {
+    let engine = common::engine();
+    let mut w = Worker::new(Plugin::load(&engine, spec("kv-counter")).await.unwrap());
+    let mut m = Message::new("t", "p");
+    m.key = Some("dev-1".into());
+    for n in 1..=3 {
+        let out = w.handle(&m).await.0.unwrap();
+        assert_eq!(out[0].payload, format!("dev-1={n}"));
+    }
+}
+
+#[tokio::test]
+async fn bad_plugins_say_what_is_wrong() {
+    let engine = common::engine();
+    let dir = tempfile::tempdir().unwrap();
+    // A component that exports nothing.
+    let empty = dir.path().join("empty.wasm");
+    std::fs::write(&empty, wat::parse_str("(component)").unwrap()).unwrap();
+    let e = Plugin::load(&engine, PluginSpec::new(&empty)).await.err().unwrap();
+    assert!(matches!(e, PluginError::World { .. }), "{e}");
+    let text = e.to_string();
+    assert!(text.contains("missing export `init`") && text.contains("missing export `handle`"), "{text}");
+    // A core module instead of a component.
+    let core = dir.path().join("core.wasm");
+    std::fs::write(&core, wat::parse_str("(module)").unwrap()).unwrap();
+    let e = Plugin::load(&engine, PluginSpec::new(&core)).await.err().unwrap();
+    assert!(e.to_string().contains("core module"), "{e}");
+    // Not wasm at all, and a missing file.
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"hello").unwrap();
+    assert!(Plugin::load(&engine, PluginSpec::new(&junk)).await.is_err());
+    let e = Plugin::load(&engine, PluginSpec::new(dir.path().join("nope.wasm"))).await.err().unwrap();
+    assert!(e.to_string().contains("cannot read"), "{e}");
+}
+
+#[tokio::test]
+async fn init_failure_refuses_the_plugin() {
+    let engine = common::engine();
+    let mut s = spec("log-parser");
+    s.config.push(("min_level".into(), "loud".into()));
+    let e = Plugin::load(&engine, s).await.err().expect("bad config refused");
+    assert!(matches!(e, PluginError::Init { .. }), "{e}");
+}
+
+#[tokio::test]
+async fn compiled_components_come_from_the_disk_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = sluice::engine::EngineOptions { cache_dir: Some(dir.path().to_path_buf()), ..Default::default() };
+    let e1 = sluice::engine::Engine::new(opts.clone()).unwrap();
+    let p1 = Plugin::load(&e1, spec("echo")).await.unwrap();
+    assert!(!p1.from_cache());
+    let e2 = sluice::engine::Engine::new(opts).unwrap();
+    let p2 = Plugin::load(&e2, spec("echo")).await.unwrap();
+    assert!(p2.from_cache(), "second engine loads the compiled artifact");
+    assert_eq!(p1.digest(), p2.digest());
+}
