@@ -46,6 +46,10 @@ pub struct PipelineConfig {
 }
 
 /// The `[source]` table; `type` selects the broker.
+///
+/// A new source type needs a line in `sections::SOURCE_TYPES` (its `type`
+/// name and reader); the compiler then points at the per-type functions in
+/// `paths` and `validate`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum SourceConfig {
@@ -54,6 +58,8 @@ pub enum SourceConfig {
 }
 
 /// The `[sink]`, `[sinks.NAME]` and `[dead_letter]` tables; `type` selects the broker.
+///
+/// A new sink type needs a line in `sections::SINK_TYPES`, like a source type.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum SinkConfig {

@@ -107,7 +107,9 @@ mod tests {
     fn rejects_bad_units() {
         let e = toml::from_str::<T>("d = \"fast\"\ns = 1").err().unwrap();
         assert!(e.to_string().contains("invalid duration"), "{e}");
-        let e = toml::from_str::<T>("d = \"1s\"\ns = \"lots\"").err().unwrap();
+        let e = toml::from_str::<T>("d = \"1s\"\ns = \"lots\"")
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("invalid size"), "{e}");
     }
 }

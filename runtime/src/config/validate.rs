@@ -1,0 +1,286 @@
+//! Rules the types alone do not enforce: ranges, names, and how sections fit
+//! together. Every broken rule is recorded with its key and line.
+
+use std::time::Duration;
+
+use toml::Spanned;
+use toml::de::DeTable;
+
+use super::diagnostics::{Diag, KeyPath, span_at};
+use super::model::{
+    Action, BreakerConfig, DedupConfig, ErrorsConfig, HandlerConfig, RetryConfig, SinkConfig,
+    SourceConfig,
+};
+use super::paths::{sink_file, source_file};
+use super::sections::Sections;
+
+/// The smallest `handler.memory`: one WebAssembly page.
+pub const MIN_MEMORY: u64 = 64 * 1024;
+/// The largest `handler.memory`: all a 32-bit WebAssembly memory can address.
+pub const MAX_MEMORY: u64 = 4 * 1024 * 1024 * 1024;
+
+/// Records broken rules, locating each key in the file.
+struct Check<'a, 't, 'i> {
+    d: &'a mut Diag<'t>,
+    root: &'a Spanned<DeTable<'i>>,
+}
+
+impl Check<'_, '_, '_> {
+    /// A broken rule at `keys`, unless a problem there was already recorded.
+    fn fail(&mut self, keys: &[&str], message: impl Into<String>) {
+        let path = KeyPath::of(keys);
+        if self.d.has_error_at(&path) {
+            return;
+        }
+        let span = span_at(self.root, &path);
+        self.d.error(Some(&path), span, message);
+    }
+
+    /// Whether every key in `keys` was read without a problem.
+    fn clean(&self, keys: &[&[&str]]) -> bool {
+        keys.iter().all(|k| !self.d.has_error_at(&KeyPath::of(k)))
+    }
+
+    /// `key` must be at least 1.
+    fn at_least_one(&mut self, keys: &[&str], value: u64) {
+        if value < 1 {
+            self.fail(keys, format!("must be at least 1, found {value}"));
+        }
+    }
+
+    /// `key` must be a duration longer than zero.
+    fn positive(&mut self, keys: &[&str], value: Duration) {
+        if value.is_zero() {
+            self.fail(keys, "must be longer than 0, e.g. \"1s\"");
+        }
+    }
+}
+
+/// Checks the sections read, recording every broken rule.
+pub(crate) fn validate(d: &mut Diag<'_>, root: &Spanned<DeTable<'_>>, s: &Sections) {
+    let mut c = Check { d, root };
+    if let Some(name) = &s.name {
+        check_name(&mut c, name);
+    }
+    if let Some(src) = &s.source {
+        check_source(&mut c, src);
+    }
+    if let Some(h) = &s.handler {
+        check_handler(&mut c, h);
+    }
+    let sinks = s
+        .sink
+        .iter()
+        .map(|k| (vec!["sink"], k))
+        .chain(s.sinks.iter().map(|(n, k)| (vec!["sinks", n.as_str()], k)))
+        .chain(s.dead_letter.iter().map(|k| (vec!["dead_letter"], k)));
+    for (keys, sink) in sinks {
+        check_sink(&mut c, &keys, sink, s.source.as_ref());
+    }
+    if let Some(r) = &s.retry {
+        check_retry(&mut c, r);
+    }
+    if let Some(e) = &s.errors {
+        check_errors(&mut c, e, s.has_dead_letter);
+    }
+    if let Some(b) = &s.circuit_breaker {
+        check_breaker(&mut c, b);
+    }
+    if let Some(dd) = &s.dedup {
+        check_dedup(&mut c, dd);
+    }
+}
+
+fn check_name(c: &mut Check, name: &str) {
+    let allowed = |ch: char| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '.' | '-');
+    if name.is_empty() {
+        c.fail(
+            &["name"],
+            "must not be empty; expected letters, digits, `_`, `.` and `-`",
+        );
+    } else if let Some(bad) = name.chars().find(|ch| !allowed(*ch)) {
+        c.fail(
+            &["name"],
+            format!(
+                "invalid character {bad:?} in {name:?}; expected only letters, digits, `_`, `.` and `-`"
+            ),
+        );
+    }
+}
+
+fn check_source(c: &mut Check, s: &SourceConfig) {
+    match s {
+        SourceConfig::File(f) => {
+            c.at_least_one(&["source", "max_in_flight"], f.max_in_flight as u64);
+        }
+    }
+}
+
+fn check_sink(c: &mut Check, keys: &[&str], s: &SinkConfig, source: Option<&SourceConfig>) {
+    match s {
+        SinkConfig::File(_) => {}
+    }
+    let (Some(out), Some(input)) = (sink_file(s), source.and_then(source_file)) else {
+        return;
+    };
+    if out == input {
+        let mut path = keys.to_vec();
+        path.push("path");
+        c.fail(
+            &path,
+            "is the file `source.path` reads; a pipeline must not write to its own input, \
+             expected another file",
+        );
+    }
+}
+
+fn check_handler(c: &mut Check, h: &HandlerConfig) {
+    c.at_least_one(&["handler", "concurrency"], h.concurrency as u64);
+    if h.fuel == 0 {
+        c.fail(
+            &["handler", "fuel"],
+            "must be greater than 0, e.g. 10_000_000",
+        );
+    }
+    c.positive(&["handler", "timeout"], h.timeout.0);
+    let memory = h.memory.0;
+    if memory < MIN_MEMORY {
+        c.fail(
+            &["handler", "memory"],
+            format!("must be at least 64KiB (one WebAssembly page), found {memory} bytes"),
+        );
+    } else if memory > MAX_MEMORY {
+        c.fail(
+            &["handler", "memory"],
+            format!("must be at most 4GiB (the 32-bit WebAssembly limit), found {memory} bytes"),
+        );
+    }
+}
+
+fn check_retry(c: &mut Check, r: &RetryConfig) {
+    c.at_least_one(&["retry", "max_attempts"], u64::from(r.max_attempts));
+    if !(r.multiplier.is_finite() && r.multiplier >= 1.0) {
+        c.fail(
+            &["retry", "multiplier"],
+            format!(
+                "must be at least 1.0 (delays must not shrink), found {}",
+                r.multiplier
+            ),
+        );
+    }
+    if r.initial > r.max && c.clean(&[&["retry", "initial"], &["retry", "max"]]) {
+        c.fail(
+            &["retry", "initial"],
+            format!(
+                "is longer than `retry.max` ({} > {}); expected initial <= max",
+                humantime::format_duration(r.initial.0),
+                humantime::format_duration(r.max.0)
+            ),
+        );
+    }
+}
+
+/// The `[errors]` keys, in documentation order, with their actions.
+fn error_actions(e: &ErrorsConfig) -> [(&'static str, Action); 10] {
+    [
+        ("retriable", e.retriable),
+        ("fatal", e.fatal),
+        ("trap", e.trap),
+        ("timeout", e.timeout),
+        ("fuel", e.fuel),
+        ("memory", e.memory),
+        ("sink", e.sink),
+        ("rejected", e.rejected),
+        ("decode", e.decode),
+        ("exhausted", e.exhausted),
+    ]
+}
+
+fn check_errors(c: &mut Check, e: &ErrorsConfig, has_dead_letter: bool) {
+    if e.exhausted == Action::Retry {
+        c.fail(
+            &["errors", "exhausted"],
+            "`retry` is not allowed here (the attempts are used up); \
+             expected `dead-letter`, `drop` or `stop`",
+        );
+    }
+    if has_dead_letter {
+        return;
+    }
+    let written = |key: &str| {
+        c.root
+            .get_ref()
+            .get("errors")
+            .and_then(|t| t.get_ref().as_table())
+            .is_some_and(|t| t.contains_key(key))
+    };
+    let needing: Vec<(&str, bool)> = error_actions(e)
+        .into_iter()
+        .filter(|(k, a)| {
+            *a == Action::DeadLetter && !c.d.has_error_at(&KeyPath::of(&["errors", k]))
+        })
+        .map(|(k, _)| (k, written(k)))
+        .collect();
+    if needing.is_empty() {
+        return;
+    }
+    let list = needing
+        .iter()
+        .map(|(k, w)| {
+            if *w {
+                format!("`{k}`")
+            } else {
+                format!("`{k}` (by default)")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let at: Vec<&str> = match needing.iter().find(|(_, w)| *w) {
+        Some((k, _)) => vec!["errors", k],
+        None => vec!["errors"],
+    };
+    let verb = if needing.len() == 1 { "maps" } else { "map" };
+    let message = format!(
+        "{list} {verb} to `dead-letter`, but there is no `[dead_letter]` table; \
+         add one (e.g. `[dead_letter]` with `type = \"file\"` and \
+         `path = \"dead-letters.jsonl\"`) or map them to `drop` (or `stop`) in `[errors]`"
+    );
+    let path = KeyPath::of(&["errors"]);
+    let span = span_at(c.root, &KeyPath::of(&at));
+    c.d.error(Some(&path), span, message);
+}
+
+fn check_breaker(c: &mut Check, b: &BreakerConfig) {
+    c.at_least_one(
+        &["circuit_breaker", "failure_threshold"],
+        u64::from(b.failure_threshold),
+    );
+    c.at_least_one(
+        &["circuit_breaker", "success_threshold"],
+        u64::from(b.success_threshold),
+    );
+    c.positive(&["circuit_breaker", "open_for"], b.open_for.0);
+}
+
+/// Whether `by` is a valid `dedup.by`.
+pub(crate) fn valid_dedup_by(by: &str) -> bool {
+    match by.strip_prefix("header:") {
+        Some(name) => !name.trim().is_empty(),
+        None => by == "key" || by == "payload",
+    }
+}
+
+fn check_dedup(c: &mut Check, dd: &DedupConfig) {
+    if !valid_dedup_by(&dd.by) {
+        c.fail(
+            &["dedup", "by"],
+            format!(
+                "invalid value {:?}, expected `key`, `payload` or `header:NAME` \
+                 (e.g. `header:Nats-Msg-Id`)",
+                dd.by
+            ),
+        );
+    }
+    c.positive(&["dedup", "window"], dd.window.0);
+    c.at_least_one(&["dedup", "max_entries"], dd.max_entries as u64);
+}
