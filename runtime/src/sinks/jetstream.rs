@@ -1,0 +1,176 @@
+//! The `jetstream` sink: publishes into a stream and returns once the server
+//! acknowledged every record (PubAck), so the record is stored.
+//!
+//! Each record carries `Nats-Msg-Id` = [`Record::id`], stable across retries
+//! of the same message, so the stream stores a retried record once (within
+//! its duplicate window, 2 minutes by default). Records of one call are
+//! published back to back and their acknowledgements awaited together.
+//!
+//! Errors: no stream listening ("no responders"), a timeout, the connection
+//! away, or a server error with a 5xx code → `sink` (transient, retried); a
+//! record over `max_payload`, an invalid subject, or the server refusing the
+//! record (message too large for the stream, stream sealed, wrong expected
+//! sequence, other 4xx errors) → `rejected`. Headers are carried (the key in
+//! `sluice-key`); `Nats-Msg-Id` and `Nats-Expected-*` headers of the record
+//! itself are replaced/removed, since they belong to the message it came from.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::ErrorCode;
+use async_nats::jetstream::context::{PublishAckFuture, PublishError, PublishErrorKind};
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::{self, stream};
+use futures::future::BoxFuture;
+
+use super::nats::valid_publish_subject;
+use super::{Record, Sink};
+use crate::config::nats::JetStreamSinkConfig;
+use crate::failure::{Failure, FailureClass};
+use crate::message::Header;
+use crate::sources::nats::connect;
+
+/// A `jetstream` sink. See the module documentation.
+pub struct JetStreamSink {
+    js: jetstream::Context,
+    subject: String,
+    timeout: Duration,
+}
+
+/// Connects, creates the stream when `stream` is given and missing, and
+/// checks that some stream captures `subject`.
+pub async fn open(cfg: &JetStreamSinkConfig, pipeline: &str) -> anyhow::Result<JetStreamSink> {
+    let (client, _stats) = connect::connect(&cfg.connection, pipeline, "sink", None).await?;
+    let js = jetstream::ContextBuilder::new()
+        .timeout(cfg.timeout.0)
+        .build(client);
+    if let Some(name) = &cfg.stream {
+        js.get_or_create_stream(stream::Config {
+            name: name.clone(),
+            subjects: vec![cfg.subject.clone()],
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("creating or opening the JetStream stream {name:?}"))?;
+    }
+    js.stream_by_subject(cfg.subject.clone())
+        .await
+        .with_context(|| {
+            format!(
+                "no JetStream stream captures the subject {:?}: create one, or give `stream` so \
+                 Sluice creates it (is JetStream enabled on the server?)",
+                cfg.subject
+            )
+        })?;
+    Ok(JetStreamSink {
+        js,
+        subject: cfg.subject.clone(),
+        timeout: cfg.timeout.0,
+    })
+}
+
+impl JetStreamSink {
+    /// The JetStream context (for tests and benchmarks).
+    pub fn context(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    fn message(&self, r: &Record) -> PublishMessage {
+        let carried: Vec<Header> = r
+            .headers
+            .iter()
+            .filter(|h| {
+                !h.key.eq_ignore_ascii_case("Nats-Msg-Id")
+                    && !h.key.to_ascii_lowercase().starts_with("nats-expected-")
+            })
+            .cloned()
+            .collect();
+        let headers = connect::to_nats_headers(&carried, r.key.as_ref());
+        PublishMessage::build()
+            .payload(r.payload.clone())
+            .headers(headers)
+            .message_id(&r.id)
+    }
+}
+
+/// The class of a failed publish or PubAck.
+fn classify(e: &PublishError) -> FailureClass {
+    match e.kind() {
+        PublishErrorKind::MaxPayloadExceeded
+        | PublishErrorKind::WrongLastMessageId
+        | PublishErrorKind::WrongLastSequence => FailureClass::Rejected,
+        PublishErrorKind::StreamNotFound
+        | PublishErrorKind::TimedOut
+        | PublishErrorKind::BrokenPipe
+        | PublishErrorKind::MaxAckPending => FailureClass::Sink,
+        PublishErrorKind::Other => {
+            let server =
+                std::error::Error::source(e).and_then(|s| s.downcast_ref::<jetstream::Error>());
+            match server {
+                // 503: JetStream temporarily unavailable (no quorum, restarting).
+                Some(j) if j.code() >= 500 => FailureClass::Sink,
+                Some(j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND => FailureClass::Sink,
+                // 4xx: the server refuses this very record.
+                Some(_) => FailureClass::Rejected,
+                None if e.to_string().contains("subject") => FailureClass::Rejected,
+                None => FailureClass::Sink,
+            }
+        }
+    }
+}
+
+fn failure(e: &PublishError, subject: &str) -> Failure {
+    let detail = std::error::Error::source(e)
+        .map(|s| format!("{e}: {s}"))
+        .unwrap_or_else(|| e.to_string());
+    Failure::new(
+        classify(e),
+        format!("JetStream publish to {subject:?}: {detail}"),
+    )
+}
+
+impl Sink for JetStreamSink {
+    fn publish<'a>(&'a self, records: &'a [Record]) -> BoxFuture<'a, Result<(), Failure>> {
+        Box::pin(async move {
+            let work = async {
+                let mut acks: Vec<(PublishAckFuture, &str)> = Vec::with_capacity(records.len());
+                for r in records {
+                    let subject = r.topic.as_deref().unwrap_or(&self.subject);
+                    if !valid_publish_subject(subject) {
+                        return Err(Failure::new(
+                            FailureClass::Rejected,
+                            format!("JetStream: {subject:?} is not a valid subject to publish to"),
+                        ));
+                    }
+                    let ack = self
+                        .js
+                        .send_publish(subject.to_string(), self.message(r))
+                        .await
+                        .map_err(|e| failure(&e, subject))?;
+                    acks.push((ack, subject));
+                }
+                for (ack, subject) in acks {
+                    ack.await.map_err(|e| failure(&e, subject))?;
+                }
+                Ok(())
+            };
+            tokio::time::timeout(self.timeout, work)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Failure::new(
+                        FailureClass::Sink,
+                        format!("JetStream publish timed out after {:?}", self.timeout),
+                    ))
+                })
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(async move {
+            tokio::time::timeout(self.timeout, self.js.client().flush())
+                .await
+                .map_err(|_| anyhow::anyhow!("NATS flush at close timed out"))??;
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,111 @@
+//! The `nats` sink: core NATS publish, then a flush so `publish` returns
+//! once the server has the records (not that anyone received them: core NATS
+//! keeps nothing for absent subscribers).
+//!
+//! Errors: the server away or the flush timing out → `sink` (transient); a
+//! record larger than the server's `max_payload` or an invalid subject →
+//! `rejected`. Headers are carried; the record key travels in the
+//! `sluice-key` header (`sluice-key-base64` when it is not text).
+
+use async_nats::Client;
+use async_nats::client::PublishErrorKind;
+use futures::future::BoxFuture;
+
+use super::{Record, Sink};
+use crate::config::nats::NatsSinkConfig;
+use crate::failure::{Failure, FailureClass};
+use crate::sources::nats::connect;
+
+/// A `nats` sink. See the module documentation.
+pub struct NatsSink {
+    client: Client,
+    subject: String,
+    timeout: std::time::Duration,
+}
+
+/// Connects. Fails when no server answers or the credentials are refused.
+pub async fn open(cfg: &NatsSinkConfig, pipeline: &str) -> anyhow::Result<NatsSink> {
+    let (client, _stats) = connect::connect(&cfg.connection, pipeline, "sink", None).await?;
+    Ok(NatsSink {
+        client,
+        subject: cfg.subject.clone(),
+        timeout: cfg.timeout.0,
+    })
+}
+
+impl NatsSink {
+    /// The underlying client (for tests and benchmarks).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+}
+
+/// Checks a subject to publish to: the server would drop a bad one silently.
+pub(crate) fn valid_publish_subject(s: &str) -> bool {
+    !s.is_empty()
+        && !s.contains(char::is_whitespace)
+        && s.split('.').all(|t| !t.is_empty() && t != "*" && t != ">")
+}
+
+impl Sink for NatsSink {
+    fn publish<'a>(&'a self, records: &'a [Record]) -> BoxFuture<'a, Result<(), Failure>> {
+        Box::pin(async move {
+            for r in records {
+                let subject = r.topic.as_deref().unwrap_or(&self.subject);
+                if !valid_publish_subject(subject) {
+                    return Err(Failure::new(
+                        FailureClass::Rejected,
+                        format!("NATS: {subject:?} is not a valid subject to publish to"),
+                    ));
+                }
+                let headers = connect::to_nats_headers(&r.headers, r.key.as_ref());
+                let sent = tokio::time::timeout(
+                    self.timeout,
+                    self.client.publish_with_headers(
+                        subject.to_string(),
+                        headers,
+                        r.payload.clone(),
+                    ),
+                )
+                .await;
+                match sent {
+                    Err(_) => {
+                        return Err(Failure::new(
+                            FailureClass::Sink,
+                            format!("NATS publish timed out after {:?}", self.timeout),
+                        ));
+                    }
+                    Ok(Err(e)) => {
+                        let class = match e.kind() {
+                            PublishErrorKind::MaxPayloadExceeded
+                            | PublishErrorKind::InvalidSubject => FailureClass::Rejected,
+                            _ => FailureClass::Sink,
+                        };
+                        return Err(Failure::new(class, format!("NATS publish: {e}")));
+                    }
+                    Ok(Ok(())) => {}
+                }
+            }
+            match tokio::time::timeout(self.timeout, self.client.flush()).await {
+                Err(_) => Err(Failure::new(
+                    FailureClass::Sink,
+                    format!(
+                        "NATS flush timed out after {:?} (server away?)",
+                        self.timeout
+                    ),
+                )),
+                Ok(Err(e)) => Err(Failure::new(FailureClass::Sink, format!("NATS flush: {e}"))),
+                Ok(Ok(())) => Ok(()),
+            }
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(async move {
+            tokio::time::timeout(self.timeout, self.client.flush())
+                .await
+                .map_err(|_| anyhow::anyhow!("NATS flush at close timed out"))??;
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,235 @@
+//! The `nats` source: a core NATS subscription (optionally in a queue group).
+//!
+//! Core NATS is **at most once**: the server keeps nothing, so a message
+//! published while Sluice is away, dropped as a slow consumer, or in flight
+//! when the process dies is gone. Settling is therefore a no-op, except for
+//! requests (messages with a reply subject), whose settle sends the reply
+//! (see [`reply`]). Use `jetstream` when messages must not be lost.
+//!
+//! Messages wait between the client and the pipeline in a queue bounded by
+//! `pending_messages` and `pending_bytes`; beyond that they are dropped and
+//! counted as slow-consumer events ([`NatsSource::slow_consumer_events`]),
+//! and a dropped request gets an error reply at once. Memory stays bounded.
+//! While paused (circuit breaker open) the queue keeps filling up to its
+//! limits, then drops.
+
+pub mod connect;
+pub mod reply;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::Context as _;
+use async_nats::Client;
+use bytes::Bytes;
+use futures::StreamExt as _;
+use futures::future::BoxFuture;
+use tokio::sync::Notify;
+
+use super::{Delivery, Source, SourceError};
+use crate::config::nats::NatsSourceConfig;
+use crate::message::Message;
+use connect::ConnStats;
+use reply::NatsSettle;
+
+/// A `nats` source. See the module documentation.
+pub struct NatsSource {
+    client: Client,
+    queue: Arc<Queue>,
+    forwarder: tokio::task::JoinHandle<()>,
+    conn_stats: Arc<ConnStats>,
+    request_reply: bool,
+    fallback: Option<Bytes>,
+    pipeline: String,
+    closed: bool,
+}
+
+/// Messages received and not yet handed out, bounded in count and bytes.
+struct Queue {
+    items: Mutex<(VecDeque<async_nats::Message>, usize)>,
+    max_messages: usize,
+    max_bytes: usize,
+    notify: Notify,
+    /// Messages dropped because the queue was full.
+    dropped: AtomicU64,
+    /// The subscription ended (client closed or unsubscribed).
+    ended: AtomicBool,
+}
+
+impl Queue {
+    /// Queues `m`, or gives it back when the queue is full.
+    fn push(&self, m: async_nats::Message) -> Result<(), async_nats::Message> {
+        let mut g = self.items.lock().unwrap_or_else(|e| e.into_inner());
+        let size = m.payload.len();
+        if g.0.len() >= self.max_messages || (g.1 + size > self.max_bytes && !g.0.is_empty()) {
+            return Err(m);
+        }
+        g.1 += size;
+        g.0.push_back(m);
+        drop(g);
+        self.notify.notify_one();
+        Ok(())
+    }
+
+    fn pop(&self) -> Option<async_nats::Message> {
+        let mut g = self.items.lock().unwrap_or_else(|e| e.into_inner());
+        let m = g.0.pop_front()?;
+        g.1 -= m.payload.len();
+        Some(m)
+    }
+}
+
+/// Subscribes as `cfg` says. Fails when the server cannot be reached, refuses
+/// the credentials, or refuses the subscription.
+pub async fn open(cfg: &NatsSourceConfig, pipeline: &str) -> anyhow::Result<NatsSource> {
+    let (client, conn_stats) = connect::connect(
+        &cfg.connection,
+        pipeline,
+        "source",
+        Some(cfg.pending_messages),
+    )
+    .await?;
+    let mut sub = match &cfg.queue_group {
+        Some(q) => client
+            .queue_subscribe(cfg.subject.clone(), q.clone())
+            .await
+            .with_context(|| format!("subscribing to {:?} in queue group {q:?}", cfg.subject))?,
+        None => client
+            .subscribe(cfg.subject.clone())
+            .await
+            .with_context(|| format!("subscribing to {:?}", cfg.subject))?,
+    };
+    // The SUB reaches the server before `open` returns, and a permissions
+    // error for it shows up here rather than as silence later.
+    tokio::time::timeout(cfg.connection.connect_timeout.0, client.flush())
+        .await
+        .map_err(|_| anyhow::anyhow!("NATS did not confirm the subscription in time"))?
+        .context("confirming the subscription")?;
+    let queue = Arc::new(Queue {
+        items: Mutex::new((VecDeque::new(), 0)),
+        max_messages: cfg.pending_messages.max(1),
+        max_bytes: usize::try_from(cfg.pending_bytes.0).unwrap_or(usize::MAX),
+        notify: Notify::new(),
+        dropped: AtomicU64::new(0),
+        ended: AtomicBool::new(false),
+    });
+    let q = queue.clone();
+    let c = client.clone();
+    let name = pipeline.to_string();
+    let request_reply = cfg.request_reply;
+    let forwarder = tokio::spawn(async move {
+        let mut last_warn: Option<Instant> = None;
+        while let Some(m) = sub.next().await {
+            if let Err(m) = q.push(m) {
+                let n = q.dropped.fetch_add(1, Relaxed) + 1;
+                if last_warn.is_none_or(|t| t.elapsed().as_secs() >= 5) {
+                    last_warn = Some(Instant::now());
+                    tracing::warn!(pipeline = %name, subject = %m.subject, total = n,
+                        "NATS slow consumer: pending limits reached, message dropped (at most once)");
+                }
+                if let (true, Some(to)) = (request_reply, m.reply) {
+                    reply::overloaded(&c, to).await;
+                }
+            }
+        }
+        q.ended.store(true, Relaxed);
+        q.notify.notify_one();
+    });
+    Ok(NatsSource {
+        client,
+        queue,
+        forwarder,
+        conn_stats,
+        request_reply: cfg.request_reply,
+        fallback: cfg.fallback.clone().map(Bytes::from),
+        pipeline: pipeline.to_string(),
+        closed: false,
+    })
+}
+
+impl NatsSource {
+    /// Messages dropped because the pending limits were reached (ours plus
+    /// the client's own slow-consumer events). Also logged, at most every 5 s.
+    pub fn slow_consumer_events(&self) -> u64 {
+        self.queue.dropped.load(Relaxed) + self.conn_stats.slow_consumer.load(Relaxed)
+    }
+
+    /// A shared counter view for metrics: call it to read the current value.
+    pub fn slow_consumer_counter(&self) -> impl Fn() -> u64 + Send + Sync + 'static {
+        let q = self.queue.clone();
+        let c = self.conn_stats.clone();
+        move || q.dropped.load(Relaxed) + c.slow_consumer.load(Relaxed)
+    }
+
+    /// Messages waiting to be handed out.
+    pub fn pending(&self) -> (usize, usize) {
+        let g = self.queue.items.lock().unwrap_or_else(|e| e.into_inner());
+        (g.0.len(), g.1)
+    }
+
+    fn delivery(&self, m: async_nats::Message) -> Delivery {
+        let (headers, key) = connect::from_nats_headers(m.headers.as_ref());
+        let mut message = Message::new(m.subject.to_string(), m.payload);
+        message.headers = headers;
+        message.key = key;
+        message.timestamp_ms = Some(now_ms());
+        let reply_to = if self.request_reply { m.reply } else { None };
+        let settle = NatsSettle::new(
+            self.client.clone(),
+            reply_to,
+            self.fallback.clone(),
+            self.pipeline.clone(),
+        );
+        Delivery::new(message, Box::new(settle))
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Source for NatsSource {
+    fn next(&mut self) -> BoxFuture<'_, Result<Option<Delivery>, SourceError>> {
+        Box::pin(async move {
+            loop {
+                let notified = self.queue.notify.notified();
+                if let Some(m) = self.queue.pop() {
+                    return Ok(Some(self.delivery(m)));
+                }
+                if self.closed {
+                    return Ok(None);
+                }
+                if self.queue.ended.load(Relaxed) {
+                    return Err(SourceError::Fatal(
+                        "the NATS subscription ended (connection closed)".into(),
+                    ));
+                }
+                notified.await;
+            }
+        })
+    }
+
+    fn close(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if !self.closed {
+                self.closed = true;
+                self.forwarder.abort();
+                // Requests still queued get an answer rather than silence.
+                while let Some(m) = self.queue.pop() {
+                    if let (true, Some(to)) = (self.request_reply, m.reply) {
+                        reply::unavailable(&self.client, to).await;
+                    }
+                }
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_secs(2), self.client.flush())
+                        .await;
+            }
+            self.queue.notify.notify_one();
+        })
+    }
+}

@@ -1,0 +1,240 @@
+//! Request/reply for the `nats` source: the settle handle of a request
+//! answers it. Never silence: whatever the pipeline decided, the caller gets
+//! a reply.
+//!
+//! The pipeline hands the handle the outcome before settling it
+//! ([`NatsSettle::answer`]): the handler's first output (which is then not
+//! published to a sink), or the last failure. On settle:
+//!
+//! | recorded answer | settlement | reply |
+//! | --- | --- | --- |
+//! | the first output | `Ack` | its payload and headers |
+//! | none | `Ack` | empty payload (the handler returned no output) |
+//! | a failure | any | `fallback` (header `sluice-error-class`), else an error reply |
+//! | none | `Terminated` / `Redeliver` | error reply (`unavailable`) |
+//!
+//! An error reply has an empty payload and the headers `Nats-Service-Error`
+//! (class and message), `Nats-Service-Error-Code` (`500`, or `503` when
+//! Sluice is overloaded or shutting down) and `sluice-error-class`. Core NATS
+//! cannot redeliver: a `Redeliver` settlement (shutdown, stop) is answered
+//! with an error reply and the message is gone.
+
+use std::time::Duration;
+
+use async_nats::{Client, HeaderMap, Subject};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+
+use crate::failure::Failure;
+use crate::message::Output;
+use crate::sources::{Settle, Settlement};
+
+use super::connect::{header_text, to_nats_headers};
+
+/// How long sending a reply may take (publish and flush).
+const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest `Nats-Service-Error` text.
+const MAX_ERROR_TEXT: usize = 512;
+
+/// The header naming the failure class in error and fallback replies.
+pub const CLASS_HEADER: &str = "sluice-error-class";
+/// The NATS micro-services error header.
+pub const SERVICE_ERROR: &str = "Nats-Service-Error";
+/// The NATS micro-services error code header.
+pub const SERVICE_ERROR_CODE: &str = "Nats-Service-Error-Code";
+
+/// What a request is answered with (see the module documentation).
+#[derive(Debug, Clone)]
+pub enum Answer {
+    /// The handler succeeded; this is its first output.
+    Reply(Output),
+    /// The message failed; this is its last failure.
+    Failed(Failure),
+}
+
+/// The settle handle of one `nats` delivery.
+pub struct NatsSettle {
+    client: Client,
+    reply_to: Option<Subject>,
+    fallback: Option<Bytes>,
+    answer: Option<Answer>,
+    pipeline: String,
+}
+
+impl NatsSettle {
+    pub(super) fn new(
+        client: Client,
+        reply_to: Option<Subject>,
+        fallback: Option<Bytes>,
+        pipeline: String,
+    ) -> Self {
+        NatsSettle {
+            client,
+            reply_to,
+            fallback,
+            answer: None,
+            pipeline,
+        }
+    }
+
+    /// True when the message is a request that waits for an answer.
+    pub fn wants_answer(&self) -> bool {
+        self.reply_to.is_some()
+    }
+
+    /// Records the answer sent on settle; the last call counts.
+    pub fn answer(&mut self, answer: Answer) {
+        self.answer = Some(answer);
+    }
+
+    /// The reply for `how`, given what was recorded.
+    fn reply(&self, how: Settlement) -> (Bytes, HeaderMap) {
+        match (&self.answer, how) {
+            (Some(Answer::Reply(o)), Settlement::Ack) => (
+                o.payload.clone(),
+                to_nats_headers(&o.headers, o.key.as_ref()),
+            ),
+            (None, Settlement::Ack) => (Bytes::new(), HeaderMap::new()),
+            (Some(Answer::Failed(f)), _) => match &self.fallback {
+                Some(fb) => {
+                    let mut h = HeaderMap::new();
+                    h.insert(CLASS_HEADER, f.class.as_str());
+                    (fb.clone(), h)
+                }
+                None => error_reply(f.class.as_str(), &f.message, 500),
+            },
+            (_, Settlement::Terminated | Settlement::Redeliver { .. }) => match &self.fallback {
+                Some(fb) => {
+                    let mut h = HeaderMap::new();
+                    h.insert(CLASS_HEADER, "unavailable");
+                    (fb.clone(), h)
+                }
+                None => error_reply(
+                    "unavailable",
+                    "the request was not handled (pipeline stopping)",
+                    503,
+                ),
+            },
+        }
+    }
+}
+
+/// An error reply: empty payload, the error in headers.
+fn error_reply(class: &str, message: &str, code: u16) -> (Bytes, HeaderMap) {
+    let mut text = header_text(format!("{class}: {message}").as_bytes());
+    if text.len() > MAX_ERROR_TEXT {
+        let mut cut = MAX_ERROR_TEXT;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    let mut h = HeaderMap::new();
+    h.insert(SERVICE_ERROR, text);
+    h.insert(SERVICE_ERROR_CODE, code.to_string());
+    h.insert(CLASS_HEADER, class);
+    (Bytes::new(), h)
+}
+
+async fn send(
+    client: &Client,
+    to: Subject,
+    payload: Bytes,
+    headers: HeaderMap,
+) -> anyhow::Result<()> {
+    let work = async {
+        client.publish_with_headers(to, headers, payload).await?;
+        client.flush().await?;
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(REPLY_TIMEOUT, work)
+        .await
+        .map_err(|_| anyhow::anyhow!("sending the reply timed out after {REPLY_TIMEOUT:?}"))?
+}
+
+/// Answers a request dropped because the pending limits were reached.
+pub(super) async fn overloaded(client: &Client, to: Subject) {
+    let (p, h) = error_reply("unavailable", "overloaded: pending limits reached", 503);
+    if let Err(e) = send(client, to, p, h).await {
+        tracing::debug!("replying to a dropped request: {e:#}");
+    }
+}
+
+/// Answers a request that will not be handled (shutdown).
+pub(super) async fn unavailable(client: &Client, to: Subject) {
+    let (p, h) = error_reply("unavailable", "shutting down", 503);
+    if let Err(e) = send(client, to, p, h).await {
+        tracing::debug!("replying to a request at shutdown: {e:#}");
+    }
+}
+
+impl Settle for NatsSettle {
+    fn settle(self: Box<Self>, how: Settlement) -> BoxFuture<'static, anyhow::Result<()>> {
+        Box::pin(async move {
+            let Some(to) = self.reply_to.clone() else {
+                if matches!(how, Settlement::Redeliver { .. }) {
+                    tracing::debug!(pipeline = %self.pipeline,
+                        "core NATS cannot redeliver: the message is gone (at most once)");
+                }
+                return Ok(());
+            };
+            let (payload, headers) = self.reply(how);
+            send(&self.client, to, payload, headers).await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::failure::FailureClass;
+
+    fn text(h: &HeaderMap, k: &str) -> Option<String> {
+        h.get(k).map(|v| v.as_str().to_string())
+    }
+
+    #[tokio::test]
+    async fn replies_by_outcome() {
+        // A client is needed for the struct only; nothing is sent here.
+        let Ok(client) = async_nats::connect("nats://127.0.0.1:4222").await else {
+            eprintln!("no NATS on 127.0.0.1:4222; skipping");
+            return;
+        };
+        let mk = |fallback: Option<&'static str>| {
+            NatsSettle::new(
+                client.clone(),
+                Some("_INBOX.x".into()),
+                fallback.map(|f: &'static str| Bytes::from_static(f.as_bytes())),
+                "p".into(),
+            )
+        };
+        let mut s = mk(None);
+        s.answer(Answer::Failed(Failure::new(
+            FailureClass::Retriable,
+            "nope",
+        )));
+        s.answer(Answer::Reply(Output::new("ok")));
+        assert_eq!(s.reply(Settlement::Ack).0, Bytes::from_static(b"ok"));
+        let mut s = mk(None);
+        s.answer(Answer::Failed(Failure::new(
+            FailureClass::Timeout,
+            "slow\nline",
+        )));
+        let (p, h) = s.reply(Settlement::Ack);
+        assert!(p.is_empty());
+        assert_eq!(text(&h, CLASS_HEADER).as_deref(), Some("timeout"));
+        assert_eq!(
+            text(&h, SERVICE_ERROR).as_deref(),
+            Some("timeout: slow line")
+        );
+        let mut s = mk(Some("busy"));
+        s.answer(Answer::Failed(Failure::new(FailureClass::Fatal, "x")));
+        let (p, h) = s.reply(Settlement::Terminated);
+        assert_eq!(p, Bytes::from_static(b"busy"));
+        assert_eq!(text(&h, CLASS_HEADER).as_deref(), Some("fatal"));
+        let (_, h) = mk(None).reply(Settlement::Redeliver {
+            delay: Duration::ZERO,
+        });
+        assert_eq!(text(&h, SERVICE_ERROR_CODE).as_deref(), Some("503"));
+    }
+}

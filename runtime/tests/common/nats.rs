@@ -1,0 +1,229 @@
+//! A private `nats-server` (with JetStream) for tests that restart the
+//! broker or need auth: a free port on 127.0.0.1, its own store directory,
+//! killed by PID on drop. Self-contained so it can be included on its own.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `nats-server -a 127.0.0.1 -p PORT -js -sd DIR [--auth TOKEN]` child process.
+pub struct NatsServer {
+    pub port: u16,
+    pub token: Option<String>,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl NatsServer {
+    /// Starts a server without auth.
+    pub fn start() -> NatsServer {
+        Self::start_with(None)
+    }
+
+    /// Starts a server that requires `token`.
+    pub fn with_token(token: &str) -> NatsServer {
+        Self::start_with(Some(token.to_string()))
+    }
+
+    fn start_with(token: Option<String>) -> NatsServer {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("bind 127.0.0.1:0");
+        let mut s = NatsServer {
+            port,
+            token,
+            dir: tempfile::tempdir().expect("temp dir"),
+            child: None,
+        };
+        s.spawn();
+        s
+    }
+
+    /// `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The JetStream store directory.
+    pub fn store(&self) -> PathBuf {
+        self.dir.path().join("js")
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new("nats-server");
+        cmd.args([
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-js",
+            "-sd",
+        ])
+        .arg(self.store());
+        if let Some(t) = &self.token {
+            cmd.args(["--auth", t]);
+        }
+        let log = std::fs::File::create(self.dir.path().join("server.log")).expect("log file");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn nats-server (apt-get install nats-server)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not start on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the server (SIGKILL, by PID) and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Kills the server and starts it again on the same port and store.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Builds and runs pipelines in-process for the NATS tests.
+pub mod run {
+    use std::collections::HashMap;
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use sluice::config::units::Dur;
+    use sluice::config::{BreakerConfig, ErrorsConfig, Jitter, RetryConfig};
+    use sluice::engine::{Engine, EngineOptions, Plugin, PluginSpec};
+    use sluice::pipeline::{Parts, Pipeline, Sinks};
+    use sluice::router::Policy;
+    use sluice::sinks::Sink;
+    use sluice::sources::Source;
+    use sluice::stats::{Snapshot, Stats};
+    use tokio::sync::oneshot;
+    use tokio::task::JoinHandle;
+
+    /// A pipeline running in a task; [`Running::stop`] shuts it down.
+    pub struct Running {
+        pub stats: Arc<Stats>,
+        stop: Option<oneshot::Sender<()>>,
+        task: JoinHandle<Result<Snapshot, sluice::pipeline::PipelineError>>,
+    }
+
+    impl Running {
+        pub async fn stop(mut self) -> Snapshot {
+            if let Some(s) = self.stop.take() {
+                let _ = s.send(());
+            }
+            tokio::time::timeout(Duration::from_secs(20), self.task)
+                .await
+                .expect("pipeline stops in time")
+                .expect("pipeline task")
+                .expect("pipeline result")
+        }
+
+        /// Waits until `f(stats)` holds, at most `timeout`.
+        pub async fn wait_for(&self, timeout: Duration, f: impl Fn(&Snapshot) -> bool) -> Snapshot {
+            let deadline = tokio::time::Instant::now() + timeout;
+            loop {
+                let s = self.stats.snapshot();
+                if f(&s) || tokio::time::Instant::now() > deadline {
+                    return s;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
+    /// A plugin from `plugins/dist` with `config` and a wall-clock `timeout`.
+    pub async fn plugin(path: &Path, config: &[(&str, &str)], timeout: Duration) -> Plugin {
+        let engine = Engine::new(EngineOptions {
+            cache_dir: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-cache")),
+            ..Default::default()
+        })
+        .expect("engine");
+        let mut spec = PluginSpec::new(path);
+        spec.timeout = timeout;
+        spec.config = config
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Plugin::load(&engine, spec).await.expect("plugin loads")
+    }
+
+    /// Retries: `max_attempts`, starting at `initial`, no jitter.
+    pub fn retry(max_attempts: u32, initial: Duration) -> RetryConfig {
+        RetryConfig {
+            max_attempts,
+            initial: Dur(initial),
+            max: Dur(Duration::from_secs(10)),
+            multiplier: 2.0,
+            jitter: Jitter::None,
+        }
+    }
+
+    /// Starts a pipeline.
+    pub fn start(
+        source: Box<dyn Source>,
+        plugin: Plugin,
+        sink: Option<Arc<dyn Sink>>,
+        dead_letter: Option<Arc<dyn Sink>>,
+        errors: ErrorsConfig,
+        retry: RetryConfig,
+    ) -> Running {
+        let pipeline = Pipeline::new(Parts {
+            name: "nats-test".into(),
+            source,
+            plugin,
+            sinks: Sinks {
+                default: sink,
+                named: HashMap::new(),
+            },
+            dead_letter,
+            policy: Policy { errors, retry },
+            breaker: BreakerConfig {
+                enabled: false,
+                ..Default::default()
+            },
+            dedup: None,
+            concurrency: 1,
+            publish_timeout: Duration::from_secs(5),
+        });
+        let stats = pipeline.stats();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(pipeline.run(async move {
+            let _ = rx.await;
+        }));
+        Running {
+            stats,
+            stop: Some(tx),
+            task,
+        }
+    }
+}

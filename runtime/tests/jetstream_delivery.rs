@@ -1,0 +1,356 @@
+//! JetStream source and sink against the NATS server on 127.0.0.1:4222:
+//! retry by server redelivery (`nak` with delay), `term` after the dead
+//! letter, `Nats-Msg-Id` dedup, attempt/offset/headers, and clear errors.
+
+mod common;
+#[allow(dead_code)]
+#[path = "common/nats.rs"]
+mod nats_server;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, stream};
+use bytes::Bytes;
+use futures::StreamExt as _;
+use nats_server::run;
+use sluice::config::ErrorsConfig;
+use sluice::config::nats::{JetStreamSinkConfig, JetStreamSourceConfig};
+use sluice::message::Header;
+use sluice::sinks::{Record, Sink};
+use sluice::sources::Source;
+
+const URL: &str = "nats://127.0.0.1:4222";
+
+fn names() -> (String, String) {
+    let u = common::unique("js").replace('-', "_");
+    (u.to_uppercase(), u)
+}
+
+async fn js() -> jetstream::Context {
+    jetstream::new(
+        async_nats::connect(URL)
+            .await
+            .expect("NATS on 127.0.0.1:4222"),
+    )
+}
+
+/// A JetStream stream `name` capturing `subject`, and a consumer reading it.
+async fn capture(js: &jetstream::Context, name: &str, subject: &str) -> consumer::PullConsumer {
+    let s = js
+        .get_or_create_stream(stream::Config {
+            name: name.into(),
+            subjects: vec![subject.into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    s.create_consumer(consumer::pull::Config::default())
+        .await
+        .unwrap()
+}
+
+async fn drain(c: &consumer::PullConsumer, n: usize, timeout: Duration) -> Vec<jetstream::Message> {
+    let mut out = Vec::new();
+    let deadline = Instant::now() + timeout;
+    while out.len() < n && Instant::now() < deadline {
+        let mut b = c
+            .fetch()
+            .max_messages(n - out.len())
+            .expires(Duration::from_millis(300))
+            .messages()
+            .await
+            .unwrap();
+        while let Some(Ok(m)) = b.next().await {
+            m.ack().await.unwrap();
+            out.push(m);
+        }
+    }
+    out
+}
+
+fn header(m: &jetstream::Message, k: &str) -> Option<String> {
+    m.headers.as_ref()?.get(k).map(|v| v.as_str().to_string())
+}
+
+fn source_cfg(stream: &str, subjects: &str, durable: &str, extra: &str) -> JetStreamSourceConfig {
+    toml::from_str(&format!(
+        "url = \"{URL}\"\nstream = \"{stream}\"\nsubjects = [\"{subjects}\"]\ndurable = \"{durable}\"\n{extra}"
+    ))
+    .unwrap()
+}
+
+fn sink_cfg(subject: &str, stream: &str) -> JetStreamSinkConfig {
+    toml::from_str(&format!(
+        "url = \"{URL}\"\nsubject = \"{subject}\"\nstream = \"{stream}\"\ntimeout = \"3s\""
+    ))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retriable_failure_is_nakked_with_delay_and_redelivered_by_the_server() {
+    let (stream, sub) = names();
+    let js = js().await;
+    let cfg = source_cfg(
+        &stream,
+        &format!("{sub}.in"),
+        "worker",
+        "ack_wait = \"10s\"",
+    );
+    let source = sluice::sources::jetstream::open(&cfg, "t").await.unwrap();
+    assert!(source.redelivers());
+    let sink = sluice::sinks::jetstream::open(
+        &sink_cfg(&format!("{sub}.out"), &format!("{stream}_OUT")),
+        "t",
+    )
+    .await
+    .unwrap();
+    let out = capture(&js, &format!("{stream}_OUT"), &format!("{sub}.out")).await;
+    let plugin = run::plugin(
+        &common::plugin("flaky"),
+        &[("fail_times", "1")],
+        Duration::from_secs(1),
+    )
+    .await;
+    let delay = Duration::from_millis(700);
+    let p = run::start(
+        Box::new(source),
+        plugin,
+        Some(Arc::new(sink)),
+        None,
+        ErrorsConfig::default(),
+        run::retry(3, delay),
+    );
+    let mut h = async_nats::HeaderMap::new();
+    h.insert("trace", "abc");
+    let t0 = Instant::now();
+    js.publish_with_headers(format!("{sub}.in"), h, Bytes::from_static(b"hello"))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let got = drain(&out, 1, Duration::from_secs(10)).await;
+    let took = t0.elapsed();
+    let snap = p.stop().await;
+    assert_eq!(got.len(), 1, "{snap:?}");
+    assert_eq!(got[0].payload, Bytes::from_static(b"hello"));
+    assert_eq!(snap.retries, 1, "{snap:?}");
+    assert_eq!(snap.redelivered, 1, "{snap:?}");
+    assert_eq!(snap.succeeded, 1, "{snap:?}");
+    assert_eq!(snap.received, 2, "the server delivered it twice: {snap:?}");
+    assert!(
+        took >= delay,
+        "redelivered after {took:?}, before the {delay:?} nak delay"
+    );
+    eprintln!(
+        "[jetstream nak] first publish → output after {took:?} (nak delay {delay:?}), server deliveries {}",
+        snap.received
+    );
+    // Nothing left pending on the durable.
+    let mut c: consumer::PullConsumer = js
+        .get_stream(&stream)
+        .await
+        .unwrap()
+        .get_consumer("worker")
+        .await
+        .unwrap();
+    let info = c.info().await.unwrap();
+    assert_eq!(info.num_ack_pending, 0);
+    assert_eq!(info.num_pending, 0);
+    let _ = js.delete_stream(&stream).await;
+    let _ = js.delete_stream(format!("{stream}_OUT")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fatal_failure_is_dead_lettered_then_terminated_not_redelivered() {
+    let (stream, sub) = names();
+    let js = js().await;
+    let cfg = source_cfg(
+        &stream,
+        &format!("{sub}.in"),
+        "worker",
+        "ack_wait = \"1s\"\nin_progress_every = \"0s\"",
+    );
+    let source = sluice::sources::jetstream::open(&cfg, "t").await.unwrap();
+    let dlq = sluice::sinks::jetstream::open(
+        &sink_cfg(&format!("{sub}.dlq"), &format!("{stream}_DLQ")),
+        "t",
+    )
+    .await
+    .unwrap();
+    let dead = capture(&js, &format!("{stream}_DLQ"), &format!("{sub}.dlq")).await;
+    let plugin = run::plugin(&common::plugin("fatal-on"), &[], Duration::from_secs(1)).await;
+    let p = run::start(
+        Box::new(source),
+        plugin,
+        None,
+        Some(Arc::new(dlq)),
+        ErrorsConfig::default(),
+        run::retry(3, Duration::from_millis(100)),
+    );
+    js.publish(format!("{sub}.in"), Bytes::from_static(b"bad apple"))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let got = drain(&dead, 1, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].payload, Bytes::from_static(b"bad apple"));
+    assert_eq!(
+        header(&got[0], "sluice-error-class").as_deref(),
+        Some("fatal")
+    );
+    assert_eq!(
+        header(&got[0], "sluice-source-offset").as_deref(),
+        Some("1")
+    );
+    assert_eq!(header(&got[0], "sluice-attempts").as_deref(), Some("1"));
+    assert!(header(&got[0], "Nats-Msg-Id").is_some());
+    // Wait past ack_wait twice: a `term`ed message is never delivered again.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let snap = p.stop().await;
+    assert_eq!(snap.received, 1, "redelivered after term: {snap:?}");
+    assert_eq!(snap.dead_lettered, 1);
+    let mut c: consumer::PullConsumer = js
+        .get_stream(&stream)
+        .await
+        .unwrap()
+        .get_consumer("worker")
+        .await
+        .unwrap();
+    let info = c.info().await.unwrap();
+    assert_eq!(info.num_ack_pending, 0, "{info:?}");
+    assert_eq!(info.num_redelivered, 0, "{info:?}");
+    let _ = js.delete_stream(&stream).await;
+    let _ = js.delete_stream(format!("{stream}_DLQ")).await;
+}
+
+#[tokio::test]
+async fn nats_msg_id_makes_a_republished_record_stored_once() {
+    let (stream, sub) = names();
+    let js = js().await;
+    let sink = sluice::sinks::jetstream::open(&sink_cfg(&format!("{sub}.out"), &stream), "t")
+        .await
+        .unwrap();
+    let rec = Record {
+        topic: None,
+        key: Some(Bytes::from_static(b"k")),
+        payload: Bytes::from_static(b"once"),
+        headers: vec![Header::new("Nats-Msg-Id", "stale"), Header::new("h", "v")],
+        id: "pipeline:subject:0:42:1".into(),
+    };
+    sink.publish(std::slice::from_ref(&rec)).await.unwrap();
+    sink.publish(std::slice::from_ref(&rec)).await.unwrap();
+    let mut other = rec.clone();
+    other.id = "pipeline:subject:0:43:1".into();
+    sink.publish(&[other]).await.unwrap();
+    let mut s = js.get_stream(&stream).await.unwrap();
+    let info = s.info().await.unwrap();
+    assert_eq!(info.state.messages, 2, "the same id is stored once");
+    let m = s.get_raw_message(1).await.unwrap();
+    assert_eq!(
+        m.headers.get("Nats-Msg-Id").map(|v| v.as_str()),
+        Some("pipeline:subject:0:42:1")
+    );
+    assert_eq!(m.headers.get("h").map(|v| v.as_str()), Some("v"));
+    assert_eq!(m.headers.get("sluice-key").map(|v| v.as_str()), Some("k"));
+    let _ = js.delete_stream(&stream).await;
+}
+
+#[tokio::test]
+async fn source_maps_attempt_offset_headers_and_key() {
+    let (stream, sub) = names();
+    let js = js().await;
+    let cfg = source_cfg(&stream, &format!("{sub}.>"), "d", "ack_wait = \"5s\"");
+    let mut source = sluice::sources::jetstream::open(&cfg, "t").await.unwrap();
+    let mut h = async_nats::HeaderMap::new();
+    h.insert("sluice-key", "device-7");
+    h.insert("x", "1");
+    js.publish_with_headers(format!("{sub}.a"), h, Bytes::from_static(b"p"))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let d = tokio::time::timeout(Duration::from_secs(5), source.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.message.attempt, 1);
+    assert_eq!(d.message.offset, Some(1));
+    assert_eq!(d.message.topic, format!("{sub}.a"));
+    assert_eq!(d.message.key.as_deref(), Some(&b"device-7"[..]));
+    assert_eq!(d.message.header("x").map(|b| &b[..]), Some(&b"1"[..]));
+    d.settle(sluice::sources::Settlement::Redeliver {
+        delay: Duration::from_millis(200),
+    })
+    .await
+    .unwrap();
+    let t0 = Instant::now();
+    let d = tokio::time::timeout(Duration::from_secs(5), source.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        t0.elapsed() >= Duration::from_millis(150),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(d.message.attempt, 2);
+    assert_eq!(d.message.offset, Some(1));
+    d.settle(sluice::sources::Settlement::Ack).await.unwrap();
+    source.close().await;
+    let _ = js.delete_stream(&stream).await;
+}
+
+#[tokio::test]
+async fn missing_stream_without_subjects_fails_open_clearly() {
+    let (stream, _) = names();
+    let cfg: JetStreamSourceConfig = toml::from_str(&format!(
+        "url = \"{URL}\"\nstream = \"{stream}\"\ndurable = \"d\""
+    ))
+    .unwrap();
+    let t0 = Instant::now();
+    let e = match sluice::sources::jetstream::open(&cfg, "t").await {
+        Ok(_) => panic!("opened a missing stream"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(e.contains("does not exist") && e.contains(&stream), "{e}");
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    let cfg: JetStreamSinkConfig =
+        toml::from_str(&format!("url = \"{URL}\"\nsubject = \"nowhere.{stream}\"")).unwrap();
+    let e = match sluice::sinks::jetstream::open(&cfg, "t").await {
+        Ok(_) => panic!("opened a sink without a stream"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(e.contains("no JetStream stream captures"), "{e}");
+}
+
+#[tokio::test]
+async fn oversized_record_is_rejected_and_no_stream_is_transient() {
+    let (stream, sub) = names();
+    let js = js().await;
+    let sink = sluice::sinks::jetstream::open(&sink_cfg(&format!("{sub}.out"), &stream), "t")
+        .await
+        .unwrap();
+    let big = Record {
+        topic: None,
+        key: None,
+        payload: Bytes::from(vec![b'x'; 2 << 20]),
+        headers: vec![],
+        id: "big".into(),
+    };
+    let e = sink.publish(&[big]).await.unwrap_err();
+    assert_eq!(e.class, sluice::failure::FailureClass::Rejected, "{e}");
+    let lost = Record {
+        topic: Some(format!("{sub}_nostream.x")),
+        key: None,
+        payload: Bytes::from_static(b"x"),
+        headers: vec![],
+        id: "x".into(),
+    };
+    let e = sink.publish(&[lost]).await.unwrap_err();
+    assert_eq!(e.class, sluice::failure::FailureClass::Sink, "{e}");
+    let _ = js.delete_stream(&stream).await;
+}
