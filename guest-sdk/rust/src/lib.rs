@@ -40,6 +40,7 @@ pub use bindings::sluice::handler::types::{HandlerError, Header, Message, Output
 pub use config::Config;
 
 /// Raw bindings generated from `guest-sdk/wit` (world `handler`). Prefer the re-exports.
+#[allow(clippy::too_many_arguments)] // generated ABI glue
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../wit",
@@ -71,13 +72,16 @@ macro_rules! export_handler {
         const _: () = {
             struct SluiceHandler;
             impl $crate::bindings::Guest for SluiceHandler {
-                fn init(config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>)
-                    -> ::core::result::Result<(), ::std::string::String> {
+                fn init(
+                    config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
+                ) -> ::core::result::Result<(), ::std::string::String> {
                     $crate::__run_init(config, $init)
                 }
-                fn handle(msg: $crate::Message)
-                    -> ::core::result::Result<::std::vec::Vec<$crate::Output>, $crate::HandlerError> {
-                    $handle(msg)
+                fn handle(
+                    msg: $crate::Message,
+                ) -> ::core::result::Result<::std::vec::Vec<$crate::Output>, $crate::HandlerError>
+                {
+            $handle(msg)
                 }
             }
             $crate::bindings::__export_world!(SluiceHandler with_types_in $crate::bindings);
@@ -99,7 +103,8 @@ pub fn __run_init(
 /// the panic message goes to the host log at `error`, since the sandbox has no stderr to read.
 fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
-        let mut text = format!("panic: {info}");
+        // One line: "handler panicked at src/lib.rs:6:9: <message>".
+        let mut text = format!("handler {info}").replace('\n', " ");
         if text.len() > 4096 {
             let mut end = 4096;
             while !text.is_char_boundary(end) {

@@ -5,14 +5,23 @@ use std::fmt::Display;
 impl Header {
     /// A header from a key and a value.
     pub fn new(key: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
-        Header { key: key.into(), value: value.into() }
+        Header {
+            key: key.into(),
+            value: value.into(),
+        }
     }
 }
 
 impl Output {
     /// An output to the pipeline's default sink and topic, no key, no headers.
     pub fn new(payload: impl Into<Vec<u8>>) -> Self {
-        Output { sink: None, topic: None, key: None, payload: payload.into(), headers: Vec::new() }
+        Output {
+            sink: None,
+            topic: None,
+            key: None,
+            payload: payload.into(),
+            headers: Vec::new(),
+        }
     }
     /// Publishes to `topic` instead of the sink's default topic.
     pub fn with_topic(mut self, topic: impl Into<String>) -> Self {
@@ -55,11 +64,16 @@ impl Message {
     }
     /// The key as UTF-8, if there is a key and it is UTF-8.
     pub fn key_str(&self) -> Option<&str> {
-        self.key.as_deref().and_then(|k| std::str::from_utf8(k).ok())
+        self.key
+            .as_deref()
+            .and_then(|k| std::str::from_utf8(k).ok())
     }
     /// The value of the first header named exactly `key`.
     pub fn header(&self, key: &str) -> Option<&[u8]> {
-        self.headers.iter().find(|h| h.key == key).map(|h| h.value.as_slice())
+        self.headers
+            .iter()
+            .find(|h| h.key == key)
+            .map(|h| h.value.as_slice())
     }
 }
 

@@ -7,7 +7,10 @@ const DEFAULT_BYTES: usize = 32 << 20;
 static BYTES: AtomicUsize = AtomicUsize::new(DEFAULT_BYTES);
 
 fn init(cfg: Config) -> Result<(), String> {
-    BYTES.store(config::parse_or(&cfg, "bytes", DEFAULT_BYTES)?, Ordering::Relaxed);
+    BYTES.store(
+        config::parse_or(&cfg, "bytes", DEFAULT_BYTES)?,
+        Ordering::Relaxed,
+    );
     Ok(())
 }
 

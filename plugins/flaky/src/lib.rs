@@ -6,7 +6,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 static FAIL_TIMES: AtomicU32 = AtomicU32::new(2);
 
 fn init(cfg: Config) -> Result<(), String> {
-    FAIL_TIMES.store(config::parse_or(&cfg, "fail_times", 2u32)?, Ordering::Relaxed);
+    FAIL_TIMES.store(
+        config::parse_or(&cfg, "fail_times", 2u32)?,
+        Ordering::Relaxed,
+    );
     Ok(())
 }
 

@@ -93,6 +93,9 @@ mod tests {
     #[test]
     fn handle_maps_parse_errors_to_fatal() {
         let err = handle(Message::new("hello")).unwrap_err();
-        assert!(matches!(&err, HandlerError::Fatal(m) if m.starts_with("malformed log line: expected an RFC 3339 timestamp")), "{err:?}");
+        assert!(
+            matches!(&err, HandlerError::Fatal(m) if m.starts_with("malformed log line: expected an RFC 3339 timestamp")),
+            "{err:?}"
+        );
     }
 }

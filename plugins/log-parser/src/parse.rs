@@ -16,9 +16,16 @@ pub enum Level {
 impl Level {
     /// Parses a level name in any case (`ERROR`, `error`, `Error`).
     pub fn parse(name: &str) -> Option<Level> {
-        const ALL: [Level; 6] =
-            [Level::Trace, Level::Debug, Level::Info, Level::Warn, Level::Error, Level::Fatal];
-        ALL.into_iter().find(|l| l.as_str().eq_ignore_ascii_case(name))
+        const ALL: [Level; 6] = [
+            Level::Trace,
+            Level::Debug,
+            Level::Info,
+            Level::Warn,
+            Level::Error,
+            Level::Fatal,
+        ];
+        ALL.into_iter()
+            .find(|l| l.as_str().eq_ignore_ascii_case(name))
     }
 
     /// The lower-case name used in the JSON and in the `level` header.
@@ -50,7 +57,10 @@ const PREFIX: &str = "malformed log line";
 /// Parses one line (a trailing `\n` or `\r\n` is ignored). The error is the precise cause.
 pub fn parse_line(bytes: &[u8]) -> Result<Record<'_>, String> {
     let line = std::str::from_utf8(bytes).map_err(|e| {
-        format!("{PREFIX}: not valid UTF-8 (invalid byte at offset {})", e.valid_up_to())
+        format!(
+            "{PREFIX}: not valid UTF-8 (invalid byte at offset {})",
+            e.valid_up_to()
+        )
     })?;
     let line = line.trim_end_matches(['\n', '\r']).trim_start();
     if line.trim_end().is_empty() {
@@ -75,7 +85,13 @@ pub fn parse_line(bytes: &[u8]) -> Result<Record<'_>, String> {
 
     let (service, rest) = service(rest)?;
     let (message, fields) = split_fields(rest.trim());
-    Ok(Record { ts, level, service, message, fields })
+    Ok(Record {
+        ts,
+        level,
+        service,
+        message,
+        fields,
+    })
 }
 
 /// Renders the record as one JSON object, byte for byte the same for the same line.
@@ -116,17 +132,27 @@ fn service(rest: &str) -> Result<(&str, &str), String> {
     let rest = rest.trim_start();
     let Some(inner) = rest.strip_prefix('[') else {
         let (found, _) = next_token(rest);
-        return Err(format!("{PREFIX}: expected \"[service]\" after the level, found {}", shown(found)));
+        return Err(format!(
+            "{PREFIX}: expected \"[service]\" after the level, found {}",
+            shown(found)
+        ));
     };
     let Some(close) = inner.find(']') else {
-        return Err(format!("{PREFIX}: \"[\" opens the service name but no \"]\" closes it"));
+        return Err(format!(
+            "{PREFIX}: \"[\" opens the service name but no \"]\" closes it"
+        ));
     };
     let (name, after) = (&inner[..close], &inner[close + 1..]);
     if name.trim().is_empty() {
-        return Err(format!("{PREFIX}: the service name between \"[\" and \"]\" is empty"));
+        return Err(format!(
+            "{PREFIX}: the service name between \"[\" and \"]\" is empty"
+        ));
     }
     if !after.is_empty() && !after.starts_with(char::is_whitespace) {
-        return Err(format!("{PREFIX}: expected a space after \"[{name}]\", found {}", shown(after)));
+        return Err(format!(
+            "{PREFIX}: expected a space after \"[{name}]\", found {}",
+            shown(after)
+        ));
     }
     Ok((name, after))
 }
@@ -164,7 +190,8 @@ fn split_fields(mut message: &str) -> (&str, Vec<(&str, &str)>) {
 fn field(token: &str) -> Option<(&str, &str)> {
     let (k, v) = token.split_once('=')?;
     let key_ok = !k.is_empty()
-        && k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
     key_ok.then_some((k, v))
 }
 
@@ -173,18 +200,37 @@ fn is_rfc3339(s: &str) -> bool {
     let b = s.as_bytes();
     let num = |at: usize, len: usize| -> Option<u32> {
         let digits = b.get(at..at + len)?;
-        digits.iter().all(u8::is_ascii_digit).then(|| {
-            digits.iter().fold(0, |n, d| n * 10 + u32::from(d - b'0'))
-        })
+        digits
+            .iter()
+            .all(u8::is_ascii_digit)
+            .then(|| digits.iter().fold(0, |n, d| n * 10 + u32::from(d - b'0')))
     };
     let sep = |at: usize, want: &[u8]| b.get(at).is_some_and(|c| want.contains(c));
-    let (Some(year), Some(month), Some(day), Some(h), Some(m), Some(sec)) =
-        (num(0, 4), num(5, 2), num(8, 2), num(11, 2), num(14, 2), num(17, 2))
-    else {
+    let (Some(year), Some(month), Some(day), Some(h), Some(m), Some(sec)) = (
+        num(0, 4),
+        num(5, 2),
+        num(8, 2),
+        num(11, 2),
+        num(14, 2),
+        num(17, 2),
+    ) else {
         return false;
     };
     let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
-    let days = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    let days = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
     if !(sep(4, b"-") && sep(7, b"-") && sep(10, b"Tt") && sep(13, b":") && sep(16, b":")) {
         return false;
     }

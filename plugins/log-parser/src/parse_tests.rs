@@ -53,14 +53,19 @@ fn tokens_that_are_not_pairs_stay_in_the_message() {
 
 #[test]
 fn line_endings_tabs_and_extra_spaces() {
-    let r = parse_line(b"2026-11-26T09:15:02Z\tINFO   [api]   hello  world  \t user=7\r\n").unwrap();
-    assert_eq!((r.level, r.service, r.message), (Level::Info, "api", "hello  world"));
+    let r =
+        parse_line(b"2026-11-26T09:15:02Z\tINFO   [api]   hello  world  \t user=7\r\n").unwrap();
+    assert_eq!(
+        (r.level, r.service, r.message),
+        (Level::Info, "api", "hello  world")
+    );
     assert_eq!(r.fields, vec![("user", "7")]);
 }
 
 #[test]
 fn unicode_whitespace_and_text() {
-    let r = parse_line("2026-11-26T09:15:02Z INFO [api] héllo\u{3000}wörld k=ü".as_bytes()).unwrap();
+    let r =
+        parse_line("2026-11-26T09:15:02Z INFO [api] héllo\u{3000}wörld k=ü".as_bytes()).unwrap();
     assert_eq!(r.message, "héllo\u{3000}wörld");
     assert_eq!(r.fields, vec![("k", "ü")]);
 }
@@ -75,7 +80,11 @@ fn json_escapes_quotes_backslashes_and_controls() {
 
 #[test]
 fn levels_any_case_and_fatal() {
-    for (name, level) in [("trace", Level::Trace), ("Debug", Level::Debug), ("FATAL", Level::Fatal)] {
+    for (name, level) in [
+        ("trace", Level::Trace),
+        ("Debug", Level::Debug),
+        ("FATAL", Level::Fatal),
+    ] {
         let line = format!("2026-11-26T09:15:02Z {name} [s] m");
         assert_eq!(parse_line(line.as_bytes()).unwrap().level, level);
     }
@@ -153,7 +162,10 @@ fn precise_errors() {
 #[test]
 fn long_tokens_are_cut_in_errors() {
     let e = err("x".repeat(500).as_bytes());
-    assert!(e.ends_with(&format!("found \"{}\"...", "x".repeat(64))), "{e}");
+    assert!(
+        e.ends_with(&format!("found \"{}\"...", "x".repeat(64))),
+        "{e}"
+    );
 }
 
 #[test]

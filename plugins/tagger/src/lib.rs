@@ -6,7 +6,10 @@ use std::sync::OnceLock;
 static TAG: OnceLock<String> = OnceLock::new();
 
 fn init(config: Config) -> Result<(), String> {
-    let tag = config.get("tag").cloned().unwrap_or_else(|| "untagged".to_owned());
+    let tag = config
+        .get("tag")
+        .cloned()
+        .unwrap_or_else(|| "untagged".to_owned());
     let _ = TAG.set(tag);
     Ok(())
 }
