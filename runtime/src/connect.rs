@@ -14,24 +14,38 @@ use crate::sinks::Sink;
 use crate::sources::Source;
 
 /// Opens the source a `[source]` table describes.
-pub async fn open_source(cfg: &SourceConfig) -> anyhow::Result<Box<dyn Source>> {
-    match cfg {
-        SourceConfig::File(f) => Ok(Box::new(crate::sources::file::open(f)?)),
-    }
+pub async fn open_source(cfg: &SourceConfig, pipeline: &str) -> anyhow::Result<Box<dyn Source>> {
+    use crate::sources::{jetstream, kafka, mqtt, nats};
+    Ok(match cfg {
+        SourceConfig::File(f) => Box::new(crate::sources::file::open(f)?),
+        SourceConfig::Kafka(c) => Box::new(kafka::open(c, pipeline).await?),
+        SourceConfig::Mqtt(c) => Box::new(mqtt::open(c, pipeline).await?),
+        SourceConfig::Nats(c) => Box::new(nats::open(c, pipeline).await?),
+        SourceConfig::Jetstream(c) => Box::new(jetstream::open(c, pipeline).await?),
+    })
 }
 
 /// Opens a sink; `dead_letter` picks the defaults for dead letters.
-pub async fn open_sink(cfg: &SinkConfig, dead_letter: bool) -> anyhow::Result<Arc<dyn Sink>> {
-    match cfg {
+pub async fn open_sink(
+    cfg: &SinkConfig,
+    dead_letter: bool,
+    pipeline: &str,
+) -> anyhow::Result<Arc<dyn Sink>> {
+    use crate::sinks::{jetstream, kafka, mqtt, nats};
+    Ok(match cfg {
         SinkConfig::File(f) => {
             let format = if dead_letter {
                 FileSinkFormat::Envelope
             } else {
                 FileSinkFormat::Lines
             };
-            Ok(Arc::new(crate::sinks::file::open(f, format)?))
+            Arc::new(crate::sinks::file::open(f, format)?)
         }
-    }
+        SinkConfig::Kafka(c) => Arc::new(kafka::open(c, pipeline).await?),
+        SinkConfig::Mqtt(c) => Arc::new(mqtt::open(c, pipeline).await?),
+        SinkConfig::Nats(c) => Arc::new(nats::open(c, pipeline).await?),
+        SinkConfig::Jetstream(c) => Arc::new(jetstream::open(c, pipeline).await?),
+    })
 }
 
 /// Loads the plugin and opens everything a pipeline needs.
@@ -46,26 +60,26 @@ pub async fn build_with_plugin(cfg: &PipelineConfig, plugin: Plugin) -> anyhow::
     let mut sinks = Sinks::default();
     if let Some(s) = &cfg.sink {
         sinks.default = Some(
-            open_sink(s, false)
+            open_sink(s, false, name)
                 .await
                 .with_context(|| format!("pipeline {name}: opening [sink]"))?,
         );
     }
     for (sink_name, s) in &cfg.sinks {
-        let sink = open_sink(s, false)
+        let sink = open_sink(s, false, name)
             .await
             .with_context(|| format!("pipeline {name}: opening [sinks.{sink_name}]"))?;
         sinks.named.insert(sink_name.clone(), sink);
     }
     let dead_letter = match &cfg.dead_letter {
         Some(s) => Some(
-            open_sink(s, true)
+            open_sink(s, true, name)
                 .await
                 .with_context(|| format!("pipeline {name}: opening [dead_letter]"))?,
         ),
         None => None,
     };
-    let source = open_source(&cfg.source)
+    let source = open_source(&cfg.source, name)
         .await
         .with_context(|| format!("pipeline {name}: opening [source]"))?;
     Ok(Pipeline::new(Parts {

@@ -205,10 +205,10 @@ async fn retries_stop_at_max_attempts() {
 async fn run_with_sink(cfg: &PipelineConfig, sink: FlakySink, dlq: Option<FlakySink>) -> sluice::stats::Snapshot {
     let engine = common::engine();
     let plugin = Plugin::load(&engine, PluginSpec::from_config(&cfg.name, &cfg.handler)).await.unwrap();
-    let source = sluice::connect::open_source(&cfg.source).await.unwrap();
+    let source = sluice::connect::open_source(&cfg.source, &cfg.name).await.unwrap();
     let dead_letter: Option<Arc<dyn Sink>> = match dlq {
         Some(d) => Some(Arc::new(d)),
-        None => Some(sluice::connect::open_sink(cfg.dead_letter.as_ref().unwrap(), true).await.unwrap()),
+        None => Some(sluice::connect::open_sink(cfg.dead_letter.as_ref().unwrap(), true, &cfg.name).await.unwrap()),
     };
     let p = sluice::pipeline::Pipeline::new(sluice::pipeline::Parts {
         name: cfg.name.clone(),

@@ -55,6 +55,14 @@ pub struct PipelineConfig {
 pub enum SourceConfig {
     /// Lines from a file or standard input.
     File(FileSourceConfig),
+    /// A Kafka consumer group.
+    Kafka(super::kafka::KafkaSourceConfig),
+    /// MQTT 3.1.1 / 5 subscriptions.
+    Mqtt(super::mqtt::MqttSourceConfig),
+    /// A NATS core subscription (at-most-once), optionally request/reply.
+    Nats(super::nats::NatsSourceConfig),
+    /// A JetStream durable pull consumer.
+    Jetstream(super::nats::JetStreamSourceConfig),
 }
 
 /// The `[sink]`, `[sinks.NAME]` and `[dead_letter]` tables; `type` selects the broker.
@@ -65,6 +73,14 @@ pub enum SourceConfig {
 pub enum SinkConfig {
     /// Lines to a file or standard output.
     File(FileSinkConfig),
+    /// A Kafka topic (idempotent producer, `acks=all`).
+    Kafka(super::kafka::KafkaSinkConfig),
+    /// An MQTT topic.
+    Mqtt(super::mqtt::MqttSinkConfig),
+    /// A NATS core subject.
+    Nats(super::nats::NatsSinkConfig),
+    /// A JetStream subject (publish acknowledged, `Nats-Msg-Id` dedup).
+    Jetstream(super::nats::JetStreamSinkConfig),
 }
 
 /// How the `file` source turns a line into a message.

@@ -17,6 +17,10 @@ fn resolve(base: &Path, p: &mut PathBuf) {
 pub(crate) fn resolve_source(base: &Path, s: &mut SourceConfig) {
     match s {
         SourceConfig::File(f) => resolve_file_source(base, f),
+        SourceConfig::Kafka(k) => k.resolve_paths(base),
+        SourceConfig::Mqtt(m) => m.resolve_paths(base),
+        SourceConfig::Nats(n) => n.resolve_paths(base),
+        SourceConfig::Jetstream(j) => j.resolve_paths(base),
     }
 }
 
@@ -24,6 +28,10 @@ pub(crate) fn resolve_source(base: &Path, s: &mut SourceConfig) {
 pub(crate) fn resolve_sink(base: &Path, s: &mut SinkConfig) {
     match s {
         SinkConfig::File(f) => resolve_file_sink(base, f),
+        SinkConfig::Kafka(k) => k.resolve_paths(base),
+        SinkConfig::Mqtt(m) => m.resolve_paths(base),
+        SinkConfig::Nats(n) => n.resolve_paths(base),
+        SinkConfig::Jetstream(j) => j.resolve_paths(base),
     }
 }
 
@@ -61,6 +69,7 @@ pub(crate) fn resolve_all(base: &Path, s: &mut Sections) {
 pub(crate) fn source_file(s: &SourceConfig) -> Option<&Path> {
     match s {
         SourceConfig::File(f) => Some(&f.path).filter(|p| p.as_os_str() != "-").map(|p| &**p),
+        _ => None,
     }
 }
 
@@ -68,5 +77,6 @@ pub(crate) fn source_file(s: &SourceConfig) -> Option<&Path> {
 pub(crate) fn sink_file(s: &SinkConfig) -> Option<&Path> {
     match s {
         SinkConfig::File(f) => Some(&f.path).filter(|p| p.as_os_str() != "-").map(|p| &**p),
+        _ => None,
     }
 }

@@ -20,10 +20,22 @@ use super::model::{
 pub(crate) type Variant<T> = fn(&mut Diag<'_>, &KeyPath, &Spanned<DeValue<'_>>) -> Option<T>;
 
 /// The source types, by their `type` value.
-pub(crate) const SOURCE_TYPES: &[(&str, Variant<SourceConfig>)] = &[("file", file_source)];
+pub(crate) const SOURCE_TYPES: &[(&str, Variant<SourceConfig>)] = &[
+    ("file", file_source),
+    ("kafka", |d, p, v| de_value(d, p, v).map(SourceConfig::Kafka)),
+    ("mqtt", |d, p, v| de_value(d, p, v).map(SourceConfig::Mqtt)),
+    ("nats", |d, p, v| de_value(d, p, v).map(SourceConfig::Nats)),
+    ("jetstream", |d, p, v| de_value(d, p, v).map(SourceConfig::Jetstream)),
+];
 
 /// The sink types (also for `[dead_letter]`), by their `type` value.
-pub(crate) const SINK_TYPES: &[(&str, Variant<SinkConfig>)] = &[("file", file_sink)];
+pub(crate) const SINK_TYPES: &[(&str, Variant<SinkConfig>)] = &[
+    ("file", file_sink),
+    ("kafka", |d, p, v| de_value(d, p, v).map(SinkConfig::Kafka)),
+    ("mqtt", |d, p, v| de_value(d, p, v).map(SinkConfig::Mqtt)),
+    ("nats", |d, p, v| de_value(d, p, v).map(SinkConfig::Nats)),
+    ("jetstream", |d, p, v| de_value(d, p, v).map(SinkConfig::Jetstream)),
+];
 
 fn file_source(d: &mut Diag<'_>, path: &KeyPath, v: &Spanned<DeValue<'_>>) -> Option<SourceConfig> {
     de_value(d, path, v).map(SourceConfig::File)

@@ -113,12 +113,29 @@ fn check_source(c: &mut Check, s: &SourceConfig) {
         SourceConfig::File(f) => {
             c.at_least_one(&["source", "max_in_flight"], f.max_in_flight as u64);
         }
+        SourceConfig::Kafka(k) => broker(c, &["source"], k.validate()),
+        SourceConfig::Mqtt(m) => broker(c, &["source"], m.validate()),
+        SourceConfig::Nats(n) => broker(c, &["source"], n.validate()),
+        SourceConfig::Jetstream(j) => broker(c, &["source"], j.validate()),
+    }
+}
+
+/// Reports a broker type's own findings (`key` relative to its table).
+fn broker(c: &mut Check, table: &[&str], problems: Vec<(String, String)>) {
+    for (key, message) in problems {
+        let mut path = table.to_vec();
+        path.extend(key.split('.').filter(|k| !k.is_empty()));
+        c.fail(&path, message);
     }
 }
 
 fn check_sink(c: &mut Check, keys: &[&str], s: &SinkConfig, source: Option<&SourceConfig>) {
     match s {
         SinkConfig::File(_) => {}
+        SinkConfig::Kafka(k) => broker(c, keys, k.validate()),
+        SinkConfig::Mqtt(m) => broker(c, keys, m.validate()),
+        SinkConfig::Nats(n) => broker(c, keys, n.validate()),
+        SinkConfig::Jetstream(j) => broker(c, keys, j.validate()),
     }
     let (Some(out), Some(input)) = (sink_file(s), source.and_then(source_file)) else {
         return;

@@ -4,6 +4,7 @@
 pub mod file;
 pub mod jetstream;
 pub mod kafka;
+pub mod memory;
 pub mod mqtt;
 pub mod nats;
 
