@@ -1,0 +1,314 @@
+//! The `mqtt` source's shared state: messages waiting to be handed out,
+//! re-queued ones, and the in-order acknowledgement queue of the current
+//! connection. The event-loop task and the settle handles meet here.
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BinaryHeap, VecDeque};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::future::BoxFuture;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::conn::{Client, InPublish, Loop};
+use crate::message::Message;
+use crate::sources::{Settle, Settlement, SourceError};
+
+/// A message received from the broker.
+pub(crate) struct Received {
+    /// The connection it arrived on.
+    conn: u64,
+    /// Its place in the ack queue; `None` = nothing to ack (QoS 0, or its
+    /// connection is gone and the session with it).
+    ack: Option<AckRef>,
+    pub(crate) message: Message,
+}
+
+#[derive(Clone, Copy)]
+struct AckRef {
+    id: u64,
+    pkid: u16,
+    qos: u8,
+}
+
+struct AckSlot {
+    id: u64,
+    pkid: u16,
+    qos: u8,
+    done: bool,
+}
+
+struct Pending {
+    due: Instant,
+    seq: u64,
+    r: Received,
+}
+
+impl PartialEq for Pending {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o) == Ordering::Equal
+    }
+}
+impl Eq for Pending {}
+impl PartialOrd for Pending {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Pending {
+    /// Reversed: the max-heap pops the earliest due first.
+    fn cmp(&self, o: &Self) -> Ordering {
+        Reverse((self.due, self.seq)).cmp(&Reverse((o.due, o.seq)))
+    }
+}
+
+struct State {
+    /// The connection counter: bumped on every lost connection.
+    conn: u64,
+    connected: bool,
+    ready: VecDeque<Received>,
+    delayed: BinaryHeap<Pending>,
+    /// QoS 1/2 messages of the current connection, in receive order.
+    acks: VecDeque<AckSlot>,
+    next_id: u64,
+    seq: u64,
+    /// Deliveries handed out and not yet settled.
+    outstanding: usize,
+    fatal: Option<String>,
+    closing: bool,
+}
+
+/// Shared between the source, its settle handles and the event-loop task.
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    pub(crate) client: Client,
+    /// Wakes `next()`: a message arrived, one was re-queued, or a fatal error.
+    pub(crate) notify: Notify,
+    /// Wakes the event loop waiting for room for QoS 0 messages.
+    space: Notify,
+    capacity: usize,
+}
+
+impl Shared {
+    pub(crate) fn new(client: Client, capacity: usize) -> Self {
+        Shared {
+            state: Mutex::new(State {
+                conn: 0,
+                connected: false,
+                ready: VecDeque::new(),
+                delayed: BinaryHeap::new(),
+                acks: VecDeque::new(),
+                next_id: 0,
+                seq: 0,
+                outstanding: 0,
+                fatal: None,
+                closing: false,
+            }),
+            client,
+            notify: Notify::new(),
+            space: Notify::new(),
+            capacity,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A CONNACK arrived. With the session resumed, the broker redelivers
+    /// every unacknowledged message of earlier connections, so the copies
+    /// still queued here are dropped; without one they are all we have.
+    pub(crate) fn connected(&self, session_present: bool) {
+        let mut st = self.lock();
+        st.connected = true;
+        let conn = st.conn;
+        let from_here = |r: &Received| r.conn == conn || r.ack.is_none();
+        if session_present {
+            st.ready.retain(from_here);
+            let delayed = std::mem::take(&mut st.delayed);
+            st.delayed = delayed.into_iter().filter(|p| from_here(&p.r)).collect();
+        }
+    }
+
+    /// The connection failed: forget what rumqttc would replay, and the acks
+    /// of this connection (their packet ids mean nothing on the next one).
+    /// Under the lock, so no settlement can queue a stale ack in between.
+    pub(crate) fn disconnected(&self, lp: &mut Loop) {
+        let mut st = self.lock();
+        st.conn += 1;
+        st.connected = false;
+        st.acks.clear();
+        lp.forget();
+        // Messages waiting here may still be needed if the next connection
+        // has no session; `connected` sorts that out.
+    }
+
+    /// A PUBLISH arrived.
+    pub(crate) fn received(&self, p: InPublish) {
+        let mut message = Message::new(p.topic, p.payload);
+        message.headers = p.headers;
+        message.timestamp_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_millis() as u64);
+        let mut st = self.lock();
+        let ack = (p.qos > 0).then(|| {
+            st.next_id += 1;
+            let a = AckRef {
+                id: st.next_id,
+                pkid: p.pkid,
+                qos: p.qos,
+            };
+            st.acks.push_back(AckSlot {
+                id: a.id,
+                pkid: a.pkid,
+                qos: a.qos,
+                done: false,
+            });
+            a
+        });
+        let conn = st.conn;
+        st.ready.push_back(Received { conn, ack, message });
+        drop(st);
+        self.notify.notify_one();
+    }
+
+    /// Waits until fewer than `capacity` messages wait to be handed out.
+    pub(crate) async fn wait_for_space(&self) {
+        loop {
+            let n = self.space.notified();
+            if self.lock().ready.len() < self.capacity {
+                return;
+            }
+            n.await;
+        }
+    }
+
+    /// The source cannot go on (refused credentials or subscription).
+    pub(crate) fn fail(&self, why: String) {
+        self.lock().fatal = Some(why);
+        self.notify.notify_one();
+    }
+
+    pub(crate) fn is_closing(&self) -> bool {
+        self.lock().closing
+    }
+
+    /// Marks the source closing; true (and a DISCONNECT queued after the
+    /// acks) once no delivery is unsettled.
+    pub(crate) fn begin_close(&self) -> bool {
+        let mut st = self.lock();
+        st.closing = true;
+        if st.outstanding > 0 {
+            return false;
+        }
+        if st.connected {
+            self.client.try_disconnect();
+        }
+        true
+    }
+
+    /// The next message to hand out, or when the next re-queued one is due.
+    pub(crate) fn take(&self) -> Result<Result<Received, Option<Instant>>, SourceError> {
+        let mut st = self.lock();
+        if let Some(f) = &st.fatal {
+            return Err(SourceError::Fatal(f.clone()));
+        }
+        let now = Instant::now();
+        let r = if st.delayed.peek().is_some_and(|p| p.due <= now) {
+            st.delayed.pop().map(|p| p.r)
+        } else {
+            let r = st.ready.pop_front();
+            if r.is_some() && st.ready.len() + 1 == self.capacity {
+                self.space.notify_one();
+            }
+            r
+        };
+        match r {
+            Some(mut r) => {
+                if r.conn != st.conn {
+                    // Its connection is gone: no ack is possible any more.
+                    r.ack = None;
+                }
+                st.outstanding += 1;
+                Ok(Ok(r))
+            }
+            None => Ok(Err(st.delayed.peek().map(|p| p.due))),
+        }
+    }
+
+    /// Acknowledges, in receive order, every settled message at the head.
+    fn settle_ack(&self, r: &Received) {
+        let mut st = self.lock();
+        st.outstanding = st.outstanding.saturating_sub(1);
+        let Some(a) = r.ack else { return };
+        if r.conn != st.conn {
+            return;
+        }
+        if let Some(slot) = st.acks.iter_mut().find(|s| s.id == a.id) {
+            slot.done = true;
+        }
+        while st.acks.front().is_some_and(|s| s.done) {
+            let Some(s) = st.acks.pop_front() else { break };
+            if let Err(e) = self.client.try_ack(s.pkid, s.qos) {
+                // The broker redelivers it after the next reconnect.
+                tracing::warn!(pkid = s.pkid, "mqtt: cannot queue the ack: {e}");
+            }
+        }
+    }
+
+    fn requeue(&self, mut r: Received, delay: Duration) {
+        let mut st = self.lock();
+        st.outstanding = st.outstanding.saturating_sub(1);
+        if r.conn != st.conn {
+            r.ack = None;
+        }
+        r.message.attempt = r.message.attempt.saturating_add(1);
+        st.seq += 1;
+        let seq = st.seq;
+        st.delayed.push(Pending {
+            due: Instant::now() + delay,
+            seq,
+            r,
+        });
+        drop(st);
+        self.notify.notify_one();
+    }
+}
+
+/// The settle handle of one MQTT message.
+pub(crate) struct MqttSettle {
+    shared: std::sync::Weak<Shared>,
+    r: Option<Received>,
+}
+
+impl MqttSettle {
+    pub(crate) fn new(shared: &std::sync::Arc<Shared>, r: Received) -> Self {
+        MqttSettle {
+            shared: std::sync::Arc::downgrade(shared),
+            r: Some(r),
+        }
+    }
+}
+
+impl Settle for MqttSettle {
+    fn settle(mut self: Box<Self>, how: Settlement) -> BoxFuture<'static, anyhow::Result<()>> {
+        if let (Some(shared), Some(r)) = (self.shared.upgrade(), self.r.take()) {
+            match how {
+                Settlement::Ack | Settlement::Terminated => shared.settle_ack(&r),
+                Settlement::Redeliver { delay } => shared.requeue(r, delay),
+            }
+        }
+        Box::pin(async { Ok(()) })
+    }
+}
+
+impl Drop for MqttSettle {
+    fn drop(&mut self) {
+        // Never settled: hand it out again.
+        if let (Some(shared), Some(r)) = (self.shared.upgrade(), self.r.take()) {
+            shared.requeue(r, Duration::ZERO);
+        }
+    }
+}

@@ -1,0 +1,437 @@
+//! The `mqtt` source and sink against private Mosquitto brokers: persistent
+//! session, manual ack after settle (and redelivery after a lost
+//! connection), re-queue on `Redeliver`, password file, shared subscriptions,
+//! user properties, QoS 0/1/2 and the `rejected` class.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::mqtt::{Mosquitto, Opts, client, create_session};
+use sluice::config::mqtt::{MqttSinkConfig, MqttSourceConfig};
+use sluice::failure::FailureClass;
+use sluice::message::Header;
+use sluice::sinks::{Record, Sink as _};
+use sluice::sources::mqtt::MqttSource;
+use sluice::sources::{Delivery, Settlement, Source as _};
+
+fn source_cfg(toml_text: &str) -> MqttSourceConfig {
+    let c: MqttSourceConfig = toml::from_str(toml_text).expect("source toml");
+    assert!(c.validate().is_empty(), "{:?}", c.validate());
+    c
+}
+
+fn sink_cfg(toml_text: &str) -> MqttSinkConfig {
+    let c: MqttSinkConfig = toml::from_str(toml_text).expect("sink toml");
+    assert!(c.validate().is_empty(), "{:?}", c.validate());
+    c
+}
+
+async fn next(src: &mut MqttSource, within: Duration) -> Option<Delivery> {
+    match tokio::time::timeout(within, src.next()).await {
+        Ok(r) => r.expect("source error"),
+        Err(_) => None,
+    }
+}
+
+fn record(payload: &str) -> Record {
+    Record {
+        topic: None,
+        key: None,
+        payload: Bytes::from(payload.to_string()),
+        headers: Vec::new(),
+        id: String::new(),
+    }
+}
+
+/// QoS 1 messages published while the source is away arrive once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_session_keeps_messages_published_while_down() {
+    let b = Mosquitto::start(Opts::default());
+    for v311 in [false, true] {
+        let topic = common::unique("mqtt-persist");
+        let version = if v311 { "3.1.1" } else { "5" };
+        let cfg = source_cfg(&format!(
+            "url = \"{}\"\ntopics = [\"{topic}\"]\nversion = \"{version}\"\nclient_id = \"{topic}\"",
+            b.url()
+        ));
+        let mut src = sluice::sources::mqtt::open(&cfg, "persist").await.unwrap();
+        src.close().await;
+        drop(src);
+        let pubc = client(b.port, v311, &format!("{topic}-pub"), false).await;
+        let msgs: Vec<(Vec<u8>, Vec<(String, String)>)> = (0..200)
+            .map(|i| (format!("p{i}").into_bytes(), Vec::new()))
+            .collect();
+        pubc.publish(&topic, 1, &msgs).await;
+        let mut src = sluice::sources::mqtt::open(&cfg, "persist").await.unwrap();
+        let mut got = Vec::new();
+        while got.len() < msgs.len() {
+            let Some(d) = next(&mut src, Duration::from_secs(10)).await else {
+                break;
+            };
+            got.push(d.message.payload.clone());
+            d.settle(Settlement::Ack).await.unwrap();
+        }
+        let want: Vec<Bytes> = msgs.iter().map(|(p, _)| Bytes::from(p.clone())).collect();
+        assert_eq!(got, want, "MQTT {version}: all queued messages, in order");
+        eprintln!(
+            "[mqtt persist {version}] published 200 while down, received {}",
+            got.len()
+        );
+        src.close().await;
+    }
+}
+
+/// A message is acknowledged only when settled: lose the connection before
+/// the settle and the broker delivers it again; `Redeliver` hands it out again
+/// locally with attempt + 1 and still does not ack it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsettled_messages_are_redelivered() {
+    let b = Mosquitto::start(Opts::default());
+    let topic = common::unique("mqtt-ack");
+    let cfg = source_cfg(&format!(
+        "url = \"{}\"\ntopics = [\"{topic}\"]\nclient_id = \"{topic}\"",
+        b.url()
+    ));
+    let mut src = sluice::sources::mqtt::open(&cfg, "ack").await.unwrap();
+    let pubc = client(b.port, false, &format!("{topic}-pub"), false).await;
+    pubc.publish(
+        &topic,
+        1,
+        &[(b"one".to_vec(), vec![]), (b"two".to_vec(), vec![])],
+    )
+    .await;
+
+    // Redeliver: the same message comes back after the delay, attempt 2.
+    let d = next(&mut src, Duration::from_secs(5)).await.expect("one");
+    assert_eq!(&d.message.payload[..], b"one");
+    let t = Instant::now();
+    d.settle(Settlement::Redeliver {
+        delay: Duration::from_millis(300),
+    })
+    .await
+    .unwrap();
+    let two = next(&mut src, Duration::from_secs(5)).await.expect("two");
+    assert_eq!(&two.message.payload[..], b"two");
+    two.settle(Settlement::Ack).await.unwrap(); // waits behind "one" (acks in order)
+    let again = next(&mut src, Duration::from_secs(5))
+        .await
+        .expect("one again");
+    assert_eq!(&again.message.payload[..], b"one");
+    assert_eq!(again.message.attempt, 2);
+    assert!(
+        t.elapsed() >= Duration::from_millis(280),
+        "re-queued after its delay"
+    );
+
+    // Kill the connection (no DISCONNECT) with "one" still unsettled.
+    let (_, _, handle) = again.into_parts();
+    drop(src);
+    std::mem::forget(handle); // settled never
+    let mut src = sluice::sources::mqtt::open(&cfg, "ack").await.unwrap();
+    let d = next(&mut src, Duration::from_secs(10))
+        .await
+        .expect("redelivered by the broker");
+    // "two" was settled but its ack waited behind "one": both come back, in order.
+    assert_eq!(&d.message.payload[..], b"one");
+    d.settle(Settlement::Ack).await.unwrap();
+    let mut rest = Vec::new();
+    while let Some(d) = next(&mut src, Duration::from_secs(2)).await {
+        rest.push(d.message.payload.clone());
+        d.settle(Settlement::Ack).await.unwrap();
+    }
+    assert_eq!(rest, vec![Bytes::from_static(b"two")]);
+    src.close().await;
+    drop(src);
+
+    // Everything acked: a third session sees nothing.
+    let mut src = sluice::sources::mqtt::open(&cfg, "ack").await.unwrap();
+    assert!(
+        next(&mut src, Duration::from_secs(1)).await.is_none(),
+        "nothing left after acks"
+    );
+}
+
+/// Password file: the right password connects, a wrong one fails `open` fast
+/// with the broker's reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_file_right_and_wrong() {
+    let b = Mosquitto::start(Opts {
+        users: vec![("sluice".into(), "s3cret".into())],
+        ..Default::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("good"), "s3cret\n").unwrap();
+    std::fs::write(dir.path().join("bad"), "nope\n").unwrap();
+    for version in ["5", "3.1.1"] {
+        for (file, ok) in [("good", true), ("bad", false)] {
+            let mut cfg = source_cfg(&format!(
+                "url = \"{}\"\ntopics = [\"t/#\"]\nversion = \"{version}\"\nusername = \"sluice\"\npassword = {{ file = \"{file}\" }}\nconnect_timeout = \"5s\"",
+                b.url()
+            ));
+            cfg.resolve_paths(dir.path());
+            let t = Instant::now();
+            let r = sluice::sources::mqtt::open(&cfg, "auth").await;
+            let mut sink = sink_cfg(&format!(
+                "url = \"{}\"\ntopic = \"t/x\"\nversion = \"{version}\"\nusername = \"sluice\"\npassword = {{ file = \"{file}\" }}",
+                b.url()
+            ));
+            sink.resolve_paths(dir.path());
+            let rs = sluice::sinks::mqtt::open(&sink, "auth").await;
+            if ok {
+                r.expect("right password");
+                rs.expect("right password (sink)");
+            } else {
+                let e = format!("{:#}", r.err().expect("wrong password must fail"));
+                let es = format!("{:#}", rs.err().expect("wrong password must fail (sink)"));
+                eprintln!(
+                    "[mqtt auth {version}] wrong password after {:?}: {e}",
+                    t.elapsed()
+                );
+                assert!(
+                    t.elapsed() < Duration::from_secs(3),
+                    "fails fast, took {:?}",
+                    t.elapsed()
+                );
+                for e in [&e, &es] {
+                    assert!(
+                        e.contains("user name or password") || e.contains("not authorized"),
+                        "clear error: {e}"
+                    );
+                    assert!(!e.contains("nope"), "secret not echoed: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// Two sources on one MQTT 5 shared subscription split the messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_subscription_splits_between_sources() {
+    let b = Mosquitto::start(Opts::default());
+    let topic = common::unique("mqtt-share");
+    let open = |id: &str| {
+        source_cfg(&format!(
+            "url = \"{}\"\ntopics = [\"$share/g/{topic}\"]\nclient_id = \"{id}\"\nclean_session = true",
+            b.url()
+        ))
+    };
+    let mut a = sluice::sources::mqtt::open(&open("share-a"), "share")
+        .await
+        .unwrap();
+    let mut c = sluice::sources::mqtt::open(&open("share-b"), "share")
+        .await
+        .unwrap();
+    let pubc = client(b.port, false, &format!("{topic}-pub"), false).await;
+    let msgs: Vec<(Vec<u8>, Vec<(String, String)>)> = (0..100)
+        .map(|i| (format!("s{i}").into_bytes(), Vec::new()))
+        .collect();
+    pubc.publish(&topic, 1, &msgs).await;
+    let (mut na, mut nb) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while na + nb < 100 && Instant::now() < deadline {
+        tokio::select! {
+            Some(d) = next(&mut a, Duration::from_millis(500)) => { na += 1; d.settle(Settlement::Ack).await.unwrap(); }
+            Some(d) = next(&mut c, Duration::from_millis(500)) => { nb += 1; d.settle(Settlement::Ack).await.unwrap(); }
+            else => {}
+        }
+    }
+    eprintln!("[mqtt shared subscription] 100 messages: {na} + {nb}");
+    assert_eq!(na + nb, 100);
+    assert!(na > 0 && nb > 0, "both instances got work: {na} + {nb}");
+}
+
+/// Sink → source over MQTT 5 keeps headers as user properties; QoS 0, 1 and 2
+/// all arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v5_user_properties_round_trip_and_qos_levels() {
+    let b = Mosquitto::start(Opts::default());
+    for qos in [0u8, 1, 2] {
+        let topic = common::unique("mqtt-props");
+        let mut src = sluice::sources::mqtt::open(
+            &source_cfg(&format!(
+                "url = \"{}\"\ntopics = [\"{topic}\"]\nqos = {qos}\nclean_session = true",
+                b.url()
+            )),
+            "props",
+        )
+        .await
+        .unwrap();
+        let sink = sluice::sinks::mqtt::open(
+            &sink_cfg(&format!(
+                "url = \"{}\"\ntopic = \"{topic}\"\nqos = {qos}",
+                b.url()
+            )),
+            "props",
+        )
+        .await
+        .unwrap();
+        let mut recs: Vec<Record> = (0..50).map(|i| record(&format!("q{qos}-{i}"))).collect();
+        recs[0].headers = vec![
+            Header::new("trace", "abc"),
+            Header::new("trace", "def"),
+            Header::new("é", "ü"),
+        ];
+        let t = Instant::now();
+        sink.publish(&recs).await.expect("publish");
+        let took = t.elapsed();
+        let mut got = Vec::new();
+        while got.len() < recs.len() {
+            let Some(d) = next(&mut src, Duration::from_secs(5)).await else {
+                break;
+            };
+            got.push(d.message.clone());
+            d.settle(Settlement::Ack).await.unwrap();
+        }
+        eprintln!(
+            "[mqtt qos {qos}] 50 records published (acked) in {took:?}, received {}",
+            got.len()
+        );
+        assert_eq!(got.len(), 50, "qos {qos}");
+        assert_eq!(
+            got[0].headers, recs[0].headers,
+            "user properties, order and repeats kept"
+        );
+        assert_eq!(got[49].payload, recs[49].payload);
+        sink.close().await.unwrap();
+    }
+}
+
+/// A message over Mosquitto's `message_size_limit`: MQTT 5 gets a refusal in
+/// the PUBACK and the sink reports `rejected`; a record with no topic is
+/// rejected too. MQTT 3.1.1 has no refusal (Mosquitto acks and drops it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_messages_are_rejected() {
+    let b = Mosquitto::start(Opts {
+        message_size_limit: Some(1000),
+        ..Default::default()
+    });
+    let topic = common::unique("mqtt-big");
+    let sink = sluice::sinks::mqtt::open(
+        &sink_cfg(&format!("url = \"{}\"\ntopic = \"{topic}\"", b.url())),
+        "big",
+    )
+    .await
+    .unwrap();
+    let big = record(&"x".repeat(5000));
+    let e = sink
+        .publish(std::slice::from_ref(&big))
+        .await
+        .expect_err("too large");
+    eprintln!("[mqtt rejected v5] {e}");
+    assert_eq!(e.class, FailureClass::Rejected, "{e}");
+    // The connection survives: the next small message goes through.
+    sink.publish(&[record("small")])
+        .await
+        .expect("small after big");
+    let no_topic = sluice::sinks::mqtt::open(&sink_cfg(&format!("url = \"{}\"", b.url())), "big")
+        .await
+        .unwrap();
+    let e = no_topic
+        .publish(&[record("x")])
+        .await
+        .expect_err("no topic");
+    assert_eq!(e.class, FailureClass::Rejected);
+    let mut wild = record("x");
+    wild.topic = Some("a/+".into());
+    assert_eq!(
+        sink.publish(&[wild]).await.expect_err("wildcard").class,
+        FailureClass::Rejected
+    );
+
+    let v3 = sluice::sinks::mqtt::open(
+        &sink_cfg(&format!(
+            "url = \"{}\"\ntopic = \"{topic}\"\nversion = \"3.1.1\"",
+            b.url()
+        )),
+        "big",
+    )
+    .await
+    .unwrap();
+    let r = v3.publish(std::slice::from_ref(&big)).await;
+    eprintln!(
+        "[mqtt rejected 3.1.1] oversize publish answered {r:?} (Mosquitto acks and drops it)"
+    );
+}
+
+/// The sink fails with `sink` (transient) while the broker is down, and works
+/// again after it restarts; the source reconnects and resumes its session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_is_transient() {
+    let mut b = Mosquitto::start(Opts {
+        persistence: true,
+        ..Default::default()
+    });
+    let topic = common::unique("mqtt-restart");
+    let mut src = sluice::sources::mqtt::open(
+        &source_cfg(&format!(
+            "url = \"{}\"\ntopics = [\"{topic}\"]\nclient_id = \"{topic}\"\nreconnect_max = \"500ms\"",
+            b.url()
+        )),
+        "restart",
+    )
+    .await
+    .unwrap();
+    let sink = sluice::sinks::mqtt::open(
+        &sink_cfg(&format!(
+            "url = \"{}\"\ntopic = \"{topic}\"\ntimeout = \"2s\"\nreconnect_max = \"500ms\"",
+            b.url()
+        )),
+        "restart",
+    )
+    .await
+    .unwrap();
+    sink.publish(&[record("before")]).await.unwrap();
+    let d = next(&mut src, Duration::from_secs(5))
+        .await
+        .expect("before");
+    d.settle(Settlement::Ack).await.unwrap();
+    b.stop();
+    let e = sink
+        .publish(&[record("during")])
+        .await
+        .expect_err("broker down");
+    assert_eq!(e.class, FailureClass::Sink, "{e}");
+    b.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match sink.publish(&[record("after")]).await {
+            Ok(()) => break,
+            Err(e) if Instant::now() < deadline => {
+                assert_eq!(e.class, FailureClass::Sink);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("sink did not recover: {e}"),
+        }
+    }
+    let d = next(&mut src, Duration::from_secs(10))
+        .await
+        .expect("after, via the resumed session");
+    assert_eq!(&d.message.payload[..], b"after");
+    d.settle(Settlement::Ack).await.unwrap();
+}
+
+/// A message queued in a session made before the source first connects
+/// (what the conformance fixture does) is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_made_in_advance() {
+    let b = Mosquitto::start(Opts::default());
+    let topic = common::unique("mqtt-advance");
+    create_session(b.port, false, &topic, &topic).await;
+    let pubc = client(b.port, false, &format!("{topic}-pub"), false).await;
+    pubc.publish(&topic, 1, &[(b"early".to_vec(), vec![])])
+        .await;
+    let mut src = sluice::sources::mqtt::open(
+        &source_cfg(&format!(
+            "url = \"{}\"\ntopics = [\"{topic}\"]\nclient_id = \"{topic}\"",
+            b.url()
+        )),
+        "advance",
+    )
+    .await
+    .unwrap();
+    let d = next(&mut src, Duration::from_secs(5)).await.expect("early");
+    assert_eq!(&d.message.payload[..], b"early");
+    d.settle(Settlement::Ack).await.unwrap();
+}
