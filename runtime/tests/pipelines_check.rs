@@ -1,0 +1,51 @@
+//! Every example pipeline in `pipelines/` passes `sluice check` (config and plugin),
+//! and `sluice check` reports a bad pipeline with file, line and key.
+
+mod common;
+
+#[test]
+fn every_example_pipeline_checks() {
+    for p in ["log-parser", "iot-threshold", "order-quote"] {
+        common::plugin(p);
+    }
+    let dir = common::repo().join("pipelines");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 4, "quickstart plus the three scenarios: {files:?}");
+    for f in &files {
+        let (code, out, err) = common::run_sluice(&["check", f.to_str().unwrap()]);
+        assert_eq!(code, 0, "{}: {out}{err}", f.display());
+        assert!(out.contains(": ok (pipeline"), "{out}");
+    }
+}
+
+#[test]
+fn check_reports_every_error_with_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("bad.toml");
+    std::fs::write(
+        &f,
+        "name = \"bad\"\n[source]\ntype = \"kafka\"\ntopics = []\n[handler]\nplugin = \"x.wasm\"\ntimeout = \"soon\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = common::run_sluice(&["check", f.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("bad.toml:7:"), "line of handler.timeout: {err}");
+    assert!(err.contains("handler.timeout"), "{err}");
+    assert!(err.contains("source."), "the kafka table's problems too: {err}");
+
+    // A valid file whose plugin does not exist: the plugin error names the key.
+    let g = dir.path().join("noplugin.toml");
+    std::fs::write(
+        &g,
+        "name = \"p\"\n[source]\ntype = \"file\"\npath = \"in.txt\"\n[handler]\nplugin = \"missing.wasm\"\n[dead_letter]\ntype = \"file\"\npath = \"d.jsonl\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = common::run_sluice(&["check", g.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("handler.plugin") && err.contains("missing.wasm"), "{err}");
+}
