@@ -8,7 +8,6 @@ use anyhow::Context;
 use sluice::config::{self, units};
 use sluice::engine::{Engine, EngineOptions, Plugin, PluginSpec, Worker};
 use sluice::message::Message;
-use tokio::sync::watch;
 
 /// Arguments of `sluice call`.
 #[derive(clap::Args)]
@@ -86,77 +85,46 @@ pub async fn check(files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// `sluice run`: all pipelines until they finish or a signal comes.
-pub async fn run(files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
-    let mut configs = Vec::new();
+/// Arguments of `sluice run`.
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// Pipeline files, and folders whose `*.toml` files are pipelines (watched:
+    /// files added, changed or removed start, replace or stop pipelines).
+    #[arg(required = true)]
+    pipelines: Vec<PathBuf>,
+    /// Serve the admin HTTP API (metrics, health, pipelines, reload) on ADDR, e.g. 127.0.0.1:9090.
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<std::net::SocketAddr>,
+    /// A file holding the bearer token that POST requests to the admin API
+    /// must carry (default: `$SLUICE_ADMIN_TOKEN`, if set).
+    #[arg(long, value_name = "PATH")]
+    admin_token_file: Option<PathBuf>,
+}
+
+/// `sluice run`: all pipelines until they finish (only files given, every
+/// one finished) or a signal comes; changes to watched files apply live.
+pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    // Files named on the command line must be valid to start at all.
     let mut bad = false;
-    for file in &files {
-        match config::load(file) {
-            Ok(c) => configs.push(c),
-            Err(e) => {
-                eprintln!("{e}");
-                bad = true;
-            }
+    for file in args.pipelines.iter().filter(|p| !p.is_dir()) {
+        if let Err(e) = config::load(file) {
+            eprintln!("{e}");
+            bad = true;
         }
     }
     if bad {
         return Ok(ExitCode::FAILURE);
     }
-    let engine = engine()?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut tasks = Vec::new();
-    for cfg in &configs {
-        let pipeline = sluice::connect::build(cfg, &engine)
-            .await
-            .with_context(|| format!("pipeline {} ({})", cfg.name, cfg.handler.plugin.display()))?;
-        let mut rx = stop_rx.clone();
-        let name = cfg.name.clone();
-        tracing::info!(pipeline = %name, "started");
-        tasks.push((
-            name,
-            tokio::spawn(pipeline.run(async move {
-                let _ = rx.wait_for(|s| *s).await;
-            })),
-        ));
+    let token = sluice::admin::load_token(args.admin_token_file.as_deref())?;
+    let supervisor = sluice::supervisor::Supervisor::new(engine()?, args.pipelines);
+    if let Some(addr) = args.admin {
+        sluice::admin::serve(addr, supervisor.registry(), token).await?;
     }
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("shutting down: intake stopped, finishing messages in flight");
-        let _ = stop_tx.send(true);
-    });
-    let mut failed = false;
-    for (name, task) in tasks {
-        match task.await {
-            Ok(Ok(s)) => {
-                let failures: Vec<String> =
-                    s.failures.iter().map(|(c, n)| format!("{c}={n}")).collect();
-                eprintln!(
-                    "pipeline {name}: received {}, succeeded {}, outputs {}, dead-lettered {}, dropped {}, deduplicated {}, retries {}, redelivered {}, failures [{}]",
-                    s.received,
-                    s.succeeded,
-                    s.outputs,
-                    s.dead_lettered,
-                    s.dropped,
-                    s.deduplicated,
-                    s.retries,
-                    s.redelivered,
-                    failures.join(" ")
-                );
-            }
-            Ok(Err(e)) => {
-                eprintln!("error: {e}");
-                failed = true;
-            }
-            Err(e) => {
-                eprintln!("error: pipeline {name} crashed: {e}");
-                failed = true;
-            }
-        }
-    }
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
+    let ok = supervisor.run(wait_for_signal()).await?;
+    Ok(if ok {
         ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     })
 }
 

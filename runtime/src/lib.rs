@@ -11,15 +11,20 @@
 //! - [`sinks`]: one module per broker.
 //! - [`router`]: the `[errors]` table, retry backoff, dead-letter records, circuit breaker.
 //! - [`pipeline`]: source → handler → sinks → settle, for one pipeline.
+//! - [`supervisor`]: `sluice run`: pipelines from files and folders, live changes, hot swap.
+//! - [`admin`], [`metrics`]: the admin HTTP API and its Prometheus text.
 
+pub mod admin;
 pub mod config;
 pub mod connect;
 pub mod engine;
 pub mod envelope;
 pub mod failure;
 pub mod message;
+pub mod metrics;
 pub mod pipeline;
 pub mod router;
 pub mod sinks;
 pub mod sources;
 pub mod stats;
+pub mod supervisor;

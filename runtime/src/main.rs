@@ -18,12 +18,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run pipelines until they finish or SIGINT/SIGTERM.
-    Run {
-        /// Pipeline files.
-        #[arg(required = true)]
-        pipelines: Vec<PathBuf>,
-    },
+    /// Run pipelines until they finish or SIGINT/SIGTERM; folders are watched.
+    Run(cli::RunArgs),
     /// Validate pipelines and their plugins; report every error with its file, line and key.
     Check {
         /// Pipeline files.
@@ -54,7 +50,7 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
-            Command::Run { pipelines } => cli::run(pipelines).await,
+            Command::Run(args) => cli::run(args).await,
             Command::Check { pipelines } => cli::check(pipelines).await,
             Command::Call(args) => cli::call(args).await,
         }

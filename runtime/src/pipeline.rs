@@ -364,6 +364,7 @@ async fn process(sh: &Shared, w: &mut Worker, d: Delivery) -> Result<(), Failure
             None => {
                 let (result, cost) = w.handle(&msg).await;
                 sh.stats.fuel_used.fetch_add(cost.fuel_used, Relaxed);
+                sh.stats.handler_latency.observe(cost.elapsed);
                 match result {
                     Ok(outputs) => match publish(sh, &msg, outputs).await {
                         Ok(n) => {

@@ -2,6 +2,7 @@
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -25,6 +26,49 @@ pub struct Stats {
     /// Failures by class, indexed like [`FailureClass::ALL`].
     pub failures: [AtomicU64; 9],
     pub last_error: Mutex<Option<String>>,
+    /// Wall-clock time of each handler call.
+    pub handler_latency: Histogram,
+}
+
+/// Upper bounds (seconds) of the handler latency buckets; `+Inf` is implied.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// A lock-free histogram over [`LATENCY_BUCKETS`] (Prometheus style).
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Per-bucket counts (not cumulative); the last one is `+Inf`.
+    counts: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = LATENCY_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.counts[i].fetch_add(1, Relaxed);
+        self.sum_nanos.fetch_add(d.as_nanos() as u64, Relaxed);
+    }
+
+    /// Cumulative counts per bucket (the last is `+Inf`, i.e. the total) and
+    /// the sum in seconds.
+    pub fn cumulative(&self) -> (Vec<u64>, f64) {
+        let mut total = 0;
+        let counts = self
+            .counts
+            .iter()
+            .map(|c| {
+                total += c.load(Relaxed);
+                total
+            })
+            .collect();
+        (counts, self.sum_nanos.load(Relaxed) as f64 / 1e9)
+    }
 }
 
 impl Stats {

@@ -1,0 +1,172 @@
+//! The admin HTTP API (only with `--admin ADDR`): `/metrics`, `/healthz`,
+//! `/readyz`, `GET /pipelines`, `POST /pipelines/{name}/reload`. Requests
+//! that change anything need `Authorization: Bearer <token>` when a token is
+//! configured.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+
+use crate::supervisor::Registry;
+
+struct Admin {
+    registry: Arc<Registry>,
+    token: Option<String>,
+}
+
+/// Binds `addr` now (so a bad address fails at start) and serves the API in
+/// a background task until the process ends. Returns the bound address.
+pub async fn serve(
+    addr: SocketAddr,
+    registry: Arc<Registry>,
+    token: Option<String>,
+) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("--admin {addr}: cannot listen"))?;
+    let bound = listener.local_addr()?;
+    if !bound.ip().is_loopback() && token.is_none() {
+        tracing::warn!(
+            "admin API on {bound} (not loopback) without a token: anyone who reaches it can reload plugins"
+        );
+    }
+    let app = router(Arc::new(Admin { registry, token }));
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("admin API stopped: {e}");
+        }
+    });
+    tracing::info!("admin API on http://{bound}");
+    Ok(bound)
+}
+
+fn router(state: Arc<Admin>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/pipelines", get(pipelines))
+        .route("/pipelines/{name}/reload", post(reload))
+        .with_state(state)
+}
+
+async fn metrics(State(a): State<Arc<Admin>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        crate::metrics::render(&a.registry),
+    )
+        .into_response()
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(a): State<Arc<Admin>>) -> Response {
+    let not_ready: Vec<serde_json::Value> = a
+        .registry
+        .pipelines()
+        .iter()
+        .filter(|h| !h.is_ready() && h.state() != crate::supervisor::State::Finished)
+        .map(|h| json!({"name": h.name, "state": h.state(), "error": h.error()}))
+        .collect();
+    if not_ready.is_empty() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "ready": false, "pipelines": not_ready })),
+        )
+            .into_response()
+    }
+}
+
+async fn pipelines(State(a): State<Arc<Admin>>) -> Response {
+    let list: Vec<serde_json::Value> = a.registry.pipelines().iter().map(|h| h.info()).collect();
+    let invalid: Vec<serde_json::Value> = a
+        .registry
+        .invalid_files()
+        .into_iter()
+        .map(|(file, errors)| json!({ "file": file, "errors": errors }))
+        .collect();
+    axum::Json(json!({ "pipelines": list, "invalid_files": invalid })).into_response()
+}
+
+async fn reload(
+    State(a): State<Arc<Admin>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = authorize(&a, &headers) {
+        return r;
+    }
+    let Some(h) = a.registry.get(&name) else {
+        return (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({ "error": format!("no pipeline named {name:?}") })),
+        )
+            .into_response();
+    };
+    match h.reload().await {
+        Ok(p) => axum::Json(json!({
+            "pipeline": name,
+            "digest": p.digest(),
+            "loaded_at": humantime::format_rfc3339_millis(p.loaded_at()).to_string(),
+        }))
+        .into_response(),
+        Err(e) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            axum::Json(json!({ "pipeline": name, "error": e })),
+        )
+            .into_response(),
+    }
+}
+
+/// Checks the bearer token when one is configured.
+#[allow(clippy::result_large_err)]
+fn authorize(a: &Admin, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(token) = &a.token else {
+        return Ok(());
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => Ok(()),
+        _ => Err((
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            axum::Json(json!({ "error": "a valid bearer token is required" })),
+        )
+            .into_response()),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Reads the admin token: `--admin-token-file`, else `$SLUICE_ADMIN_TOKEN`.
+/// Surrounding whitespace is ignored; an empty token is an error.
+pub fn load_token(file: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
+    let raw = match file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("--admin-token-file {}", f.display()))?,
+        ),
+        None => std::env::var("SLUICE_ADMIN_TOKEN").ok(),
+    };
+    match raw.map(|t| t.trim().to_string()) {
+        Some(t) if t.is_empty() => anyhow::bail!("the admin token is empty"),
+        t => Ok(t),
+    }
+}

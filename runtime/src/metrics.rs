@@ -1,0 +1,185 @@
+//! Prometheus text exposition (format 0.0.4) of every pipeline's counters.
+//! Written by hand: pipelines come and go at run time, and the families are
+//! few and fixed.
+
+use std::fmt::Write as _;
+
+use crate::failure::FailureClass;
+use crate::router::breaker::BreakerState;
+use crate::stats::LATENCY_BUCKETS;
+use crate::supervisor::{Registry, State};
+
+/// The content type of [`render`]'s output.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Escapes a label value.
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+struct Family {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    lines: Vec<String>,
+}
+
+impl Family {
+    fn new(name: &'static str, kind: &'static str, help: &'static str) -> Self {
+        Family {
+            name,
+            kind,
+            help,
+            lines: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, suffix: &str, labels: &str, value: impl std::fmt::Display) {
+        self.lines
+            .push(format!("{}{suffix}{{{labels}}} {value}", self.name));
+    }
+
+    fn write(&self, out: &mut String) {
+        let _ = writeln!(out, "# HELP {} {}", self.name, self.help);
+        let _ = writeln!(out, "# TYPE {} {}", self.name, self.kind);
+        for l in &self.lines {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+}
+
+/// Every `sluice_*` metric of every pipeline in `registry`.
+pub fn render(registry: &Registry) -> String {
+    let mut received = Family::new(
+        "sluice_messages_received_total",
+        "counter",
+        "Messages taken from the source.",
+    );
+    let mut messages = Family::new(
+        "sluice_messages_total",
+        "counter",
+        "Messages by how they ended (succeeded, dead_lettered, dropped, deduplicated) or were handed back (redelivered).",
+    );
+    let mut failures = Family::new(
+        "sluice_failures_total",
+        "counter",
+        "Failures by class (every attempt counts).",
+    );
+    let mut retries = Family::new("sluice_retries_total", "counter", "Retries scheduled.");
+    let mut dead = Family::new(
+        "sluice_dead_letters_total",
+        "counter",
+        "Dead-letter records written.",
+    );
+    let mut outputs = Family::new(
+        "sluice_outputs_total",
+        "counter",
+        "Handler outputs published.",
+    );
+    let mut latency = Family::new(
+        "sluice_handler_duration_seconds",
+        "histogram",
+        "Wall-clock time of each handler call.",
+    );
+    let mut fuel = Family::new(
+        "sluice_fuel_used_total",
+        "counter",
+        "Fuel (wasm instructions) used by handler calls.",
+    );
+    let mut in_flight = Family::new(
+        "sluice_in_flight",
+        "gauge",
+        "Messages being handled right now.",
+    );
+    let mut breaker = Family::new(
+        "sluice_breaker_state",
+        "gauge",
+        "Circuit breaker: 0 closed, 1 half-open, 2 open.",
+    );
+    let mut reloads = Family::new(
+        "sluice_plugin_reloads_total",
+        "counter",
+        "Plugin reloads by result (ok, failed).",
+    );
+    let mut up = Family::new(
+        "sluice_pipeline_up",
+        "gauge",
+        "1 while the pipeline runs with its source consuming.",
+    );
+    for h in registry.pipelines() {
+        let p = format!("pipeline=\"{}\"", esc(&h.name));
+        up.add("", &p, u8::from(h.is_ready()));
+        let (ok, failed) = h.reloads();
+        reloads.add("", &format!("{p},result=\"ok\""), ok);
+        reloads.add("", &format!("{p},result=\"failed\""), failed);
+        let Some(stats) = h.stats() else {
+            continue;
+        };
+        let s = stats.snapshot();
+        received.add("", &p, s.received);
+        for (outcome, n) in [
+            ("succeeded", s.succeeded),
+            ("dead_lettered", s.dead_lettered),
+            ("dropped", s.dropped),
+            ("deduplicated", s.deduplicated),
+            ("redelivered", s.redelivered),
+        ] {
+            messages.add("", &format!("{p},outcome=\"{outcome}\""), n);
+        }
+        for class in FailureClass::ALL {
+            let n = s
+                .failures
+                .iter()
+                .find(|(c, _)| *c == class.as_str())
+                .map_or(0, |(_, n)| *n);
+            failures.add("", &format!("{p},class=\"{class}\""), n);
+        }
+        retries.add("", &p, s.retries);
+        dead.add("", &p, s.dead_lettered);
+        outputs.add("", &p, s.outputs);
+        fuel.add("", &p, s.fuel_used);
+        in_flight.add("", &p, s.in_flight);
+        let (counts, sum) = stats.handler_latency.cumulative();
+        for (i, c) in counts.iter().enumerate() {
+            let le = LATENCY_BUCKETS
+                .get(i)
+                .map_or_else(|| "+Inf".to_string(), |b| b.to_string());
+            latency.add("_bucket", &format!("{p},le=\"{le}\""), c);
+        }
+        latency.add("_sum", &p, sum);
+        latency.add("_count", &p, counts.last().copied().unwrap_or(0));
+        if let Some(b) = h.breaker_state() {
+            let v = match b {
+                BreakerState::Closed => 0,
+                BreakerState::HalfOpen => 1,
+                BreakerState::Open => 2,
+            };
+            breaker.add("", &p, v);
+        }
+    }
+    let mut out = String::new();
+    for f in [
+        &received, &messages, &failures, &retries, &dead, &outputs, &latency, &fuel, &in_flight,
+        &breaker, &reloads, &up,
+    ] {
+        f.write(&mut out);
+    }
+    let invalid = registry.invalid_files().len();
+    let _ = writeln!(
+        out,
+        "# HELP sluice_invalid_pipeline_files Pipeline files refused at their last change.\n# TYPE sluice_invalid_pipeline_files gauge\nsluice_invalid_pipeline_files {invalid}"
+    );
+    let running = registry
+        .pipelines()
+        .iter()
+        .filter(|h| h.state() == State::Running)
+        .count();
+    let _ = writeln!(
+        out,
+        "# HELP sluice_pipelines_running Pipelines running.\n# TYPE sluice_pipelines_running gauge\nsluice_pipelines_running {running}"
+    );
+    out
+}
