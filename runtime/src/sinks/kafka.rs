@@ -1,0 +1,317 @@
+//! The `kafka` sink (and dead-letter target): an idempotent producer with
+//! `acks=all`.
+//!
+//! `publish` queues every record in order (key, payload and headers carried
+//! as they are; the record's topic or the configured default) and returns once
+//! every delivery report arrived. The idempotent producer keeps records of one
+//! partition in order and never duplicates them on its own retries.
+//!
+//! Errors are classed as the broker reports them: a refusal of the record
+//! itself (too large, invalid or unknown topic, not authorised, invalid
+//! record) is [`FailureClass::Rejected`], so the pipeline dead-letters it
+//! instead of blocking the stream; everything else (queue full, timeouts,
+//! brokers away) is [`FailureClass::Sink`] and retried. After a fatal
+//! producer error (the idempotence guarantee can no longer be kept) the
+//! producer is recreated for the next publish.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures::future::BoxFuture;
+use rdkafka::ClientConfig;
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header as KHeader, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+
+use super::{Record, Sink};
+use crate::config::kafka::{KafkaSinkConfig, client_config};
+use crate::failure::{Failure, FailureClass};
+
+/// How long `open` waits for the brokers to answer.
+pub const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A `kafka` sink. See the module documentation.
+pub struct KafkaSink {
+    producer: Mutex<Arc<FutureProducer<SinkCtx>>>,
+    config: ClientConfig,
+    ctx: SinkCtx,
+    topic: Option<String>,
+    timeout: Duration,
+}
+
+/// The producer's callbacks: logs to `tracing`, remembers the last error.
+#[derive(Clone)]
+struct SinkCtx {
+    pipeline: Arc<str>,
+    last_error: Arc<Mutex<Option<String>>>,
+}
+
+impl ClientContext for SinkCtx {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
+        let p = &*self.pipeline;
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => tracing::error!(pipeline = %p, "librdkafka {fac}: {msg}"),
+            RDKafkaLogLevel::Warning => tracing::warn!(pipeline = %p, "librdkafka {fac}: {msg}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(pipeline = %p, "librdkafka {fac}: {msg}")
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(pipeline = %p, "librdkafka {fac}: {msg}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        let text = format!("{error}: {reason}");
+        tracing::debug!(pipeline = %self.pipeline, "kafka sink: {text}");
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(text);
+    }
+}
+
+/// The class of a produce error: `Rejected` when the broker refuses this very
+/// record, `Sink` for everything transient.
+pub fn class_of(e: &KafkaError) -> FailureClass {
+    use RDKafkaErrorCode as C;
+    match e.rdkafka_error_code() {
+        Some(
+            C::MessageSizeTooLarge
+            | C::InvalidMessageSize
+            | C::MessageBatchTooLarge
+            | C::InvalidRecord
+            | C::InvalidTopic
+            | C::UnknownTopicOrPartition
+            | C::UnknownTopic
+            | C::UnknownPartition
+            | C::TopicAuthorizationFailed
+            | C::ClusterAuthorizationFailed
+            | C::InvalidRequiredAcks,
+        ) => FailureClass::Rejected,
+        _ => FailureClass::Sink,
+    }
+}
+
+/// Opens the producer and checks that the brokers answer within
+/// [`OPEN_TIMEOUT`] (a wrong password or address fails here).
+pub async fn open(cfg: &KafkaSinkConfig, pipeline: &str) -> anyhow::Result<KafkaSink> {
+    let problems = cfg.validate();
+    if let Some((k, why)) = problems.first() {
+        anyhow::bail!("kafka sink: {k}: {why}");
+    }
+    let client_id = format!("sluice-{pipeline}");
+    let mut c = client_config(
+        &cfg.brokers,
+        &cfg.security,
+        &cfg.options,
+        &[("client.id", client_id.as_str()), ("linger.ms", "1")],
+    )
+    .context("kafka sink")?;
+    // Sluice's own settings come last: the delivery rule depends on them.
+    c.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("message.timeout.ms", cfg.timeout.0.as_millis().to_string());
+    let ctx = SinkCtx {
+        pipeline: Arc::from(pipeline),
+        last_error: Arc::new(Mutex::new(None)),
+    };
+    let producer: FutureProducer<SinkCtx> = c
+        .create_with_context(ctx.clone())
+        .context("kafka sink: creating the producer")?;
+    let producer = Arc::new(producer);
+    let probe = producer.clone();
+    let metadata =
+        tokio::task::spawn_blocking(move || probe.client().fetch_metadata(None, OPEN_TIMEOUT))
+            .await?;
+    if let Err(e) = metadata {
+        // The producer polls its events in the background: give it a moment
+        // to record the cause.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let cause = ctx
+            .last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_else(|| e.to_string());
+        anyhow::bail!(
+            "kafka sink: the brokers {} did not answer within {OPEN_TIMEOUT:?}: {cause}",
+            cfg.brokers.join(",")
+        );
+    }
+    Ok(KafkaSink {
+        producer: Mutex::new(producer),
+        config: c,
+        ctx,
+        topic: cfg.topic.clone(),
+        timeout: cfg.timeout.0,
+    })
+}
+
+impl KafkaSink {
+    fn producer(&self) -> Arc<FutureProducer<SinkCtx>> {
+        self.producer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// After a fatal error the producer cannot go on: build a new one.
+    fn replace_if_fatal(&self, p: &Arc<FutureProducer<SinkCtx>>) {
+        let Some((code, why)) = p.client().fatal_error() else {
+            return;
+        };
+        let mut slot = self.producer.lock().unwrap_or_else(|e| e.into_inner());
+        if !Arc::ptr_eq(&slot, p) {
+            return; // already replaced
+        }
+        tracing::warn!(pipeline = %self.ctx.pipeline, "kafka sink: fatal producer error {code:?} ({why}); recreating the producer");
+        match self.config.create_with_context(self.ctx.clone()) {
+            Ok(fresh) => *slot = Arc::new(fresh),
+            Err(e) => {
+                tracing::error!(pipeline = %self.ctx.pipeline, "kafka sink: recreating the producer: {e}")
+            }
+        }
+    }
+
+    async fn send_all(&self, records: &[Record]) -> Result<(), Failure> {
+        let producer = self.producer();
+        let mut topics = Vec::with_capacity(records.len());
+        for r in records {
+            let topic = r
+                .topic
+                .as_deref()
+                .or(self.topic.as_deref())
+                .ok_or_else(|| {
+                    Failure::new(
+                        FailureClass::Rejected,
+                        "kafka sink: the output names no topic and the sink has no default `topic`",
+                    )
+                })?;
+            topics.push(topic);
+        }
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut pending = Vec::with_capacity(records.len());
+        for (r, topic) in records.iter().zip(topics) {
+            let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
+            for h in &r.headers {
+                headers = headers.insert(KHeader {
+                    key: &h.key,
+                    value: Some(h.value.as_ref()),
+                });
+            }
+            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
+                .payload(r.payload.as_ref())
+                .headers(headers);
+            if let Some(k) = &r.key {
+                record = record.key(k.as_ref());
+            }
+            loop {
+                match producer.send_result(record) {
+                    Ok(f) => {
+                        pending.push(f);
+                        break;
+                    }
+                    Err((e, back)) => {
+                        let full = e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull);
+                        if !full || tokio::time::Instant::now() >= deadline {
+                            self.replace_if_fatal(&producer);
+                            return Err(failure(&e, topic));
+                        }
+                        record = back;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+            }
+        }
+        // Every record waits for its own report; the first failure wins.
+        let mut first_err = None;
+        for (f, r) in pending.into_iter().zip(records) {
+            let topic = r.topic.as_deref().or(self.topic.as_deref()).unwrap_or("");
+            let res = match f.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((e, _))) => Err(failure(&e, topic)),
+                Err(_) => Err(Failure::new(
+                    FailureClass::Sink,
+                    "kafka sink: the producer went away before the delivery report",
+                )),
+            };
+            if let Err(f) = res {
+                first_err.get_or_insert(f);
+            }
+        }
+        match first_err {
+            None => Ok(()),
+            Some(f) => {
+                self.replace_if_fatal(&producer);
+                Err(f)
+            }
+        }
+    }
+}
+
+fn failure(e: &KafkaError, topic: &str) -> Failure {
+    Failure::new(class_of(e), format!("kafka sink: topic {topic}: {e}"))
+}
+
+impl Sink for KafkaSink {
+    fn publish<'a>(&'a self, records: &'a [Record]) -> BoxFuture<'a, Result<(), Failure>> {
+        Box::pin(async move {
+            if records.is_empty() {
+                return Ok(());
+            }
+            // Delivery reports come within message.timeout.ms; this is a safety net.
+            let limit = self.timeout + Duration::from_secs(5);
+            match tokio::time::timeout(limit, self.send_all(records)).await {
+                Ok(r) => r,
+                Err(_) => Err(Failure::new(
+                    FailureClass::Sink,
+                    format!("kafka sink: no delivery report within {limit:?}"),
+                )),
+            }
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(async move {
+            let producer = self.producer();
+            let timeout = self.timeout;
+            tokio::task::spawn_blocking(move || producer.flush(timeout))
+                .await?
+                .context("kafka sink: flushing at close")?;
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::error::KafkaError;
+
+    #[test]
+    fn classifies_refusals_and_transient_errors() {
+        let p = |c| KafkaError::MessageProduction(c);
+        for c in [
+            RDKafkaErrorCode::MessageSizeTooLarge,
+            RDKafkaErrorCode::InvalidTopic,
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+            RDKafkaErrorCode::MessageBatchTooLarge,
+            RDKafkaErrorCode::InvalidRecord,
+        ] {
+            assert_eq!(class_of(&p(c)), FailureClass::Rejected, "{c:?}");
+        }
+        for c in [
+            RDKafkaErrorCode::QueueFull,
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::RequestTimedOut,
+            RDKafkaErrorCode::BrokerTransportFailure,
+            RDKafkaErrorCode::AllBrokersDown,
+            RDKafkaErrorCode::NotEnoughReplicas,
+        ] {
+            assert_eq!(class_of(&p(c)), FailureClass::Sink, "{c:?}");
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! The consumer's callbacks: logs to `tracing`, records the last client
+//! error (for `open`'s message), fatal errors, and the rebalance handling
+//! (commit the settled positions of revoked partitions before they go).
+
+use std::sync::{Arc, Mutex};
+
+use rdkafka::TopicPartitionList;
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+
+use super::tracker::Tp;
+use super::{Shared, WarnLimiter, tpl_of};
+
+/// The consumer context of a kafka source.
+pub(crate) struct Ctx {
+    shared: Arc<Shared>,
+    /// The last error the client reported, for `open`'s message.
+    pub(crate) last_error: Arc<Mutex<Option<String>>>,
+    warned: Mutex<WarnLimiter>,
+}
+
+impl Ctx {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Ctx {
+            shared,
+            last_error: Arc::new(Mutex::new(None)),
+            warned: Mutex::new(WarnLimiter::default()),
+        }
+    }
+}
+
+/// Error codes no retry will fix: bad credentials, missing permissions.
+pub(crate) fn is_fatal_code(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::Authentication
+            | RDKafkaErrorCode::SaslAuthenticationFailed
+            | RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::GroupAuthorizationFailed
+            | RDKafkaErrorCode::ClusterAuthorizationFailed
+            | RDKafkaErrorCode::UnsupportedSASLMechanism
+            | RDKafkaErrorCode::InvalidGroupId
+            | RDKafkaErrorCode::Fatal
+    )
+}
+
+/// `Some(message)` when a consume error means the source cannot go on.
+pub(crate) fn classify(e: &KafkaError) -> Option<String> {
+    let code = e.rdkafka_error_code()?;
+    is_fatal_code(code)
+        .then(|| format!("{e} (not retried: check the credentials, ACLs and group id)"))
+}
+
+fn tps_of(tpl: &TopicPartitionList) -> Vec<Tp> {
+    tpl.elements()
+        .iter()
+        .map(|e| (Arc::from(e.topic()), e.partition()))
+        .collect()
+}
+
+impl ClientContext for Ctx {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
+        let p = self.shared.pipeline();
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => tracing::error!(pipeline = %p, "librdkafka {fac}: {msg}"),
+            RDKafkaLogLevel::Warning => tracing::warn!(pipeline = %p, "librdkafka {fac}: {msg}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(pipeline = %p, "librdkafka {fac}: {msg}")
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(pipeline = %p, "librdkafka {fac}: {msg}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        let text = format!("{error}: {reason}");
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(text.clone());
+        if error.rdkafka_error_code().is_some_and(is_fatal_code) {
+            tracing::error!(pipeline = %self.shared.pipeline(), "kafka source: {text}");
+            self.shared.fail(format!("kafka source: {text}"));
+        } else if self
+            .warned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .allow()
+        {
+            tracing::warn!(pipeline = %self.shared.pipeline(), "kafka source: {text}");
+        }
+    }
+}
+
+impl ConsumerContext for Ctx {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(tpl) = rebalance else {
+            return;
+        };
+        let commits = self.shared.revoke(&tps_of(tpl));
+        tracing::info!(pipeline = %self.shared.pipeline(), partitions = tpl.count(),
+            "kafka source: partitions revoked; committing their settled positions");
+        if commits.is_empty() {
+            return;
+        }
+        if consumer.assignment_lost() {
+            tracing::warn!(pipeline = %self.shared.pipeline(),
+                "kafka source: assignment lost (session timed out); the new owner re-reads from the last commit");
+            return;
+        }
+        if let Err(e) = consumer.commit(&tpl_of(&commits), CommitMode::Sync) {
+            tracing::warn!(pipeline = %self.shared.pipeline(),
+                "kafka source: commit on revoke failed ({e}); the new owner re-reads from the last commit");
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                tracing::info!(pipeline = %self.shared.pipeline(), partitions = tpl.count(),
+                    "kafka source: partitions assigned");
+                if self.shared.assign(tps_of(tpl))
+                    && let Err(e) = consumer.pause(tpl)
+                {
+                    tracing::warn!(pipeline = %self.shared.pipeline(), "kafka source: pausing new partitions: {e}");
+                }
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => {
+                tracing::warn!(pipeline = %self.shared.pipeline(), "kafka source: rebalance error: {e}");
+            }
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            tracing::warn!(pipeline = %self.shared.pipeline(), "kafka source: commit failed: {e}");
+            let failed: Vec<(Tp, i64)> = offsets
+                .elements()
+                .iter()
+                .filter_map(|e| match e.offset() {
+                    rdkafka::Offset::Offset(o) => Some(((Arc::from(e.topic()), e.partition()), o)),
+                    _ => None,
+                })
+                .collect();
+            self.shared.uncommit(&failed);
+        }
+    }
+}

@@ -1,0 +1,588 @@
+//! The `kafka` source: a consumer in a consumer group (rdkafka
+//! `StreamConsumer`) with manual, contiguous commits.
+//!
+//! # Delivery
+//!
+//! Auto-commit and the automatic offset store are off. A background task keeps
+//! polling the consumer (so it stays in the group and serves rebalances even
+//! while paused), turns each record into a [`Message`] (topic, partition,
+//! offset, key, payload, headers, timestamp; attempt 1) and queues it for
+//! [`Source::next`].
+//!
+//! # Settling and commits
+//!
+//! Settles may come in any order (`concurrency` > 1). Per partition the
+//! [`tracker::Tracker`] keeps the offsets received and not settled; the
+//! commit position is the lowest of them, or one past the highest received
+//! when all are settled, so a commit never passes a message still being
+//! worked on. Positions are committed asynchronously every `commit_interval`,
+//! synchronously by [`Source::close`], and synchronously for the revoked
+//! partitions when a rebalance takes them away (queued messages of those
+//! partitions are dropped; the new owner reads them from the committed
+//! position). `Redeliver { delay }` keeps the offset outstanding and hands the
+//! same message out again (`attempt + 1`) after the delay; a Kafka consumer
+//! cannot "nak", and since the source still holds the message no seek is
+//! needed.
+//!
+//! # Backpressure
+//!
+//! When `max_in_flight` messages are received and unsettled, every assigned
+//! partition is paused; they resume once a quarter of them settled.
+//! [`Source::pause`] (circuit breaker) pauses them too. Polling never stops.
+
+mod context;
+pub mod tracker;
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BinaryHeap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use rdkafka::Message as _;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Headers as _};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
+
+use super::{Delivery, Settle, Settlement, Source, SourceError};
+use crate::config::kafka::{KafkaSourceConfig, KafkaStart, client_config};
+use crate::message::{Header, Message};
+use context::{Ctx, classify};
+use tracker::{Tp, Tracker};
+
+/// How long `open` waits for the brokers to answer.
+pub const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a synchronous commit (close) may take.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A `kafka` source. See the module documentation.
+pub struct KafkaSource {
+    shared: Arc<Shared>,
+    /// `None` only while dropping.
+    consumer: Option<Arc<StreamConsumer<Ctx>>>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// State shared by the source, its poll task, its settle handles and the
+/// consumer's callbacks.
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    /// Wakes `next()`: a message or a redelivery is ready, or a fatal error.
+    ready: Notify,
+    /// Wakes the poll task: something settled or the pause state changed.
+    wake: Notify,
+    max_in_flight: usize,
+    pipeline: String,
+}
+
+#[derive(Default)]
+pub(crate) struct State {
+    tracker: Tracker,
+    queue: VecDeque<Queued>,
+    redeliveries: BinaryHeap<Pending>,
+    seq: u64,
+    /// Paused by the pipeline (circuit breaker).
+    user_paused: bool,
+    /// Paused because `max_in_flight` was reached.
+    full: bool,
+    /// What the consumer's partitions currently are.
+    applied_pause: bool,
+    closed: bool,
+    fatal: Option<String>,
+}
+
+struct Queued {
+    tp: Tp,
+    generation: u64,
+    message: Message,
+}
+
+struct Pending {
+    due: Instant,
+    seq: u64,
+    item: Queued,
+}
+
+impl PartialEq for Pending {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Pending {}
+impl PartialOrd for Pending {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Pending {
+    /// Reversed, so the max-heap pops the earliest due first.
+    fn cmp(&self, other: &Self) -> Ordering {
+        Reverse((self.due, self.seq)).cmp(&Reverse((other.due, other.seq)))
+    }
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records a fatal error for `next()` to return.
+    pub(crate) fn fail(&self, message: String) {
+        let mut st = self.lock();
+        if st.fatal.is_none() {
+            st.fatal = Some(message);
+        }
+        drop(st);
+        self.ready.notify_one();
+    }
+
+    /// A rebalance took these partitions: forget them and their queued
+    /// messages; returns the positions to commit for them.
+    pub(crate) fn revoke(&self, tps: &[Tp]) -> Vec<(Tp, i64)> {
+        let mut st = self.lock();
+        let commits = tps
+            .iter()
+            .filter_map(|tp| st.tracker.revoke(tp).map(|pos| (tp.clone(), pos)))
+            .collect();
+        st.queue.retain(|q| !tps.contains(&q.tp));
+        st.redeliveries.retain(|p| !tps.contains(&p.item.tp));
+        drop(st);
+        self.wake.notify_one();
+        commits
+    }
+
+    /// Partitions were assigned; true when they must be paused right away.
+    pub(crate) fn assign(&self, tps: Vec<Tp>) -> bool {
+        let mut st = self.lock();
+        for tp in tps {
+            st.tracker.assign(tp);
+        }
+        st.applied_pause
+    }
+
+    /// A commit failed: try these positions again at the next tick.
+    pub(crate) fn uncommit(&self, failed: &[(Tp, i64)]) {
+        let mut st = self.lock();
+        for (tp, pos) in failed {
+            st.tracker.uncommit(tp, *pos);
+        }
+    }
+
+    pub(crate) fn pipeline(&self) -> &str {
+        &self.pipeline
+    }
+}
+
+/// Builds a topic-partition list with offsets.
+pub(crate) fn tpl_of(positions: &[(Tp, i64)]) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::with_capacity(positions.len());
+    for ((topic, partition), pos) in positions {
+        // Only fails for an invalid offset, which a position never is.
+        let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*pos));
+    }
+    tpl
+}
+
+/// Opens the consumer, checks that the brokers answer (a wrong password or
+/// an unreachable cluster fails here, within [`OPEN_TIMEOUT`]) and subscribes.
+pub async fn open(cfg: &KafkaSourceConfig, pipeline: &str) -> anyhow::Result<KafkaSource> {
+    let problems = cfg.validate();
+    if let Some((k, why)) = problems.first() {
+        anyhow::bail!("kafka source: {k}: {why}");
+    }
+    let session_ms = cfg.session_timeout.0.as_millis().to_string();
+    let client_id = format!("sluice-{pipeline}");
+    let mut c = client_config(
+        &cfg.brokers,
+        &cfg.security,
+        &cfg.options,
+        &[("client.id", client_id.as_str())],
+    )
+    .context("kafka source")?;
+    // Sluice's own settings come last: the delivery rule depends on them.
+    c.set("group.id", &cfg.group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .set("session.timeout.ms", &session_ms)
+        .set(
+            "auto.offset.reset",
+            match cfg.start {
+                KafkaStart::Earliest => "earliest",
+                KafkaStart::Latest => "latest",
+            },
+        );
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State::default()),
+        ready: Notify::new(),
+        wake: Notify::new(),
+        max_in_flight: cfg.max_in_flight.max(1),
+        pipeline: pipeline.to_string(),
+    });
+    let ctx = Ctx::new(shared.clone());
+    let last_error = ctx.last_error.clone();
+    let consumer: StreamConsumer<Ctx> = c
+        .create_with_context(ctx)
+        .context("kafka source: creating the consumer")?;
+    let consumer = Arc::new(consumer);
+
+    // Reach the cluster once, so bad credentials or addresses fail `open`.
+    let probe = consumer.clone();
+    let metadata =
+        tokio::task::spawn_blocking(move || probe.fetch_metadata(None, OPEN_TIMEOUT)).await?;
+    if let Err(e) = metadata {
+        // Serve queued events so the error callback records the cause.
+        let _ = tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await;
+        let cause = last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_else(|| e.to_string());
+        release(consumer);
+        anyhow::bail!(
+            "kafka source: the brokers {} did not answer within {OPEN_TIMEOUT:?}: {cause}",
+            cfg.brokers.join(",")
+        );
+    }
+    let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
+    if let Err(e) = consumer.subscribe(&topics) {
+        release(consumer);
+        return Err(e).with_context(|| format!("kafka source: subscribing to {}", cfg.topics.join(",")));
+    }
+
+    let (stop, stop_rx) = oneshot::channel();
+    let task = tokio::spawn(poll_task(
+        consumer.clone(),
+        shared.clone(),
+        cfg.commit_interval.0,
+        stop_rx,
+    ));
+    Ok(KafkaSource {
+        shared,
+        consumer: Some(consumer),
+        stop: Some(stop),
+        task: Some(task),
+    })
+}
+
+/// Keeps polling the consumer: queues messages, applies pauses, commits.
+async fn poll_task(
+    consumer: Arc<StreamConsumer<Ctx>>,
+    shared: Arc<Shared>,
+    commit_interval: Duration,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let mut tick = tokio::time::interval_at(Instant::now() + commit_interval, commit_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut warned = WarnLimiter::default();
+    loop {
+        apply_pause(&consumer, &shared);
+        tokio::select! {
+            biased;
+            _ = &mut stop => {
+                release(consumer);
+                return;
+            }
+            _ = shared.wake.notified() => {}
+            _ = tick.tick() => commit(&consumer, &shared, CommitMode::Async),
+            r = consumer.recv() => match r {
+                Ok(m) => receive(&shared, &m),
+                Err(e) => match classify(&e) {
+                    Some(fatal) => {
+                        tracing::error!(pipeline = %shared.pipeline, "kafka source: {fatal}");
+                        shared.fail(fatal);
+                    }
+                    None => {
+                        if warned.allow() {
+                            tracing::warn!(pipeline = %shared.pipeline, "kafka source: {e}");
+                        }
+                    }
+                },
+            },
+        }
+    }
+}
+
+/// Drops a consumer handle on a thread of its own: dropping the last one
+/// leaves the group, which waits for the brokers (long, if they are away)
+/// and must not block the async runtime.
+fn release(consumer: Arc<StreamConsumer<Ctx>>) {
+    let spawned = std::thread::Builder::new()
+        .name("kafka-close".into())
+        .spawn(move || drop(consumer));
+    if let Err(e) = spawned {
+        tracing::warn!("kafka source: cannot spawn the closing thread: {e}");
+    }
+}
+
+/// At most one warning per 5 s for a repeating condition.
+#[derive(Default)]
+pub(crate) struct WarnLimiter(Option<std::time::Instant>);
+
+impl WarnLimiter {
+    pub(crate) fn allow(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        if self
+            .0
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(5))
+        {
+            return false;
+        }
+        self.0 = Some(now);
+        true
+    }
+}
+
+fn receive(shared: &Shared, m: &BorrowedMessage<'_>) {
+    let topic: Arc<str> = Arc::from(m.topic());
+    let tp = (topic.clone(), m.partition());
+    let message = Message {
+        topic: m.topic().to_string(),
+        partition: Some(m.partition()),
+        offset: Some(m.offset()),
+        key: m.key().map(Bytes::copy_from_slice),
+        payload: m.payload().map(Bytes::copy_from_slice).unwrap_or_default(),
+        headers: m
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| {
+                        Header::new(
+                            h.key,
+                            h.value.map(Bytes::copy_from_slice).unwrap_or_default(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        timestamp_ms: m
+            .timestamp()
+            .to_millis()
+            .and_then(|t| u64::try_from(t).ok()),
+        attempt: 1,
+    };
+    let mut st = shared.lock();
+    let generation = st.tracker.received(&tp, m.offset());
+    st.queue.push_back(Queued {
+        tp,
+        generation,
+        message,
+    });
+    if st.tracker.in_flight() >= shared.max_in_flight {
+        st.full = true;
+    }
+    drop(st);
+    shared.ready.notify_one();
+}
+
+/// Pauses or resumes every assigned partition to match the wanted state.
+fn apply_pause(consumer: &StreamConsumer<Ctx>, shared: &Shared) {
+    let mut st = shared.lock();
+    let max = shared.max_in_flight;
+    if st.full && st.tracker.in_flight() <= max - (max / 4).max(1).min(max) {
+        st.full = false;
+    }
+    let want = st.user_paused || st.full || st.closed;
+    if want == st.applied_pause {
+        return;
+    }
+    st.applied_pause = want;
+    drop(st);
+    let assignment = match consumer.assignment() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(pipeline = %shared.pipeline, "kafka source: reading the assignment: {e}");
+            return;
+        }
+    };
+    let r = if want {
+        consumer.pause(&assignment)
+    } else {
+        consumer.resume(&assignment)
+    };
+    if let Err(e) = r {
+        tracing::warn!(pipeline = %shared.pipeline, "kafka source: pause/resume: {e}");
+    }
+}
+
+/// Commits every position that moved.
+fn commit(consumer: &StreamConsumer<Ctx>, shared: &Shared, mode: CommitMode) {
+    let positions = shared.lock().tracker.to_commit();
+    if positions.is_empty() {
+        return;
+    }
+    if let Err(e) = consumer.commit(&tpl_of(&positions), mode) {
+        tracing::warn!(pipeline = %shared.pipeline, "kafka source: commit failed: {e}");
+        shared.uncommit(&positions);
+    }
+}
+
+impl Source for KafkaSource {
+    fn next(&mut self) -> BoxFuture<'_, Result<Option<Delivery>, SourceError>> {
+        Box::pin(async move {
+            loop {
+                let due = {
+                    let mut st = self.shared.lock();
+                    if let Some(f) = st.fatal.take() {
+                        return Err(SourceError::Fatal(f));
+                    }
+                    if st.closed {
+                        return Ok(None);
+                    }
+                    let now = Instant::now();
+                    let mut item = None;
+                    while st.redeliveries.peek().is_some_and(|p| p.due <= now) {
+                        let Some(p) = st.redeliveries.pop() else {
+                            break;
+                        };
+                        if st.tracker.is_current(&p.item.tp, p.item.generation) {
+                            item = Some(p.item);
+                            break;
+                        }
+                    }
+                    if item.is_none() {
+                        item = st.queue.pop_front();
+                    }
+                    if let Some(q) = item {
+                        return Ok(Some(self.delivery(q)));
+                    }
+                    st.redeliveries.peek().map(|p| p.due)
+                };
+                match due {
+                    Some(due) => {
+                        tokio::select! {
+                            _ = self.shared.ready.notified() => {}
+                            _ = tokio::time::sleep_until(due) => {}
+                        }
+                    }
+                    None => self.shared.ready.notified().await,
+                }
+            }
+        })
+    }
+
+    fn pause(&mut self) {
+        self.shared.lock().user_paused = true;
+        if let Some(c) = &self.consumer {
+            apply_pause(c, &self.shared);
+        }
+    }
+
+    fn resume(&mut self) {
+        self.shared.lock().user_paused = false;
+        if let Some(c) = &self.consumer {
+            apply_pause(c, &self.shared);
+        }
+    }
+
+    fn close(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.shared.lock().closed = true;
+            self.shared.ready.notify_one();
+            let Some(consumer) = self.consumer.clone() else {
+                return;
+            };
+            apply_pause(&consumer, &self.shared);
+            // Commit everything settled, synchronously.
+            let shared = self.shared.clone();
+            let done = tokio::task::spawn_blocking(move || {
+                let positions = shared.lock().tracker.positions();
+                if positions.is_empty() {
+                    return;
+                }
+                if let Err(e) = consumer.commit(&tpl_of(&positions), CommitMode::Sync) {
+                    tracing::warn!(pipeline = %shared.pipeline, "kafka source: final commit failed: {e}");
+                    shared.uncommit(&positions);
+                }
+            });
+            if tokio::time::timeout(COMMIT_TIMEOUT, done).await.is_err() {
+                tracing::warn!(pipeline = %self.shared.pipeline,
+                    "kafka source: final commit did not finish within {COMMIT_TIMEOUT:?}");
+            }
+        })
+    }
+}
+
+impl KafkaSource {
+    fn delivery(&self, q: Queued) -> Delivery {
+        let handle = KafkaSettle {
+            shared: self.shared.clone(),
+            tp: q.tp,
+            generation: q.generation,
+            message: q.message.clone(),
+        };
+        Delivery::new(q.message, Box::new(handle))
+    }
+}
+
+impl Drop for KafkaSource {
+    fn drop(&mut self) {
+        // Stops the poll task; dropping the last consumer handle leaves the
+        // group, which revokes (and commits) the partitions.
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            // The task releases its handle when it sees `stop`; aborting
+            // would drop it on a runtime thread instead.
+            drop(task);
+        }
+        if let Some(c) = self.consumer.take() {
+            release(c);
+        }
+    }
+}
+
+/// The settle handle of one kafka delivery.
+struct KafkaSettle {
+    shared: Arc<Shared>,
+    tp: Tp,
+    generation: u64,
+    message: Message,
+}
+
+impl Settle for KafkaSettle {
+    fn settle(self: Box<Self>, how: Settlement) -> BoxFuture<'static, anyhow::Result<()>> {
+        let KafkaSettle {
+            shared,
+            tp,
+            generation,
+            mut message,
+        } = *self;
+        Box::pin(async move {
+            let offset = message.offset.unwrap_or_default();
+            let mut st = shared.lock();
+            match how {
+                Settlement::Ack | Settlement::Terminated => {
+                    st.tracker.settled(&tp, generation, offset);
+                    drop(st);
+                    shared.wake.notify_one();
+                }
+                Settlement::Redeliver { delay } => {
+                    if st.tracker.is_current(&tp, generation) {
+                        message.attempt += 1;
+                        st.seq += 1;
+                        let seq = st.seq;
+                        st.redeliveries.push(Pending {
+                            due: Instant::now() + delay,
+                            seq,
+                            item: Queued {
+                                tp,
+                                generation,
+                                message,
+                            },
+                        });
+                    }
+                    drop(st);
+                    shared.ready.notify_one();
+                }
+            }
+            Ok(())
+        })
+    }
+}
