@@ -1,0 +1,718 @@
+//! Live operations against the real `sluice` binary: plugin hot swap under a
+//! steady JetStream stream (NATS on 127.0.0.1:4222), pipeline files added,
+//! changed (validly and not) and removed while `sluice run DIR` runs, and the
+//! admin API (metrics counts, /pipelines, reload, bearer token).
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, stream};
+use futures::StreamExt as _;
+use serde_json::Value;
+
+const URL: &str = "nats://127.0.0.1:4222";
+
+/// Starts `sluice run <args>` with an admin port; stderr into `log`.
+fn spawn(args: &[&str], admin: u16, log: &Path) -> common::Proc {
+    let log = std::fs::File::create(log).expect("log file");
+    let child = Command::new(common::sluice_bin())
+        .arg("run")
+        .args(args)
+        .arg("--admin")
+        .arg(format!("127.0.0.1:{admin}"))
+        .env("SLUICE_CACHE_DIR", common::cache_dir())
+        .env_remove("SLUICE_ADMIN_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn sluice");
+    assert!(
+        common::wait_for_port(admin, Duration::from_secs(30)),
+        "admin port never opened"
+    );
+    common::Proc { child }
+}
+
+/// A minimal HTTP/1.1 request: (status, body).
+fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect admin");
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: 0\r\n{auth}\r\n"
+    )
+    .expect("send");
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).expect("read response");
+    let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_string())
+}
+
+fn pipelines(port: u16) -> Value {
+    let (status, body) = http(port, "GET", "/pipelines", None);
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).expect("JSON")
+}
+
+fn pipeline(port: u16, name: &str) -> Option<Value> {
+    pipelines(port)["pipelines"]
+        .as_array()?
+        .iter()
+        .find(|p| p["name"] == name)
+        .cloned()
+}
+
+/// The value of the sample `name{labels}` in Prometheus text.
+fn metric(text: &str, sample: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn count(p: &Value, key: &str) -> u64 {
+    p["counts"][key].as_u64().unwrap_or(0)
+}
+
+/// Replaces `dst` atomically (temp file + rename), as a deploy would.
+fn install(src_bytes: &[u8], dst: &Path) {
+    let tmp = dst.with_extension("tmp");
+    std::fs::write(&tmp, src_bytes).unwrap();
+    std::fs::rename(&tmp, dst).unwrap();
+}
+
+fn lines(p: &Path) -> Vec<String> {
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn append(p: &Path, text: &str) {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(p)
+        .unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+}
+
+/// Stops sluice with SIGTERM and expects exit 0.
+fn stop(mut p: common::Proc, log: &Path) {
+    p.signal("TERM");
+    let code = p.wait_timeout(Duration::from_secs(30));
+    assert_eq!(
+        code,
+        Some(0),
+        "clean exit on SIGTERM; log:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+/// 50,000 messages through JetStream while the plugin file is swapped ten
+/// times between `tag-a` and `tag-b` (plus two broken versions): every
+/// message processed once, tags in contiguous runs, broken versions refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_swap_under_a_steady_jetstream_stream() {
+    const N: usize = 50_000;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let u = common::unique("swap").replace('-', "_");
+    let (ins, outs, sub) = (
+        format!("{}_IN", u.to_uppercase()),
+        format!("{}_OUT", u.to_uppercase()),
+        u.clone(),
+    );
+    let a = std::fs::read(common::plugin("tag-a")).unwrap();
+    let b = std::fs::read(common::plugin("tag-b")).unwrap();
+    std::fs::create_dir(d.join("plugin")).unwrap();
+    std::fs::create_dir(d.join("pipelines")).unwrap();
+    let wasm = d.join("plugin/handler.wasm");
+    install(&a, &wasm);
+
+    let js = jetstream::new(
+        async_nats::connect(URL)
+            .await
+            .expect("NATS on 127.0.0.1:4222"),
+    );
+    js.get_or_create_stream(stream::Config {
+        name: ins.clone(),
+        subjects: vec![format!("{sub}.in")],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    std::fs::write(
+        d.join("pipelines/swap.toml"),
+        format!(
+            r#"name = "swap"
+[source]
+type = "jetstream"
+url = "{URL}"
+stream = "{ins}"
+durable = "swap"
+batch = 256
+max_ack_pending = 2000
+[handler]
+plugin = "{wasm}"
+concurrency = 1
+[sink]
+type = "jetstream"
+url = "{URL}"
+subject = "{sub}.out"
+stream = "{outs}"
+[dead_letter]
+type = "file"
+path = "{d}/dlq.jsonl"
+"#,
+            wasm = wasm.display(),
+            d = d.display()
+        ),
+    )
+    .unwrap();
+    let port = common::free_port();
+    let log = d.join("sluice.log");
+    let proc = spawn(&[d.join("pipelines").to_str().unwrap()], port, &log);
+    wait_until("the pipeline to be ready", Duration::from_secs(30), || {
+        http(port, "GET", "/readyz", None).0 == 200 && pipeline(port, "swap").is_some()
+    });
+
+    // A steady stream: 500 messages every ~50ms, published while swapping.
+    let producer = {
+        let js = js.clone();
+        let subject = format!("{sub}.in");
+        tokio::spawn(async move {
+            for chunk in 0..N / 500 {
+                let mut acks = Vec::with_capacity(500);
+                for i in chunk * 500..(chunk + 1) * 500 {
+                    acks.push(
+                        js.publish(subject.clone(), format!("m{i:06}").into())
+                            .await
+                            .unwrap(),
+                    );
+                }
+                for a in acks {
+                    a.await.unwrap();
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+
+    let started = Instant::now();
+    let mut swaps = 0;
+    let mut failed_reloads = 0;
+    let mut last = 0;
+    while swaps < 10 {
+        // Let each version handle a good share of the stream first.
+        let p = tokio::task::block_in_place(|| {
+            let mut p = Value::Null;
+            wait_until("progress", Duration::from_secs(60), || {
+                p = pipeline(port, "swap").unwrap_or(Value::Null);
+                count(&p, "succeeded") >= last + 1_500
+            });
+            p
+        });
+        last = count(&p, "succeeded");
+        if swaps == 3 || swaps == 7 {
+            // A broken version: not wasm at all, then a component without `handle`.
+            let digest = p["plugin"]["digest"].clone();
+            let broken = if swaps == 3 {
+                b"this is not wasm".to_vec()
+            } else {
+                wat::parse_str("(component)").unwrap()
+            };
+            install(&broken, &wasm);
+            failed_reloads += 1;
+            let p = tokio::task::block_in_place(|| {
+                let mut p = Value::Null;
+                wait_until("the failed reload", Duration::from_secs(20), || {
+                    p = pipeline(port, "swap").unwrap_or(Value::Null);
+                    p["reloads"]["failed"].as_u64() == Some(failed_reloads)
+                });
+                // Still flowing on the old version.
+                let before = count(&p, "succeeded");
+                wait_until(
+                    "the stream to keep flowing",
+                    Duration::from_secs(30),
+                    || {
+                        pipeline(port, "swap")
+                            .is_some_and(|q| count(&q, "succeeded") >= before + 500)
+                    },
+                );
+                p
+            });
+            assert_eq!(
+                p["plugin"]["digest"], digest,
+                "a broken plugin changes nothing"
+            );
+            assert_eq!(p["state"], "running");
+            let err = p["last_reload_error"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            assert!(
+                err.contains(if swaps == 3 {
+                    "not a WebAssembly component"
+                } else {
+                    "does not implement"
+                }),
+                "{err}"
+            );
+            eprintln!("[hot swap] broken version refused: {err}");
+        }
+        swaps += 1;
+        install(if swaps % 2 == 1 { &b } else { &a }, &wasm);
+        tokio::task::block_in_place(|| {
+            wait_until("the reload", Duration::from_secs(20), || {
+                pipeline(port, "swap").is_some_and(|p| p["reloads"]["ok"].as_u64() == Some(swaps))
+            })
+        });
+    }
+    producer.await.unwrap();
+    tokio::task::block_in_place(|| {
+        wait_until("every message", Duration::from_secs(90), || {
+            pipeline(port, "swap").is_some_and(|p| count(&p, "succeeded") >= N as u64)
+        })
+    });
+    let (_, metrics) = http(port, "GET", "/metrics", None);
+    let p = pipeline(port, "swap").unwrap();
+    stop(proc, &log);
+    let elapsed = started.elapsed();
+
+    // Read every output back, in the order they were stored.
+    let out = js.get_stream(&outs).await.unwrap();
+    let c = out
+        .create_consumer(consumer::pull::Config {
+            ack_policy: consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut got = Vec::with_capacity(N);
+    loop {
+        let mut batch = c
+            .fetch()
+            .max_messages(5_000)
+            .expires(Duration::from_millis(500))
+            .messages()
+            .await
+            .unwrap();
+        let before = got.len();
+        while let Some(Ok(m)) = batch.next().await {
+            got.push(String::from_utf8_lossy(&m.payload).into_owned());
+        }
+        if got.len() == before {
+            break;
+        }
+    }
+    let mut seen: HashMap<usize, usize> = HashMap::new();
+    let mut tags = Vec::new();
+    for o in &got {
+        let (tag, m) = o.split_once(':').expect("tagged output");
+        let i: usize = m.trim_start_matches('m').parse().expect("index");
+        *seen.entry(i).or_default() += 1;
+        if tags.last() != Some(&tag) {
+            tags.push(tag);
+        }
+    }
+    let dups = seen.values().filter(|n| **n > 1).count();
+    let lost = (0..N).filter(|i| !seen.contains_key(i)).count();
+    eprintln!(
+        "[hot swap] {N} sent, {} outputs, {} distinct, lost {lost}, duplicated {dups}, {swaps} swaps + {failed_reloads} refused, tag runs {:?} ({} boundaries), {:.1}s",
+        got.len(),
+        seen.len(),
+        tags,
+        tags.len() - 1,
+        elapsed.as_secs_f64()
+    );
+    assert_eq!(lost, 0, "no message lost");
+    assert_eq!(dups, 0, "no message duplicated");
+    assert_eq!(got.len(), N);
+    assert_eq!(tags.first(), Some(&"A"), "version A ran first");
+    assert_eq!(
+        tags.len() - 1,
+        10,
+        "one contiguous run per version: {tags:?}"
+    );
+    assert!(tags.windows(2).all(|w| w[0] != w[1]));
+    // Processed exactly once: nothing was received twice or handed back.
+    assert_eq!(count(&p, "received"), N as u64);
+    assert_eq!(count(&p, "redelivered"), 0);
+    assert_eq!(
+        metric(
+            &metrics,
+            "sluice_messages_total{pipeline=\"swap\",outcome=\"succeeded\"}"
+        ),
+        Some(N as f64)
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "sluice_plugin_reloads_total{pipeline=\"swap\",result=\"ok\"}"
+        ),
+        Some(10.0)
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "sluice_plugin_reloads_total{pipeline=\"swap\",result=\"failed\"}"
+        ),
+        Some(2.0)
+    );
+    common::report("hot swap", N, seen.len(), 0, 0, dups);
+}
+
+fn file_pipeline(d: &Path, name: &str, plugin: &str, tag: &str, extra: &str) -> String {
+    format!(
+        r#"name = "{name}"
+[source]
+type = "file"
+path = "{d}/data/{name}.in"
+follow = true
+[handler]
+plugin = "{plugin}"
+config = {{ tag = "{tag}" }}
+[sink]
+type = "file"
+path = "{d}/data/{name}.out"
+[dead_letter]
+type = "file"
+path = "{d}/data/{name}.dlq"
+{extra}
+"#,
+        d = d.display(),
+        plugin = common::plugin(plugin).display(),
+    )
+}
+
+/// `sluice run DIR`: pipelines start, change, refuse an invalid change,
+/// fail alone, and stop as their files come, change and go.
+#[test]
+fn pipeline_files_added_changed_and_removed_while_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pd = d.join("pipelines");
+    std::fs::create_dir_all(&pd).unwrap();
+    std::fs::create_dir_all(d.join("data")).unwrap();
+    let port = common::free_port();
+    let log = d.join("sluice.log");
+    let proc = spawn(&[pd.to_str().unwrap()], port, &log);
+    assert_eq!(pipelines(port)["pipelines"], serde_json::json!([]));
+    let out = |n: &str| lines(&d.join(format!("data/{n}.out")));
+    let input = |n: &str| d.join(format!("data/{n}.in"));
+
+    // Added: a new file starts a pipeline.
+    append(&input("p1"), "l1\nl2\nl3\n");
+    std::fs::write(
+        pd.join("p1.toml"),
+        file_pipeline(d, "p1", "tagger", "one", ""),
+    )
+    .unwrap();
+    wait_until("p1 to run", Duration::from_secs(30), || {
+        out("p1").len() == 3
+    });
+    assert_eq!(out("p1"), ["one:l1", "one:l2", "one:l3"]);
+    let p1 = pipeline(port, "p1").unwrap();
+    assert_eq!(p1["state"], "running");
+    let loaded = p1["plugin"]["loaded_at_unix_ms"].clone();
+
+    // Changed: validated, the old drains, the new starts where the old left off.
+    std::fs::write(
+        pd.join("p1.toml"),
+        file_pipeline(d, "p1", "tagger", "two", ""),
+    )
+    .unwrap();
+    wait_until("p1 to be replaced", Duration::from_secs(30), || {
+        pipeline(port, "p1")
+            .is_some_and(|p| p["plugin"]["loaded_at_unix_ms"] != loaded && p["state"] == "running")
+    });
+    append(&input("p1"), "l4\nl5\n");
+    wait_until("p1's new lines", Duration::from_secs(30), || {
+        out("p1").len() == 5
+    });
+    assert_eq!(
+        out("p1")[3..],
+        ["two:l4", "two:l5"],
+        "nothing repeated, new version"
+    );
+
+    // Changed to something invalid: refused with file, line and key; p1 runs on.
+    let before = pipeline(port, "p1").unwrap();
+    std::fs::write(
+        pd.join("p1.toml"),
+        file_pipeline(
+            d,
+            "p1",
+            "tagger",
+            "three",
+            "[retry]\nmax_attempts = \"many\"\ncolour = 1\n",
+        ),
+    )
+    .unwrap();
+    let mut errors = String::new();
+    wait_until(
+        "the invalid file to be reported",
+        Duration::from_secs(30),
+        || {
+            let all = pipelines(port);
+            errors = all["invalid_files"]
+                .as_array()
+                .and_then(|a| a.first())
+                .map(|e| e["errors"].as_str().unwrap_or("").to_string())
+                .unwrap_or_default();
+            !errors.is_empty()
+        },
+    );
+    eprintln!("[live pipelines] invalid change refused:\n{errors}");
+    assert!(
+        errors.contains("p1.toml") && errors.contains("max_attempts") && errors.contains("colour"),
+        "{errors}"
+    );
+    assert!(errors.contains("line"), "{errors}");
+    let after = pipeline(port, "p1").unwrap();
+    assert_eq!(
+        after["plugin"]["loaded_at_unix_ms"], before["plugin"]["loaded_at_unix_ms"],
+        "nothing changed"
+    );
+    assert_eq!(after["state"], "running");
+    append(&input("p1"), "l6\n");
+    wait_until(
+        "p1 still running the old version",
+        Duration::from_secs(30),
+        || out("p1").len() == 6,
+    );
+    assert_eq!(out("p1")[5], "two:l6");
+
+    // A second pipeline, and a third that fails by policy: the others run on.
+    append(&input("p2"), "x1\n");
+    std::fs::write(
+        pd.join("p2.toml"),
+        file_pipeline(d, "p2", "tagger", "p2", ""),
+    )
+    .unwrap();
+    append(&input("p3"), "ok\nbad\n");
+    std::fs::write(
+        pd.join("p3.toml"),
+        file_pipeline(d, "p3", "fatal-on", "", "[errors]\nfatal = \"stop\"\n"),
+    )
+    .unwrap();
+    wait_until("p2 to run and p3 to fail", Duration::from_secs(30), || {
+        out("p2").len() == 1 && pipeline(port, "p3").is_some_and(|p| p["state"] == "failed")
+    });
+    let p3 = pipeline(port, "p3").unwrap();
+    assert!(
+        p3["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("stopped by policy"),
+        "{p3}"
+    );
+    assert_eq!(
+        http(port, "GET", "/readyz", None).0,
+        503,
+        "a failed pipeline is not ready"
+    );
+    append(&input("p2"), "x2\n");
+    append(&input("p1"), "l7\n");
+    wait_until("the others to go on", Duration::from_secs(30), || {
+        out("p2").len() == 2 && out("p1").len() == 7
+    });
+
+    // Removed: drained and stopped; the others go on.
+    std::fs::remove_file(pd.join("p1.toml")).unwrap();
+    std::fs::remove_file(pd.join("p3.toml")).unwrap();
+    wait_until("p1 and p3 to stop", Duration::from_secs(30), || {
+        let all = pipelines(port);
+        let names: Vec<&str> = all["pipelines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p["name"].as_str())
+            .collect();
+        names == ["p2"] && all["invalid_files"] == serde_json::json!([])
+    });
+    assert_eq!(http(port, "GET", "/readyz", None).0, 200);
+    append(&input("p1"), "l8\n");
+    append(&input("p2"), "x3\n");
+    wait_until("p2's line", Duration::from_secs(30), || {
+        out("p2").len() == 3
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(out("p1").len(), 7, "a removed pipeline takes nothing more");
+    assert_eq!(out("p2"), ["p2:x1", "p2:x2", "p2:x3"]);
+    stop(proc, &log);
+    eprintln!(
+        "[live pipelines] add, change, invalid change, failure, remove: p1 {} lines, p2 {} lines",
+        out("p1").len(),
+        out("p2").len()
+    );
+}
+
+/// The admin API while a pipeline runs: metrics match what was sent,
+/// /pipelines shows the state, reload needs the token and reports failures.
+#[test]
+fn admin_api_metrics_pipelines_and_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("data")).unwrap();
+    let plugin: PathBuf = d.join("fatal-on.wasm");
+    std::fs::copy(common::plugin("fatal-on"), &plugin).unwrap();
+    let mut input = String::new();
+    for i in 0..200 {
+        input += &format!("ok-{i}\n");
+        if i % 70 == 0 {
+            input += &format!("bad-{i}\n");
+        }
+    }
+    std::fs::write(d.join("data/m.in"), input).unwrap();
+    let toml = file_pipeline(d, "m", "fatal-on", "", "").replace(
+        &common::plugin("fatal-on").display().to_string(),
+        &plugin.display().to_string(),
+    );
+    std::fs::write(d.join("m.toml"), toml).unwrap();
+    std::fs::write(d.join("token"), "s3cret\n").unwrap();
+    let port = common::free_port();
+    let log = d.join("sluice.log");
+    let proc = spawn(
+        &[
+            d.join("m.toml").to_str().unwrap(),
+            "--admin-token-file",
+            d.join("token").to_str().unwrap(),
+        ],
+        port,
+        &log,
+    );
+    wait_until("every line", Duration::from_secs(30), || {
+        pipeline(port, "m")
+            .is_some_and(|p| count(&p, "succeeded") == 200 && count(&p, "dead_lettered") == 3)
+    });
+    assert_eq!(http(port, "GET", "/healthz", None), (200, "ok\n".into()));
+    assert_eq!(http(port, "GET", "/readyz", None).0, 200);
+
+    let (status, m) = http(port, "GET", "/metrics", None);
+    assert_eq!(status, 200);
+    let v = |s: &str| metric(&m, s).unwrap_or_else(|| panic!("{s} missing from\n{m}"));
+    assert_eq!(v("sluice_messages_received_total{pipeline=\"m\"}"), 203.0);
+    assert_eq!(
+        v("sluice_messages_total{pipeline=\"m\",outcome=\"succeeded\"}"),
+        200.0
+    );
+    assert_eq!(
+        v("sluice_messages_total{pipeline=\"m\",outcome=\"dead_lettered\"}"),
+        3.0
+    );
+    assert_eq!(
+        v("sluice_messages_total{pipeline=\"m\",outcome=\"dropped\"}"),
+        0.0
+    );
+    assert_eq!(
+        v("sluice_failures_total{pipeline=\"m\",class=\"fatal\"}"),
+        3.0
+    );
+    assert_eq!(
+        v("sluice_failures_total{pipeline=\"m\",class=\"trap\"}"),
+        0.0
+    );
+    assert_eq!(v("sluice_dead_letters_total{pipeline=\"m\"}"), 3.0);
+    assert_eq!(v("sluice_outputs_total{pipeline=\"m\"}"), 200.0);
+    assert_eq!(
+        v("sluice_handler_duration_seconds_count{pipeline=\"m\"}"),
+        203.0
+    );
+    assert_eq!(
+        v("sluice_handler_duration_seconds_bucket{pipeline=\"m\",le=\"+Inf\"}"),
+        203.0
+    );
+    assert!(v("sluice_fuel_used_total{pipeline=\"m\"}") > 0.0);
+    assert_eq!(v("sluice_in_flight{pipeline=\"m\"}"), 0.0);
+    assert_eq!(v("sluice_breaker_state{pipeline=\"m\"}"), 0.0);
+    assert_eq!(v("sluice_pipeline_up{pipeline=\"m\"}"), 1.0);
+    assert!(m.contains("# TYPE sluice_handler_duration_seconds histogram"));
+    eprintln!(
+        "[admin] sent 203 (200 good, 3 bad): metrics received 203, succeeded 200, dead_lettered 3, fatal 3"
+    );
+
+    let p = pipeline(port, "m").unwrap();
+    assert_eq!(p["state"], "running");
+    assert_eq!(p["breaker"], "closed");
+    assert_eq!(p["failures"]["fatal"], 3);
+    assert_eq!(p["in_flight"], 0);
+    assert!(
+        p["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("refused: bad-"),
+        "{p}"
+    );
+    let digest = p["plugin"]["digest"].as_str().unwrap().to_string();
+    assert!(digest.starts_with("sha256:"));
+
+    // Reload: the token is required, and a good reload answers the digest.
+    assert_eq!(http(port, "POST", "/pipelines/m/reload", None).0, 401);
+    assert_eq!(
+        http(port, "POST", "/pipelines/m/reload", Some("wrong")).0,
+        401
+    );
+    let (status, body) = http(port, "POST", "/pipelines/m/reload", Some("s3cret"));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["digest"],
+        digest.as_str()
+    );
+    assert_eq!(
+        http(port, "POST", "/pipelines/nope/reload", Some("s3cret")).0,
+        404
+    );
+
+    // A broken plugin file: 422 with the reason; the old version runs on.
+    std::fs::write(&plugin, b"\0asm garbage").unwrap();
+    let (status, body) = http(port, "POST", "/pipelines/m/reload", Some("s3cret"));
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("fatal-on.wasm"), "{body}");
+    let p = pipeline(port, "m").unwrap();
+    assert_eq!(p["plugin"]["digest"], digest.as_str());
+    assert!(p["last_reload_error"].as_str().is_some());
+    append(&d.join("data/m.in"), "ok-late\n");
+    wait_until(
+        "the old version to handle a new line",
+        Duration::from_secs(30),
+        || pipeline(port, "m").is_some_and(|p| count(&p, "succeeded") == 201),
+    );
+    let (_, m) = http(port, "GET", "/metrics", None);
+    assert!(
+        metric(
+            &m,
+            "sluice_plugin_reloads_total{pipeline=\"m\",result=\"ok\"}"
+        ) >= Some(1.0)
+    );
+    assert!(
+        metric(
+            &m,
+            "sluice_plugin_reloads_total{pipeline=\"m\",result=\"failed\"}"
+        ) >= Some(1.0)
+    );
+    stop(proc, &log);
+}
