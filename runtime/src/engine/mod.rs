@@ -4,6 +4,7 @@
 
 mod bindings;
 pub mod cache;
+mod core_module;
 mod host;
 mod limits;
 mod plugin;

@@ -13,6 +13,7 @@ use wasmtime::{Store, Trap};
 use super::Engine;
 use super::bindings::{Handler, HandlerPre, WitHandlerError, WitHeader, WitMessage, WitOutput};
 use super::cache::{self, Origin};
+use super::core_module::{self, ConvertError};
 use super::host::{HostState, KvStore};
 use super::limits::{Limiter, MemoryExceeded};
 use crate::config::HandlerConfig;
@@ -126,12 +127,21 @@ impl Plugin {
             path: file.clone(),
             message,
         };
-        if is_core_module(&bytes) {
-            return Err(not_component(
-                "it is a core module; build a component (e.g. `cargo build --target wasm32-wasip2`)"
-                    .into(),
-            ));
-        }
+        // A core module implementing the world's canonical ABI is wrapped
+        // into a component here; the cache still keys on the file's digest.
+        let bytes = if is_core_module(&bytes) {
+            core_module::to_component(&bytes).map_err(|e| match e {
+                ConvertError::World(message) => PluginError::World {
+                    path: file.clone(),
+                    message,
+                },
+                ConvertError::Encode(m) => {
+                    not_component(format!("cannot make a component of the core module: {m}"))
+                }
+            })?
+        } else {
+            bytes
+        };
         if !is_component(&bytes) {
             return Err(not_component(
                 "the file does not start with the wasm magic bytes".into(),
