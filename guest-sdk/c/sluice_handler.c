@@ -1,0 +1,275 @@
+/*
+ * The canonical-ABI glue of the `sluice:handler@0.1.0` world, written by hand (no
+ * wit-bindgen needed): the exports `init`, `handle`, their `cabi_post_*`, `cabi_realloc`,
+ * and the imports of `sluice:handler/host@0.1.0`. Layouts follow the component model's
+ * canonical ABI for wasm32 (pointers and lengths are 32-bit, records aligned to 4).
+ */
+#include "sluice_handler.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define EXPORT(name) __attribute__((export_name(name)))
+#define HOST_IMPORT(name) \
+    __attribute__((import_module("sluice:handler/host@0.1.0"), import_name(name)))
+
+/* ---- memory ---- */
+
+EXPORT("cabi_realloc")
+void *cabi_realloc(void *old, size_t old_size, size_t align, size_t new_size) {
+    (void)old_size;
+    (void)align; /* malloc aligns to 16, more than any type of this world needs */
+    if (new_size == 0) return (void *)align;
+    void *p = realloc(old, new_size);
+    if (!p) __builtin_trap();
+    return p;
+}
+
+/* Allocations handed to the host, freed in the post-return functions. */
+static void **owned;
+static size_t owned_len, owned_cap;
+
+static void *own(size_t size) {
+    void *p = malloc(size ? size : 1);
+    if (!p) __builtin_trap();
+    if (owned_len == owned_cap) {
+        owned_cap = owned_cap ? owned_cap * 2 : 16;
+        owned = realloc(owned, owned_cap * sizeof(void *));
+        if (!owned) __builtin_trap();
+    }
+    owned[owned_len++] = p;
+    return p;
+}
+
+static void free_owned(void) {
+    for (size_t i = 0; i < owned_len; i++) free(owned[i]);
+    owned_len = 0;
+}
+
+static sluice_bytes copy(const void *p, size_t len) {
+    uint8_t *d = own(len);
+    if (len) memcpy(d, p, len);
+    return (sluice_bytes){d, len};
+}
+
+/* ---- canonical ABI layouts ---- */
+
+typedef struct {
+    uint32_t ptr, len;
+} abi_list; /* list<T> and string */
+
+typedef struct {
+    uint8_t is_some;
+    abi_list v;
+} abi_opt_list; /* option<string>, option<list<u8>>: 12 bytes */
+
+typedef struct {
+    abi_list key;
+    abi_list value;
+} abi_pair; /* header, tuple<string, string>: 16 bytes */
+
+typedef struct {
+    abi_opt_list sink, topic, key;
+    abi_list payload;
+    abi_list headers;
+} abi_output; /* 52 bytes */
+
+_Static_assert(sizeof(abi_opt_list) == 12, "option<list> is 12 bytes");
+_Static_assert(sizeof(abi_output) == 52, "output is 52 bytes");
+
+static abi_list to_abi(sluice_bytes b) {
+    return (abi_list){(uint32_t)(uintptr_t)b.ptr, (uint32_t)b.len};
+}
+
+static sluice_bytes from_abi(uint32_t ptr, uint32_t len) {
+    return (sluice_bytes){(const uint8_t *)(uintptr_t)ptr, len};
+}
+
+/* ---- outputs and errors ---- */
+
+struct sluice_output {
+    abi_output abi;
+    abi_pair *headers;
+    size_t headers_len, headers_cap;
+};
+
+static sluice_output **outs;
+static size_t outs_len, outs_cap;
+static sluice_bytes error_msg;
+
+sluice_output *sluice_emit(const void *payload, size_t len) {
+    if (outs_len == outs_cap) {
+        size_t cap = outs_cap ? outs_cap * 2 : 4;
+        sluice_output **n = realloc(outs, cap * sizeof(*n));
+        if (!n) return NULL;
+        outs = n;
+        outs_cap = cap;
+    }
+    sluice_output *o = own(sizeof(*o));
+    memset(o, 0, sizeof(*o));
+    o->abi.payload = to_abi(copy(payload, len));
+    outs[outs_len++] = o;
+    return o;
+}
+
+static void set_opt(abi_opt_list *slot, const void *p, size_t len) {
+    slot->is_some = 1;
+    slot->v = to_abi(copy(p, len));
+}
+
+void sluice_output_key(sluice_output *o, const void *key, size_t len) { set_opt(&o->abi.key, key, len); }
+void sluice_output_topic(sluice_output *o, const char *t, size_t len) { set_opt(&o->abi.topic, t, len); }
+void sluice_output_sink(sluice_output *o, const char *s, size_t len) { set_opt(&o->abi.sink, s, len); }
+
+void sluice_output_header(sluice_output *o, const char *key, size_t key_len, const void *value,
+                          size_t value_len) {
+    if (o->headers_len == o->headers_cap) {
+        size_t cap = o->headers_cap ? o->headers_cap * 2 : 4;
+        abi_pair *n = own(cap * sizeof(*n));
+        if (o->headers_len) memcpy(n, o->headers, o->headers_len * sizeof(*n));
+        o->headers = n; /* the old array stays owned until post-return: harmless */
+        o->headers_cap = cap;
+    }
+    o->headers[o->headers_len++] =
+        (abi_pair){to_abi(copy(key, key_len)), to_abi(copy(value, value_len))};
+}
+
+void sluice_set_error(const char *msg, size_t len) { error_msg = copy(msg, len); }
+
+/* ---- host imports ---- */
+
+HOST_IMPORT("log") extern void host_log(int32_t level, uint32_t ptr, uint32_t len);
+HOST_IMPORT("kv-get") extern void host_kv_get(uint32_t ptr, uint32_t len, abi_opt_list *ret);
+HOST_IMPORT("kv-set")
+extern void host_kv_set(uint32_t kp, uint32_t kl, uint32_t vp, uint32_t vl, int32_t has_ttl,
+                        int64_t ttl);
+
+void sluice_log(sluice_level level, const char *msg, size_t len) {
+    host_log((int32_t)level, (uint32_t)(uintptr_t)msg, (uint32_t)len);
+}
+
+bool sluice_kv_get(const char *key, size_t key_len, sluice_bytes *value) {
+    abi_opt_list ret;
+    host_kv_get((uint32_t)(uintptr_t)key, (uint32_t)key_len, &ret);
+    if (!ret.is_some) return false;
+    /* The host allocated the value with cabi_realloc (malloc): the caller frees it. */
+    *value = from_abi(ret.v.ptr, ret.v.len);
+    return true;
+}
+
+void sluice_kv_set(const char *key, size_t key_len, const void *value, size_t value_len,
+                   uint64_t ttl_ms) {
+    host_kv_set((uint32_t)(uintptr_t)key, (uint32_t)key_len, (uint32_t)(uintptr_t)value,
+                (uint32_t)value_len, ttl_ms != 0, (int64_t)ttl_ms);
+}
+
+/* ---- exports ---- */
+
+/* result<_, string>: discriminant at 0, the string at 4. */
+static struct {
+    uint8_t is_err;
+    abi_list err;
+} init_ret;
+
+EXPORT("init")
+void *export_init(uint32_t ptr, uint32_t len) {
+    abi_pair *pairs = (abi_pair *)(uintptr_t)ptr;
+    sluice_config_entry *cfg = malloc((len ? len : 1) * sizeof(*cfg));
+    if (!cfg) __builtin_trap();
+    for (uint32_t i = 0; i < len; i++) {
+        cfg[i].key = from_abi(pairs[i].key.ptr, pairs[i].key.len);
+        cfg[i].value = from_abi(pairs[i].value.ptr, pairs[i].value.len);
+    }
+    error_msg = (sluice_bytes){0};
+    bool ok = sluice_init(cfg, len);
+    for (uint32_t i = 0; i < len; i++) {
+        free((void *)cfg[i].key.ptr);
+        free((void *)cfg[i].value.ptr);
+    }
+    free(cfg);
+    free(pairs);
+    init_ret.is_err = !ok;
+    init_ret.err = ok ? (abi_list){0} : to_abi(error_msg);
+    return &init_ret;
+}
+
+EXPORT("cabi_post_init")
+void post_init(void *ret) {
+    (void)ret;
+    free_owned();
+}
+
+/* result<list<output>, handler-error>: discriminant at 0; ok: the list at 4;
+ * err: the variant's discriminant at 4 and its string at 8. */
+static struct {
+    uint8_t is_err;
+    union {
+        abi_list ok;
+        struct {
+            uint8_t tag;
+            abi_list msg;
+        } err;
+    } u;
+} handle_ret;
+
+EXPORT("handle")
+void *export_handle(uint32_t topic_ptr, uint32_t topic_len, int32_t has_key, uint32_t key_ptr,
+                    uint32_t key_len, uint32_t payload_ptr, uint32_t payload_len,
+                    uint32_t headers_ptr, uint32_t headers_len, int32_t has_ts, int64_t ts,
+                    int32_t attempt) {
+    abi_pair *hs = (abi_pair *)(uintptr_t)headers_ptr;
+    sluice_header *headers = malloc((headers_len ? headers_len : 1) * sizeof(*headers));
+    if (!headers) __builtin_trap();
+    for (uint32_t i = 0; i < headers_len; i++) {
+        headers[i].key = from_abi(hs[i].key.ptr, hs[i].key.len);
+        headers[i].value = from_abi(hs[i].value.ptr, hs[i].value.len);
+    }
+    sluice_message msg = {
+        .topic = from_abi(topic_ptr, topic_len),
+        .has_key = has_key != 0,
+        .key = has_key ? from_abi(key_ptr, key_len) : (sluice_bytes){0},
+        .payload = from_abi(payload_ptr, payload_len),
+        .headers = headers,
+        .headers_len = headers_len,
+        .has_timestamp = has_ts != 0,
+        .timestamp_ms = (uint64_t)ts,
+        .attempt = (uint32_t)attempt,
+    };
+    outs_len = 0;
+    error_msg = (sluice_bytes){0};
+    sluice_status st = sluice_handle(&msg);
+
+    /* The arguments were allocated by the host through cabi_realloc: ours to free. */
+    for (uint32_t i = 0; i < headers_len; i++) {
+        free((void *)headers[i].key.ptr);
+        free((void *)headers[i].value.ptr);
+    }
+    free(headers);
+    free(hs);
+    free((void *)(uintptr_t)topic_ptr);
+    if (has_key) free((void *)(uintptr_t)key_ptr);
+    free((void *)(uintptr_t)payload_ptr);
+
+    if (st == SLUICE_OK) {
+        abi_output *list = own((outs_len ? outs_len : 1) * sizeof(abi_output));
+        for (size_t i = 0; i < outs_len; i++) {
+            outs[i]->abi.headers =
+                (abi_list){(uint32_t)(uintptr_t)outs[i]->headers, (uint32_t)outs[i]->headers_len};
+            list[i] = outs[i]->abi;
+        }
+        handle_ret.is_err = 0;
+        handle_ret.u.ok = (abi_list){(uint32_t)(uintptr_t)list, (uint32_t)outs_len};
+    } else {
+        handle_ret.is_err = 1;
+        handle_ret.u.err.tag = st == SLUICE_RETRIABLE ? 0 : 1;
+        handle_ret.u.err.msg = to_abi(error_msg);
+    }
+    outs_len = 0;
+    return &handle_ret;
+}
+
+EXPORT("cabi_post_handle")
+void post_handle(void *ret) {
+    (void)ret;
+    free_owned();
+}

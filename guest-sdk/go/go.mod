@@ -1,0 +1,3 @@
+module sluice.dev/guest
+
+go 1.24
