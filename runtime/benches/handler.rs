@@ -23,7 +23,10 @@ use sluice::sources::memory::MemorySource;
 mod parse;
 
 fn repo() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn log_lines(n: usize) -> Vec<Message> {
@@ -46,7 +49,9 @@ fn log_lines(n: usize) -> Vec<Message> {
 }
 
 fn echo_messages(n: usize) -> Vec<Message> {
-    (0..n).map(|i| Message::new("bench", format!("{:0100}", i))).collect()
+    (0..n)
+        .map(|i| Message::new("bench", format!("{:0100}", i)))
+        .collect()
 }
 
 fn native_log_parser() -> NativeFn {
@@ -72,10 +77,19 @@ async fn throughput(plugin: &Plugin, msgs: &[Message], concurrency: usize, reps:
             name: "bench".into(),
             source: Box::new(MemorySource::new(msgs.iter().cloned())),
             plugin: plugin.clone(),
-            sinks: Sinks { default: Some(sink.clone()), named: Default::default() },
+            sinks: Sinks {
+                default: Some(sink.clone()),
+                named: Default::default(),
+            },
             dead_letter: Some(Arc::new(MemorySink::counting())),
-            policy: Policy { errors: Default::default(), retry: Default::default() },
-            breaker: BreakerConfig { enabled: false, ..Default::default() },
+            policy: Policy {
+                errors: Default::default(),
+                retry: Default::default(),
+            },
+            breaker: BreakerConfig {
+                enabled: false,
+                ..Default::default()
+            },
             dedup: None,
             concurrency,
             publish_timeout: Duration::from_secs(30),
@@ -90,7 +104,11 @@ async fn throughput(plugin: &Plugin, msgs: &[Message], concurrency: usize, reps:
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(bench());
 }
 
@@ -106,7 +124,11 @@ async fn bench() {
         s.timeout = Duration::from_millis(100);
         s.memory = 16 << 20;
         let engine = engine.clone();
-        async move { Plugin::load(&engine, s).await.expect("plugin (run plugins/build.sh)") }
+        async move {
+            Plugin::load(&engine, s)
+                .await
+                .expect("plugin (run plugins/build.sh)")
+        }
     };
     let n = 200_000;
     let logs = log_lines(n);
@@ -116,15 +138,27 @@ async fn bench() {
     let mut rows = Vec::new();
     let mut json = serde_json::Map::new();
     for (name, wasm, native, msgs) in [
-        ("log-parser", &parser, Plugin::native(&parser, native_log_parser()), &logs),
-        ("echo", &echo, Plugin::native(&echo, native_echo()), &echo_msgs),
+        (
+            "log-parser",
+            &parser,
+            Plugin::native(&parser, native_log_parser()),
+            &logs,
+        ),
+        (
+            "echo",
+            &echo,
+            Plugin::native(&echo, native_echo()),
+            &echo_msgs,
+        ),
     ] {
         for conc in [1, 2] {
             let w = throughput(wasm, msgs, conc, 3).await;
             let nat = throughput(&native, msgs, conc, 3).await;
             rows.push(format!(
                 "| {name} | {conc} | {:>9.0} | {:>9.0} | {:.2} |",
-                w, nat, w / nat
+                w,
+                nat,
+                w / nat
             ));
             json.insert(format!("{name}_c{conc}_wasm_msgs_per_s"), w.into());
             json.insert(format!("{name}_c{conc}_native_msgs_per_s"), nat.into());
@@ -135,7 +169,9 @@ async fn bench() {
     // The poison path: every message traps, is dead-lettered, and the next
     // one gets a fresh instance.
     let panic = load("panic").await;
-    let poison: Vec<Message> = (0..20_000).map(|_| Message::new("bench", "panic")).collect();
+    let poison: Vec<Message> = (0..20_000)
+        .map(|_| Message::new("bench", "panic"))
+        .collect();
     let healthy: Vec<Message> = (0..20_000).map(|_| Message::new("bench", "fine")).collect();
     let poison_rate = throughput(&panic, &poison, 1, 3).await;
     let healthy_rate = throughput(&panic, &healthy, 1, 3).await;
@@ -167,7 +203,10 @@ async fn bench() {
     }
     println!("\n| path | msg/s or µs |\n|---|---|");
     println!("| healthy stream (panic plugin, good payloads) | {healthy_rate:.0} msg/s |");
-    println!("| poison stream (every message traps → dead letter → fresh instance) | {poison_rate:.0} msg/s ({:.2} of healthy) |", poison_rate / healthy_rate);
+    println!(
+        "| poison stream (every message traps → dead letter → fresh instance) | {poison_rate:.0} msg/s ({:.2} of healthy) |",
+        poison_rate / healthy_rate
+    );
     println!("| one healthy call | {call_us:.2} µs |");
     println!("| one trapping call + fresh instance on the next | {trap_us:.2} µs |");
     println!("| instantiate + init alone (pooling allocator) | {inst_us:.2} µs |");
@@ -178,5 +217,8 @@ async fn bench() {
     json.insert("instantiate_us".into(), inst_us.into());
     let out = repo().join("target/bench");
     let _ = std::fs::create_dir_all(&out);
-    let _ = std::fs::write(out.join("handler.json"), serde_json::to_string_pretty(&json).unwrap());
+    let _ = std::fs::write(
+        out.join("handler.json"),
+        serde_json::to_string_pretty(&json).unwrap(),
+    );
 }

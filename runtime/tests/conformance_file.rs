@@ -32,7 +32,11 @@ fn read_all(path: &PathBuf) -> Vec<TestMsg> {
         .map(|e| TestMsg {
             key: e.key.map(|k| k.to_vec()),
             payload: e.payload.to_vec(),
-            headers: e.headers.into_iter().map(|h| (h.key, h.value.to_vec())).collect(),
+            headers: e
+                .headers
+                .into_iter()
+                .map(|h| (h.key, h.value.to_vec()))
+                .collect(),
         })
         .collect()
 }
@@ -65,24 +69,44 @@ impl Fixture for FileFixture {
     }
 
     fn sink_toml(&self, topic: &str) -> String {
-        format!("type = \"file\"\npath = \"{}\"\nformat = \"envelope\"", self.path(topic).display())
+        format!(
+            "type = \"file\"\npath = \"{}\"\nformat = \"envelope\"",
+            self.path(topic).display()
+        )
     }
 
-    fn collector<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, anyhow::Result<Box<dyn Collector>>> {
-        Box::pin(async move { Ok(Box::new(FileCollector { path: self.path(topic) }) as Box<dyn Collector>) })
+    fn collector<'a>(
+        &'a self,
+        topic: &'a str,
+    ) -> BoxFuture<'a, anyhow::Result<Box<dyn Collector>>> {
+        Box::pin(async move {
+            Ok(Box::new(FileCollector {
+                path: self.path(topic),
+            }) as Box<dyn Collector>)
+        })
     }
 
-    fn produce<'a>(&'a self, topic: &'a str, msgs: &'a [TestMsg]) -> BoxFuture<'a, anyhow::Result<()>> {
+    fn produce<'a>(
+        &'a self,
+        topic: &'a str,
+        msgs: &'a [TestMsg],
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
             let mut text = String::new();
             for m in msgs {
-                let headers: Vec<sluice::message::Header> =
-                    m.headers.iter().map(|(k, v)| sluice::message::Header::new(k.clone(), v.clone())).collect();
+                let headers: Vec<sluice::message::Header> = m
+                    .headers
+                    .iter()
+                    .map(|(k, v)| sluice::message::Header::new(k.clone(), v.clone()))
+                    .collect();
                 text += &envelope::encode_parts(None, m.key.as_deref(), &m.payload, &headers);
                 text.push('\n');
             }
             use std::io::Write;
-            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(self.path(topic))?;
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.path(topic))?;
             f.write_all(text.as_bytes())?;
             Ok(())
         })
@@ -91,6 +115,8 @@ impl Fixture for FileFixture {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_conformance() {
-    let fx = FileFixture { dir: tempfile::tempdir().unwrap() };
+    let fx = FileFixture {
+        dir: tempfile::tempdir().unwrap(),
+    };
     conformance::run_all(&fx).await;
 }

@@ -55,7 +55,10 @@ impl Sink for FlakySink {
             st.attempts.push(tokio::time::Instant::now());
             if st.fail > 0 {
                 st.fail -= 1;
-                return Err(Failure::new(st.class.unwrap_or(FailureClass::Sink), "injected sink failure"));
+                return Err(Failure::new(
+                    st.class.unwrap_or(FailureClass::Sink),
+                    "injected sink failure",
+                ));
             }
             st.accepted.extend_from_slice(records);
             Ok(())
@@ -70,15 +73,25 @@ fn write_pipeline(dir: &Path, body: &str) -> PipelineConfig {
 }
 
 fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_string).collect()
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 fn dead_letters(path: &Path) -> Vec<sluice::envelope::Envelope> {
-    lines(path).iter().map(|l| sluice::envelope::decode(l).unwrap()).collect()
+    lines(path)
+        .iter()
+        .map(|l| sluice::envelope::decode(l).unwrap())
+        .collect()
 }
 
 fn header<'a>(e: &'a sluice::envelope::Envelope, k: &str) -> Option<String> {
-    e.headers.iter().find(|h| h.key == k).map(|h| String::from_utf8_lossy(&h.value).into_owned())
+    e.headers
+        .iter()
+        .find(|h| h.key == k)
+        .map(|h| String::from_utf8_lossy(&h.value).into_owned())
 }
 
 async fn run(cfg: &PipelineConfig) -> sluice::stats::Snapshot {
@@ -133,16 +146,31 @@ async fn hostile_fixtures_are_routed_by_the_errors_table() {
     for (plugin, trigger, class, action) in cases {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        std::fs::write(d.join("in.txt"), format!("a\nb\n{trigger}\nc\n{trigger}\nd\n")).unwrap();
-        let cfg = write_pipeline(d, &base_toml(d, plugin, &format!("[errors]\n{class} = \"{action}\"")));
+        std::fs::write(
+            d.join("in.txt"),
+            format!("a\nb\n{trigger}\nc\n{trigger}\nd\n"),
+        )
+        .unwrap();
+        let cfg = write_pipeline(
+            d,
+            &base_toml(d, plugin, &format!("[errors]\n{class} = \"{action}\"")),
+        );
         let s = run(&cfg).await;
-        assert_eq!(lines(&d.join("out.txt")), vec!["a", "b", "c", "d"], "{plugin}: good lines flow");
+        assert_eq!(
+            lines(&d.join("out.txt")),
+            vec!["a", "b", "c", "d"],
+            "{plugin}: good lines flow"
+        );
         let dead = dead_letters(&d.join("dlq.jsonl"));
         if *action == "dead-letter" {
             assert_eq!(dead.len(), 2, "{plugin}");
             for e in &dead {
                 assert_eq!(e.payload, trigger.as_bytes());
-                assert_eq!(header(e, "sluice-error-class").as_deref(), Some(*class), "{plugin}");
+                assert_eq!(
+                    header(e, "sluice-error-class").as_deref(),
+                    Some(*class),
+                    "{plugin}"
+                );
             }
         } else {
             assert!(dead.is_empty(), "{plugin}: dropped, not dead-lettered");
@@ -173,7 +201,8 @@ async fn retries_back_off_exponentially_then_succeed() {
     let gaps: Vec<Duration> = t.windows(2).map(|w| w[1] - w[0]).collect();
     for (gap, want) in gaps.iter().zip([1u64, 2, 4]) {
         assert!(
-            *gap >= Duration::from_secs(want) && *gap < Duration::from_secs(want) + Duration::from_millis(50),
+            *gap >= Duration::from_secs(want)
+                && *gap < Duration::from_secs(want) + Duration::from_millis(50),
             "gaps {gaps:?}"
         );
     }
@@ -195,28 +224,49 @@ async fn retries_stop_at_max_attempts() {
     let dead = dead_letters(&d.join("dlq.jsonl"));
     assert_eq!(dead.len(), 2);
     for e in &dead {
-        assert_eq!(header(e, "sluice-error-class").as_deref(), Some("retriable"));
+        assert_eq!(
+            header(e, "sluice-error-class").as_deref(),
+            Some("retriable")
+        );
         assert_eq!(header(e, "sluice-attempts").as_deref(), Some("3"));
     }
     assert_eq!(s.retries, 4, "two retries per message");
     assert_eq!(s.dead_lettered, 2);
 }
 
-async fn run_with_sink(cfg: &PipelineConfig, sink: FlakySink, dlq: Option<FlakySink>) -> sluice::stats::Snapshot {
+async fn run_with_sink(
+    cfg: &PipelineConfig,
+    sink: FlakySink,
+    dlq: Option<FlakySink>,
+) -> sluice::stats::Snapshot {
     let engine = common::engine();
-    let plugin = Plugin::load(&engine, PluginSpec::from_config(&cfg.name, &cfg.handler)).await.unwrap();
-    let source = sluice::connect::open_source(&cfg.source, &cfg.name).await.unwrap();
+    let plugin = Plugin::load(&engine, PluginSpec::from_config(&cfg.name, &cfg.handler))
+        .await
+        .unwrap();
+    let source = sluice::connect::open_source(&cfg.source, &cfg.name)
+        .await
+        .unwrap();
     let dead_letter: Option<Arc<dyn Sink>> = match dlq {
         Some(d) => Some(Arc::new(d)),
-        None => Some(sluice::connect::open_sink(cfg.dead_letter.as_ref().unwrap(), true, &cfg.name).await.unwrap()),
+        None => Some(
+            sluice::connect::open_sink(cfg.dead_letter.as_ref().unwrap(), true, &cfg.name)
+                .await
+                .unwrap(),
+        ),
     };
     let p = sluice::pipeline::Pipeline::new(sluice::pipeline::Parts {
         name: cfg.name.clone(),
         source,
         plugin,
-        sinks: sluice::pipeline::Sinks { default: Some(Arc::new(sink)), named: Default::default() },
+        sinks: sluice::pipeline::Sinks {
+            default: Some(Arc::new(sink)),
+            named: Default::default(),
+        },
         dead_letter,
-        policy: sluice::router::Policy { errors: cfg.errors.clone(), retry: cfg.retry.clone() },
+        policy: sluice::router::Policy {
+            errors: cfg.errors.clone(),
+            retry: cfg.retry.clone(),
+        },
         breaker: cfg.circuit_breaker.clone(),
         dedup: None,
         concurrency: cfg.handler.concurrency,
@@ -243,11 +293,23 @@ async fn dead_letters_are_byte_exact_with_metadata() {
     let e = &dead[0];
     assert_eq!(e.payload.as_ref(), bad.as_slice(), "payload byte for byte");
     assert_eq!(header(e, "sluice-error-class").as_deref(), Some("fatal"));
-    assert!(header(e, "sluice-error-message").unwrap().starts_with("refused: bad"));
+    assert!(
+        header(e, "sluice-error-message")
+            .unwrap()
+            .starts_with("refused: bad")
+    );
     assert_eq!(header(e, "sluice-attempts").as_deref(), Some("1"));
     assert_eq!(header(e, "sluice-pipeline").as_deref(), Some("t"));
-    assert!(header(e, "sluice-plugin-digest").unwrap().starts_with("sha256:"));
-    assert!(header(e, "sluice-source-topic").unwrap().ends_with("in.txt"));
+    assert!(
+        header(e, "sluice-plugin-digest")
+            .unwrap()
+            .starts_with("sha256:")
+    );
+    assert!(
+        header(e, "sluice-source-topic")
+            .unwrap()
+            .ends_with("in.txt")
+    );
     assert_eq!(header(e, "sluice-source-offset").as_deref(), Some("5"));
     let at = header(e, "sluice-failed-at").unwrap();
     assert!(humantime::parse_rfc3339(&at).is_ok(), "RFC 3339: {at}");
@@ -267,12 +329,19 @@ async fn failed_dead_letter_write_leaves_the_message_unsettled() {
     let dead = dlq.accepted();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].payload, "bad-2");
-    assert_eq!(dlq.attempts().len(), 3, "two failed writes, then one that worked");
+    assert_eq!(
+        dlq.attempts().len(),
+        3,
+        "two failed writes, then one that worked"
+    );
     assert_eq!(s.redelivered, 2);
     assert_eq!(out.accepted().len(), 2);
     // Everything is settled now: the checkpoint is at the end of the file.
     let cp = std::fs::read_to_string(d.join("in.txt.sluice-checkpoint")).unwrap();
-    assert!(cp.starts_with(&format!("{:020}", "ok-1\nbad-2\nok-3\n".len())), "{cp}");
+    assert!(
+        cp.starts_with(&format!("{:020}", "ok-1\nbad-2\nok-3\n".len())),
+        "{cp}"
+    );
 }
 
 /// A pipeline shut down mid-stream and started again neither loses nor repeats lines.
@@ -308,7 +377,10 @@ async fn restart_neither_loses_nor_repeats() {
     sorted.dedup();
     assert_eq!(sorted.len(), got.len(), "no line repeated");
     assert_eq!(got.len(), n, "no line lost");
-    assert!(runs > 3, "the stream was interrupted several times ({runs} runs)");
+    assert!(
+        runs > 3,
+        "the stream was interrupted several times ({runs} runs)"
+    );
     common::report("file restart", n, got.len(), 0, 0, 0);
 }
 
@@ -331,7 +403,11 @@ fn sluice_run_batch_exits_zero_and_resumes() {
     assert_eq!(lines(&d.join("out.txt")).len(), 2);
     let dead = dead_letters(&d.join("dlq.jsonl"));
     assert_eq!(dead.len(), 1);
-    assert!(header(&dead[0], "sluice-error-message").unwrap().contains("malformed log line"));
+    assert!(
+        header(&dead[0], "sluice-error-message")
+            .unwrap()
+            .contains("malformed log line")
+    );
     let (code, _, err) = common::run_sluice(&["run", p.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("received 0"), "{err}");
@@ -343,7 +419,15 @@ fn sluice_run_batch_exits_zero_and_resumes() {
 fn sluice_call_shows_outputs_and_classes() {
     let plugin = common::plugin("panic");
     let (code, out, _) = common::run_sluice(&[
-        "call", "--plugin", plugin.to_str().unwrap(), "--payload", "hi", "--payload", "panic", "--payload", "again",
+        "call",
+        "--plugin",
+        plugin.to_str().unwrap(),
+        "--payload",
+        "hi",
+        "--payload",
+        "panic",
+        "--payload",
+        "again",
     ]);
     assert_eq!(code, 1, "a failure makes the exit code 1");
     assert!(out.contains("#1 ok: 1 output(s)"), "{out}");

@@ -15,7 +15,10 @@ fn every_example_pipeline_checks() {
         .filter(|p| p.extension().is_some_and(|x| x == "toml"))
         .collect();
     files.sort();
-    assert!(files.len() >= 4, "quickstart plus the three scenarios: {files:?}");
+    assert!(
+        files.len() >= 4,
+        "quickstart plus the three scenarios: {files:?}"
+    );
     for f in &files {
         let (code, out, err) = common::run_sluice(&["check", f.to_str().unwrap()]);
         assert_eq!(code, 0, "{}: {out}{err}", f.display());
@@ -34,9 +37,15 @@ fn check_reports_every_error_with_file_line_and_key() {
     .unwrap();
     let (code, _, err) = common::run_sluice(&["check", f.to_str().unwrap()]);
     assert_eq!(code, 1);
-    assert!(err.contains("bad.toml:7:"), "line of handler.timeout: {err}");
+    assert!(
+        err.contains("bad.toml:7:"),
+        "line of handler.timeout: {err}"
+    );
     assert!(err.contains("handler.timeout"), "{err}");
-    assert!(err.contains("source."), "the kafka table's problems too: {err}");
+    assert!(
+        err.contains("source."),
+        "the kafka table's problems too: {err}"
+    );
 
     // A valid file whose plugin does not exist: the plugin error names the key.
     let g = dir.path().join("noplugin.toml");
@@ -47,5 +56,8 @@ fn check_reports_every_error_with_file_line_and_key() {
     .unwrap();
     let (code, _, err) = common::run_sluice(&["check", g.to_str().unwrap()]);
     assert_eq!(code, 1);
-    assert!(err.contains("handler.plugin") && err.contains("missing.wasm"), "{err}");
+    assert!(
+        err.contains("handler.plugin") && err.contains("missing.wasm"),
+        "{err}"
+    );
 }

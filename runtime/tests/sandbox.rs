@@ -29,7 +29,10 @@ async fn poison(spec: PluginSpec, trigger: &str) -> (FailureClass, String) {
     let (bad, _) = w.handle(&Message::new("t", trigger.to_string())).await;
     let failure = bad.expect_err("the trigger must fail");
     let (after, _) = w.handle(&Message::new("t", "after")).await;
-    assert_eq!(after.expect("a fresh instance handles the next message")[0].payload, "after");
+    assert_eq!(
+        after.expect("a fresh instance handles the next message")[0].payload,
+        "after"
+    );
     (failure.class, failure.message)
 }
 
@@ -148,20 +151,32 @@ async fn bad_plugins_say_what_is_wrong() {
     // A component that exports nothing.
     let empty = dir.path().join("empty.wasm");
     std::fs::write(&empty, wat::parse_str("(component)").unwrap()).unwrap();
-    let e = Plugin::load(&engine, PluginSpec::new(&empty)).await.err().unwrap();
+    let e = Plugin::load(&engine, PluginSpec::new(&empty))
+        .await
+        .err()
+        .unwrap();
     assert!(matches!(e, PluginError::World { .. }), "{e}");
     let text = e.to_string();
-    assert!(text.contains("missing export `init`") && text.contains("missing export `handle`"), "{text}");
+    assert!(
+        text.contains("missing export `init`") && text.contains("missing export `handle`"),
+        "{text}"
+    );
     // A core module instead of a component.
     let core = dir.path().join("core.wasm");
     std::fs::write(&core, wat::parse_str("(module)").unwrap()).unwrap();
-    let e = Plugin::load(&engine, PluginSpec::new(&core)).await.err().unwrap();
+    let e = Plugin::load(&engine, PluginSpec::new(&core))
+        .await
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("core module"), "{e}");
     // Not wasm at all, and a missing file.
     let junk = dir.path().join("junk.wasm");
     std::fs::write(&junk, b"hello").unwrap();
     assert!(Plugin::load(&engine, PluginSpec::new(&junk)).await.is_err());
-    let e = Plugin::load(&engine, PluginSpec::new(dir.path().join("nope.wasm"))).await.err().unwrap();
+    let e = Plugin::load(&engine, PluginSpec::new(dir.path().join("nope.wasm")))
+        .await
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("cannot read"), "{e}");
 }
 
@@ -170,14 +185,20 @@ async fn init_failure_refuses_the_plugin() {
     let engine = common::engine();
     let mut s = spec("log-parser");
     s.config.push(("min_level".into(), "loud".into()));
-    let e = Plugin::load(&engine, s).await.err().expect("bad config refused");
+    let e = Plugin::load(&engine, s)
+        .await
+        .err()
+        .expect("bad config refused");
     assert!(matches!(e, PluginError::Init { .. }), "{e}");
 }
 
 #[tokio::test]
 async fn compiled_components_come_from_the_disk_cache() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = sluice::engine::EngineOptions { cache_dir: Some(dir.path().to_path_buf()), ..Default::default() };
+    let opts = sluice::engine::EngineOptions {
+        cache_dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    };
     let e1 = sluice::engine::Engine::new(opts.clone()).unwrap();
     let p1 = Plugin::load(&e1, spec("echo")).await.unwrap();
     assert!(!p1.from_cache());

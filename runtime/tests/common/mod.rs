@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 
 /// The repository root.
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("runtime/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("runtime/ has a parent")
+        .to_path_buf()
 }
 
 static BUILD: Mutex<()> = Mutex::new(());
@@ -28,7 +31,11 @@ pub fn plugin(name: &str) -> PathBuf {
             assert!(status.success(), "plugins/build.sh failed");
         }
     }
-    assert!(path.exists(), "{} missing after plugins/build.sh", path.display());
+    assert!(
+        path.exists(),
+        "{} missing after plugins/build.sh",
+        path.display()
+    );
     path
 }
 
@@ -64,7 +71,10 @@ impl Proc {
 
     /// Sends a signal (e.g. "TERM", "KILL", "INT").
     pub fn signal(&self, sig: &str) {
-        let _ = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status();
+        let _ = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status();
     }
 
     /// Waits for the process to exit, at most `timeout`; returns its exit code.
@@ -150,13 +160,20 @@ pub fn unique(prefix: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
-    format!("{prefix}-{}-{}-{:x}", std::process::id(), N.fetch_add(1, Ordering::Relaxed), nanos)
+    format!(
+        "{prefix}-{}-{}-{:x}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        nanos
+    )
 }
 
 /// Prints a test's accounting line, so a run's output shows the counts.
 pub fn report(test: &str, sent: usize, delivered: usize, dead: usize, dropped: usize, dup: usize) {
     let lost = sent as i64 - (delivered + dead + dropped) as i64 + dup as i64;
-    eprintln!("[{test}] sent {sent}, delivered {delivered}, dead-lettered {dead}, dropped {dropped}, duplicated {dup}, lost {lost}");
+    eprintln!(
+        "[{test}] sent {sent}, delivered {delivered}, dead-lettered {dead}, dropped {dropped}, duplicated {dup}, lost {lost}"
+    );
 }
 
 pub mod kafka;

@@ -22,11 +22,18 @@ pub struct TestMsg {
 
 impl TestMsg {
     pub fn new(payload: impl Into<Vec<u8>>) -> Self {
-        TestMsg { key: None, payload: payload.into(), headers: Vec::new() }
+        TestMsg {
+            key: None,
+            payload: payload.into(),
+            headers: Vec::new(),
+        }
     }
 
     pub fn header(&self, k: &str) -> Option<String> {
-        self.headers.iter().find(|(hk, _)| hk == k).map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        self.headers
+            .iter()
+            .find(|(hk, _)| hk == k)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
     }
 }
 
@@ -44,9 +51,14 @@ pub trait Fixture: Send + Sync {
     /// Body of a `[sink]` / `[dead_letter]` table writing to `topic`.
     fn sink_toml(&self, topic: &str) -> String;
     /// Creates topic/stream if needed and starts capturing `topic` now.
-    fn collector<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, anyhow::Result<Box<dyn Collector>>>;
+    fn collector<'a>(&'a self, topic: &'a str)
+    -> BoxFuture<'a, anyhow::Result<Box<dyn Collector>>>;
     /// Publishes the messages in order and waits until the broker accepted them.
-    fn produce<'a>(&'a self, topic: &'a str, msgs: &'a [TestMsg]) -> BoxFuture<'a, anyhow::Result<()>>;
+    fn produce<'a>(
+        &'a self,
+        topic: &'a str,
+        msgs: &'a [TestMsg],
+    ) -> BoxFuture<'a, anyhow::Result<()>>;
     /// false for NATS core (at-most-once).
     fn at_least_once(&self) -> bool {
         true
@@ -66,7 +78,11 @@ pub struct Setup {
 pub fn setup(fx: &dyn Fixture, test: &str, plugin: &str, handler_extra: &str) -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
     let base = common::unique(&format!("{}-{test}", fx.name()));
-    let (input, output, dlq) = (format!("{base}-in"), format!("{base}-out"), format!("{base}-dlq"));
+    let (input, output, dlq) = (
+        format!("{base}-in"),
+        format!("{base}-out"),
+        format!("{base}-dlq"),
+    );
     let toml = format!(
         r#"name = "{test}"
 
@@ -97,7 +113,13 @@ jitter = "none"
     );
     let file = dir.path().join(format!("{test}.toml"));
     std::fs::write(&file, toml).expect("write pipeline");
-    Setup { dir, file, input, output, dlq }
+    Setup {
+        dir,
+        file,
+        input,
+        output,
+        dlq,
+    }
 }
 
 fn log_of(file: &Path) -> String {
@@ -108,11 +130,18 @@ fn log_of(file: &Path) -> String {
 fn stop_cleanly(mut p: common::Proc, file: &Path) {
     p.signal("TERM");
     let code = p.wait_timeout(Duration::from_secs(20));
-    assert_eq!(code, Some(0), "sluice did not exit 0 on SIGTERM; log:\n{}", log_of(file));
+    assert_eq!(
+        code,
+        Some(0),
+        "sluice did not exit 0 on SIGTERM; log:\n{}",
+        log_of(file)
+    );
 }
 
 fn numbered(prefix: &str, n: usize) -> Vec<TestMsg> {
-    (0..n).map(|i| TestMsg::new(format!("{prefix}-{i:05}"))).collect()
+    (0..n)
+        .map(|i| TestMsg::new(format!("{prefix}-{i:05}")))
+        .collect()
 }
 
 /// Outputs arrive, in order, one per message.
@@ -126,8 +155,21 @@ pub async fn in_order(fx: &dyn Fixture) {
     stop_cleanly(p, &s.file);
     let payloads: Vec<&[u8]> = got.iter().map(|m| m.payload.as_slice()).collect();
     let want: Vec<&[u8]> = msgs.iter().map(|m| m.payload.as_slice()).collect();
-    assert_eq!(payloads, want, "[{}] outputs differ from inputs (order or content); log:\n{}", fx.name(), log_of(&s.file));
-    common::report(&format!("{} in-order", fx.name()), msgs.len(), got.len(), 0, 0, 0);
+    assert_eq!(
+        payloads,
+        want,
+        "[{}] outputs differ from inputs (order or content); log:\n{}",
+        fx.name(),
+        log_of(&s.file)
+    );
+    common::report(
+        &format!("{} in-order", fx.name()),
+        msgs.len(),
+        got.len(),
+        0,
+        0,
+        0,
+    );
 }
 
 /// Fatal messages go to the dead letter byte for byte with their metadata;
@@ -138,7 +180,11 @@ pub async fn dead_letters(fx: &dyn Fixture) {
     let mut dlq = fx.collector(&s.dlq).await.expect("collector");
     let mut msgs = Vec::new();
     for i in 0..40 {
-        let mut m = TestMsg::new(if i % 4 == 1 { format!("bad-{i}") } else { format!("ok-{i}") });
+        let mut m = TestMsg::new(if i % 4 == 1 {
+            format!("bad-{i}")
+        } else {
+            format!("ok-{i}")
+        });
         if i % 2 == 0 {
             m.key = Some(format!("k{i}").into_bytes());
         }
@@ -146,27 +192,57 @@ pub async fn dead_letters(fx: &dyn Fixture) {
     }
     fx.produce(&s.input, &msgs).await.expect("produce");
     let p = common::spawn_sluice(&s.file);
-    let bad: Vec<&TestMsg> = msgs.iter().filter(|m| m.payload.starts_with(b"bad")).collect();
-    let good: Vec<&TestMsg> = msgs.iter().filter(|m| !m.payload.starts_with(b"bad")).collect();
+    let bad: Vec<&TestMsg> = msgs
+        .iter()
+        .filter(|m| m.payload.starts_with(b"bad"))
+        .collect();
+    let good: Vec<&TestMsg> = msgs
+        .iter()
+        .filter(|m| !m.payload.starts_with(b"bad"))
+        .collect();
     let got = out.collect(good.len(), Duration::from_secs(60)).await;
     let dead = dlq.collect(bad.len(), Duration::from_secs(60)).await;
     stop_cleanly(p, &s.file);
     let got_p: Vec<&[u8]> = got.iter().map(|m| m.payload.as_slice()).collect();
     let good_p: Vec<&[u8]> = good.iter().map(|m| m.payload.as_slice()).collect();
     assert_eq!(got_p, good_p, "[{}] good messages", fx.name());
-    assert_eq!(dead.len(), bad.len(), "[{}] dead letters; log:\n{}", fx.name(), log_of(&s.file));
+    assert_eq!(
+        dead.len(),
+        bad.len(),
+        "[{}] dead letters; log:\n{}",
+        fx.name(),
+        log_of(&s.file)
+    );
     for (d, b) in dead.iter().zip(&bad) {
         assert_eq!(d.payload, b.payload, "payload byte for byte");
         assert_eq!(d.header("sluice-error-class").as_deref(), Some("fatal"));
         let why = d.header("sluice-error-message").unwrap_or_default();
-        assert!(why.contains(&String::from_utf8_lossy(&b.payload).into_owned()), "cause kept: {why}");
+        assert!(
+            why.contains(&String::from_utf8_lossy(&b.payload).into_owned()),
+            "cause kept: {why}"
+        );
         assert_eq!(d.header("sluice-pipeline").as_deref(), Some("dead-letters"));
         assert_eq!(d.header("sluice-attempts").as_deref(), Some("1"));
-        assert!(d.header("sluice-plugin-digest").unwrap_or_default().starts_with("sha256:"));
-        assert!(d.header("sluice-source-topic").is_some_and(|t| t.contains(&s.input)), "source topic");
+        assert!(
+            d.header("sluice-plugin-digest")
+                .unwrap_or_default()
+                .starts_with("sha256:")
+        );
+        assert!(
+            d.header("sluice-source-topic")
+                .is_some_and(|t| t.contains(&s.input)),
+            "source topic"
+        );
         assert!(d.header("sluice-failed-at").is_some());
     }
-    common::report(&format!("{} dead-letters", fx.name()), msgs.len(), got.len(), dead.len(), 0, 0);
+    common::report(
+        &format!("{} dead-letters", fx.name()),
+        msgs.len(),
+        got.len(),
+        dead.len(),
+        0,
+        0,
+    );
 }
 
 /// A handler failing retriably twice succeeds on the third attempt; nothing is dead-lettered.
@@ -183,16 +259,37 @@ pub async fn retry_then_success(fx: &dyn Fixture) {
     let mut got_p: Vec<Vec<u8>> = got.iter().map(|m| m.payload.clone()).collect();
     got_p.sort();
     let want: Vec<Vec<u8>> = msgs.iter().map(|m| m.payload.clone()).collect();
-    assert_eq!(got_p, want, "[{}] every message succeeds after retries; log:\n{}", fx.name(), log_of(&s.file));
-    assert!(dead.is_empty(), "[{}] nothing dead-lettered, got {}", fx.name(), dead.len());
-    common::report(&format!("{} retry", fx.name()), msgs.len(), got.len(), 0, 0, 0);
+    assert_eq!(
+        got_p,
+        want,
+        "[{}] every message succeeds after retries; log:\n{}",
+        fx.name(),
+        log_of(&s.file)
+    );
+    assert!(
+        dead.is_empty(),
+        "[{}] nothing dead-lettered, got {}",
+        fx.name(),
+        dead.len()
+    );
+    common::report(
+        &format!("{} retry", fx.name()),
+        msgs.len(),
+        got.len(),
+        0,
+        0,
+        0,
+    );
 }
 
 /// SIGKILL mid-stream, restart, count: every message is in the output or the
 /// dead letter; duplicates are counted and stay within the in-flight window.
 pub async fn no_loss_across_sigkill(fx: &dyn Fixture) {
     if !fx.at_least_once() {
-        eprintln!("[{}] at-most-once source: no-loss-across-SIGKILL does not apply", fx.name());
+        eprintln!(
+            "[{}] at-most-once source: no-loss-across-SIGKILL does not apply",
+            fx.name()
+        );
         return;
     }
     let n = 3000;
@@ -201,7 +298,13 @@ pub async fn no_loss_across_sigkill(fx: &dyn Fixture) {
     let mut out = fx.collector(&s.output).await.expect("collector");
     let mut dlq = fx.collector(&s.dlq).await.expect("collector");
     let msgs: Vec<TestMsg> = (0..n)
-        .map(|i| TestMsg::new(if i % 100 == 7 { format!("bad-{i:05}") } else { format!("k-{i:05}") }))
+        .map(|i| {
+            TestMsg::new(if i % 100 == 7 {
+                format!("bad-{i:05}")
+            } else {
+                format!("k-{i:05}")
+            })
+        })
         .collect();
     fx.produce(&s.input, &msgs).await.expect("produce");
     let p = common::spawn_sluice(&s.file);
@@ -210,12 +313,19 @@ pub async fn no_loss_across_sigkill(fx: &dyn Fixture) {
     drop(p);
     let p = common::spawn_sluice(&s.file);
     let deadline = Instant::now() + Duration::from_secs(120);
-    let expected_bad = msgs.iter().filter(|m| m.payload.starts_with(b"bad")).count();
+    let expected_bad = msgs
+        .iter()
+        .filter(|m| m.payload.starts_with(b"bad"))
+        .count();
     let (got, dead) = loop {
-        let got = out.collect(n - expected_bad, Duration::from_millis(500)).await;
+        let got = out
+            .collect(n - expected_bad, Duration::from_millis(500))
+            .await;
         let dead = dlq.collect(expected_bad, Duration::from_millis(100)).await;
-        let unique_out: std::collections::HashSet<&[u8]> = got.iter().map(|m| m.payload.as_slice()).collect();
-        let unique_dead: std::collections::HashSet<&[u8]> = dead.iter().map(|m| m.payload.as_slice()).collect();
+        let unique_out: std::collections::HashSet<&[u8]> =
+            got.iter().map(|m| m.payload.as_slice()).collect();
+        let unique_dead: std::collections::HashSet<&[u8]> =
+            dead.iter().map(|m| m.payload.as_slice()).collect();
         if unique_out.len() + unique_dead.len() >= n || Instant::now() > deadline {
             break (got, dead);
         }
@@ -231,11 +341,35 @@ pub async fn no_loss_across_sigkill(fx: &dyn Fixture) {
         .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
         .collect();
     let dups: usize = count.values().map(|c| c - 1).sum();
-    let unique_dead: std::collections::HashSet<&[u8]> = dead.iter().map(|m| m.payload.as_slice()).collect();
-    common::report(&format!("{} sigkill (killed after {seen} outputs)", fx.name()), n, got.len(), dead.len(), 0, dups);
-    assert!(lost.is_empty(), "[{}] lost {} messages, e.g. {:?}; log:\n{}", fx.name(), lost.len(), &lost[..lost.len().min(5)], log_of(&s.file));
-    assert_eq!(unique_dead.len(), expected_bad, "[{}] each bad message dead-lettered", fx.name());
-    assert!(dups <= window, "[{}] {dups} duplicates, more than the in-flight window {window}", fx.name());
+    let unique_dead: std::collections::HashSet<&[u8]> =
+        dead.iter().map(|m| m.payload.as_slice()).collect();
+    common::report(
+        &format!("{} sigkill (killed after {seen} outputs)", fx.name()),
+        n,
+        got.len(),
+        dead.len(),
+        0,
+        dups,
+    );
+    assert!(
+        lost.is_empty(),
+        "[{}] lost {} messages, e.g. {:?}; log:\n{}",
+        fx.name(),
+        lost.len(),
+        &lost[..lost.len().min(5)],
+        log_of(&s.file)
+    );
+    assert_eq!(
+        unique_dead.len(),
+        expected_bad,
+        "[{}] each bad message dead-lettered",
+        fx.name()
+    );
+    assert!(
+        dups <= window,
+        "[{}] {dups} duplicates, more than the in-flight window {window}",
+        fx.name()
+    );
 }
 
 /// The whole suite, in order.
