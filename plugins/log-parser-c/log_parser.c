@@ -417,10 +417,14 @@ sluice_status sluice_handle(const sluice_message *msg) {
         for (;;) spins++;
     }
     if (msg->payload.len == 5 && memcmp(msg->payload.ptr, "alloc", 5) == 0) {
+        /* Chain the blocks so the compiler cannot drop the allocations. */
+        static void *volatile head;
         for (;;) {
-            char *p = malloc(1 << 20);
+            void **p = malloc(1 << 20);
             if (!p) __builtin_trap();
             memset(p, 1, 1 << 20);
+            *p = head;
+            head = p;
         }
     }
 #endif
