@@ -135,7 +135,10 @@ fn unknown_type_lists_valid_types() {
     let e = errors(&text);
     assert_eq!(e.len(), 1, "{e:?}");
     assert_eq!(e[0].1.as_deref(), Some("source.type"));
-    assert_eq!(e[0].2, "unknown type `mqttt`, expected one of `file`");
+    assert_eq!(
+        e[0].2,
+        "unknown type `mqttt`, expected one of `file`, `kafka`, `mqtt`, `nats`, `jetstream`"
+    );
 }
 
 #[test]

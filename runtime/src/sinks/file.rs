@@ -218,15 +218,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn missing_directory_is_an_open_error() {
+    async fn missing_directories_are_created_but_a_file_in_the_way_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let err = open(
-            &cfg(&dir.path().join("no/such/file"), None),
-            FileSinkFormat::Lines,
-        )
-        .err()
-        .unwrap();
-        assert!(format!("{err:#}").contains("opening file sink"), "{err:#}");
+        open(&cfg(&dir.path().join("no/such/file"), None), FileSinkFormat::Lines).unwrap();
+        assert!(dir.path().join("no/such/file").exists());
+        std::fs::write(dir.path().join("plain"), "x").unwrap();
+        let err = open(&cfg(&dir.path().join("plain/file"), None), FileSinkFormat::Lines)
+            .err()
+            .unwrap();
+        assert!(format!("{err:#}").contains("file sink"), "{err:#}");
     }
 
     #[cfg(target_os = "linux")]
