@@ -281,7 +281,7 @@ fn handle(
             }
             Ok(Ev::Ack { kind, pkid, error }) => {
                 let finished = match (kind, &error) {
-                    (AckKind::PubRec, None) => None, // QoS 2: wait for PUBCOMP
+                    (AckKind::Rec, None) => None, // QoS 2: wait for PUBCOMP
                     _ => st.bound.remove(&pkid),
                 };
                 if let Some(w) = finished {

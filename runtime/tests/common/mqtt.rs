@@ -133,11 +133,16 @@ impl Mosquitto {
     }
 }
 
+/// A received publish: topic, payload, MQTT 5 user properties.
+pub type Got = (String, Bytes, Vec<(String, String)>);
+/// A message to publish: payload and MQTT 5 user properties.
+pub type Msg = (Vec<u8>, Vec<(String, String)>);
+
 /// A v5 or v3.1.1 test client's event loop, polled in the background,
 /// recording received publishes and acks.
 #[derive(Default)]
 struct Seen {
-    publishes: Vec<(String, Bytes, Vec<(String, String)>)>,
+    publishes: Vec<Got>,
     acks: usize,
     suback: bool,
     connack: Option<bool>,
@@ -274,7 +279,7 @@ impl TestClient {
     }
 
     /// Publishes at `qos` and, for QoS 1/2, waits until all were acknowledged.
-    pub async fn publish(&self, topic: &str, qos: u8, msgs: &[(Vec<u8>, Vec<(String, String)>)]) {
+    pub async fn publish(&self, topic: &str, qos: u8, msgs: &[Msg]) {
         let before = self.seen.lock().unwrap().acks;
         for (payload, props) in msgs {
             if let Some(c) = &self.v5 {
@@ -309,16 +314,12 @@ impl TestClient {
     }
 
     /// Received publishes so far: (topic, payload, user properties).
-    pub fn received(&self) -> Vec<(String, Bytes, Vec<(String, String)>)> {
+    pub fn received(&self) -> Vec<Got> {
         self.seen.lock().unwrap().publishes.clone()
     }
 
     /// Waits until at least `n` publishes arrived or `timeout` passed.
-    pub async fn received_at_least(
-        &self,
-        n: usize,
-        timeout: Duration,
-    ) -> Vec<(String, Bytes, Vec<(String, String)>)> {
+    pub async fn received_at_least(&self, n: usize, timeout: Duration) -> Vec<Got> {
         let deadline = Instant::now() + timeout;
         loop {
             let got = self.received();

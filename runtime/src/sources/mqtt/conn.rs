@@ -49,14 +49,16 @@ pub(crate) struct TlsBits {
     pub client_auth: Option<(Vec<u8>, Vec<u8>)>,
 }
 
+/// Broker addresses, credentials and TLS material, ready to connect.
+pub(crate) type Prepared = (Vec<BrokerAddr>, Option<(String, String)>, Option<TlsBits>);
+
 /// Parses the URLs and reads the secret and TLS files.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn prepare(
     urls: &[String],
     username: &Option<String>,
     password: &Option<Secret>,
     tls: &Option<MqttTlsConfig>,
-) -> anyhow::Result<(Vec<BrokerAddr>, Option<(String, String)>, Option<TlsBits>)> {
+) -> anyhow::Result<Prepared> {
     let addrs = urls
         .iter()
         .map(|u| parse_url(u).map_err(|e| anyhow::anyhow!(e)))
@@ -116,8 +118,8 @@ pub(crate) enum Client {
 
 /// The event loop of either version.
 pub(crate) enum Loop {
-    V4(rumqttc::EventLoop),
-    V5(rumqttc::v5::EventLoop),
+    V4(Box<rumqttc::EventLoop>),
+    V5(Box<rumqttc::v5::EventLoop>),
 }
 
 /// Creates the client and its event loop for `spec.addrs[index]`.
@@ -127,11 +129,11 @@ pub(crate) fn create(spec: &Spec, index: usize) -> anyhow::Result<(Client, Loop)
             let (c, mut l) = rumqttc::AsyncClient::new(options4(spec, index)?, spec.channel);
             l.network_options
                 .set_connection_timeout(spec.connect_timeout.as_secs().max(1));
-            (Client::V4(c), Loop::V4(l))
+            (Client::V4(c), Loop::V4(Box::new(l)))
         }
         MqttVersion::V5 => {
             let (c, l) = rumqttc::v5::AsyncClient::new(options5(spec, index)?, spec.channel);
-            (Client::V5(c), Loop::V5(l))
+            (Client::V5(c), Loop::V5(Box::new(l)))
         }
     })
 }
@@ -184,9 +186,12 @@ pub(crate) struct InPublish {
 /// Which acknowledgement arrived for an outgoing publish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum AckKind {
-    PubAck,
-    PubRec,
-    PubComp,
+    /// PUBACK (QoS 1).
+    Ack,
+    /// PUBREC (QoS 2, first half).
+    Rec,
+    /// PUBCOMP (QoS 2, done).
+    Comp,
 }
 
 /// A normalised rumqttc event.
@@ -388,17 +393,17 @@ fn ev4(e: rumqttc::Event) -> Ev {
             headers: Vec::new(),
         }),
         Event::Incoming(Packet::PubAck(a)) => Ev::Ack {
-            kind: AckKind::PubAck,
+            kind: AckKind::Ack,
             pkid: a.pkid,
             error: None,
         },
         Event::Incoming(Packet::PubRec(a)) => Ev::Ack {
-            kind: AckKind::PubRec,
+            kind: AckKind::Rec,
             pkid: a.pkid,
             error: None,
         },
         Event::Incoming(Packet::PubComp(a)) => Ev::Ack {
-            kind: AckKind::PubComp,
+            kind: AckKind::Comp,
             pkid: a.pkid,
             error: None,
         },
@@ -452,7 +457,7 @@ fn ev5(e: rumqttc::v5::Event) -> Ev {
                 )),
             };
             Ev::Ack {
-                kind: AckKind::PubAck,
+                kind: AckKind::Ack,
                 pkid: a.pkid,
                 error,
             }
@@ -469,7 +474,7 @@ fn ev5(e: rumqttc::v5::Event) -> Ev {
                 )),
             };
             Ev::Ack {
-                kind: AckKind::PubRec,
+                kind: AckKind::Rec,
                 pkid: a.pkid,
                 error,
             }
@@ -480,7 +485,7 @@ fn ev5(e: rumqttc::v5::Event) -> Ev {
                 r => Some((0x92, format!("{r:?}"))),
             };
             Ev::Ack {
-                kind: AckKind::PubComp,
+                kind: AckKind::Comp,
                 pkid: a.pkid,
                 error,
             }
