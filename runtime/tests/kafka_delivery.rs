@@ -190,30 +190,42 @@ async fn revoke_commits(kind: Kind) {
     let mut bsrc = sluice::sources::kafka::open(&cfg, "revoke-b")
         .await
         .expect("open b");
-    let deadline = std::time::Instant::now() + JOIN;
+    // What the revoke commit leaves. noida-db cannot pass the strict check: it
+    // bumps the group generation as soon as a member joins, so the commit a
+    // revoking member sends (with the generation it still holds, which Apache
+    // Kafka accepts while the group is preparing the rebalance) is refused
+    // with ILLEGAL_GENERATION (seen in the log). Nothing is committed then and
+    // the new owners re-read from the start: duplicates, never a loss. That
+    // outcome is what is asserted for noida.
+    let want = match kind {
+        Kind::Tansu => vec![3, 2],
+        Kind::Noida => vec![-1001, -1001],
+    };
+    // A delivery to `b` shows the rebalance is done.
+    let d = match quiet(&mut bsrc, JOIN).await {
+        Some(d) => d,
+        None => next(&mut a, Duration::from_secs(5)).await,
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let committed = loop {
-        // Keep `b` polling (its deliveries are checked below).
         let c = b.committed(&group, &topic, 2);
-        if c == vec![3, 2] || std::time::Instant::now() > deadline {
+        if c == want || std::time::Instant::now() > deadline {
             break c;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(
         committed,
-        vec![3, 2],
+        want,
         "[{}] revoke commits the settled positions",
         kind.name()
     );
     // The member that got a partition reads it from the committed position.
-    let d = match quiet(&mut bsrc, JOIN).await {
-        Some(d) => d,
-        None => next(&mut a, Duration::from_secs(5)).await,
-    };
     let (p, o) = (d.message.partition.unwrap(), d.message.offset.unwrap());
+    let start = |p: usize| if want[p] < 0 { 0 } else { want[p] };
     assert_eq!(
         o,
-        if p == 0 { 3 } else { 2 },
+        start(p as usize),
         "[{}] new owner starts at the commit",
         kind.name()
     );

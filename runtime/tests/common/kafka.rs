@@ -89,6 +89,14 @@ fn tansu_bin() -> PathBuf {
     p
 }
 
+/// Logs of the code under test, shown with `RUST_LOG=sluice=debug`.
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
 /// A private broker on 127.0.0.1, killed on drop.
 pub struct KafkaBroker {
     pub kind: Kind,
@@ -100,6 +108,7 @@ pub struct KafkaBroker {
 impl KafkaBroker {
     /// Starts a broker on a free port and waits until it accepts connections.
     pub fn start(kind: Kind) -> KafkaBroker {
+        init_logs();
         let dir = tempfile::tempdir().expect("tempdir");
         let mut b = KafkaBroker {
             kind,
@@ -317,7 +326,8 @@ impl KafkaBroker {
     pub async fn collect(&self, topic: &str) -> KafkaCollector {
         let consumer: StreamConsumer = self
             .config()
-            // No group: assign only, so closing never waits for a coordinator.
+            .set("group.id", format!("collector-{topic}"))
+            .set("enable.auto.commit", "false")
             .set("fetch.wait.max.ms", "100")
             .create()
             .expect("collector consumer");
@@ -338,9 +348,14 @@ impl KafkaBroker {
         consumer.assign(&tpl).expect("assign");
         let got: Arc<Mutex<Vec<TestRecord>>> = Arc::default();
         let sink = got.clone();
-        let task = tokio::spawn(async move {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
             loop {
-                match consumer.recv().await {
+                let r = tokio::select! {
+                    _ = &mut stopped => break,
+                    r = consumer.recv() => r,
+                };
+                match r {
                     Ok(m) => {
                         let r = TestRecord {
                             key: m.key().map(<[u8]>::to_vec),
@@ -366,8 +381,13 @@ impl KafkaBroker {
                     Err(e) => eprintln!("collector: {e}"),
                 }
             }
+            // Closing a consumer waits for the broker: not on a runtime thread.
+            std::thread::spawn(move || drop(consumer));
         });
-        KafkaCollector { got, task }
+        KafkaCollector {
+            got,
+            stop: Some(stop),
+        }
     }
 
     /// The committed offset of `group` for each partition of `topic` (-1001 = none).
@@ -428,7 +448,7 @@ impl TestRecord {
 /// Everything read from a topic so far.
 pub struct KafkaCollector {
     got: Arc<Mutex<Vec<TestRecord>>>,
-    task: tokio::task::JoinHandle<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl KafkaCollector {
@@ -447,7 +467,9 @@ impl KafkaCollector {
 
 impl Drop for KafkaCollector {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
     }
 }
 

@@ -252,7 +252,8 @@ pub async fn open(cfg: &KafkaSourceConfig, pipeline: &str) -> anyhow::Result<Kaf
     let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
     if let Err(e) = consumer.subscribe(&topics) {
         release(consumer);
-        return Err(e).with_context(|| format!("kafka source: subscribing to {}", cfg.topics.join(",")));
+        return Err(e)
+            .with_context(|| format!("kafka source: subscribing to {}", cfg.topics.join(",")));
     }
 
     let (stop, stop_rx) = oneshot::channel();
