@@ -42,7 +42,7 @@ pub async fn open_sink(
             Arc::new(crate::sinks::file::open(f, format)?)
         }
         SinkConfig::Kafka(c) => Arc::new(kafka::open(c, pipeline).await?),
-        SinkConfig::Mqtt(c) => Arc::new(mqtt::open(c, pipeline).await?),
+        SinkConfig::Mqtt(c) => Arc::new(mqtt::open_with(c, pipeline, dead_letter).await?),
         SinkConfig::Nats(c) => Arc::new(nats::open(c, pipeline).await?),
         SinkConfig::Jetstream(c) => Arc::new(jetstream::open(c, pipeline).await?),
     })

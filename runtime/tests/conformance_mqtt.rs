@@ -100,15 +100,9 @@ impl Fixture for MqttFixture {
     }
 
     fn sink_toml(&self, topic: &str) -> String {
-        // 3.1.1 dead letters are envelopes (the default for a [dead_letter] on
-        // 3.1.1 once connect.rs passes `dead_letter`; explicit here meanwhile).
-        let envelope = if self.v311 && topic.ends_with("-dlq") {
-            "\nenvelope = true"
-        } else {
-            ""
-        };
+        // 3.1.1 dead letters are JSON envelopes by default: nothing to set here.
         format!(
-            "type = \"mqtt\"\nurl = \"{}\"\ntopic = \"{topic}\"\nqos = 1\nversion = \"{}\"{envelope}",
+            "type = \"mqtt\"\nurl = \"{}\"\ntopic = \"{topic}\"\nqos = 1\nversion = \"{}\"",
             self.broker.url(),
             self.version()
         )

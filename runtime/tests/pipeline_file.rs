@@ -87,7 +87,7 @@ fn dead_letters(path: &Path) -> Vec<sluice::envelope::Envelope> {
         .collect()
 }
 
-fn header<'a>(e: &'a sluice::envelope::Envelope, k: &str) -> Option<String> {
+fn header(e: &sluice::envelope::Envelope, k: &str) -> Option<String> {
     e.headers
         .iter()
         .find(|h| h.key == k)
