@@ -3,17 +3,14 @@
 //! letter, `Nats-Msg-Id` dedup, attempt/offset/headers, and clear errors.
 
 mod common;
-#[allow(dead_code)]
-#[path = "common/nats.rs"]
-mod nats_server;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, stream};
 use bytes::Bytes;
+use common::nats::run;
 use futures::StreamExt as _;
-use nats_server::run;
 use sluice::config::ErrorsConfig;
 use sluice::config::nats::{JetStreamSinkConfig, JetStreamSourceConfig};
 use sluice::message::Header;

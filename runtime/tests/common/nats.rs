@@ -1,17 +1,43 @@
 //! A private `nats-server` (with JetStream) for tests that restart the
 //! broker or need auth: a free port on 127.0.0.1, its own store directory,
 //! killed by PID on drop. Self-contained so it can be included on its own.
-#![allow(dead_code)]
 
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A TCP port free on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+/// Asks the server whose monitoring port is `monitor` whether some client
+/// subscribes to exactly `subject` (`/connz?subs=1`). Blocking, 2 s at most.
+pub fn subscribed(monitor: u16, subject: &str) -> bool {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", monitor)) else {
+        return false;
+    };
+    let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+    let req = "GET /connz?subs=1&limit=1024 HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+    if c.write_all(req.as_bytes()).is_err() {
+        return false;
+    }
+    let mut body = String::new();
+    let _ = c.read_to_string(&mut body);
+    body.contains(&format!("\"{subject}\""))
+}
+
 /// A `nats-server -a 127.0.0.1 -p PORT -js -sd DIR [--auth TOKEN]` child process.
 pub struct NatsServer {
     pub port: u16,
     pub token: Option<String>,
+    /// The HTTP monitoring port (`-m`), when started with one.
+    pub monitor: Option<u16>,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
@@ -19,22 +45,25 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts a server without auth.
     pub fn start() -> NatsServer {
-        Self::start_with(None)
+        Self::start_with(None, false)
     }
 
     /// Starts a server that requires `token`.
     pub fn with_token(token: &str) -> NatsServer {
-        Self::start_with(Some(token.to_string()))
+        Self::start_with(Some(token.to_string()), false)
     }
 
-    fn start_with(token: Option<String>) -> NatsServer {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("bind 127.0.0.1:0");
+    /// Starts a server with an HTTP monitoring port (see [`NatsServer::has_subscriber`]).
+    pub fn monitored() -> NatsServer {
+        Self::start_with(None, true)
+    }
+
+    fn start_with(token: Option<String>, monitor: bool) -> NatsServer {
+        let port = free_port();
         let mut s = NatsServer {
             port,
             token,
+            monitor: monitor.then(free_port),
             dir: tempfile::tempdir().expect("temp dir"),
             child: None,
         };
@@ -65,6 +94,9 @@ impl NatsServer {
         .arg(self.store());
         if let Some(t) = &self.token {
             cmd.args(["--auth", t]);
+        }
+        if let Some(m) = self.monitor {
+            cmd.args(["-m", &m.to_string()]);
         }
         let log = std::fs::File::create(self.dir.path().join("server.log")).expect("log file");
         let child = cmd
@@ -97,6 +129,11 @@ impl NatsServer {
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
+    }
+
+    /// True when some client subscribes to exactly `subject` (monitored servers only).
+    pub fn has_subscriber(&self, subject: &str) -> bool {
+        self.monitor.is_some_and(|m| subscribed(m, subject))
     }
 
     /// The server's log so far.
@@ -170,6 +207,8 @@ pub mod run {
         .expect("engine");
         let mut spec = PluginSpec::new(path);
         spec.timeout = timeout;
+        // Wall-clock budgets are what these tests exercise: fuel must not run out first.
+        spec.fuel = 1 << 42;
         spec.config = config
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))

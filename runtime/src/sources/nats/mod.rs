@@ -60,17 +60,17 @@ struct Queue {
 
 impl Queue {
     /// Queues `m`, or gives it back when the queue is full.
-    fn push(&self, m: async_nats::Message) -> Result<(), async_nats::Message> {
+    fn push(&self, m: async_nats::Message) -> Option<async_nats::Message> {
         let mut g = self.items.lock().unwrap_or_else(|e| e.into_inner());
         let size = m.payload.len();
         if g.0.len() >= self.max_messages || (g.1 + size > self.max_bytes && !g.0.is_empty()) {
-            return Err(m);
+            return Some(m);
         }
         g.1 += size;
         g.0.push_back(m);
         drop(g);
         self.notify.notify_one();
-        Ok(())
+        None
     }
 
     fn pop(&self) -> Option<async_nats::Message> {
@@ -88,7 +88,11 @@ pub async fn open(cfg: &NatsSourceConfig, pipeline: &str) -> anyhow::Result<Nats
         &cfg.connection,
         pipeline,
         "source",
-        Some(cfg.pending_messages),
+        // Our queue enforces the limits; the client's own buffer only has to
+        // absorb bursts while the forwarder is not scheduled. Its drops are
+        // counted through its slow-consumer events, which it may coalesce
+        // under a storm, so it is kept large enough to rarely drop.
+        Some(cfg.pending_messages.saturating_mul(4).clamp(8192, 65_536)),
     )
     .await?;
     let mut sub = match &cfg.queue_group {
@@ -122,7 +126,7 @@ pub async fn open(cfg: &NatsSourceConfig, pipeline: &str) -> anyhow::Result<Nats
     let forwarder = tokio::spawn(async move {
         let mut last_warn: Option<Instant> = None;
         while let Some(m) = sub.next().await {
-            if let Err(m) = q.push(m) {
+            if let Some(m) = q.push(m) {
                 let n = q.dropped.fetch_add(1, Relaxed) + 1;
                 if last_warn.is_none_or(|t| t.elapsed().as_secs() >= 5) {
                     last_warn = Some(Instant::now());

@@ -152,11 +152,12 @@ async fn send(
         .map_err(|_| anyhow::anyhow!("sending the reply timed out after {REPLY_TIMEOUT:?}"))?
 }
 
-/// Answers a request dropped because the pending limits were reached.
+/// Answers a request dropped because the pending limits were reached
+/// (queued without a flush: the forwarder must not wait on the server).
 pub(super) async fn overloaded(client: &Client, to: Subject) {
     let (p, h) = error_reply("unavailable", "overloaded: pending limits reached", 503);
-    if let Err(e) = send(client, to, p, h).await {
-        tracing::debug!("replying to a dropped request: {e:#}");
+    if let Err(e) = client.publish_with_headers(to, h, p).await {
+        tracing::debug!("replying to a dropped request: {e}");
     }
 }
 
