@@ -17,7 +17,7 @@ use crate::router::breaker::{Breaker, BreakerState};
 use crate::router::dedup::Dedup;
 use crate::router::{Decision, Policy, backoff, dead_letter};
 use crate::sinks::{Record, Sink};
-use crate::sources::{Delivery, Settle, Settlement, Source, SourceError};
+use crate::sources::{Answer, Delivery, Settle, Settlement, Source, SourceError};
 use crate::stats::{Snapshot, Stats};
 
 /// Deliveries queued per worker: small, so a slow handler slows intake.
@@ -279,22 +279,22 @@ async fn close_sinks(sh: &Shared) {
     }
 }
 
-/// Same key → same worker; no key → round robin. One worker: everything in order.
+/// Same key → same worker; no key → same partition / topic → same worker, so
+/// a partition's order holds; round robin only when there is neither.
 fn shard_of(msg: &Message, n: usize, rr: &mut usize) -> usize {
     if n == 1 {
         return 0;
     }
-    match &msg.key {
-        Some(k) => {
-            let mut h = DefaultHasher::new();
-            k.hash(&mut h);
-            (h.finish() % n as u64) as usize
-        }
-        None => {
+    let mut h = DefaultHasher::new();
+    match (&msg.key, msg.partition) {
+        (Some(k), _) => k.hash(&mut h),
+        (None, Some(p)) => (&msg.topic, p).hash(&mut h),
+        (None, None) => {
             *rr = (*rr + 1) % n;
-            *rr
+            return *rr;
         }
     }
+    (h.finish() % n as u64) as usize
 }
 
 async fn worker(sh: Arc<Shared>, mut rx: mpsc::Receiver<Delivery>) {
@@ -357,7 +357,8 @@ async fn sleep_unless_shutdown(sh: &Shared, d: Duration) -> bool {
 
 /// Handles one delivery to its end. `Err` means the policy said stop.
 async fn process(sh: &Shared, w: &mut Worker, d: Delivery) -> Result<(), Failure> {
-    let (mut msg, decode_error, handle) = d.into_parts();
+    let (mut msg, decode_error, mut handle) = d.into_parts();
+    let base = record_base(sh, &msg);
     loop {
         let failure = match &decode_error {
             Some(e) => Failure::new(FailureClass::Decode, e.clone()),
@@ -366,21 +367,32 @@ async fn process(sh: &Shared, w: &mut Worker, d: Delivery) -> Result<(), Failure
                 sh.stats.fuel_used.fetch_add(cost.fuel_used, Relaxed);
                 sh.stats.handler_latency.observe(cost.elapsed);
                 match result {
-                    Ok(outputs) => match publish(sh, &msg, outputs).await {
-                        Ok(n) => {
-                            sh.stats.outputs.fetch_add(n as u64, Relaxed);
-                            sh.stats.succeeded.fetch_add(1, Relaxed);
-                            sh.breaker.success();
-                            remember(sh, &msg);
-                            settle(sh, handle, Settlement::Ack).await;
-                            return Ok(());
+                    Ok(mut outputs) => {
+                        // A request's first output is its reply, not a sink record.
+                        let reply = (handle.wants_answer() && !outputs.is_empty())
+                            .then(|| outputs.remove(0));
+                        match publish(sh, &base, outputs).await {
+                            Ok(n) => {
+                                if let Some(r) = reply {
+                                    handle.answer(Answer::Reply(r));
+                                }
+                                sh.stats.outputs.fetch_add(n as u64, Relaxed);
+                                sh.stats.succeeded.fetch_add(1, Relaxed);
+                                sh.breaker.success();
+                                remember(sh, &msg);
+                                settle(sh, handle, Settlement::Ack).await;
+                                return Ok(());
+                            }
+                            Err(f) => f,
                         }
-                        Err(f) => f,
-                    },
+                    }
                     Err(f) => f,
                 }
             }
         };
+        if handle.wants_answer() {
+            handle.answer(Answer::Failed(failure.clone()));
+        }
         sh.stats.failure(failure.class, &failure.message);
         tracing::debug!(pipeline = %sh.name, topic = %msg.topic, offset = ?msg.offset, attempt = msg.attempt, "{failure}");
         if failure.class.is_transient() {
@@ -452,7 +464,7 @@ async fn process(sh: &Shared, w: &mut Worker, d: Delivery) -> Result<(), Failure
                     msg.attempt,
                     &sh.name,
                     &digest,
-                    record_id(sh, &msg, "dlq"),
+                    format!("{base}:dlq"),
                 );
                 match timed_publish(sh, dlq.as_ref(), std::slice::from_ref(&record)).await {
                     Ok(()) => {
@@ -514,20 +526,28 @@ fn remember(sh: &Shared, msg: &Message) {
 }
 
 /// A stable id for a record derived from `msg` (same on every retry).
-fn record_id(sh: &Shared, msg: &Message, suffix: &str) -> String {
+fn record_base(sh: &Shared, msg: &Message) -> String {
     match msg.offset {
         Some(o) => format!(
-            "{}:{}:{}:{}:{suffix}",
+            "{}:{}:{}:{}",
             sh.name,
             msg.topic,
             msg.partition.unwrap_or(0),
             o
         ),
+        // No offset (NATS core, MQTT, stdin): an id unique to this delivery,
+        // so two equal payloads are never taken for one by a deduplicating
+        // sink, yet the same on every in-process retry of this delivery.
         None => {
-            let mut h = DefaultHasher::new();
-            msg.payload.hash(&mut h);
-            msg.key.hash(&mut h);
-            format!("{}:{}:{:016x}:{suffix}", sh.name, msg.topic, h.finish())
+            static NONCE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+            static NEXT: AtomicU64 = AtomicU64::new(0);
+            let nonce = NONCE.get_or_init(rand::random::<u64>);
+            format!(
+                "{}:{}:{nonce:016x}-{}",
+                sh.name,
+                msg.topic,
+                NEXT.fetch_add(1, Relaxed)
+            )
         }
     }
 }
@@ -543,7 +563,7 @@ async fn timed_publish(sh: &Shared, sink: &dyn Sink, records: &[Record]) -> Resu
 }
 
 /// Publishes a call's outputs, in order, grouped by sink. Returns how many.
-async fn publish(sh: &Shared, msg: &Message, outputs: Vec<Output>) -> Result<usize, Failure> {
+async fn publish(sh: &Shared, base: &str, outputs: Vec<Output>) -> Result<usize, Failure> {
     let n = outputs.len();
     let mut i = 0;
     let mut outputs = outputs.into_iter().peekable();
@@ -584,7 +604,7 @@ async fn publish(sh: &Shared, msg: &Message, outputs: Vec<Output>) -> Result<usi
                     key: o.key,
                     payload: o.payload,
                     headers: o.headers,
-                    id: record_id(sh, msg, &i.to_string()),
+                    id: format!("{base}:{i}"),
                 }
             })
             .collect();

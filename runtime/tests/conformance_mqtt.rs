@@ -140,6 +140,7 @@ impl Fixture for MqttFixture {
                 false,
             )
             .await;
+            #[allow(clippy::type_complexity)]
             let batch: Vec<(Vec<u8>, Vec<(String, String)>)> = msgs
                 .iter()
                 .map(|m| {

@@ -1,4 +1,5 @@
 //! The `mqtt` source and sink against private Mosquitto brokers: persistent
+#![allow(clippy::type_complexity)]
 //! session, manual ack after settle (and redelivery after a lost
 //! connection), re-queue on `Redeliver`, password file, shared subscriptions,
 //! user properties, QoS 0/1/2 and the `rejected` class.

@@ -250,7 +250,6 @@ async fn sink_to_a_stopped_server_is_a_transient_sink_failure() {
 /// (infinite loop, 50 ms budget) still gets the caller the fallback, or an
 /// error reply naming the class when there is no fallback.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the Settle::answer hook in sources/mod.rs + pipeline.rs (see the nats helper's report)"]
 async fn request_reply_with_fallback_on_timeout() {
     let subject = common::unique("svc").replace('-', "_");
     let client = async_nats::connect(URL).await.unwrap();

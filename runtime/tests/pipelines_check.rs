@@ -43,7 +43,7 @@ fn check_reports_every_error_with_file_line_and_key() {
     );
     assert!(err.contains("handler.timeout"), "{err}");
     assert!(
-        err.contains("source."),
+        err.contains("source: missing key `brokers`"),
         "the kafka table's problems too: {err}"
     );
 

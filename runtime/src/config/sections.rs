@@ -22,10 +22,14 @@ pub(crate) type Variant<T> = fn(&mut Diag<'_>, &KeyPath, &Spanned<DeValue<'_>>) 
 /// The source types, by their `type` value.
 pub(crate) const SOURCE_TYPES: &[(&str, Variant<SourceConfig>)] = &[
     ("file", file_source),
-    ("kafka", |d, p, v| de_value(d, p, v).map(SourceConfig::Kafka)),
+    ("kafka", |d, p, v| {
+        de_value(d, p, v).map(SourceConfig::Kafka)
+    }),
     ("mqtt", |d, p, v| de_value(d, p, v).map(SourceConfig::Mqtt)),
     ("nats", |d, p, v| de_value(d, p, v).map(SourceConfig::Nats)),
-    ("jetstream", |d, p, v| de_value(d, p, v).map(SourceConfig::Jetstream)),
+    ("jetstream", |d, p, v| {
+        de_value(d, p, v).map(SourceConfig::Jetstream)
+    }),
 ];
 
 /// The sink types (also for `[dead_letter]`), by their `type` value.
@@ -34,7 +38,9 @@ pub(crate) const SINK_TYPES: &[(&str, Variant<SinkConfig>)] = &[
     ("kafka", |d, p, v| de_value(d, p, v).map(SinkConfig::Kafka)),
     ("mqtt", |d, p, v| de_value(d, p, v).map(SinkConfig::Mqtt)),
     ("nats", |d, p, v| de_value(d, p, v).map(SinkConfig::Nats)),
-    ("jetstream", |d, p, v| de_value(d, p, v).map(SinkConfig::Jetstream)),
+    ("jetstream", |d, p, v| {
+        de_value(d, p, v).map(SinkConfig::Jetstream)
+    }),
 ];
 
 fn file_source(d: &mut Diag<'_>, path: &KeyPath, v: &Spanned<DeValue<'_>>) -> Option<SourceConfig> {

@@ -48,8 +48,9 @@ pub fn open(cfg: &FileSinkConfig, default_format: FileSinkFormat) -> anyhow::Res
         Target::Stdout
     } else {
         if let Some(dir) = cfg.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("creating the folder of file sink {}", cfg.path.display()))?;
+            std::fs::create_dir_all(dir).with_context(|| {
+                format!("creating the folder of file sink {}", cfg.path.display())
+            })?;
         }
         let file = OpenOptions::new()
             .create(true)
@@ -220,12 +221,19 @@ mod tests {
     #[tokio::test]
     async fn missing_directories_are_created_but_a_file_in_the_way_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        open(&cfg(&dir.path().join("no/such/file"), None), FileSinkFormat::Lines).unwrap();
+        open(
+            &cfg(&dir.path().join("no/such/file"), None),
+            FileSinkFormat::Lines,
+        )
+        .unwrap();
         assert!(dir.path().join("no/such/file").exists());
         std::fs::write(dir.path().join("plain"), "x").unwrap();
-        let err = open(&cfg(&dir.path().join("plain/file"), None), FileSinkFormat::Lines)
-            .err()
-            .unwrap();
+        let err = open(
+            &cfg(&dir.path().join("plain/file"), None),
+            FileSinkFormat::Lines,
+        )
+        .err()
+        .unwrap();
         assert!(format!("{err:#}").contains("file sink"), "{err:#}");
     }
 

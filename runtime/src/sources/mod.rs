@@ -12,7 +12,17 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-use crate::message::Message;
+use crate::failure::Failure;
+use crate::message::{Message, Output};
+
+/// What a request is answered with (NATS request/reply): see [`Settle::answer`].
+#[derive(Debug, Clone)]
+pub enum Answer {
+    /// The handler succeeded; this is its first output (not published to a sink).
+    Reply(Output),
+    /// The message failed; this is its last failure.
+    Failed(Failure),
+}
 
 /// How a delivery ends. Sent to the source exactly once per delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +48,18 @@ pub trait Settle: Send + 'static {
     fn in_progress(&self) -> BoxFuture<'static, ()> {
         Box::pin(async {})
     }
+
+    /// True when the delivery is a request waiting for an answer (NATS
+    /// request/reply). The pipeline then takes the handler's first output as
+    /// the answer instead of publishing it, and reports failures to [`Settle::answer`].
+    fn wants_answer(&self) -> bool {
+        false
+    }
+
+    /// Records the answer the source sends when the delivery is settled.
+    /// Called before `settle`, possibly several times (each failure, then a
+    /// success); the last call counts. Default: nothing to answer.
+    fn answer(&mut self, _answer: Answer) {}
 }
 
 /// One message plus the means to settle it.

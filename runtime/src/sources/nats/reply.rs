@@ -25,8 +25,6 @@ use async_nats::{Client, HeaderMap, Subject};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 
-use crate::failure::Failure;
-use crate::message::Output;
 use crate::sources::{Settle, Settlement};
 
 use super::connect::{header_text, to_nats_headers};
@@ -43,14 +41,7 @@ pub const SERVICE_ERROR: &str = "Nats-Service-Error";
 /// The NATS micro-services error code header.
 pub const SERVICE_ERROR_CODE: &str = "Nats-Service-Error-Code";
 
-/// What a request is answered with (see the module documentation).
-#[derive(Debug, Clone)]
-pub enum Answer {
-    /// The handler succeeded; this is its first output.
-    Reply(Output),
-    /// The message failed; this is its last failure.
-    Failed(Failure),
-}
+pub use crate::sources::Answer;
 
 /// The settle handle of one `nats` delivery.
 pub struct NatsSettle {
@@ -75,16 +66,6 @@ impl NatsSettle {
             answer: None,
             pipeline,
         }
-    }
-
-    /// True when the message is a request that waits for an answer.
-    pub fn wants_answer(&self) -> bool {
-        self.reply_to.is_some()
-    }
-
-    /// Records the answer sent on settle; the last call counts.
-    pub fn answer(&mut self, answer: Answer) {
-        self.answer = Some(answer);
     }
 
     /// The reply for `how`, given what was recorded.
@@ -170,6 +151,14 @@ pub(super) async fn unavailable(client: &Client, to: Subject) {
 }
 
 impl Settle for NatsSettle {
+    fn wants_answer(&self) -> bool {
+        self.reply_to.is_some()
+    }
+
+    fn answer(&mut self, answer: Answer) {
+        self.answer = Some(answer);
+    }
+
     fn settle(self: Box<Self>, how: Settlement) -> BoxFuture<'static, anyhow::Result<()>> {
         Box::pin(async move {
             let Some(to) = self.reply_to.clone() else {
@@ -188,7 +177,8 @@ impl Settle for NatsSettle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::failure::FailureClass;
+    use crate::failure::{Failure, FailureClass};
+    use crate::message::Output;
 
     fn text(h: &HeaderMap, k: &str) -> Option<String> {
         h.get(k).map(|v| v.as_str().to_string())
