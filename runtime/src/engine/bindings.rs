@@ -6,8 +6,8 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use sluice::handler::host::Level;
-pub use sluice::handler::types::{
+pub use self::sluice::handler::host::Level;
+pub use self::sluice::handler::types::{
     HandlerError as WitHandlerError, Header as WitHeader, Message as WitMessage,
     Output as WitOutput,
 };
