@@ -254,6 +254,11 @@ impl Fixture for CoreFixture {
         Box::pin(async move {
             let mut sub = self.client.subscribe(topic.to_string()).await?;
             self.client.flush().await?;
+            // `flush` only writes SUB out; wait until the server has it.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !self.server.has_subscriber(topic) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
             let got = Arc::new(Mutex::new(Vec::new()));
             let g = got.clone();
             let task = tokio::spawn(async move {
@@ -323,6 +328,7 @@ async fn conformance_jetstream() {
         js: jetstream::new(client),
     };
     conformance::run_all(&fx).await;
+    conformance::scale_out_sigkill(&fx).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
