@@ -104,6 +104,11 @@ pub fn render(registry: &Registry) -> String {
         "counter",
         "Plugin reloads by result (ok, failed).",
     );
+    let mut lag = Family::new(
+        "sluice_source_lag",
+        "gauge",
+        "Messages waiting in the broker for this pipeline, as the broker reports it (Kafka consumer lag over the assigned partitions, JetStream pending); absent where the broker does not tell.",
+    );
     let mut up = Family::new(
         "sluice_pipeline_up",
         "gauge",
@@ -142,6 +147,9 @@ pub fn render(registry: &Registry) -> String {
         outputs.add("", &p, s.outputs);
         fuel.add("", &p, s.fuel_used);
         in_flight.add("", &p, s.in_flight);
+        if let Some(n) = s.source_lag {
+            lag.add("", &p, n);
+        }
         let (counts, sum) = stats.handler_latency.cumulative();
         for (i, c) in counts.iter().enumerate() {
             let le = LATENCY_BUCKETS
@@ -163,7 +171,7 @@ pub fn render(registry: &Registry) -> String {
     let mut out = String::new();
     for f in [
         &received, &messages, &failures, &retries, &dead, &outputs, &latency, &fuel, &in_flight,
-        &breaker, &reloads, &up,
+        &breaker, &lag, &reloads, &up,
     ] {
         f.write(&mut out);
     }

@@ -118,8 +118,10 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(parts: Parts) -> Self {
+    pub fn new(mut parts: Parts) -> Self {
         let redelivers = parts.source.redelivers();
+        let stats = Arc::new(Stats::default());
+        parts.source.report_lag(stats.source_lag.clone());
         Pipeline {
             source: parts.source,
             concurrency: parts.concurrency.max(1),
@@ -130,7 +132,7 @@ impl Pipeline {
                 sinks: parts.sinks,
                 dead_letter: parts.dead_letter,
                 policy: parts.policy,
-                stats: Arc::new(Stats::default()),
+                stats,
                 redelivers,
                 dedup: parts.dedup.map(Mutex::new),
                 publish_timeout: parts.publish_timeout,

@@ -1,7 +1,7 @@
 //! Counters of one pipeline: what the summary, the metrics and the admin API report.
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -28,6 +28,33 @@ pub struct Stats {
     pub last_error: Mutex<Option<String>>,
     /// Wall-clock time of each handler call.
     pub handler_latency: Histogram,
+    /// How far the pipeline is behind its source, as the broker reports it.
+    pub source_lag: LagGauge,
+}
+
+/// Messages waiting in the broker for this pipeline: Kafka consumer lag
+/// summed over the assigned partitions, JetStream's pending count. Shared
+/// with the source, which sets it; unknown until the broker tells.
+#[derive(Debug, Clone)]
+pub struct LagGauge(Arc<AtomicI64>);
+
+impl Default for LagGauge {
+    fn default() -> Self {
+        LagGauge(Arc::new(AtomicI64::new(-1)))
+    }
+}
+
+impl LagGauge {
+    /// Records the latest lag.
+    pub fn set(&self, lag: u64) {
+        self.0
+            .store(i64::try_from(lag).unwrap_or(i64::MAX), Relaxed);
+    }
+
+    /// The latest lag; `None` until the source reported one.
+    pub fn get(&self) -> Option<u64> {
+        u64::try_from(self.0.load(Relaxed)).ok()
+    }
 }
 
 /// Upper bounds (seconds) of the handler latency buckets; `+Inf` is implied.
@@ -100,6 +127,7 @@ impl Stats {
                 .filter(|(_, n)| *n > 0)
                 .collect(),
             last_error: self.last_error.lock().ok().and_then(|l| l.clone()),
+            source_lag: self.source_lag.get(),
         }
     }
 }
@@ -120,4 +148,7 @@ pub struct Snapshot {
     /// Failures by class (classes with none left out).
     pub failures: Vec<(&'static str, u64)>,
     pub last_error: Option<String>,
+    /// Messages waiting in the broker (Kafka consumer lag, JetStream pending),
+    /// when the broker tells it.
+    pub source_lag: Option<u64>,
 }

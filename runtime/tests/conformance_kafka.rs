@@ -64,6 +64,13 @@ impl Fixture for KafkaFixture {
         })
     }
 
+    fn share<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            self.broker.create_topic(topic, 4).await;
+            Ok(())
+        })
+    }
+
     fn produce<'a>(
         &'a self,
         topic: &'a str,
@@ -80,7 +87,8 @@ impl Fixture for KafkaFixture {
                     ..Default::default()
                 })
                 .collect();
-            self.broker.produce(topic, Some(0), &recs).await;
+            // Keyed records spread over the partitions (one, except for `share`).
+            self.broker.produce(topic, None, &recs).await;
             Ok(())
         })
     }
@@ -113,4 +121,5 @@ async fn kafka_tansu_conformance() {
         broker: KafkaBroker::start(Kind::Tansu),
     };
     conformance::run_all(&fx).await;
+    conformance::scale_out_sigkill(&fx).await;
 }

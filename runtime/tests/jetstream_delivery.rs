@@ -351,3 +351,68 @@ async fn oversized_record_is_rejected_and_no_stream_is_transient() {
     assert_eq!(e.class, sluice::failure::FailureClass::Sink, "{e}");
     let _ = js.delete_stream(&stream).await;
 }
+
+/// The source-lag gauge: with 200 messages waiting and a slow handler (each
+/// call runs into its 10 ms timeout and is dropped), the gauge reports the
+/// consumer's pending count — most of the backlog at first — and 0 once the
+/// pipeline caught up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_lag_reports_the_pending_count() {
+    let (stream, sub) = names();
+    let js = js().await;
+    js.get_or_create_stream(stream::Config {
+        name: stream.clone(),
+        subjects: vec![sub.clone()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let n = 200;
+    for _ in 0..n {
+        js.publish(sub.clone(), Bytes::from_static(b"loop"))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let source =
+        sluice::sources::jetstream::open(&source_cfg(&stream, &sub, "lagged", "batch = 10"), "t")
+            .await
+            .unwrap();
+    let plugin = run::plugin(
+        &common::plugin("infinite-loop"),
+        &[],
+        Duration::from_millis(10),
+    )
+    .await;
+    let errors = ErrorsConfig {
+        timeout: sluice::config::Action::Drop,
+        ..Default::default()
+    };
+    let p = run::start(
+        Box::new(source),
+        plugin,
+        None,
+        None,
+        errors,
+        run::retry(1, Duration::from_millis(10)),
+    );
+    let early = p
+        .wait_for(Duration::from_secs(20), |s| s.source_lag.is_some())
+        .await;
+    let done = p
+        .wait_for(Duration::from_secs(60), |s| s.dropped == n)
+        .await;
+    let s = p.stop().await;
+    eprintln!(
+        "[jetstream lag] first reported {:?}, after all {n} handled {:?}",
+        early.source_lag, s.source_lag
+    );
+    assert!(
+        early.source_lag.is_some_and(|l| l >= n - 20),
+        "the first report is the backlog less one pull: {:?}",
+        early.source_lag
+    );
+    assert_eq!(done.dropped, n, "every message handled");
+    assert_eq!(s.source_lag, Some(0), "caught up");
+}

@@ -574,3 +574,78 @@ async fn unreachable_brokers_fail_open() {
         .expect("sink open must fail");
     assert!(format!("{err:#}").contains("did not answer"), "{err:#}");
 }
+
+// ---------------------------------------------------------------------------
+
+/// The source-lag gauge from librdkafka's statistics (every 100 ms here):
+/// 200 records waiting and a slow handler (each call runs into its 10 ms
+/// timeout and is dropped): the gauge shows most of the backlog at first and
+/// 0 once everything is committed.
+async fn source_lag(kind: Kind) {
+    let b = KafkaBroker::start(kind);
+    let topic = common::unique("lag");
+    b.create_topic(&topic, 1).await;
+    let n = 200u64;
+    let recs: Vec<TestRecord> = (0..n).map(|_| TestRecord::new("loop")).collect();
+    b.produce(&topic, Some(0), &recs).await;
+    let mut cfg = source_cfg(
+        &b,
+        &topic,
+        &common::unique("g"),
+        "commit_interval = \"100ms\"",
+    );
+    cfg.options.insert(
+        "statistics.interval.ms".into(),
+        sluice::config::kafka::OptionValue::Int(100),
+    );
+    let source = sluice::sources::kafka::open(&cfg, "t").await.unwrap();
+    let plugin = common::nats::run::plugin(
+        &common::plugin("infinite-loop"),
+        &[],
+        Duration::from_millis(10),
+    )
+    .await;
+    let errors = sluice::config::ErrorsConfig {
+        timeout: sluice::config::Action::Drop,
+        ..Default::default()
+    };
+    let p = common::nats::run::start(
+        Box::new(source),
+        plugin,
+        None,
+        None,
+        errors,
+        common::nats::run::retry(1, Duration::from_millis(10)),
+    );
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + JOIN + Duration::from_secs(60);
+    loop {
+        let s = p.stats.snapshot();
+        if let Some(l) = s.source_lag
+            && seen.last() != Some(&l)
+        {
+            seen.push(l);
+        }
+        if (s.dropped == n && s.source_lag == Some(0)) || std::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let s = p.stop().await;
+    eprintln!(
+        "[{} lag] reported {seen:?}; handled {}",
+        kind.name(),
+        s.dropped
+    );
+    assert_eq!(s.dropped, n, "every record handled");
+    assert!(
+        seen.iter().any(|l| *l >= n / 2),
+        "a report showed the backlog: {seen:?}"
+    );
+    assert_eq!(seen.last(), Some(&0), "caught up: {seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_lag_noida() {
+    source_lag(Kind::Noida).await;
+}

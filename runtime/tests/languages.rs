@@ -208,7 +208,6 @@ async fn run_file(engine: &Engine, plugin: &Path, config: &str, input: &[u8]) ->
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "compiles 12-18 MB Python/JS components, which takes many minutes in a debug build; run: cargo test --release -p sluice --test languages -- --ignored"]
 async fn every_language_gives_identical_outputs_and_dead_letters() {
     let engine = common::engine();
     let input = input();
@@ -247,7 +246,6 @@ async fn every_language_gives_identical_outputs_and_dead_letters() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "compiles 12-18 MB Python/JS components, which takes many minutes in a debug build; run: cargo test --release -p sluice --test languages -- --ignored"]
 async fn every_language_refuses_a_bad_min_level_the_same_way() {
     let engine = common::engine();
     let mut reference: Option<String> = None;
@@ -296,7 +294,6 @@ async fn class_of(w: &mut Worker, payload: &str) -> Option<FailureClass> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "compiles 12-18 MB Python/JS components, which takes many minutes in a debug build; run: cargo test --release -p sluice --test languages -- --ignored"]
 async fn hostile_c_and_python_handlers_are_stopped_by_every_budget() {
     let engine = common::engine();
     for (lang, stem) in [
@@ -362,7 +359,6 @@ async fn hostile_c_and_python_handlers_are_stopped_by_every_budget() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "compiles 12-18 MB Python/JS components, which takes many minutes in a debug build; run: cargo test --release -p sluice --test languages -- --ignored"]
 async fn every_language_runs_under_fuel_and_memory_caps() {
     let engine = common::engine();
     for (lang, stem) in LANGS {

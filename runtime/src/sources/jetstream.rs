@@ -38,6 +38,7 @@ use super::nats::connect;
 use super::{Delivery, Settle, Settlement, Source, SourceError};
 use crate::config::nats::JetStreamSourceConfig;
 use crate::message::Message;
+use crate::stats::LagGauge;
 
 /// How long one pull request waits for messages before it is renewed.
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
@@ -52,6 +53,8 @@ pub struct JetStreamSource {
     errors: u32,
     paused: bool,
     closed: bool,
+    /// The consumer's pending count, from each message's metadata.
+    lag: LagGauge,
 }
 
 /// Connects, makes sure the stream and the durable consumer exist, and binds.
@@ -69,6 +72,7 @@ pub async fn open(cfg: &JetStreamSourceConfig, pipeline: &str) -> anyhow::Result
         errors: 0,
         paused: false,
         closed: false,
+        lag: LagGauge::default(),
     })
 }
 
@@ -132,11 +136,15 @@ async fn ensure_consumer(
 impl JetStreamSource {
     fn delivery(&self, m: jetstream::Message) -> Delivery {
         let (attempt, offset, timestamp_ms) = match m.info() {
-            Ok(i) => (
-                u32::try_from(i.delivered.max(1)).unwrap_or(u32::MAX),
-                Some(i64::try_from(i.stream_sequence).unwrap_or(i64::MAX)),
-                u64::try_from(i.published.unix_timestamp_nanos() / 1_000_000).ok(),
-            ),
+            Ok(i) => {
+                // Messages of the consumer still waiting in the stream after this one.
+                self.lag.set(i.pending);
+                (
+                    u32::try_from(i.delivered.max(1)).unwrap_or(u32::MAX),
+                    Some(i64::try_from(i.stream_sequence).unwrap_or(i64::MAX)),
+                    u64::try_from(i.published.unix_timestamp_nanos() / 1_000_000).ok(),
+                )
+            }
             Err(_) => (1, None, None),
         };
         let (msg, acker) = m.split();
@@ -183,6 +191,10 @@ impl JetStreamSource {
 }
 
 impl Source for JetStreamSource {
+    fn report_lag(&mut self, gauge: LagGauge) {
+        self.lag = gauge;
+    }
+
     fn next(&mut self) -> BoxFuture<'_, Result<Option<Delivery>, SourceError>> {
         Box::pin(async move {
             loop {

@@ -14,6 +14,7 @@ use futures::future::BoxFuture;
 
 use crate::failure::Failure;
 use crate::message::{Message, Output};
+use crate::stats::LagGauge;
 
 /// What a request is answered with (NATS request/reply): see [`Settle::answer`].
 #[derive(Debug, Clone)]
@@ -146,6 +147,11 @@ pub trait Source: Send {
     fn redelivers(&self) -> bool {
         false
     }
+
+    /// Hands the source the gauge where it reports how far behind the broker
+    /// it is (Kafka consumer lag, JetStream pending). Default: the broker does
+    /// not tell (MQTT, NATS core, files), and the gauge stays unknown.
+    fn report_lag(&mut self, _gauge: LagGauge) {}
 
     /// Stops taking new messages from the broker (circuit breaker open).
     /// Messages already handed out stay valid.

@@ -247,6 +247,7 @@ impl Handle {
             "counts": counts,
             "failures": failures,
             "in_flight": stats.as_ref().map_or(0, |s| s.in_flight),
+            "source_lag": stats.as_ref().and_then(|s| s.source_lag),
             "last_error": stats.and_then(|s| s.last_error),
             "error": self.error(),
             "reloads": { "ok": ok, "failed": failed },

@@ -239,7 +239,8 @@ impl KafkaBroker {
         c
     }
 
-    /// Creates `topic` with `partitions` partitions (an existing one is fine).
+    /// Creates `topic` with `partitions` partitions (an existing one is fine,
+    /// whatever its partition count).
     pub async fn create_topic(&self, topic: &str, partitions: i32) {
         let admin: AdminClient<DefaultClientContext> =
             self.config().create().expect("admin client");
@@ -249,10 +250,11 @@ impl KafkaBroker {
             .create_topics([&t], &opts)
             .await
             .expect("create_topics");
+        let mut existed = false;
         for r in res {
             match r {
                 Ok(_) => {}
-                Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => existed = true,
                 Err((t, e)) => panic!("creating topic {t} on {}: {e:?}", self.kind.name()),
             }
         }
@@ -265,7 +267,8 @@ impl KafkaBroker {
                 && md.topics().iter().any(|t| {
                     t.name() == topic
                         && t.error().is_none()
-                        && t.partitions().len() == partitions as usize
+                        && (t.partitions().len() == partitions as usize
+                            || existed && !t.partitions().is_empty())
                 })
             {
                 return;

@@ -176,6 +176,7 @@ pub fn report(test: &str, sent: usize, delivered: usize, dead: usize, dropped: u
     );
 }
 
+pub mod admin;
 pub mod kafka;
 pub mod mqtt;
 pub mod nats;

@@ -4,7 +4,7 @@
 //! provides a [`Fixture`]; the suite runs the real `sluice` binary.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -59,6 +59,11 @@ pub trait Fixture: Send + Sync {
         topic: &'a str,
         msgs: &'a [TestMsg],
     ) -> BoxFuture<'a, anyhow::Result<()>>;
+    /// Prepares `topic` to be shared by several consumers before any starts
+    /// (Kafka: four partitions, so a group has something to split). Default: nothing.
+    fn share<'a>(&'a self, _topic: &'a str) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
     /// false for NATS core (at-most-once).
     fn at_least_once(&self) -> bool {
         true
@@ -370,6 +375,145 @@ pub async fn no_loss_across_sigkill(fx: &dyn Fixture) {
         "[{}] {dups} duplicates, more than the in-flight window {window}",
         fx.name()
     );
+}
+
+/// Scale-out: two `sluice` processes run the same pipeline (same consumer
+/// group / durable), told apart by the tag their `tagger` handler puts on
+/// each output. Messages trickle in until both instances have produced
+/// outputs (the broker split the stream), then instance `a` is SIGKILLed and
+/// a second wave follows: every message of both waves must come out (or the
+/// count shows it lost), and the second wave only from the survivor `b`.
+pub async fn scale_out_sigkill(fx: &dyn Fixture) {
+    if !fx.at_least_once() {
+        return;
+    }
+    let s = setup(fx, "scale-a", "tagger", "config = { tag = \"a\" }");
+    let a_toml = std::fs::read_to_string(&s.file).expect("read pipeline");
+    let b_file = s.dir.path().join("scale-b.toml");
+    std::fs::write(
+        &b_file,
+        a_toml
+            .replace("name = \"scale-a\"", "name = \"scale-b\"")
+            .replace("tag = \"a\"", "tag = \"b\""),
+    )
+    .expect("write pipeline b");
+    fx.share(&s.input).await.expect("share input");
+    let mut out = fx.collector(&s.output).await.expect("collector");
+    let pa = common::spawn_sluice(&s.file);
+    let pb = common::spawn_sluice(&b_file);
+
+    // Wave 1: batches of 50 until both instances have answered.
+    let mut sent: Vec<String> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let tags = |got: &[TestMsg]| {
+        let a = got.iter().filter(|m| m.payload.starts_with(b"a:")).count();
+        (a, got.len() - a)
+    };
+    let (mut by_a, mut by_b) = (0, 0);
+    while (by_a < 10 || by_b < 10) && Instant::now() < deadline {
+        let batch: Vec<TestMsg> = (sent.len()..sent.len() + 50)
+            .map(|i| keyed(format!("w1-{i:05}")))
+            .collect();
+        fx.produce(&s.input, &batch).await.expect("produce");
+        sent.extend(
+            batch
+                .iter()
+                .map(|m| String::from_utf8_lossy(&m.payload).into_owned()),
+        );
+        (by_a, by_b) = tags(&out.collect(0, Duration::from_millis(200)).await);
+    }
+    assert!(
+        by_a > 0 && by_b > 0,
+        "[{}] the two instances never split the stream (a {by_a}, b {by_b}); logs:\n{}\n{}",
+        fx.name(),
+        log_of(&s.file),
+        log_of(&b_file)
+    );
+    let wave1 = sent.len();
+    pa.signal("KILL");
+    drop(pa);
+    let killed_at = Instant::now();
+
+    // Wave 2: after the kill, only the survivor can take these.
+    let wave2: Vec<TestMsg> = (0..1000).map(|i| keyed(format!("w2-{i:05}"))).collect();
+    fx.produce(&s.input, &wave2).await.expect("produce");
+    sent.extend(
+        wave2
+            .iter()
+            .map(|m| String::from_utf8_lossy(&m.payload).into_owned()),
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut taken_over = None;
+    let got = loop {
+        let got = out.collect(sent.len(), Duration::from_millis(500)).await;
+        if taken_over.is_none() && got.iter().any(|m| m.payload.starts_with(b"b:w2-")) {
+            taken_over = Some(killed_at.elapsed());
+        }
+        let unique: HashSet<&[u8]> = got.iter().map(|m| untagged(&m.payload)).collect();
+        if unique.len() >= sent.len() || Instant::now() > deadline {
+            break got;
+        }
+    };
+    let all_in = killed_at.elapsed();
+    stop_cleanly(pb, &b_file);
+
+    let mut count: HashMap<&[u8], usize> = HashMap::new();
+    for m in &got {
+        *count.entry(untagged(&m.payload)).or_default() += 1;
+    }
+    let lost: Vec<&String> = sent
+        .iter()
+        .filter(|p| !count.contains_key(p.as_bytes()))
+        .collect();
+    let dups: usize = count.values().map(|c| c - 1).sum();
+    let wave2_by_a = got
+        .iter()
+        .filter(|m| m.payload.starts_with(b"a:w2-"))
+        .count();
+    common::report(
+        &format!(
+            "{} scale-out (before the kill: a {by_a}, b {by_b}; a SIGKILLed after wave 1 of {wave1}; \
+             b's first wave-2 output {:.1?} and everything in {all_in:.1?} after the kill)",
+            fx.name(),
+            taken_over.unwrap_or_default()
+        ),
+        sent.len(),
+        got.len(),
+        0,
+        0,
+        dups,
+    );
+    assert!(
+        lost.is_empty(),
+        "[{}] scale-out lost {} messages, e.g. {:?}; survivor's log:\n{}",
+        fx.name(),
+        lost.len(),
+        &lost[..lost.len().min(5)],
+        log_of(&b_file)
+    );
+    assert_eq!(
+        wave2_by_a, 0,
+        "the killed instance cannot have handled wave 2"
+    );
+    assert!(
+        dups <= 1024 + 64,
+        "[{}] {dups} duplicates, more than the killed instance's in-flight window",
+        fx.name()
+    );
+}
+
+/// A `tagger` output without its `a:` / `b:` tag.
+fn untagged(payload: &[u8]) -> &[u8] {
+    payload.get(2..).unwrap_or_default()
+}
+
+/// A message with a key, so keyed brokers spread them over partitions.
+fn keyed(payload: String) -> TestMsg {
+    TestMsg {
+        key: Some(payload.clone().into_bytes()),
+        payload: payload.into_bytes(),
+        headers: Vec::new(),
+    }
 }
 
 /// The whole suite, in order.

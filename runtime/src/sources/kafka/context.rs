@@ -4,11 +4,11 @@
 
 use std::sync::{Arc, Mutex};
 
-use rdkafka::TopicPartitionList;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::{Statistics, TopicPartitionList};
 
 use super::tracker::Tp;
 use super::{Shared, WarnLimiter, tpl_of};
@@ -61,6 +61,22 @@ fn tps_of(tpl: &TopicPartitionList) -> Vec<Tp> {
 }
 
 impl ClientContext for Ctx {
+    /// Sums the consumer lag (high watermark minus committed offset) over the
+    /// partitions this member consumes, for the `sluice_source_lag` gauge.
+    fn stats(&self, statistics: Statistics) {
+        let Some(gauge) = self.shared.lag() else {
+            return;
+        };
+        let lag: i64 = statistics
+            .topics
+            .values()
+            .flat_map(|t| t.partitions.values())
+            .filter(|p| p.partition >= 0 && p.desired && p.consumer_lag >= 0)
+            .map(|p| p.consumer_lag)
+            .sum();
+        gauge.set(lag.unsigned_abs());
+    }
+
     fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
         let p = self.shared.pipeline();
         match level {

@@ -51,11 +51,15 @@ use tokio::time::Instant;
 use super::{Delivery, Settle, Settlement, Source, SourceError};
 use crate::config::kafka::{KafkaSourceConfig, KafkaStart, client_config};
 use crate::message::{Header, Message};
+use crate::stats::LagGauge;
 use context::{Ctx, classify};
 use tracker::{Tp, Tracker};
 
 /// How long `open` waits for the brokers to answer.
 pub const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often librdkafka reports statistics, hence the consumer lag, unless
+/// `options` set `statistics.interval.ms`.
+const LAG_INTERVAL_MS: &str = "5000";
 /// How long a synchronous commit (close) may take.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -78,6 +82,8 @@ pub(crate) struct Shared {
     wake: Notify,
     max_in_flight: usize,
     pipeline: String,
+    /// Where the statistics callback reports the consumer lag.
+    lag: std::sync::OnceLock<LagGauge>,
 }
 
 #[derive(Default)]
@@ -176,6 +182,11 @@ impl Shared {
     pub(crate) fn pipeline(&self) -> &str {
         &self.pipeline
     }
+
+    /// The gauge the consumer lag goes to, once the pipeline handed it over.
+    pub(crate) fn lag(&self) -> Option<&LagGauge> {
+        self.lag.get()
+    }
 }
 
 /// Builds a topic-partition list with offsets.
@@ -204,6 +215,10 @@ pub async fn open(cfg: &KafkaSourceConfig, pipeline: &str) -> anyhow::Result<Kaf
         &[("client.id", client_id.as_str())],
     )
     .context("kafka source")?;
+    // The consumer lag comes from librdkafka's statistics (see `Ctx::stats`).
+    if !cfg.options.contains_key("statistics.interval.ms") {
+        c.set("statistics.interval.ms", LAG_INTERVAL_MS);
+    }
     // Sluice's own settings come last: the delivery rule depends on them.
     c.set("group.id", &cfg.group)
         .set("enable.auto.commit", "false")
@@ -223,6 +238,7 @@ pub async fn open(cfg: &KafkaSourceConfig, pipeline: &str) -> anyhow::Result<Kaf
         wake: Notify::new(),
         max_in_flight: cfg.max_in_flight.max(1),
         pipeline: pipeline.to_string(),
+        lag: std::sync::OnceLock::new(),
     });
     let ctx = Ctx::new(shared.clone());
     let last_error = ctx.last_error.clone();
@@ -424,6 +440,10 @@ fn commit(consumer: &StreamConsumer<Ctx>, shared: &Shared, mode: CommitMode) {
 }
 
 impl Source for KafkaSource {
+    fn report_lag(&mut self, gauge: LagGauge) {
+        let _ = self.shared.lag.set(gauge);
+    }
+
     fn next(&mut self) -> BoxFuture<'_, Result<Option<Delivery>, SourceError>> {
         Box::pin(async move {
             loop {
