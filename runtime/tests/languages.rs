@@ -159,6 +159,8 @@ path = "{d}/in.txt"
 [handler]
 plugin = "{plugin}"
 timeout = "2s"
+# One worker: outputs of different keys come in input order, so runs compare line by line.
+concurrency = 1
 [handler.config]
 {config}
 [sink]

@@ -91,6 +91,37 @@ func cabiRealloc(old unsafe.Pointer, oldSize, align, newSize uint32) unsafe.Poin
 	return p
 }
 
+// The WASI preview 1 adapter (which the runtime links in to make a component of
+// this module) allocates its own state once per instance, on its first WASI call,
+// through `cabi_realloc_adapter` when the module exports it, else through
+// `cabi_realloc`. The call arena above is reused after every call, so the
+// adapter gets a region of its own that is never released; without it, a later
+// call's arguments overwrite the adapter's state and it traps ("unreachable").
+var (
+	adapterArena [AdapterArenaSize]byte
+	adapterUsed  uintptr
+)
+
+// AdapterArenaSize bounds the WASI adapter's state.
+const AdapterArenaSize = 1 << 20
+
+//go:wasmexport cabi_realloc_adapter
+func cabiReallocAdapter(old unsafe.Pointer, oldSize, align, newSize uint32) unsafe.Pointer {
+	if align == 0 {
+		align = 1
+	}
+	start := (adapterUsed + uintptr(align) - 1) &^ (uintptr(align) - 1)
+	if start+uintptr(newSize) > AdapterArenaSize {
+		panic("sluice: the WASI adapter's state exceeds sluice.AdapterArenaSize")
+	}
+	adapterUsed = start + uintptr(newSize)
+	p := unsafe.Pointer(&adapterArena[start])
+	if old != nil && oldSize > 0 {
+		copy(unsafe.Slice((*byte)(p), newSize), unsafe.Slice((*byte)(old), min(oldSize, newSize)))
+	}
+	return p
+}
+
 func mem(ptr, n uint32) []byte {
 	if n == 0 {
 		return nil
@@ -115,6 +146,14 @@ func hold(b []byte) (uint32, uint32) {
 	c := append([]byte(nil), b...)
 	keep = append(keep, c)
 	return addr(c), uint32(len(c))
+}
+
+// aligned gives n zeroed bytes at an 8-byte aligned address, also when n is 0:
+// the canonical ABI checks list pointers' alignment, and Go's allocator packs
+// small byte slices at any address.
+func aligned(n int) []byte {
+	words := make([]uint64, n/8+1)
+	return unsafe.Slice((*byte)(unsafe.Pointer(&words[0])), n)
 }
 
 func retAddr() uint32 { return uint32(uintptr(unsafe.Pointer(&ret[0]))) }
@@ -189,7 +228,7 @@ func exportHandle(topicPtr, topicLen uint32, hasKey int32, keyPtr, keyLen, paylo
 		le.PutUint32(ret[12:], l)
 		return retAddr()
 	}
-	list := make([]byte, 52*len(outs)+1)
+	list := aligned(52 * len(outs))
 	keep = append(keep, list)
 	for i, o := range outs {
 		r := list[52*i:]
@@ -208,7 +247,7 @@ func exportHandle(topicPtr, topicLen uint32, hasKey int32, keyPtr, keyLen, paylo
 		le.PutUint32(r[36:], p)
 		le.PutUint32(r[40:], l)
 		if len(o.Headers) > 0 {
-			h := make([]byte, 16*len(o.Headers))
+			h := aligned(16 * len(o.Headers))
 			keep = append(keep, h)
 			for j, hd := range o.Headers {
 				kp, kl := hold([]byte(hd.Key))

@@ -28,6 +28,9 @@ pub fn default_dir() -> Option<PathBuf> {
 fn entry(dir: &Path, engine: &wasmtime::Engine, digest: &str) -> PathBuf {
     let mut h = DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut h);
+    // The key is the file's digest; a core module's component also depends on
+    // how it is converted, so a change there must not reuse old artifacts.
+    super::core_module::CONVERSION_VERSION.hash(&mut h);
     let hex = digest.trim_start_matches("sha256:");
     dir.join(format!(
         "{}-{:016x}.cwasm",

@@ -39,6 +39,10 @@ pub enum ConvertError {
     Encode(String),
 }
 
+/// Bumped whenever [`to_component`] builds a different component from the
+/// same module (part of the compile cache's key).
+pub(crate) const CONVERSION_VERSION: u32 = 2;
+
 /// Turns a core module implementing the handler world into a component.
 pub fn to_component(module: &[u8]) -> Result<Vec<u8>, ConvertError> {
     let shape = Shape::read(module).map_err(ConvertError::Encode)?;
@@ -68,10 +72,14 @@ pub fn to_component(module: &[u8]) -> Result<Vec<u8>, ConvertError> {
                 wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
             )
             .map_err(|e| ConvertError::Encode(format!("the WASI adapter: {e:#}")))?
-            // The adapter allocates its own state with `memory.grow` rather
-            // than through the guest's `cabi_realloc`: some guests' allocators
-            // (Go's) may not be re-entered from there.
-            .realloc_via_memory_grow(true);
+            // The adapter's state and stack come from the guest's
+            // `cabi_realloc_adapter` when it exports one (the Go SDK does: a
+            // static region its heap never touches). Otherwise from
+            // `memory.grow`, not the guest's `cabi_realloc`, which some
+            // allocators cannot serve from inside a WASI call. (Go must not
+            // get `memory.grow`: its heap assumes it owns every page past its
+            // end and overwrites the adapter's state when it next grows.)
+            .realloc_via_memory_grow(!shape.exported_funcs.contains("cabi_realloc_adapter"));
     }
     encoder
         .encode()
