@@ -8,7 +8,10 @@
 //! when missing or older than its sources. A missing tool chain fails the test
 //! with an install hint (`bash .ci/install-guest-toolchains.sh`); it never skips.
 //!
-//! The README's table comes from the ignored test at the end:
+//! Runs in the default (debug) test run: the workspace optimises the compiler
+//! crates in the dev profile, so compiling the large Python/JS components
+//! takes seconds, not minutes. The README's table comes from the ignored test
+//! at the end:
 //! `cargo test --release -p sluice --test languages -- --ignored --nocapture languages_table`.
 
 mod common;
