@@ -649,3 +649,135 @@ async fn source_lag(kind: Kind) {
 async fn source_lag_noida() {
     source_lag(Kind::Noida).await;
 }
+
+// ---------------------------------------------------------------------------
+
+/// Runs `openssl` with `args` in `dir`.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl on PATH");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA (`<name>.pem`, `<name>.key`) in `dir`.
+fn make_ca(dir: &std::path::Path, name: &str) {
+    let (pem, key, subj) = (
+        format!("{name}.pem"),
+        format!("{name}.key"),
+        format!("/CN=sluice test {name}"),
+    );
+    openssl(
+        dir,
+        &[
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &pem,
+            "-days", "2", "-subj", &subj,
+        ],
+    );
+}
+
+/// TLS: tansu behind a TLS terminator (socat, with a certificate for
+/// 127.0.0.1 signed by a test CA; the broker advertises the TLS port). The
+/// source reads over TLS with that CA as `security.ca_file`; with another CA
+/// `open` fails at once with an error that says why, instead of retrying.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_source_reads_and_an_unknown_ca_fails_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make_ca(d, "ca");
+    make_ca(d, "other");
+    std::fs::write(d.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(
+        d,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ],
+    );
+    let tls_port = common::free_port();
+    let mut b = KafkaBroker::start_tansu_advertising(tls_port);
+    let _tls = common::Proc {
+        child: std::process::Command::new("socat")
+            .arg(format!(
+                "OPENSSL-LISTEN:{tls_port},bind=127.0.0.1,reuseaddr,fork,cert={},key={},verify=0",
+                d.join("server.pem").display(),
+                d.join("server.key").display()
+            ))
+            .arg(format!("TCP:127.0.0.1:{}", b.port))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("socat on PATH (apt-get install socat)"),
+    };
+    assert!(common::wait_for_port(tls_port, Duration::from_secs(10)));
+    let ca = d.join("ca.pem").display().to_string();
+    b.client_extra = vec![
+        ("security.protocol".into(), "ssl".into()),
+        ("ssl.ca.location".into(), ca.clone()),
+    ];
+    let topic = common::unique("tls");
+    b.create_topic(&topic, 1).await;
+    b.produce(&topic, Some(0), &numbered(20)).await;
+
+    let tls = |ca: &str| format!("\n[security]\nprotocol = \"ssl\"\nca_file = \"{ca}\"");
+    let cfg = source_cfg(&b, &topic, &common::unique("g"), &tls(&ca));
+    let mut src = sluice::sources::kafka::open(&cfg, "t").await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..20 {
+        let dl = next(&mut src, JOIN).await;
+        got.push(String::from_utf8_lossy(&dl.message.payload).into_owned());
+        dl.settle(Settlement::Ack).await.unwrap();
+    }
+    src.close().await;
+    let want: Vec<String> = (0..20).map(|i| format!("m-{i}")).collect();
+    assert_eq!(got, want, "all 20 records over TLS, in order");
+
+    let other = d.join("other.pem").display().to_string();
+    let cfg = source_cfg(&b, &topic, &common::unique("g"), &tls(&other));
+    let t = std::time::Instant::now();
+    let err = match sluice::sources::kafka::open(&cfg, "t").await {
+        Ok(_) => panic!("a broker certificate from an unknown CA must fail open"),
+        Err(e) => format!("{e:#}"),
+    };
+    eprintln!(
+        "[kafka tls] 20 records over TLS; unknown CA refused in {:?}: {err}",
+        t.elapsed()
+    );
+    assert!(
+        err.to_lowercase().contains("ssl") || err.to_lowercase().contains("certificate"),
+        "the error says it is about TLS: {err}"
+    );
+}

@@ -101,6 +101,11 @@ pub fn init_logs() {
 pub struct KafkaBroker {
     pub kind: Kind,
     pub port: u16,
+    /// The port the broker tells clients to use, when not its own (tansu
+    /// behind a TLS terminator, see [`KafkaBroker::start_tansu_advertising`]).
+    pub advertised: Option<u16>,
+    /// Extra client settings (TLS) for [`KafkaBroker::config`].
+    pub client_extra: Vec<(String, String)>,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
@@ -113,7 +118,25 @@ impl KafkaBroker {
         let mut b = KafkaBroker {
             kind,
             port: free_port(),
+            advertised: None,
+            client_extra: Vec::new(),
             dir,
+            child: None,
+        };
+        b.spawn();
+        b
+    }
+
+    /// Starts tansu on a free port, telling clients to connect to
+    /// 127.0.0.1:`advertised` instead (where a TLS terminator forwards to it).
+    pub fn start_tansu_advertising(advertised: u16) -> KafkaBroker {
+        init_logs();
+        let mut b = KafkaBroker {
+            kind: Kind::Tansu,
+            port: free_port(),
+            advertised: Some(advertised),
+            client_extra: Vec::new(),
+            dir: tempfile::tempdir().expect("tempdir"),
             child: None,
         };
         b.spawn();
@@ -146,13 +169,15 @@ impl KafkaBroker {
             }
             Kind::Tansu => {
                 let url = format!("tcp://127.0.0.1:{port}");
+                let advertised =
+                    format!("tcp://127.0.0.1:{}", self.advertised.unwrap_or(self.port));
                 let mut c = Command::new(tansu_bin());
                 c.args([
                     "broker",
                     "--listener-url",
                     &url,
                     "--advertised-listener-url",
-                    &url,
+                    &advertised,
                 ])
                 .args(["--storage-engine", "memory://tansu/"]);
                 c
@@ -180,9 +205,9 @@ impl KafkaBroker {
         );
     }
 
-    /// `127.0.0.1:PORT`.
+    /// `127.0.0.1:PORT` (the advertised port when there is one).
     pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("127.0.0.1:{}", self.advertised.unwrap_or(self.port))
     }
 
     /// The broker's output so far.
@@ -235,6 +260,9 @@ impl KafkaBroker {
         c.set("bootstrap.servers", self.bootstrap());
         for (k, v) in self.kind.client_options() {
             c.set(*k, *v);
+        }
+        for (k, v) in &self.client_extra {
+            c.set(k, v);
         }
         c
     }
