@@ -236,6 +236,8 @@ impl Pipeline {
             }
         }
         sh.shutting_down.store(true, Relaxed);
+        // Wake workers holding a message for the breaker or sleeping a retry.
+        sh.wake.notify_waiters();
         drop(senders);
         self.source.close().await;
         for w in workers {
@@ -428,9 +430,8 @@ async fn process(sh: &Shared, w: &mut Worker, d: Delivery) -> Result<(), Failure
                 // stream into the dead letter. Open the breaker and try this
                 // message again as the probe once it half-opens.
                 tracing::warn!(pipeline = %sh.name, "sink failing after {} attempts; holding the message", msg.attempt);
-                sh.breaker.trip();
                 tokio::select! {
-                    _ = sh.breaker.admit() => {}
+                    _ = sh.breaker.hold() => {}
                     _ = wait_shutdown(sh) => {
                         settle(sh, handle, Settlement::Redeliver { delay: Duration::ZERO }).await;
                         return Ok(());
