@@ -231,9 +231,20 @@ impl Pipeline {
                 }
             }
             let shard = shard_of(&delivery.message, self.concurrency, &mut round_robin);
-            if senders[shard].send(delivery).await.is_err() {
-                break;
-            }
+            // A full queue (a worker holding a message for the breaker, a
+            // slow handler) must not keep shutdown from being seen.
+            let permit = tokio::select! {
+                biased;
+                _ = &mut shutdown => {
+                    settle(&sh, delivery.into_parts().2, Settlement::Redeliver { delay: Duration::ZERO }).await;
+                    break;
+                }
+                p = senders[shard].reserve() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            permit.send(delivery);
         }
         sh.shutting_down.store(true, Relaxed);
         // Wake workers holding a message for the breaker or sleeping a retry.
