@@ -1118,6 +1118,91 @@ async fn sink_outage_opens_breaker() {
     );
 }
 
+/// SIGTERM while the sink is away and the breaker holds a message (a backlog
+/// behind it fills the worker queue): Sluice still stops promptly with exit
+/// 0, handing back what it holds; started again with the sink back, it
+/// delivers everything. Nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_sink_outage() {
+    let name = "sigterm-during-sink-outage";
+    let b = Mosquitto::start(Opts::default());
+    let proxy = Proxy::start(b.port);
+    let base = common::unique("sto");
+    let (input, output, dlq) = (
+        format!("{base}/in"),
+        format!("{base}/out"),
+        format!("{base}/dlq"),
+    );
+    let client_id = format!("{base}-src").replace('/', "-");
+    create_session(b.port, false, &client_id, &input).await;
+    let out = mqtt_capture(b.port, &output).await;
+    let dead = mqtt_capture(b.port, &dlq).await;
+    let msgs = with_bad(2000);
+    let producer = client(b.port, false, &common::unique("producer"), false).await;
+    let batch: Vec<common::mqtt::Msg> = msgs.iter().map(|m| (m.clone(), vec![])).collect();
+    producer.publish(&input, 1, &batch).await;
+    producer.disconnect().await;
+    let (direct, through) = (b.url(), format!("mqtt://{}", proxy.addr()));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = write_pipeline(
+        dir.path(),
+        name,
+        &format!(
+            "[source]\ntype = \"mqtt\"\nurl = \"{direct}\"\ntopics = [\"{input}\"]\nqos = 1\nversion = \"5\"\nclient_id = \"{client_id}\"\nreconnect_max = \"500ms\"\n\n{}[sink]\ntype = \"mqtt\"\nurl = \"{through}\"\ntopic = \"{output}\"\nqos = 1\ntimeout = \"500ms\"\nreconnect_max = \"500ms\"\n\n[dead_letter]\ntype = \"mqtt\"\nurl = \"{direct}\"\ntopic = \"{dlq}\"\nqos = 1\ntimeout = \"2s\"\n\n{RETRY}{BREAKER}",
+            handler("fatal-on", ""),
+        ),
+    );
+    let mut p = common::spawn_sluice(&file);
+    expect_progress(
+        &mut p,
+        &out.seen,
+        Duration::from_secs(60),
+        |s| s.len() >= 200,
+        &format!("[{name}] no progress before the fault"),
+        &file,
+    )
+    .await;
+    proxy.cut();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(file.with_extension("log"))
+        .unwrap_or_default()
+        .contains("holding the message")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "[{name}] the breaker never held a message; log:\n{}",
+            log_of(&file)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let t0 = Instant::now();
+    p.signal("TERM");
+    let code = p.wait_timeout(Duration::from_secs(20));
+    let took = t0.elapsed();
+    eprintln!("[{name}] SIGTERM with the sink away: exit {code:?} after {took:?}");
+    assert_eq!(
+        code,
+        Some(0),
+        "[{name}] sluice did not stop on SIGTERM while the sink was away; log:\n{}",
+        log_of(&file)
+    );
+    drop(p);
+    proxy.restore();
+    let restored = Instant::now();
+    let p = common::spawn_sluice(&file);
+    settle_all(&out.seen, &dead.seen, msgs.len(), Duration::from_secs(90)).await;
+    stop(p, &file);
+    let t = tally(&msgs, &out.seen.all(), &dead.seen.all(), 0);
+    let rec = recovery(&out.seen, restored);
+    print_fault(name, &t, rec);
+    assert_no_loss(name, &t, &file);
+    assert_dead_are_bad(name, &msgs, &dead.seen.all());
+    assert!(
+        took < Duration::from_secs(10),
+        "[{name}] stopping took {took:?}"
+    );
+}
+
 // ------------------------------------------------------------- poison
 
 /// The class each kind of poison must be dead-lettered with (see
