@@ -907,6 +907,79 @@ async fn jetstream_source_cut() {
     assert!(rec.is_some(), "[{name}] no output after the cut ended");
 }
 
+/// The JetStream sink's connection hangs: the proxy holds every chunk of
+/// data for 3 s, for 5 s in all, so publishes get no acknowledgement within
+/// the sink's 1 s timeout. A hung broker must become `sink` failures handled
+/// by policy (retries, then the breaker holds the message), not a stuck
+/// pipeline or dead letters; the server's `Nats-Msg-Id` dedup absorbs the
+/// records published twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_sink_hang() {
+    let name = "jetstream-sink-hang";
+    let server = NatsServer::start();
+    let proxy = Proxy::start(server.port);
+    let client = nats_client(&server.url()).await;
+    let js = jetstream::new(client);
+    let base = common::unique("jsh");
+    let (input, output, dlq) = (
+        format!("{base}.in"),
+        format!("{base}.out"),
+        format!("{base}.dlq"),
+    );
+    ensure_stream(&js, &input).await;
+    let out = js_capture(&js, &output).await;
+    let dead = js_capture(&js, &dlq).await;
+    let msgs = with_bad(3000);
+    js_produce(&js, &input, &msgs).await;
+    let (direct, through) = (server.url(), format!("nats://{}", proxy.addr()));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = write_pipeline(
+        dir.path(),
+        name,
+        &format!(
+            "[source]\ntype = \"jetstream\"\nurl = \"{direct}\"\nstream = \"{}\"\ndurable = \"{}\"\nack_wait = \"5s\"\nin_progress_every = \"1s\"\n{NATS_RECONNECT}\n{}[sink]\ntype = \"jetstream\"\nurl = \"{through}\"\nsubject = \"{output}\"\ntimeout = \"1s\"\n{NATS_RECONNECT}\n[dead_letter]\ntype = \"jetstream\"\nurl = \"{direct}\"\nsubject = \"{dlq}\"\ntimeout = \"2s\"\n{NATS_RECONNECT}\n{RETRY}{BREAKER}",
+            stream_of(&input),
+            stream_of(&base),
+            handler("fatal-on", ""),
+        ),
+    );
+    let mut p = common::spawn_sluice(&file);
+    expect_progress(
+        &mut p,
+        &out.seen,
+        Duration::from_secs(60),
+        |s| s.len() >= msgs.len() / 4,
+        &format!("[{name}] no progress before the fault"),
+        &file,
+    )
+    .await;
+    proxy.delay(Duration::from_secs(3));
+    let at_fault = out.seen.unique();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let during = out.seen.unique() - at_fault;
+    proxy.delay(Duration::ZERO);
+    let restored = Instant::now();
+    settle_all(&out.seen, &dead.seen, msgs.len(), Duration::from_secs(90)).await;
+    stop(p, &file);
+    let log = std::fs::read_to_string(file.with_extension("log")).unwrap_or_default();
+    let t = tally(&msgs, &out.seen.all(), &dead.seen.all(), 0);
+    let rec = recovery(&out.seen, restored);
+    print_fault(name, &t, rec);
+    eprintln!("[{name}] outputs while the sink hung: {during}");
+    assert!(
+        at_fault < msgs.len(),
+        "[{name}] the fault came after the stream ended"
+    );
+    assert!(
+        log.contains("sink failing after") || log.contains("circuit breaker open"),
+        "[{name}] the hang never became sink failures; log:\n{}",
+        log_of(&file)
+    );
+    assert_no_loss(name, &t, &file);
+    assert_dead_are_bad(name, &msgs, &dead.seen.all());
+    assert!(rec.is_some(), "[{name}] no output after the hang ended");
+}
+
 /// The MQTT sink's connection goes through a proxy that is cut for 3 s
 /// mid-stream (longer than the retry budget: the breaker holds the message
 /// and pauses intake). Nothing is lost, nothing dead-lettered for the cut.
