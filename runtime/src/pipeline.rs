@@ -231,11 +231,24 @@ impl Pipeline {
                 }
             }
             let shard = shard_of(&delivery.message, self.concurrency, &mut round_robin);
-            if senders[shard].send(delivery).await.is_err() {
-                break;
-            }
+            // A full queue (a worker holding a message for the breaker, a
+            // slow handler) must not keep shutdown from being seen.
+            let permit = tokio::select! {
+                biased;
+                _ = &mut shutdown => {
+                    settle(&sh, delivery.into_parts().2, Settlement::Redeliver { delay: Duration::ZERO }).await;
+                    break;
+                }
+                p = senders[shard].reserve() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            permit.send(delivery);
         }
         sh.shutting_down.store(true, Relaxed);
+        // Wake workers holding a message for the breaker or sleeping a retry.
+        sh.wake.notify_waiters();
         drop(senders);
         self.source.close().await;
         for w in workers {
@@ -428,9 +441,8 @@ async fn process(sh: &Shared, w: &mut Worker, d: Delivery) -> Result<(), Failure
                 // stream into the dead letter. Open the breaker and try this
                 // message again as the probe once it half-opens.
                 tracing::warn!(pipeline = %sh.name, "sink failing after {} attempts; holding the message", msg.attempt);
-                sh.breaker.trip();
                 tokio::select! {
-                    _ = sh.breaker.admit() => {}
+                    _ = sh.breaker.hold() => {}
                     _ = wait_shutdown(sh) => {
                         settle(sh, handle, Settlement::Redeliver { delay: Duration::ZERO }).await;
                         return Ok(());

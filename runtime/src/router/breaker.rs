@@ -2,6 +2,7 @@
 //! failures only; while open, the pipeline takes nothing from the source.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -40,6 +41,8 @@ pub struct Breaker {
     pipeline: String,
     state: Mutex<State>,
     changed: Notify,
+    /// Messages held by [`Breaker::hold`]; changed only under the state lock.
+    held: AtomicU32,
 }
 
 impl Breaker {
@@ -49,6 +52,7 @@ impl Breaker {
             pipeline: pipeline.to_string(),
             state: Mutex::new(State::Closed { failures: 0 }),
             changed: Notify::new(),
+            held: AtomicU32::new(0),
         }
     }
 
@@ -67,8 +71,44 @@ impl Breaker {
 
     /// Waits until one more message may be taken: at once when closed; after
     /// `open_for` when open (then exactly one probe); in half-open, when no
-    /// probe is in flight.
+    /// probe is in flight. While a message is held ([`Breaker::hold`]), that
+    /// message is the probe and no new one is let in.
     pub async fn admit(&self) {
+        self.acquire(false).await
+    }
+
+    /// Opens the breaker for a message whose sink failed on every attempt and
+    /// waits until it may be tried again, as the probe. While any message is
+    /// held, [`Breaker::admit`] lets nothing new in: a probe taken from the
+    /// source would queue behind the held message in its worker, while the
+    /// held message waited for that probe to end — both stuck for good.
+    pub async fn hold(&self) {
+        if !self.cfg.enabled {
+            return;
+        }
+        {
+            let mut s = self.lock();
+            self.held.fetch_add(1, Ordering::Relaxed);
+            if !matches!(*s, State::Open { .. }) {
+                self.open(&mut s, 0);
+            }
+        }
+        self.changed.notify_waiters();
+        // Released when the wait ends or is abandoned (shutdown).
+        struct Release<'a>(&'a Breaker);
+        impl Drop for Release<'_> {
+            fn drop(&mut self) {
+                let s = self.0.lock();
+                self.0.held.fetch_sub(1, Ordering::Relaxed);
+                drop(s);
+                self.0.changed.notify_waiters();
+            }
+        }
+        let _release = Release(self);
+        self.acquire(true).await
+    }
+
+    async fn acquire(&self, held: bool) {
         if !self.cfg.enabled {
             return;
         }
@@ -76,8 +116,12 @@ impl Breaker {
             let notified = self.changed.notified();
             let wait: Option<Duration> = {
                 let mut s = self.lock();
+                // New intake waits while held messages are the probes.
+                let yield_to_held = !held && self.held.load(Ordering::Relaxed) > 0;
                 match *s {
                     State::Closed { .. } => return,
+                    State::Open { .. } if yield_to_held => None,
+                    State::HalfOpen { .. } if yield_to_held => None,
                     State::Open { until } => {
                         let now = Instant::now();
                         if now >= until {
@@ -240,6 +284,42 @@ mod tests {
         b.admit().await;
         b.success();
         assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn held_message_is_the_probe() {
+        let b = std::sync::Arc::new(breaker());
+        let held = tokio::spawn({
+            let b = b.clone();
+            async move { b.hold().await }
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(b.state(), BreakerState::Open, "holding opens the breaker");
+        let intake = tokio::spawn({
+            let b = b.clone();
+            async move { b.admit().await }
+        });
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        assert!(held.is_finished(), "the held message probes after open_for");
+        assert!(
+            !intake.is_finished(),
+            "no new message while the held one probes"
+        );
+        b.success();
+        tokio::time::timeout(Duration::from_secs(1), intake)
+            .await
+            .expect("intake goes on once the probe succeeded")
+            .expect("task");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn abandoned_hold_releases_intake() {
+        let b = breaker();
+        // Shutdown while held: the hold is dropped, intake is not blocked by it.
+        let _ = tokio::time::timeout(Duration::from_secs(1), b.hold()).await;
+        tokio::time::timeout(Duration::from_secs(60), b.admit())
+            .await
+            .expect("admit after open_for");
     }
 
     #[tokio::test(start_paused = true)]

@@ -157,16 +157,22 @@ impl KafkaSink {
             .clone()
     }
 
-    /// After a fatal error the producer cannot go on: build a new one.
-    fn replace_if_fatal(&self, p: &Arc<FutureProducer<SinkCtx>>) {
-        let Some((code, why)) = p.client().fatal_error() else {
-            return;
+    /// After a fatal error the producer cannot go on: build a new one. The
+    /// same after a fencing error that librdkafka does not raise as fatal
+    /// (seen with tansu after a cut connection: every later record of the
+    /// producer was refused with PRODUCER_FENCED, and the sink never
+    /// delivered again).
+    fn replace_if_fatal(&self, p: &Arc<FutureProducer<SinkCtx>>, fenced: bool) {
+        let why = match p.client().fatal_error() {
+            Some((code, why)) => format!("fatal producer error {code:?} ({why})"),
+            None if fenced => "the producer was fenced".to_string(),
+            None => return,
         };
         let mut slot = self.producer.lock().unwrap_or_else(|e| e.into_inner());
         if !Arc::ptr_eq(&slot, p) {
             return; // already replaced
         }
-        tracing::warn!(pipeline = %self.ctx.pipeline, "kafka sink: fatal producer error {code:?} ({why}); recreating the producer");
+        tracing::warn!(pipeline = %self.ctx.pipeline, "kafka sink: {why}; recreating the producer");
         match self.config.create_with_context(self.ctx.clone()) {
             Ok(fresh) => *slot = Arc::new(fresh),
             Err(e) => {
@@ -216,7 +222,7 @@ impl KafkaSink {
                     Err((e, back)) => {
                         let full = e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull);
                         if !full || tokio::time::Instant::now() >= deadline {
-                            self.replace_if_fatal(&producer);
+                            self.replace_if_fatal(&producer, is_fenced(&e));
                             return Err(failure(&e, topic));
                         }
                         record = back;
@@ -227,11 +233,15 @@ impl KafkaSink {
         }
         // Every record waits for its own report; the first failure wins.
         let mut first_err = None;
+        let mut fenced = false;
         for (f, r) in pending.into_iter().zip(records) {
             let topic = r.topic.as_deref().or(self.topic.as_deref()).unwrap_or("");
             let res = match f.await {
                 Ok(Ok(_)) => Ok(()),
-                Ok(Err((e, _))) => Err(failure(&e, topic)),
+                Ok(Err((e, _))) => {
+                    fenced |= is_fenced(&e);
+                    Err(failure(&e, topic))
+                }
                 Err(_) => Err(Failure::new(
                     FailureClass::Sink,
                     "kafka sink: the producer went away before the delivery report",
@@ -244,11 +254,21 @@ impl KafkaSink {
         match first_err {
             None => Ok(()),
             Some(f) => {
-                self.replace_if_fatal(&producer);
+                self.replace_if_fatal(&producer, fenced);
                 Err(f)
             }
         }
     }
+}
+
+/// A fencing error: this producer's id or epoch is no longer accepted, so
+/// none of its later records can be delivered.
+fn is_fenced(e: &KafkaError) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(C::ProducerFenced | C::InvalidProducerEpoch | C::Fenced)
+    )
 }
 
 fn failure(e: &KafkaError, topic: &str) -> Failure {
@@ -312,6 +332,25 @@ mod tests {
             RDKafkaErrorCode::NotEnoughReplicas,
         ] {
             assert_eq!(class_of(&p(c)), FailureClass::Sink, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn fencing_errors_replace_the_producer() {
+        let p = |c| KafkaError::MessageProduction(c);
+        for c in [
+            RDKafkaErrorCode::ProducerFenced,
+            RDKafkaErrorCode::InvalidProducerEpoch,
+            RDKafkaErrorCode::Fenced,
+        ] {
+            assert!(is_fenced(&p(c)), "{c:?}");
+            assert_eq!(class_of(&p(c)), FailureClass::Sink, "{c:?} is retried");
+        }
+        for c in [
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::QueueFull,
+        ] {
+            assert!(!is_fenced(&p(c)), "{c:?}");
         }
     }
 }

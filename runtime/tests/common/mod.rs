@@ -123,6 +123,27 @@ pub fn spawn_sluice(pipeline: &Path) -> Proc {
     Proc { child }
 }
 
+/// Starts `sluice run <pipeline> <extra args>` (e.g. `--admin ADDR`); stderr
+/// goes to `<pipeline>.log`.
+pub fn spawn_sluice_with(pipeline: &Path, extra: &[&str]) -> Proc {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(pipeline.with_extension("log"))
+        .expect("open log");
+    let child = Command::new(sluice_bin())
+        .arg("run")
+        .arg(pipeline)
+        .args(extra)
+        .env("SLUICE_CACHE_DIR", cache_dir())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn sluice");
+    Proc { child }
+}
+
 /// Runs `sluice <args>` to completion: (exit code, stdout, stderr).
 pub fn run_sluice(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(sluice_bin())
@@ -180,3 +201,4 @@ pub mod admin;
 pub mod kafka;
 pub mod mqtt;
 pub mod nats;
+pub mod proxy;

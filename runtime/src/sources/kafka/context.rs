@@ -136,10 +136,18 @@ impl ConsumerContext for Ctx {
             Rebalance::Assign(tpl) => {
                 tracing::info!(pipeline = %self.shared.pipeline(), partitions = tpl.count(),
                     "kafka source: partitions assigned");
-                if self.shared.assign(tps_of(tpl))
-                    && let Err(e) = consumer.pause(tpl)
-                {
-                    tracing::warn!(pipeline = %self.shared.pipeline(), "kafka source: pausing new partitions: {e}");
+                // Set the pause state of the new partitions either way:
+                // librdkafka keeps a partition's pause across a revoke and
+                // a new assignment (seen after a lost session: the partition
+                // paused while the source was full came back paused, and
+                // the pipeline took nothing more).
+                let r = if self.shared.assign(tps_of(tpl)) {
+                    consumer.pause(tpl)
+                } else {
+                    consumer.resume(tpl)
+                };
+                if let Err(e) = r {
+                    tracing::warn!(pipeline = %self.shared.pipeline(), "kafka source: pausing or resuming new partitions: {e}");
                 }
             }
             Rebalance::Revoke(_) => {}
