@@ -76,6 +76,9 @@ struct Run {
     done: u64,
     /// Seconds from the start of the relay to the last output.
     total_s: f64,
+    /// Sluice only: mean wall time of one handler call (µs), from the
+    /// pipeline's own latency histogram.
+    handler_us: f64,
 }
 
 /// Waits until `count` reaches `n` or [`RUN_LIMIT`] passed.
@@ -97,6 +100,7 @@ async fn measure(count: &AtomicU64, n: u64) -> Run {
                 rate,
                 done: c,
                 total_s: (now - start).as_secs_f64(),
+                handler_us: 0.0,
             };
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -137,11 +141,17 @@ async fn sluice_pipeline(
 
 /// Runs `p` until `count` reaches `n` (or the limit), then shuts it down.
 async fn run_sluice(p: sluice::pipeline::Pipeline, count: &AtomicU64, n: u64) -> Run {
+    let stats = p.stats();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(p.run(async move {
         let _ = rx.await;
     }));
-    let r = measure(count, n).await;
+    let mut r = measure(count, n).await;
+    let (counts, sum_s) = stats.handler_latency.cumulative();
+    let calls = counts.last().copied().unwrap_or(0);
+    if calls > 0 {
+        r.handler_us = sum_s * 1e6 / calls as f64;
+    }
     let _ = tx.send(());
     match tokio::time::timeout(Duration::from_secs(30), task).await {
         Ok(Ok(Ok(_))) => {}
@@ -152,11 +162,42 @@ async fn run_sluice(p: sluice::pipeline::Pipeline, count: &AtomicU64, n: u64) ->
     r
 }
 
+/// The Sluice sink alone: one record per `publish`, each awaited before the
+/// next (what one pipeline worker does per message), for up to 2 s or 5000
+/// records. Returns µs per publish.
+async fn sink_alone(sink_toml: &str) -> f64 {
+    let cfg: sluice::config::SinkConfig =
+        toml::from_str(sink_toml).unwrap_or_else(|e| panic!("sink TOML:\n{sink_toml}\n{e}"));
+    let sink = sluice::connect::open_sink(&cfg, false, "sink-alone")
+        .await
+        .expect("open sink");
+    let start = Instant::now();
+    let mut i = 0u64;
+    while i < 5000 && start.elapsed() < Duration::from_secs(2) {
+        let r = sluice::sinks::Record {
+            topic: None,
+            key: None,
+            payload: payload(i),
+            headers: Vec::new(),
+            id: format!("sink-alone:{i}"),
+        };
+        sink.publish(std::slice::from_ref(&r))
+            .await
+            .expect("publish");
+        i += 1;
+    }
+    let us = start.elapsed().as_secs_f64() * 1e6 / i as f64;
+    let _ = sink.close().await;
+    us
+}
+
 /// Raw relay and Sluice runs of one broker: `raw`, then Sluice per concurrency.
 #[derive(Default)]
 struct Row {
     raw: Run,
     sluice: Vec<Run>,
+    /// µs per awaited publish of the Sluice sink alone.
+    sink_us: f64,
 }
 
 impl Row {
@@ -280,6 +321,10 @@ async fn nats_core(server: &NatsServer, engine: &Engine, dir: &Path, n: u64, k: 
         }
         row.keep(raw, sluice);
     }
+    row.sink_us = sink_alone(&format!(
+        "type = \"nats\"\nurl = \"{url}\"\nsubject = \"bench.sinkonly\""
+    ))
+    .await;
     row
 }
 
@@ -424,6 +469,12 @@ async fn jetstream(server: &NatsServer, engine: &Engine, dir: &Path, n: u64, k: 
         }
         row.keep(raw, sluice);
     }
+    js_stream(&js, "SINKONLY", "sinkonly").await;
+    row.sink_us = sink_alone(&format!(
+        "type = \"jetstream\"\nurl = \"{url}\"\nsubject = \"sinkonly\""
+    ))
+    .await;
+    let _ = js.delete_stream("SINKONLY").await;
     row
 }
 
@@ -583,6 +634,10 @@ async fn mqtt(broker: &Mosquitto, engine: &Engine, dir: &Path, n: u64, k: usize)
         }
         row.keep(raw, sluice);
     }
+    row.sink_us = sink_alone(&format!(
+        "type = \"mqtt\"\nurl = \"{url}\"\ntopic = \"sinkonly\"\nqos = 1\nmax_in_flight = {MQTT_IN_FLIGHT}"
+    ))
+    .await;
     row
 }
 
@@ -703,6 +758,8 @@ async fn kafka(b: &KafkaBroker, engine: &Engine, dir: &Path, n: u64, k: usize) -
         }
         row.keep(raw, sluice);
     }
+    b.create_topic("sinkonly", 1).await;
+    row.sink_us = sink_alone(&common::kafka::sink_toml(b, "sinkonly")).await;
     row
 }
 
@@ -802,6 +859,7 @@ async fn bench() {
                 "ratio": ratio,
                 "delivered": s.done,
                 "seconds_total": s.total_s,
+                "handler_call_us": s.handler_us,
             }));
         }
         println!("{line} ≥ {target:.2} |");
@@ -810,9 +868,28 @@ async fn bench() {
             "target_ratio": target,
             "raw": {"msgs_per_s": row.raw.rate, "delivered": row.raw.done, "seconds_total": row.raw.total_s},
             "sluice": sl,
+            "sink_alone_publish_us": row.sink_us,
         }));
     }
     json.insert("brokers".into(), brokers.into());
+    // Where one message's time goes at concurrency 1: a worker takes the next
+    // message only after this one's handler call, publish and settle.
+    println!(
+        "\nPer message at concurrency 1 (µs): wall time = 1e6 / rate; handler = mean call \
+         (pipeline histogram); sink alone = one awaited publish of the Sluice sink, no pipeline\n\n\
+         | broker | raw relay | Sluice c=1 | handler call | sink alone |\n|---|---|---|---|---|"
+    );
+    for (name, row) in &rows {
+        if let Some(s) = row.sluice.first() {
+            println!(
+                "| {name} | {:.1} | {:.1} | {:.1} | {:.1} |",
+                1e6 / row.raw.rate,
+                1e6 / s.rate,
+                s.handler_us,
+                row.sink_us
+            );
+        }
+    }
     let out = std::env::var_os("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| common::repo().join("target"))
