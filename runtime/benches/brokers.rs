@@ -1,6 +1,6 @@
 //! Broker benchmark: Sluice (echo.wasm under fuel, deadline and memory budgets) against a raw relay written with the same client crate, per broker, in the same run.
 //!
-//! For NATS core, JetStream, MQTT (QoS 1, Mosquitto) and Kafka (noida-db),
+//! For NATS core, JetStream, MQTT (QoS 1, Mosquitto) and Kafka (noida-db and tansu),
 //! each on a private broker started here on a free loopback port:
 //!
 //! * **raw relay**: the client crate the Sluice source and sink use
@@ -29,10 +29,10 @@
 //! kept, so a ratio comes from one run of the bench.
 //!
 //! Run: `cargo bench -p sluice --bench brokers` (needs `nats-server`,
-//! `mosquitto` and `noida-db`, see `.ci/install-kafka-brokers.sh`; the echo
+//! `mosquitto`, `noida-db` and `tansu`, see `.ci/install-kafka-brokers.sh`; the echo
 //! plugin from `bash plugins/build.sh`). Writes `target/bench/brokers.json`.
 //! `BENCH_N` (messages per run), `BENCH_REPS` and `BENCH_ONLY`
-//! (`nats,jetstream,mqtt,kafka`) adjust a run.
+//! (`nats,jetstream,mqtt,kafka,tansu`) adjust a run.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -643,17 +643,37 @@ async fn mqtt(broker: &Mosquitto, engine: &Engine, dir: &Path, n: u64, k: usize)
 
 // ---------------------------------------------------------------- Kafka
 
-/// Keeps `count` at the high watermark of partition 0 of `topic` (records
-/// written: the idempotent producers write no control records).
+/// Keeps `count` at the records in partition 0 of `topic`: its high
+/// watermark on noida (the idempotent producers write no control records);
+/// on tansu, whose high watermark is wrong, a consumer counts them.
 fn kafka_counter(
     b: &KafkaBroker,
     topic: String,
     count: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
-    let consumer: rdkafka::consumer::BaseConsumer = b.config().create().expect("watermarks");
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    if b.kind == Kind::Tansu {
+        let consumer: BaseConsumer = b
+            .config()
+            .set("group.id", format!("count-{topic}"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("counting consumer");
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, 0, rdkafka::Offset::Beginning)
+            .unwrap();
+        consumer.assign(&tpl).expect("assign");
+        return std::thread::spawn(move || {
+            while !stop.load(Relaxed) {
+                if let Some(Ok(_)) = consumer.poll(Duration::from_millis(50)) {
+                    count.fetch_add(1, Relaxed);
+                }
+            }
+        });
+    }
+    let consumer: BaseConsumer = b.config().create().expect("watermarks");
     std::thread::spawn(move || {
-        use rdkafka::consumer::Consumer as _;
         while !stop.load(Relaxed) {
             if let Ok((_, high)) = consumer.fetch_watermarks(&topic, 0, Duration::from_secs(2)) {
                 count.store(high.max(0) as u64, Relaxed);
@@ -664,7 +684,7 @@ fn kafka_counter(
 }
 
 /// The raw Kafka relay: consumer group, idempotent `acks=all` producer
-/// (`linger.ms` 1, like the Sluice sink), pipelined sends, commit every
+/// (`linger.ms` 0, like the Sluice sink), pipelined sends, commit every
 /// 500 ms of the offsets whose output was delivered.
 fn kafka_relay(b: &KafkaBroker, input: &str, output: &str) -> tokio::task::JoinHandle<()> {
     use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
@@ -680,7 +700,13 @@ fn kafka_relay(b: &KafkaBroker, input: &str, output: &str) -> tokio::task::JoinH
         .create()
         .expect("consumer");
     consumer.subscribe(&[input]).expect("subscribe");
-    let producer = b.producer();
+    let producer: rdkafka::producer::FutureProducer = b
+        .config()
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "0")
+        .create()
+        .expect("producer");
     let (input, output) = (input.to_string(), output.to_string());
     tokio::spawn(async move {
         let mut pending = FuturesOrdered::new();
@@ -822,12 +848,20 @@ async fn bench() {
             kafka(&b, &engine, dir.path(), n, reps).await,
         ));
     }
+    if wanted("tansu") {
+        let b = KafkaBroker::start(Kind::Tansu);
+        rows.push((
+            "Kafka (tansu)",
+            kafka(&b, &engine, dir.path(), n, reps).await,
+        ));
+    }
 
     let targets = [
         ("NATS core", 0.90),
         ("JetStream", 0.95),
         ("MQTT QoS 1 (Mosquitto)", 0.95),
         ("Kafka (noida-db)", 0.95),
+        ("Kafka (tansu)", 0.95),
     ];
     let mut head = String::from("| broker | raw relay msg/s |");
     let mut rule = String::from("|---|---|");
