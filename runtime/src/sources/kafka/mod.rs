@@ -26,8 +26,11 @@
 //!
 //! # Backpressure
 //!
-//! When `max_in_flight` messages are received and unsettled, every assigned
-//! partition is paused; they resume once a quarter of them settled.
+//! When `max_in_flight` messages are received and unsettled, intake holds
+//! (the poll task stops taking records; librdkafka's prefetch queue is
+//! bounded by `queued.max.messages.kbytes`) until a quarter of them settled;
+//! if it stays full for [`HOLD_BEFORE_PAUSE`], every assigned partition is
+//! paused, so the poll task can serve rebalances again without taking more.
 //! [`Source::pause`] (circuit breaker) pauses them too. Polling never stops.
 
 mod context;
@@ -60,6 +63,13 @@ pub const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often librdkafka reports statistics, hence the consumer lag, unless
 /// `options` set `statistics.interval.ms`.
 const LAG_INTERVAL_MS: &str = "5000";
+/// How long intake may hold at `max_in_flight` before the partitions are
+/// paused. Pausing purges librdkafka's prefetched messages and the fetcher
+/// takes about a second to start again after `resume`, which made every
+/// short full/drain cycle of a fast pipeline a one-second stall; holding
+/// (not calling `recv`) costs nothing, and the pause only comes when the
+/// pipeline stays full (rebalances are served again once paused).
+const HOLD_BEFORE_PAUSE: Duration = Duration::from_secs(5);
 /// How long a synchronous commit (close) may take.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -94,8 +104,10 @@ pub(crate) struct State {
     seq: u64,
     /// Paused by the pipeline (circuit breaker).
     user_paused: bool,
-    /// Paused because `max_in_flight` was reached.
+    /// `max_in_flight` was reached: intake holds (no `recv`) until a quarter settled.
     full: bool,
+    /// When `full` last became true; past [`HOLD_BEFORE_PAUSE`] the partitions are paused.
+    full_since: Option<Instant>,
     /// What the consumer's partitions currently are.
     applied_pause: bool,
     closed: bool,
@@ -299,6 +311,16 @@ async fn poll_task(
     let mut warned = WarnLimiter::default();
     loop {
         apply_pause(&consumer, &shared);
+        // Full but not (yet) paused: take nothing more, and look again when
+        // the hold would turn into a pause.
+        let (holding, pause_at) = {
+            let st = shared.lock();
+            (
+                st.full && !st.applied_pause,
+                st.full_since
+                    .map_or_else(Instant::now, |t| t + HOLD_BEFORE_PAUSE),
+            )
+        };
         tokio::select! {
             biased;
             _ = &mut stop => {
@@ -307,7 +329,8 @@ async fn poll_task(
             }
             _ = shared.wake.notified() => {}
             _ = tick.tick() => commit(&consumer, &shared, CommitMode::Async),
-            r = consumer.recv() => match r {
+            _ = tokio::time::sleep_until(pause_at), if holding => {}
+            r = consumer.recv(), if !holding => match r {
                 Ok(m) => receive(&shared, &m),
                 Err(e) => match classify(&e) {
                     Some(fatal) => {
@@ -390,8 +413,9 @@ fn receive(shared: &Shared, m: &BorrowedMessage<'_>) {
         generation,
         message,
     });
-    if st.tracker.in_flight() >= shared.max_in_flight {
+    if st.tracker.in_flight() >= shared.max_in_flight && !st.full {
         st.full = true;
+        st.full_since = Some(Instant::now());
     }
     drop(st);
     shared.ready.notify_one();
@@ -403,8 +427,13 @@ fn apply_pause(consumer: &StreamConsumer<Ctx>, shared: &Shared) {
     let max = shared.max_in_flight;
     if st.full && st.tracker.in_flight() <= max - (max / 4).max(1).min(max) {
         st.full = false;
+        st.full_since = None;
     }
-    let want = st.user_paused || st.full || st.closed;
+    let long_full = st.full
+        && st
+            .full_since
+            .is_some_and(|t| t.elapsed() >= HOLD_BEFORE_PAUSE);
+    let want = st.user_paused || long_full || st.closed;
     if want == st.applied_pause {
         return;
     }
