@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, stream};
 use bytes::Bytes;
-use common::nats::NatsServer;
+use common::nats::{NatsServer, stream_of};
 use conformance::{Collector, Fixture, TestMsg};
 use futures::StreamExt as _;
 use futures::future::BoxFuture;
@@ -19,20 +19,6 @@ use sluice::message::Header;
 use sluice::sources::nats::connect::{from_nats_headers, to_nats_headers};
 
 const URL: &str = "nats://127.0.0.1:4222";
-
-/// A stream name for a subject (names may not hold `.`, `*`, `>`).
-fn stream_of(topic: &str) -> String {
-    topic
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_uppercase()
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
 
 fn test_msg(headers: Option<&async_nats::HeaderMap>, payload: &Bytes) -> TestMsg {
     let (headers, key) = from_nats_headers(headers);

@@ -28,7 +28,7 @@ use futures::StreamExt as _;
 
 use common::kafka::{KafkaBroker, Kind, TestRecord};
 use common::mqtt::{Mosquitto, Opts, client, create_session};
-use common::nats::NatsServer;
+use common::nats::{NatsServer, stream_of};
 use common::proxy::Proxy;
 
 // ---------------------------------------------------------------- capture
@@ -195,20 +195,6 @@ async fn nats_capture(client: &async_nats::Client, subject: &str) -> Capture {
     Capture { seen, task }
 }
 
-/// A stream name for a subject.
-fn stream_of(subject: &str) -> String {
-    subject
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_uppercase()
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
 /// Creates the stream of `subject` (file storage, so it survives a restart).
 async fn ensure_stream(js: &jetstream::Context, subject: &str) -> stream::Stream {
     js.get_or_create_stream(stream::Config {
@@ -219,6 +205,37 @@ async fn ensure_stream(js: &jetstream::Context, subject: &str) -> stream::Stream
     })
     .await
     .expect("stream")
+}
+
+/// The subjects of one JetStream test (`<base>.in`, `.out`, `.dlq`), with
+/// the input's stream made and the output and dead letters captured.
+struct JsTopics {
+    base: String,
+    input: String,
+    output: String,
+    dlq: String,
+    out: Capture,
+    dead: Capture,
+}
+
+async fn js_topics(js: &jetstream::Context, prefix: &str) -> JsTopics {
+    let base = common::unique(prefix);
+    let (input, output, dlq) = (
+        format!("{base}.in"),
+        format!("{base}.out"),
+        format!("{base}.dlq"),
+    );
+    ensure_stream(js, &input).await;
+    let out = js_capture(js, &output).await;
+    let dead = js_capture(js, &dlq).await;
+    JsTopics {
+        base,
+        input,
+        output,
+        dlq,
+        out,
+        dead,
+    }
 }
 
 /// Reads a stream through a durable pull consumer; keeps pulling across
@@ -781,15 +798,14 @@ async fn jetstream_server_restart() {
     let mut server = NatsServer::start();
     let client = nats_client(&server.url()).await;
     let js = jetstream::new(client);
-    let base = common::unique("jsr");
-    let (input, output, dlq) = (
-        format!("{base}.in"),
-        format!("{base}.out"),
-        format!("{base}.dlq"),
-    );
-    ensure_stream(&js, &input).await;
-    let out = js_capture(&js, &output).await;
-    let dead = js_capture(&js, &dlq).await;
+    let JsTopics {
+        base,
+        input,
+        output,
+        dlq,
+        out,
+        dead,
+    } = js_topics(&js, "jsr").await;
     let msgs = with_bad(3000);
     js_produce(&js, &input, &msgs).await;
     let url = server.url();
@@ -846,15 +862,14 @@ async fn jetstream_source_cut() {
     let proxy = Proxy::start(server.port);
     let client = nats_client(&server.url()).await;
     let js = jetstream::new(client);
-    let base = common::unique("jsc");
-    let (input, output, dlq) = (
-        format!("{base}.in"),
-        format!("{base}.out"),
-        format!("{base}.dlq"),
-    );
-    ensure_stream(&js, &input).await;
-    let out = js_capture(&js, &output).await;
-    let dead = js_capture(&js, &dlq).await;
+    let JsTopics {
+        base,
+        input,
+        output,
+        dlq,
+        out,
+        dead,
+    } = js_topics(&js, "jsc").await;
     let msgs = with_bad(3000);
     js_produce(&js, &input, &msgs).await;
     let (direct, through) = (server.url(), format!("nats://{}", proxy.addr()));
@@ -920,15 +935,14 @@ async fn jetstream_sink_hang() {
     let proxy = Proxy::start(server.port);
     let client = nats_client(&server.url()).await;
     let js = jetstream::new(client);
-    let base = common::unique("jsh");
-    let (input, output, dlq) = (
-        format!("{base}.in"),
-        format!("{base}.out"),
-        format!("{base}.dlq"),
-    );
-    ensure_stream(&js, &input).await;
-    let out = js_capture(&js, &output).await;
-    let dead = js_capture(&js, &dlq).await;
+    let JsTopics {
+        base,
+        input,
+        output,
+        dlq,
+        out,
+        dead,
+    } = js_topics(&js, "jsh").await;
     let msgs = with_bad(3000);
     js_produce(&js, &input, &msgs).await;
     let (direct, through) = (server.url(), format!("nats://{}", proxy.addr()));
@@ -1319,15 +1333,14 @@ async fn poison_mixed_into_good() {
     let name = "poison-mix";
     let server = NatsServer::start();
     let js = jetstream::new(nats_client(&server.url()).await);
-    let base = common::unique("psn");
-    let (input, output, dlq) = (
-        format!("{base}.in"),
-        format!("{base}.out"),
-        format!("{base}.dlq"),
-    );
-    ensure_stream(&js, &input).await;
-    let out = js_capture(&js, &output).await;
-    let dead = js_capture(&js, &dlq).await;
+    let JsTopics {
+        base,
+        input,
+        output,
+        dlq,
+        out,
+        dead,
+    } = js_topics(&js, "psn").await;
     let url = server.url();
     let dir = tempfile::tempdir().expect("tempdir");
     // Timeouts are dead-lettered at once here (the default retries them),
@@ -1469,15 +1482,14 @@ async fn burst_beyond_handler_speed() {
     let name = "burst-10x";
     let server = NatsServer::start();
     let js = jetstream::new(nats_client(&server.url()).await);
-    let base = common::unique("bst");
-    let (input, output, dlq) = (
-        format!("{base}.in"),
-        format!("{base}.out"),
-        format!("{base}.dlq"),
-    );
-    ensure_stream(&js, &input).await;
-    let out = js_capture(&js, &output).await;
-    let dead = js_capture(&js, &dlq).await;
+    let JsTopics {
+        base,
+        input,
+        output,
+        dlq,
+        out,
+        dead,
+    } = js_topics(&js, "bst").await;
     let url = server.url();
     let dir = tempfile::tempdir().expect("tempdir");
     let file = write_pipeline(

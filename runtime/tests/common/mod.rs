@@ -106,21 +106,7 @@ pub fn sluice_bin() -> PathBuf {
 
 /// Starts `sluice run <pipeline>`; stderr goes to `<pipeline>.log`.
 pub fn spawn_sluice(pipeline: &Path) -> Proc {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(pipeline.with_extension("log"))
-        .expect("open log");
-    let child = Command::new(sluice_bin())
-        .arg("run")
-        .arg(pipeline)
-        .env("SLUICE_CACHE_DIR", cache_dir())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn sluice");
-    Proc { child }
+    spawn_sluice_with(pipeline, &[])
 }
 
 /// Starts `sluice run <pipeline> <extra args>` (e.g. `--admin ADDR`); stderr
