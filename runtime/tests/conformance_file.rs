@@ -5,7 +5,7 @@ mod common;
 mod conformance;
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use conformance::{Collector, Fixture, TestMsg};
 use futures::future::BoxFuture;
@@ -43,16 +43,12 @@ fn read_all(path: &PathBuf) -> Vec<TestMsg> {
 
 impl Collector for FileCollector {
     fn collect(&mut self, n: usize, timeout: Duration) -> BoxFuture<'_, Vec<TestMsg>> {
-        Box::pin(async move {
-            let deadline = Instant::now() + timeout;
-            loop {
-                let got = read_all(&self.path);
-                if got.len() >= n || Instant::now() > deadline {
-                    return got;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
+        Box::pin(conformance::poll(
+            n,
+            timeout,
+            Duration::from_millis(50),
+            || read_all(&self.path),
+        ))
     }
 }
 

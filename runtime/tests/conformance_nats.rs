@@ -201,16 +201,12 @@ impl Drop for CoreCollector {
 
 impl Collector for CoreCollector {
     fn collect(&mut self, n: usize, timeout: Duration) -> BoxFuture<'_, Vec<TestMsg>> {
-        Box::pin(async move {
-            let deadline = Instant::now() + timeout;
-            loop {
-                let got = self.got.lock().unwrap().clone();
-                if got.len() >= n || Instant::now() > deadline {
-                    return got;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
+        Box::pin(conformance::poll(
+            n,
+            timeout,
+            Duration::from_millis(20),
+            || self.got.lock().unwrap().clone(),
+        ))
     }
 }
 

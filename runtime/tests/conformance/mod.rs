@@ -43,6 +43,24 @@ pub trait Collector: Send {
     fn collect(&mut self, n: usize, timeout: Duration) -> BoxFuture<'_, Vec<TestMsg>>;
 }
 
+/// Reads what arrived (`read`) every `every` until at least `n` or `timeout`
+/// passed: the [`Collector::collect`] of captures that fill in the background.
+pub async fn poll(
+    n: usize,
+    timeout: Duration,
+    every: Duration,
+    mut read: impl FnMut() -> Vec<TestMsg>,
+) -> Vec<TestMsg> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let got = read();
+        if got.len() >= n || Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// What the suite needs of a broker type.
 pub trait Fixture: Send + Sync {
     fn name(&self) -> String;
