@@ -92,6 +92,7 @@ async fn throughput(plugin: &Plugin, msgs: &[Message], concurrency: usize, reps:
             },
             dedup: None,
             concurrency,
+            publish_window: 128,
             publish_timeout: Duration::from_secs(30),
         });
         let start = Instant::now();

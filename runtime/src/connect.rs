@@ -95,6 +95,7 @@ pub async fn build_with_plugin(cfg: &PipelineConfig, plugin: Plugin) -> anyhow::
         breaker: cfg.circuit_breaker.clone(),
         dedup: cfg.dedup.as_ref().and_then(Dedup::new),
         concurrency: cfg.handler.concurrency,
+        publish_window: cfg.handler.publish_window,
         publish_timeout: DEFAULT_PUBLISH_TIMEOUT,
     }))
 }

@@ -8,6 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use futures::StreamExt as _;
+use futures::future::BoxFuture;
+use futures::stream::FuturesOrdered;
 use tokio::sync::{Notify, mpsc};
 
 use crate::engine::{Plugin, Worker};
@@ -16,7 +19,7 @@ use crate::message::{Message, Output};
 use crate::router::breaker::{Breaker, BreakerState};
 use crate::router::dedup::Dedup;
 use crate::router::{Decision, Policy, backoff, dead_letter};
-use crate::sinks::{Record, Sink};
+use crate::sinks::{Accepted, Record, Sink};
 use crate::sources::{Answer, Delivery, Settle, Settlement, Source, SourceError};
 use crate::stats::{Snapshot, Stats};
 
@@ -57,6 +60,9 @@ pub struct Parts {
     pub dedup: Option<Dedup>,
     /// Workers; messages with the same key stay in order.
     pub concurrency: usize,
+    /// Messages one worker may have sent and not yet seen accepted by the
+    /// sink; 1 = wait for each publish before the next message.
+    pub publish_window: usize,
     pub publish_timeout: Duration,
 }
 
@@ -102,6 +108,7 @@ struct Shared {
     redelivers: bool,
     dedup: Option<Mutex<Dedup>>,
     publish_timeout: Duration,
+    publish_window: usize,
     /// Set by a worker whose message the policy says to `stop` on.
     stopping: AtomicBool,
     stop_failure: Mutex<Option<Failure>>,
@@ -136,6 +143,7 @@ impl Pipeline {
                 redelivers,
                 dedup: parts.dedup.map(Mutex::new),
                 publish_timeout: parts.publish_timeout,
+                publish_window: parts.publish_window.max(1),
                 stopping: AtomicBool::new(false),
                 stop_failure: Mutex::new(None),
                 shutting_down: AtomicBool::new(false),
@@ -312,20 +320,41 @@ fn shard_of(msg: &Message, n: usize, rr: &mut usize) -> usize {
     (h.finish() % n as u64) as usize
 }
 
+/// A message whose outputs were sent, waiting for the sink to accept them.
+struct Sent {
+    msg: Message,
+    handle: Box<dyn Settle>,
+    reply: Option<Output>,
+    outputs: usize,
+}
+
+/// Sent messages in the order they were sent, each with its acceptance.
+type Window = FuturesOrdered<BoxFuture<'static, (Sent, Result<(), Failure>)>>;
+
 async fn worker(sh: Arc<Shared>, mut rx: mpsc::Receiver<Delivery>) {
     let mut version = sh.plugin.version.load(Relaxed);
     let mut w = Worker::new(sh.plugin.get());
-    while let Some(d) = rx.recv().await {
+    let mut window = Window::new();
+    loop {
+        // Settle what the sink accepted first; take a new message only while
+        // the window has room.
+        let d = tokio::select! {
+            biased;
+            Some((sent, accepted)) = window.next(), if !window.is_empty() => {
+                finish(&sh, &mut w, sent, accepted).await;
+                continue;
+            }
+            d = rx.recv(), if window.len() < sh.publish_window => match d {
+                Some(d) => d,
+                None => break,
+            },
+        };
         if sh.stopping.load(Relaxed) {
             // The pipeline is stopping by policy: hand the rest back untouched.
-            settle(
-                &sh,
-                d.into_parts().2,
-                Settlement::Redeliver {
-                    delay: Duration::ZERO,
-                },
-            )
-            .await;
+            let how = Settlement::Redeliver {
+                delay: Duration::ZERO,
+            };
+            settle(&sh, d.into_parts().2, how).await;
             continue;
         }
         let v = sh.plugin.version.load(Relaxed);
@@ -334,15 +363,107 @@ async fn worker(sh: Arc<Shared>, mut rx: mpsc::Receiver<Delivery>) {
             w.set_plugin(sh.plugin.get());
         }
         sh.stats.in_flight.fetch_add(1, Relaxed);
-        let result = process(&sh, &mut w, d).await;
-        sh.stats.in_flight.fetch_sub(1, Relaxed);
-        if let Err(failure) = result {
-            tracing::error!(pipeline = %sh.name, "stopping by policy: {failure}");
-            *sh.stop_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(failure);
-            sh.stopping.store(true, Relaxed);
-            sh.wake.notify_waiters();
+        let (msg, decode_error, handle) = d.into_parts();
+        let first = match &decode_error {
+            Some(e) => Failure::new(FailureClass::Decode, e.clone()),
+            None => match call_and_send(&sh, &mut w, &msg, handle.wants_answer()).await {
+                Ok((reply, outputs, accepted)) => {
+                    let sent = Sent {
+                        msg,
+                        handle,
+                        reply,
+                        outputs,
+                    };
+                    window.push_back(Box::pin(async move { (sent, accepted.await) }));
+                    continue;
+                }
+                Err(f) => f,
+            },
+        };
+        // A failure is handled with nothing else in flight: what was sent
+        // before it is settled first, retries then run one at a time.
+        while let Some((sent, accepted)) = window.next().await {
+            finish(&sh, &mut w, sent, accepted).await;
         }
+        failed(&sh, &mut w, msg, handle, decode_error, first).await;
     }
+    while let Some((sent, accepted)) = window.next().await {
+        finish(&sh, &mut w, sent, accepted).await;
+    }
+}
+
+/// Settles a sent message once its outputs were accepted, or takes it down
+/// the failure path.
+async fn finish(sh: &Shared, w: &mut Worker, sent: Sent, accepted: Result<(), Failure>) {
+    let Sent {
+        msg,
+        handle,
+        reply,
+        outputs,
+    } = sent;
+    match accepted {
+        Ok(()) => {
+            succeeded(sh, &msg, handle, reply, outputs).await;
+            sh.stats.in_flight.fetch_sub(1, Relaxed);
+        }
+        Err(f) => failed(sh, w, msg, handle, None, f).await,
+    }
+}
+
+/// The failure path of one message; records a `stop` from the policy.
+async fn failed(
+    sh: &Shared,
+    w: &mut Worker,
+    msg: Message,
+    handle: Box<dyn Settle>,
+    decode_error: Option<String>,
+    f: Failure,
+) {
+    let result = process(sh, w, msg, handle, decode_error, f).await;
+    sh.stats.in_flight.fetch_sub(1, Relaxed);
+    if let Err(failure) = result {
+        tracing::error!(pipeline = %sh.name, "stopping by policy: {failure}");
+        *sh.stop_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(failure);
+        sh.stopping.store(true, Relaxed);
+        sh.wake.notify_waiters();
+    }
+}
+
+/// Runs the handler and sends its outputs: the reply (for a request), how
+/// many outputs went to sinks, and the wait for their acceptance.
+async fn call_and_send(
+    sh: &Shared,
+    w: &mut Worker,
+    msg: &Message,
+    wants_answer: bool,
+) -> Result<(Option<Output>, usize, Accepted), Failure> {
+    let (result, cost) = w.handle(msg).await;
+    sh.stats.fuel_used.fetch_add(cost.fuel_used, Relaxed);
+    sh.stats.handler_latency.observe(cost.elapsed);
+    let mut outputs = result?;
+    // A request's first output is its reply, not a sink record.
+    let reply = (wants_answer && !outputs.is_empty()).then(|| outputs.remove(0));
+    let base = record_base(sh, msg);
+    let n = outputs.len();
+    let accepted = send(sh, &base, outputs).await?;
+    Ok((reply, n, accepted))
+}
+
+async fn succeeded(
+    sh: &Shared,
+    msg: &Message,
+    mut handle: Box<dyn Settle>,
+    reply: Option<Output>,
+    outputs: usize,
+) {
+    if let Some(r) = reply {
+        handle.answer(Answer::Reply(r));
+    }
+    sh.stats.outputs.fetch_add(outputs as u64, Relaxed);
+    sh.stats.succeeded.fetch_add(1, Relaxed);
+    sh.breaker.success();
+    remember(sh, msg);
+    settle(sh, handle, Settlement::Ack).await;
 }
 
 async fn settle(sh: &Shared, handle: Box<dyn Settle>, how: Settlement) {
@@ -370,40 +491,33 @@ async fn sleep_unless_shutdown(sh: &Shared, d: Duration) -> bool {
     }
 }
 
-/// Handles one delivery to its end. `Err` means the policy said stop.
-async fn process(sh: &Shared, w: &mut Worker, d: Delivery) -> Result<(), Failure> {
-    let (mut msg, decode_error, mut handle) = d.into_parts();
+/// Takes a message that failed with `first` to its end: retried (handler
+/// and publish again, one at a time), dead-lettered, dropped or stopped on,
+/// as the policy says. `Err` means the policy said stop.
+async fn process(
+    sh: &Shared,
+    w: &mut Worker,
+    mut msg: Message,
+    mut handle: Box<dyn Settle>,
+    decode_error: Option<String>,
+    first: Failure,
+) -> Result<(), Failure> {
     let base = record_base(sh, &msg);
+    let mut next = Some(first);
     loop {
-        let failure = match &decode_error {
-            Some(e) => Failure::new(FailureClass::Decode, e.clone()),
-            None => {
-                let (result, cost) = w.handle(&msg).await;
-                sh.stats.fuel_used.fetch_add(cost.fuel_used, Relaxed);
-                sh.stats.handler_latency.observe(cost.elapsed);
-                match result {
-                    Ok(mut outputs) => {
-                        // A request's first output is its reply, not a sink record.
-                        let reply = (handle.wants_answer() && !outputs.is_empty())
-                            .then(|| outputs.remove(0));
-                        match publish(sh, &base, outputs).await {
-                            Ok(n) => {
-                                if let Some(r) = reply {
-                                    handle.answer(Answer::Reply(r));
-                                }
-                                sh.stats.outputs.fetch_add(n as u64, Relaxed);
-                                sh.stats.succeeded.fetch_add(1, Relaxed);
-                                sh.breaker.success();
-                                remember(sh, &msg);
-                                settle(sh, handle, Settlement::Ack).await;
-                                return Ok(());
-                            }
-                            Err(f) => f,
-                        }
+        let failure = match (next.take(), &decode_error) {
+            (Some(f), _) => f,
+            (None, Some(e)) => Failure::new(FailureClass::Decode, e.clone()),
+            (None, None) => match call_and_send(sh, w, &msg, handle.wants_answer()).await {
+                Ok((reply, outputs, accepted)) => match accepted.await {
+                    Ok(()) => {
+                        succeeded(sh, &msg, handle, reply, outputs).await;
+                        return Ok(());
                     }
                     Err(f) => f,
-                }
-            }
+                },
+                Err(f) => f,
+            },
         };
         if handle.wants_answer() {
             handle.answer(Answer::Failed(failure.clone()));
@@ -569,16 +683,22 @@ fn record_base(sh: &Shared, msg: &Message) -> String {
 async fn timed_publish(sh: &Shared, sink: &dyn Sink, records: &[Record]) -> Result<(), Failure> {
     match tokio::time::timeout(sh.publish_timeout, sink.publish(records)).await {
         Ok(r) => r,
-        Err(_) => Err(Failure::new(
-            FailureClass::Sink,
-            format!("publish timed out after {:?}", sh.publish_timeout),
-        )),
+        Err(_) => Err(publish_timed_out(sh)),
     }
 }
 
-/// Publishes a call's outputs, in order, grouped by sink. Returns how many.
-async fn publish(sh: &Shared, base: &str, outputs: Vec<Output>) -> Result<usize, Failure> {
-    let n = outputs.len();
+fn publish_timed_out(sh: &Shared) -> Failure {
+    Failure::new(
+        FailureClass::Sink,
+        format!("publish timed out after {:?}", sh.publish_timeout),
+    )
+}
+
+/// Sends a call's outputs, in order, grouped by sink; the returned future
+/// resolves once every sink accepted its share (within the publish timeout).
+async fn send(sh: &Shared, base: &str, outputs: Vec<Output>) -> Result<Accepted, Failure> {
+    let deadline = tokio::time::Instant::now() + sh.publish_timeout;
+    let mut waits: Vec<Accepted> = Vec::new();
     let mut i = 0;
     let mut outputs = outputs.into_iter().peekable();
     while let Some(first) = outputs.next() {
@@ -622,7 +742,21 @@ async fn publish(sh: &Shared, base: &str, outputs: Vec<Output>) -> Result<usize,
                 }
             })
             .collect();
-        timed_publish(sh, sink.as_ref(), &records).await?;
+        let wait = tokio::time::timeout_at(deadline, sink.send(&records))
+            .await
+            .map_err(|_| publish_timed_out(sh))??;
+        waits.push(wait);
     }
-    Ok(n)
+    let timed_out = publish_timed_out(sh);
+    let all = async move {
+        for wait in waits {
+            wait.await?;
+        }
+        Ok(())
+    };
+    Ok(Box::pin(async move {
+        tokio::time::timeout_at(deadline, all)
+            .await
+            .unwrap_or(Err(timed_out))
+    }))
 }

@@ -521,9 +521,12 @@ async fn queue_group_survives_sigkill_of_one_instance() {
         wrong.len(),
         &wrong[..wrong.len().min(10)]
     );
+    // How many come after the kill depends on the machine's speed; enough
+    // of them that "all by b" says something.
     assert!(
-        after_kill.len() >= 500,
-        "most of wave 2 came after the kill"
+        after_kill.len() >= 100,
+        "only {} of wave 2 came after the kill",
+        after_kill.len()
     );
     assert_eq!(
         tagged(after_kill, "a:"),

@@ -13,7 +13,7 @@ use futures::future::BoxFuture;
 use sluice::config::{self, PipelineConfig};
 use sluice::engine::{Plugin, PluginSpec};
 use sluice::failure::{Failure, FailureClass};
-use sluice::sinks::{Record, Sink};
+use sluice::sinks::{Accepted, Record, Sink};
 
 /// A sink that records what it accepted (with the paused clock's time) and
 /// fails the first `fail` publishes with `class`: fault injection for a sink.
@@ -49,7 +49,7 @@ impl FlakySink {
 }
 
 impl Sink for FlakySink {
-    fn publish<'a>(&'a self, records: &'a [Record]) -> BoxFuture<'a, Result<(), Failure>> {
+    fn send<'a>(&'a self, records: &'a [Record]) -> BoxFuture<'a, Result<Accepted, Failure>> {
         Box::pin(async move {
             let mut st = self.state.lock().unwrap();
             st.attempts.push(tokio::time::Instant::now());
@@ -61,7 +61,7 @@ impl Sink for FlakySink {
                 ));
             }
             st.accepted.extend_from_slice(records);
-            Ok(())
+            Ok(sluice::sinks::done())
         })
     }
 }
@@ -270,6 +270,7 @@ async fn run_with_sink(
         breaker: cfg.circuit_breaker.clone(),
         dedup: None,
         concurrency: cfg.handler.concurrency,
+        publish_window: cfg.handler.publish_window,
         publish_timeout: Duration::from_secs(30),
     });
     p.run(std::future::pending()).await.expect("run")

@@ -179,6 +179,15 @@ pub struct HandlerConfig {
     /// key, from the same partition / topic) stay in order.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// Messages one worker may have published and not yet seen acknowledged
+    /// by the sink while it handles the next ones. Settles still follow
+    /// acknowledgements, so nothing leaves the source early; a publish that
+    /// fails is retried after the messages sent before it were settled, so
+    /// within a key the order of outputs holds unless a publish fails. `1`
+    /// waits for every publish before the next message (strict order even
+    /// across sink failures, at the cost of one broker round trip per message).
+    #[serde(default = "default_publish_window")]
+    pub publish_window: usize,
     /// Largest total size of the outputs of one call; more is a `trap`.
     #[serde(default = "default_max_output")]
     pub max_output_bytes: Size,
@@ -204,6 +213,9 @@ fn default_memory() -> Size {
 }
 fn default_concurrency() -> usize {
     1
+}
+fn default_publish_window() -> usize {
+    128
 }
 fn default_max_output() -> Size {
     Size(4 * 1024 * 1024)

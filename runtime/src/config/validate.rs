@@ -153,6 +153,7 @@ fn check_sink(c: &mut Check, keys: &[&str], s: &SinkConfig, source: Option<&Sour
 
 fn check_handler(c: &mut Check, h: &HandlerConfig) {
     c.at_least_one(&["handler", "concurrency"], h.concurrency as u64);
+    c.at_least_one(&["handler", "publish_window"], h.publish_window as u64);
     if h.fuel == 0 {
         c.fail(
             &["handler", "fuel"],

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context as _;
 use futures::future::BoxFuture;
 
-use super::{Record, Sink};
+use super::{Accepted, Record, Sink, done};
 use crate::config::{FileSinkConfig, FileSinkFormat};
 use crate::envelope;
 use crate::failure::{Failure, FailureClass};
@@ -133,13 +133,13 @@ impl FileSink {
 }
 
 impl Sink for FileSink {
-    fn publish<'a>(&'a self, records: &'a [Record]) -> BoxFuture<'a, Result<(), Failure>> {
+    fn send<'a>(&'a self, records: &'a [Record]) -> BoxFuture<'a, Result<Accepted, Failure>> {
         Box::pin(async move {
-            if records.is_empty() {
-                return Ok(());
+            if !records.is_empty() {
+                let buf = self.encode(records);
+                self.write(buf, self.fsync).await?;
             }
-            let buf = self.encode(records);
-            self.write(buf, self.fsync).await
+            Ok(done())
         })
     }
 

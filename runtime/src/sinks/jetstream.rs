@@ -24,7 +24,7 @@ use async_nats::jetstream::{self, stream};
 use futures::future::BoxFuture;
 
 use super::nats::valid_publish_subject;
-use super::{Record, Sink};
+use super::{Accepted, Record, Sink};
 use crate::config::nats::JetStreamSinkConfig;
 use crate::failure::{Failure, FailureClass};
 use crate::message::Header;
@@ -130,38 +130,44 @@ fn failure(e: &PublishError, subject: &str) -> Failure {
 }
 
 impl Sink for JetStreamSink {
-    fn publish<'a>(&'a self, records: &'a [Record]) -> BoxFuture<'a, Result<(), Failure>> {
+    fn send<'a>(&'a self, records: &'a [Record]) -> BoxFuture<'a, Result<Accepted, Failure>> {
         Box::pin(async move {
-            let work = async {
-                let mut acks: Vec<(PublishAckFuture, &str)> = Vec::with_capacity(records.len());
-                for r in records {
-                    let subject = r.topic.as_deref().unwrap_or(&self.subject);
-                    if !valid_publish_subject(subject) {
-                        return Err(Failure::new(
-                            FailureClass::Rejected,
-                            format!("JetStream: {subject:?} is not a valid subject to publish to"),
-                        ));
-                    }
-                    let ack = self
-                        .js
-                        .send_publish(subject.to_string(), self.message(r))
-                        .await
-                        .map_err(|e| failure(&e, subject))?;
-                    acks.push((ack, subject));
+            let timeout = self.timeout;
+            let timed_out = move || {
+                Failure::new(
+                    FailureClass::Sink,
+                    format!("JetStream publish timed out after {timeout:?}"),
+                )
+            };
+            let deadline = tokio::time::Instant::now() + timeout;
+            let mut acks: Vec<(PublishAckFuture, String)> = Vec::with_capacity(records.len());
+            for r in records {
+                let subject = r.topic.as_deref().unwrap_or(&self.subject);
+                if !valid_publish_subject(subject) {
+                    return Err(Failure::new(
+                        FailureClass::Rejected,
+                        format!("JetStream: {subject:?} is not a valid subject to publish to"),
+                    ));
                 }
+                let ack = tokio::time::timeout_at(
+                    deadline,
+                    self.js.send_publish(subject.to_string(), self.message(r)),
+                )
+                .await
+                .map_err(|_| timed_out())?
+                .map_err(|e| failure(&e, subject))?;
+                acks.push((ack, subject.to_string()));
+            }
+            let accepted: Accepted = Box::pin(async move {
                 for (ack, subject) in acks {
-                    ack.await.map_err(|e| failure(&e, subject))?;
+                    tokio::time::timeout_at(deadline, ack)
+                        .await
+                        .map_err(|_| timed_out())?
+                        .map_err(|e| failure(&e, &subject))?;
                 }
                 Ok(())
-            };
-            tokio::time::timeout(self.timeout, work)
-                .await
-                .unwrap_or_else(|_| {
-                    Err(Failure::new(
-                        FailureClass::Sink,
-                        format!("JetStream publish timed out after {:?}", self.timeout),
-                    ))
-                })
+            });
+            Ok(accepted)
         })
     }
 

@@ -26,7 +26,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header as KHeader, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 
-use super::{Record, Sink};
+use super::{Accepted, Record, Sink};
 use crate::config::kafka::{KafkaSinkConfig, client_config};
 use crate::failure::{Failure, FailureClass};
 
@@ -35,11 +35,17 @@ pub const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A `kafka` sink. See the module documentation.
 pub struct KafkaSink {
+    slot: Arc<ProducerSlot>,
+    topic: Option<String>,
+    timeout: Duration,
+}
+
+/// The producer, replaced after a fatal error; shared with the delivery
+/// waits a `send` leaves behind.
+struct ProducerSlot {
     producer: Mutex<Arc<FutureProducer<SinkCtx>>>,
     config: ClientConfig,
     ctx: SinkCtx,
-    topic: Option<String>,
-    timeout: Duration,
 }
 
 /// The producer's callbacks: logs to `tracing`, remembers the last error.
@@ -146,15 +152,17 @@ pub async fn open(cfg: &KafkaSinkConfig, pipeline: &str) -> anyhow::Result<Kafka
         );
     }
     Ok(KafkaSink {
-        producer: Mutex::new(producer),
-        config: c,
-        ctx,
+        slot: Arc::new(ProducerSlot {
+            producer: Mutex::new(producer),
+            config: c,
+            ctx,
+        }),
         topic: cfg.topic.clone(),
         timeout: cfg.timeout.0,
     })
 }
 
-impl KafkaSink {
+impl ProducerSlot {
     fn producer(&self) -> Arc<FutureProducer<SinkCtx>> {
         self.producer
             .lock()
@@ -186,8 +194,13 @@ impl KafkaSink {
         }
     }
 
-    async fn send_all(&self, records: &[Record]) -> Result<(), Failure> {
-        let producer = self.producer();
+}
+
+impl KafkaSink {
+    /// Queues every record with librdkafka (in order) and returns the wait
+    /// for their delivery reports.
+    async fn send_all(&self, records: &[Record]) -> Result<Accepted, Failure> {
+        let producer = self.slot.producer();
         let mut topics = Vec::with_capacity(records.len());
         for r in records {
             let topic = r
@@ -221,13 +234,13 @@ impl KafkaSink {
             loop {
                 match producer.send_result(record) {
                     Ok(f) => {
-                        pending.push(f);
+                        pending.push((f, topic.to_string()));
                         break;
                     }
                     Err((e, back)) => {
                         let full = e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull);
                         if !full || tokio::time::Instant::now() >= deadline {
-                            self.replace_if_fatal(&producer, is_fenced(&e));
+                            self.slot.replace_if_fatal(&producer, is_fenced(&e));
                             return Err(failure(&e, topic));
                         }
                         record = back;
@@ -236,33 +249,46 @@ impl KafkaSink {
                 }
             }
         }
-        // Every record waits for its own report; the first failure wins.
-        let mut first_err = None;
-        let mut fenced = false;
-        for (f, r) in pending.into_iter().zip(records) {
-            let topic = r.topic.as_deref().or(self.topic.as_deref()).unwrap_or("");
-            let res = match f.await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err((e, _))) => {
-                    fenced |= is_fenced(&e);
-                    Err(failure(&e, topic))
+        let slot = self.slot.clone();
+        // Delivery reports come within message.timeout.ms; this is a safety net.
+        let limit = self.timeout + Duration::from_secs(5);
+        let reports = async move {
+            // Every record waits for its own report; the first failure wins.
+            let mut first_err = None;
+            let mut fenced = false;
+            for (f, topic) in pending {
+                let res = match f.await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err((e, _))) => {
+                        fenced |= is_fenced(&e);
+                        Err(failure(&e, &topic))
+                    }
+                    Err(_) => Err(Failure::new(
+                        FailureClass::Sink,
+                        "kafka sink: the producer went away before the delivery report",
+                    )),
+                };
+                if let Err(f) = res {
+                    first_err.get_or_insert(f);
                 }
+            }
+            match first_err {
+                None => Ok(()),
+                Some(f) => {
+                    slot.replace_if_fatal(&producer, fenced);
+                    Err(f)
+                }
+            }
+        };
+        Ok(Box::pin(async move {
+            match tokio::time::timeout(limit, reports).await {
+                Ok(r) => r,
                 Err(_) => Err(Failure::new(
                     FailureClass::Sink,
-                    "kafka sink: the producer went away before the delivery report",
+                    format!("kafka sink: no delivery report within {limit:?}"),
                 )),
-            };
-            if let Err(f) = res {
-                first_err.get_or_insert(f);
             }
-        }
-        match first_err {
-            None => Ok(()),
-            Some(f) => {
-                self.replace_if_fatal(&producer, fenced);
-                Err(f)
-            }
-        }
+        }))
     }
 }
 
@@ -281,26 +307,13 @@ fn failure(e: &KafkaError, topic: &str) -> Failure {
 }
 
 impl Sink for KafkaSink {
-    fn publish<'a>(&'a self, records: &'a [Record]) -> BoxFuture<'a, Result<(), Failure>> {
-        Box::pin(async move {
-            if records.is_empty() {
-                return Ok(());
-            }
-            // Delivery reports come within message.timeout.ms; this is a safety net.
-            let limit = self.timeout + Duration::from_secs(5);
-            match tokio::time::timeout(limit, self.send_all(records)).await {
-                Ok(r) => r,
-                Err(_) => Err(Failure::new(
-                    FailureClass::Sink,
-                    format!("kafka sink: no delivery report within {limit:?}"),
-                )),
-            }
-        })
+    fn send<'a>(&'a self, records: &'a [Record]) -> BoxFuture<'a, Result<Accepted, Failure>> {
+        Box::pin(self.send_all(records))
     }
 
     fn close(&self) -> BoxFuture<'_, anyhow::Result<()>> {
         Box::pin(async move {
-            let producer = self.producer();
+            let producer = self.slot.producer();
             let timeout = self.timeout;
             tokio::task::spawn_blocking(move || producer.flush(timeout))
                 .await?

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use futures::future::BoxFuture;
 
-use super::{Record, Sink};
+use super::{Accepted, Record, Sink, done};
 use crate::failure::Failure;
 
 /// Accepts everything.
@@ -39,7 +39,7 @@ impl MemorySink {
 }
 
 impl Sink for MemorySink {
-    fn publish<'a>(&'a self, records: &'a [Record]) -> BoxFuture<'a, Result<(), Failure>> {
+    fn send<'a>(&'a self, records: &'a [Record]) -> BoxFuture<'a, Result<Accepted, Failure>> {
         self.records.fetch_add(records.len() as u64, Relaxed);
         let bytes: usize = records.iter().map(|r| r.payload.len()).sum();
         self.bytes.fetch_add(bytes as u64, Relaxed);
@@ -48,6 +48,6 @@ impl Sink for MemorySink {
         {
             k.extend_from_slice(records);
         }
-        Box::pin(async { Ok(()) })
+        Box::pin(async { Ok(done()) })
     }
 }

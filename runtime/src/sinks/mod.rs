@@ -27,13 +27,35 @@ pub struct Record {
     pub id: String,
 }
 
+/// What a [`Sink::send`] leaves to wait for: resolves once the broker
+/// accepted every record of that send. It borrows nothing, so a pipeline
+/// worker can keep several in flight while it handles the next message.
+pub type Accepted = BoxFuture<'static, Result<(), Failure>>;
+
+/// An [`Accepted`] that is already done (sinks whose `send` does it all).
+pub fn done() -> Accepted {
+    Box::pin(std::future::ready(Ok(())))
+}
+
 /// A publisher to one broker destination.
+///
+/// Publishing has two steps so that a worker can pipeline: `send` hands the
+/// records to the client in order and returns once they are queued there
+/// (a later `send` goes out after them), with an [`Accepted`] future that
+/// resolves once the broker acknowledged them. A failure of either step is
+/// classed [`crate::failure::FailureClass::Sink`] (transient: broker away,
+/// timeout, queue full) or [`crate::failure::FailureClass::Rejected`] (this
+/// very record is refused).
 pub trait Sink: Send + Sync {
+    /// Queues the records in order; the returned future waits for the broker.
+    /// Sinks that cannot split the steps (file, memory) do the whole publish
+    /// here and return [`done`].
+    fn send<'a>(&'a self, records: &'a [Record]) -> BoxFuture<'a, Result<Accepted, Failure>>;
+
     /// Publishes the records in order and returns once all were accepted.
-    /// A failure is classed [`crate::failure::FailureClass::Sink`] (transient:
-    /// broker away, timeout, queue full) or
-    /// [`crate::failure::FailureClass::Rejected`] (this very record is refused).
-    fn publish<'a>(&'a self, records: &'a [Record]) -> BoxFuture<'a, Result<(), Failure>>;
+    fn publish<'a>(&'a self, records: &'a [Record]) -> BoxFuture<'a, Result<(), Failure>> {
+        Box::pin(async move { self.send(records).await?.await })
+    }
 
     /// Flushes and closes the sink at shutdown.
     fn close(&self) -> BoxFuture<'_, anyhow::Result<()>> {

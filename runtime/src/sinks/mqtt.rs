@@ -38,7 +38,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::{Record, Sink};
+use super::{Accepted, Record, Sink};
 use crate::config::mqtt::{MqttSinkConfig, MqttVersion, topic_problem};
 use crate::envelope;
 use crate::failure::{Failure, FailureClass};
@@ -405,12 +405,15 @@ impl MqttSink {
         })
     }
 
-    async fn publish_all(&self, records: &[Record]) -> Result<(), Failure> {
+    /// Queues every record with the client (in order) and returns the wait
+    /// for their PUBACK/PUBCOMP.
+    async fn send_all(&self, records: &[Record]) -> Result<Accepted, Failure> {
         let deadline = Instant::now() + self.timeout;
-        let timed_out = || {
+        let timeout = self.timeout;
+        let timed_out = move || {
             Failure::new(
                 FailureClass::Sink,
-                format!("mqtt publish not acknowledged within {:?}", self.timeout),
+                format!("mqtt publish not acknowledged within {timeout:?}"),
             )
         };
         let max_packet = self.shared.lock().max_packet;
@@ -445,25 +448,27 @@ impl MqttSink {
             drop(st);
             waiting.push(rx);
         }
-        for rx in waiting {
-            match tokio::time::timeout_at(deadline, rx).await {
-                Err(_) => return Err(timed_out()),
-                Ok(Err(_)) => {
-                    return Err(Failure::new(
-                        FailureClass::Sink,
-                        "mqtt sink event loop stopped",
-                    ));
+        Ok(Box::pin(async move {
+            for rx in waiting {
+                match tokio::time::timeout_at(deadline, rx).await {
+                    Err(_) => return Err(timed_out()),
+                    Ok(Err(_)) => {
+                        return Err(Failure::new(
+                            FailureClass::Sink,
+                            "mqtt sink event loop stopped",
+                        ));
+                    }
+                    Ok(Ok(outcome)) => outcome?,
                 }
-                Ok(Ok(outcome)) => outcome?,
             }
-        }
-        Ok(())
+            Ok(())
+        }))
     }
 }
 
 impl Sink for MqttSink {
-    fn publish<'a>(&'a self, records: &'a [Record]) -> BoxFuture<'a, Result<(), Failure>> {
-        Box::pin(self.publish_all(records))
+    fn send<'a>(&'a self, records: &'a [Record]) -> BoxFuture<'a, Result<Accepted, Failure>> {
+        Box::pin(self.send_all(records))
     }
 
     fn close(&self) -> BoxFuture<'_, anyhow::Result<()>> {

@@ -11,7 +11,7 @@ use async_nats::Client;
 use async_nats::client::PublishErrorKind;
 use futures::future::BoxFuture;
 
-use super::{Record, Sink};
+use super::{Accepted, Record, Sink};
 use crate::config::nats::NatsSinkConfig;
 use crate::failure::{Failure, FailureClass};
 use crate::sources::nats::connect;
@@ -48,7 +48,7 @@ pub(crate) fn valid_publish_subject(s: &str) -> bool {
 }
 
 impl Sink for NatsSink {
-    fn publish<'a>(&'a self, records: &'a [Record]) -> BoxFuture<'a, Result<(), Failure>> {
+    fn send<'a>(&'a self, records: &'a [Record]) -> BoxFuture<'a, Result<Accepted, Failure>> {
         Box::pin(async move {
             for r in records {
                 let subject = r.topic.as_deref().unwrap_or(&self.subject);
@@ -86,17 +86,20 @@ impl Sink for NatsSink {
                     Ok(Ok(())) => {}
                 }
             }
-            match tokio::time::timeout(self.timeout, self.client.flush()).await {
-                Err(_) => Err(Failure::new(
-                    FailureClass::Sink,
-                    format!(
-                        "NATS flush timed out after {:?} (server away?)",
-                        self.timeout
-                    ),
-                )),
-                Ok(Err(e)) => Err(Failure::new(FailureClass::Sink, format!("NATS flush: {e}"))),
-                Ok(Ok(())) => Ok(()),
-            }
+            // Accepted = written to the server's socket (the flush fails
+            // while the server is away); core NATS confirms nothing more.
+            let (client, timeout) = (self.client.clone(), self.timeout);
+            let flushed: Accepted = Box::pin(async move {
+                match tokio::time::timeout(timeout, client.flush()).await {
+                    Err(_) => Err(Failure::new(
+                        FailureClass::Sink,
+                        format!("NATS flush timed out after {timeout:?} (server away?)"),
+                    )),
+                    Ok(Err(e)) => Err(Failure::new(FailureClass::Sink, format!("NATS flush: {e}"))),
+                    Ok(Ok(())) => Ok(()),
+                }
+            });
+            Ok(flushed)
         })
     }
 

@@ -111,6 +111,22 @@ pub async fn open(cfg: &NatsSourceConfig, pipeline: &str) -> anyhow::Result<Nats
         .await
         .map_err(|_| anyhow::anyhow!("NATS did not confirm the subscription in time"))?
         .context("confirming the subscription")?;
+    // A flush only writes the SUB out. A request nobody answers comes back as
+    // "no responders" only after the server processed what this connection
+    // sent before it, so the subscription is live when `open` returns (a
+    // message published right after would otherwise be missed).
+    let probe = format!("_SLUICE_PROBE{}", client.new_inbox().trim_start_matches("_INBOX"));
+    match tokio::time::timeout(
+        cfg.connection.connect_timeout.0,
+        client.request(probe, bytes::Bytes::new()),
+    )
+    .await
+    {
+        Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {}
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::debug!(pipeline, "NATS subscription probe: {e}"),
+        Err(_) => tracing::debug!(pipeline, "NATS subscription probe: no answer"),
+    }
     let queue = Arc::new(Queue {
         items: Mutex::new((VecDeque::new(), 0)),
         max_messages: cfg.pending_messages.max(1),
