@@ -117,7 +117,7 @@ pub async fn open(cfg: &KafkaSinkConfig, pipeline: &str) -> anyhow::Result<Kafka
         &cfg.brokers,
         &cfg.security,
         &cfg.options,
-        &[("client.id", client_id.as_str()), ("linger.ms", "0")],
+        &[("client.id", client_id.as_str()), ("linger.ms", "1")],
     )
     .context("kafka sink")?;
     // Sluice's own settings come last: the delivery rule depends on them.
@@ -193,7 +193,6 @@ impl ProducerSlot {
             }
         }
     }
-
 }
 
 impl KafkaSink {

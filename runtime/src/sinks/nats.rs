@@ -7,6 +7,9 @@
 //! `rejected`. Headers are carried; the record key travels in the
 //! `sluice-key` header (`sluice-key-base64` when it is not text).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
 use async_nats::Client;
 use async_nats::client::PublishErrorKind;
 use futures::future::BoxFuture;
@@ -21,6 +24,20 @@ pub struct NatsSink {
     client: Client,
     subject: String,
     timeout: std::time::Duration,
+    flushes: Arc<Flushes>,
+}
+
+/// One flush for many sends: every send takes a ticket once its records are
+/// queued with the client; a flush covers every ticket taken before it began,
+/// so a send whose ticket an earlier flush covered has nothing left to wait
+/// for. Flushes run one at a time (a fair lock), in ticket order.
+#[derive(Default)]
+struct Flushes {
+    /// Tickets taken.
+    queued: AtomicU64,
+    /// Every ticket up to this one was written out by a successful flush.
+    written: AtomicU64,
+    lock: tokio::sync::Mutex<()>,
 }
 
 /// Connects. Fails when no server answers or the credentials are refused.
@@ -30,6 +47,7 @@ pub async fn open(cfg: &NatsSinkConfig, pipeline: &str) -> anyhow::Result<NatsSi
         client,
         subject: cfg.subject.clone(),
         timeout: cfg.timeout.0,
+        flushes: Arc::default(),
     })
 }
 
@@ -88,15 +106,25 @@ impl Sink for NatsSink {
             }
             // Accepted = written to the server's socket (the flush fails
             // while the server is away); core NATS confirms nothing more.
-            let (client, timeout) = (self.client.clone(), self.timeout);
+            let ticket = self.flushes.queued.fetch_add(1, Relaxed) + 1;
+            let (client, timeout, flushes) =
+                (self.client.clone(), self.timeout, self.flushes.clone());
             let flushed: Accepted = Box::pin(async move {
+                let _turn = flushes.lock.lock().await;
+                if flushes.written.load(Relaxed) >= ticket {
+                    return Ok(());
+                }
+                let upto = flushes.queued.load(Relaxed);
                 match tokio::time::timeout(timeout, client.flush()).await {
                     Err(_) => Err(Failure::new(
                         FailureClass::Sink,
                         format!("NATS flush timed out after {timeout:?} (server away?)"),
                     )),
                     Ok(Err(e)) => Err(Failure::new(FailureClass::Sink, format!("NATS flush: {e}"))),
-                    Ok(Ok(())) => Ok(()),
+                    Ok(Ok(())) => {
+                        flushes.written.fetch_max(upto, Relaxed);
+                        Ok(())
+                    }
                 }
             });
             Ok(flushed)

@@ -115,7 +115,10 @@ pub async fn open(cfg: &NatsSourceConfig, pipeline: &str) -> anyhow::Result<Nats
     // "no responders" only after the server processed what this connection
     // sent before it, so the subscription is live when `open` returns (a
     // message published right after would otherwise be missed).
-    let probe = format!("_SLUICE_PROBE{}", client.new_inbox().trim_start_matches("_INBOX"));
+    let probe = format!(
+        "_SLUICE_PROBE{}",
+        client.new_inbox().trim_start_matches("_INBOX")
+    );
     match tokio::time::timeout(
         cfg.connection.connect_timeout.0,
         client.request(probe, bytes::Bytes::new()),
