@@ -43,7 +43,8 @@ fn rss() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// Endless 100-byte messages until `stop`; `idle` ones never yield.
+/// Endless 100-byte messages until `stop`; `idle` ones yield one message
+/// (so the pipeline holds a handler instance) and then nothing.
 struct Endless {
     next: u64,
     stop: Arc<AtomicBool>,
@@ -64,7 +65,7 @@ impl Settle for Ack {
 
 impl Source for Endless {
     fn next(&mut self) -> BoxFuture<'_, Result<Option<Delivery>, SourceError>> {
-        if self.idle {
+        if self.idle && self.next > 0 {
             return Box::pin(std::future::pending());
         }
         if self.stop.load(Relaxed) {
@@ -130,8 +131,10 @@ async fn bench() {
     let before_idle = rss();
     let stop_idle = Arc::new(AtomicBool::new(false));
     let mut idle = Vec::new();
+    let mut idle_acked = Vec::new();
     for i in 0..IDLE_PIPELINES {
         let acked = Arc::new(AtomicU64::new(0));
+        idle_acked.push(acked.clone());
         let p = pipeline(
             &format!("idle-{i}"),
             &plugin,
@@ -144,7 +147,11 @@ async fn bench() {
         );
         idle.push(tokio::spawn(p.run(std::future::pending())));
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while idle_acked.iter().any(|a| a.load(Relaxed) == 0) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let idle_per_pipeline = rss().saturating_sub(before_idle) as f64 / IDLE_PIPELINES as f64;
     for t in idle {
         t.abort();
@@ -207,7 +214,7 @@ async fn bench() {
         spread * 100.0
     );
     println!(
-        "idle pipeline footprint: {:.0} KiB each ({IDLE_PIPELINES} idle pipelines)",
+        "idle pipeline footprint: {:.0} KiB each ({IDLE_PIPELINES} idle pipelines, each holding its handler instance)",
         idle_per_pipeline / 1024.0
     );
     let json = serde_json::json!({

@@ -435,3 +435,136 @@ fn sluice_call_shows_outputs_and_classes() {
     assert!(out.contains("#2 trap:"), "{out}");
     assert!(out.contains("#3 ok"), "{out}");
 }
+
+/// A sink whose acknowledgements come later than its sends (like a broker's
+/// PubAck): an acknowledgement waits for a permit the test hands out; the
+/// sink counts how many sends wait at once, and the acknowledgement of the
+/// record `fail_at` fails once with a `sink` failure.
+#[derive(Clone, Default)]
+struct SlowAckSink(Arc<SlowAck>);
+
+struct SlowAck {
+    state: Mutex<SlowAckState>,
+    gate: tokio::sync::Semaphore,
+}
+
+impl Default for SlowAck {
+    fn default() -> Self {
+        SlowAck {
+            state: Mutex::default(),
+            gate: tokio::sync::Semaphore::new(0),
+        }
+    }
+}
+
+#[derive(Default)]
+struct SlowAckState {
+    sent: Vec<String>,
+    waiting: usize,
+    most_waiting: usize,
+    fail_at: Option<String>,
+}
+
+impl Sink for SlowAckSink {
+    fn send<'a>(&'a self, records: &'a [Record]) -> BoxFuture<'a, Result<Accepted, Failure>> {
+        let payload = String::from_utf8_lossy(&records[0].payload).into_owned();
+        let fail = {
+            let mut st = self.0.state.lock().unwrap();
+            st.sent.push(payload.clone());
+            st.waiting += 1;
+            st.most_waiting = st.most_waiting.max(st.waiting);
+            let fail = st.fail_at.as_deref() == Some(payload.as_str());
+            if fail {
+                st.fail_at = None;
+            }
+            fail
+        };
+        let me = self.0.clone();
+        let accepted: Accepted = Box::pin(async move {
+            me.gate.acquire().await.expect("gate").forget();
+            me.state.lock().unwrap().waiting -= 1;
+            if fail {
+                Err(Failure::new(FailureClass::Sink, "injected ack failure"))
+            } else {
+                Ok(())
+            }
+        });
+        Box::pin(async move { Ok(accepted) })
+    }
+}
+
+/// A worker keeps up to `publish_window` messages sent and unacknowledged,
+/// settles each only after its acknowledgement, and a failed acknowledgement
+/// is retried: every message is published and settled exactly once, none
+/// early, and the retried one comes out again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_window_pipelines_sends_and_settles_after_acks() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let n = 200;
+    let window = 16;
+    let sink = SlowAckSink::default();
+    sink.0.state.lock().unwrap().fail_at = Some("m-050".into());
+    let engine = common::engine();
+    let plugin = Plugin::load(&engine, PluginSpec::new(common::plugin("echo")))
+        .await
+        .unwrap();
+    let source = sluice::sources::memory::MemorySource::new(
+        (0..n).map(|i| sluice::message::Message::new("t", format!("m-{i:03}"))),
+    );
+    let settled = source.settled();
+    let p = sluice::pipeline::Pipeline::new(sluice::pipeline::Parts {
+        name: "window".into(),
+        source: Box::new(source),
+        plugin,
+        sinks: sluice::pipeline::Sinks {
+            default: Some(Arc::new(sink.clone())),
+            named: Default::default(),
+        },
+        dead_letter: None,
+        policy: sluice::router::Policy {
+            errors: Default::default(),
+            retry: Default::default(),
+        },
+        breaker: Default::default(),
+        dedup: None,
+        concurrency: 1,
+        publish_window: window,
+        publish_timeout: Duration::from_secs(30),
+    });
+    let run = tokio::spawn(p.run(std::future::pending()));
+    // Hand out acknowledgements one at a time, checking that no message was
+    // settled before its acknowledgement.
+    let mut given = 0;
+    while !run.is_finished() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let acked = settled.acked.load(Relaxed) as usize;
+        assert!(acked <= given, "{acked} settled but only {given} acks given");
+        sink.0.gate.add_permits(1);
+        given += 1;
+        assert!(given < 100_000, "the pipeline does not finish");
+    }
+    let s = run.await.unwrap().expect("run");
+    let st = sink.0.state.lock().unwrap();
+    eprintln!(
+        "[publish window] {n} messages, window {window}: at most {} sends waiting at once, \
+         {} sends, {} acked, {} retried",
+        st.most_waiting,
+        st.sent.len(),
+        settled.acked.load(Relaxed),
+        s.retries
+    );
+    assert!(
+        st.most_waiting > 1 && st.most_waiting <= window,
+        "sends waiting at once: {} (window {window})",
+        st.most_waiting
+    );
+    assert_eq!(settled.acked.load(Relaxed), n);
+    assert_eq!(s.succeeded, n);
+    assert_eq!(s.retries, 1);
+    assert_eq!(st.sent.len() as u64, n + 1, "every message once, m-050 twice");
+    let mut unique: Vec<&String> = st.sent.iter().collect();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len() as u64, n);
+    assert_eq!(st.sent.iter().filter(|p| *p == "m-050").count(), 2);
+}
