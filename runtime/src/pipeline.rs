@@ -180,90 +180,31 @@ impl Pipeline {
     ) -> Result<Snapshot, PipelineError> {
         let sh = self.shared.clone();
         let mut senders = Vec::with_capacity(self.concurrency);
-        let mut workers = Vec::with_capacity(self.concurrency);
+        let mut queues = Vec::with_capacity(self.concurrency);
         for _ in 0..self.concurrency {
             let (tx, rx) = mpsc::channel::<Delivery>(WORKER_QUEUE);
             senders.push(tx);
-            workers.push(tokio::spawn(worker(sh.clone(), rx)));
+            queues.push(rx);
         }
-        tokio::pin!(shutdown);
-        let mut round_robin = 0usize;
-        let mut source_error = None;
-        loop {
-            if sh.stopping.load(Relaxed) {
-                break;
-            }
-            if sh.breaker.state() != BreakerState::Closed {
-                self.source.pause();
-                tokio::select! {
-                    biased;
-                    _ = &mut shutdown => break,
-                    _ = sh.wake.notified() => continue,
-                    _ = sh.breaker.admit() => {}
-                }
-                self.source.resume();
-            }
-            let next = tokio::select! {
-                biased;
-                _ = &mut shutdown => break,
-                _ = sh.wake.notified() => continue,
-                n = self.source.next() => n,
-            };
-            let delivery = match next {
-                Ok(Some(d)) => d,
-                Ok(None) => break,
-                Err(SourceError::Fatal(message)) => {
-                    tracing::error!(pipeline = %sh.name, "source failed: {message}");
-                    source_error = Some(message);
-                    break;
-                }
-                Err(SourceError::Transient(message)) => {
-                    tracing::warn!(pipeline = %sh.name, "source: {message}; retrying");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-            };
-            sh.stats.received.fetch_add(1, Relaxed);
-            if let Some(dedup) = &sh.dedup {
-                let dup = {
-                    let mut d = dedup.lock().unwrap_or_else(|e| e.into_inner());
-                    d.id(&delivery.message)
-                        .is_some_and(|id| d.is_duplicate(&id))
-                };
-                if dup {
-                    sh.stats.deduplicated.fetch_add(1, Relaxed);
-                    if let Err(e) = delivery.settle(Settlement::Ack).await {
-                        tracing::warn!(pipeline = %sh.name, "settling a duplicate failed: {e:#}");
-                    }
-                    continue;
+        let source_error = if queues.len() == 1 {
+            // One worker runs in this task beside the dispatcher: handing it
+            // a message is then no wake-up of another thread.
+            let rx = queues.remove(0);
+            let intake = dispatch(&mut self.source, &sh, senders, shutdown);
+            tokio::join!(intake, worker(sh.clone(), rx)).0
+        } else {
+            let workers: Vec<_> = queues
+                .into_iter()
+                .map(|rx| tokio::spawn(worker(sh.clone(), rx)))
+                .collect();
+            let source_error = dispatch(&mut self.source, &sh, senders, shutdown).await;
+            for w in workers {
+                if let Err(e) = w.await {
+                    tracing::error!(pipeline = %sh.name, "worker task failed: {e}");
                 }
             }
-            let shard = shard_of(&delivery.message, self.concurrency, &mut round_robin);
-            // A full queue (a worker holding a message for the breaker, a
-            // slow handler) must not keep shutdown from being seen.
-            let permit = tokio::select! {
-                biased;
-                _ = &mut shutdown => {
-                    settle(&sh, delivery.into_parts().2, Settlement::Redeliver { delay: Duration::ZERO }).await;
-                    break;
-                }
-                p = senders[shard].reserve() => match p {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-            };
-            permit.send(delivery);
-        }
-        sh.shutting_down.store(true, Relaxed);
-        // Wake workers holding a message for the breaker or sleeping a retry.
-        sh.wake.notify_waiters();
-        drop(senders);
-        self.source.close().await;
-        for w in workers {
-            if let Err(e) = w.await {
-                tracing::error!(pipeline = %sh.name, "worker task failed: {e}");
-            }
-        }
+            source_error
+        };
         // Deliveries settled after close still reach the source's checkpoint.
         self.source.close().await;
         close_sinks(&sh).await;
@@ -286,6 +227,91 @@ impl Pipeline {
         }
         Ok(sh.stats.snapshot())
     }
+}
+
+/// Takes deliveries from the source while the breaker admits them, drops
+/// duplicates and hands each to its worker, until the source ends, shutdown
+/// or a stop; then closes intake. Returns the source's fatal error, if any.
+async fn dispatch(
+    source: &mut Box<dyn Source>,
+    sh: &Arc<Shared>,
+    senders: Vec<mpsc::Sender<Delivery>>,
+    shutdown: impl Future<Output = ()>,
+) -> Option<String> {
+    tokio::pin!(shutdown);
+    let mut round_robin = 0usize;
+    let mut source_error = None;
+    loop {
+        if sh.stopping.load(Relaxed) {
+            break;
+        }
+        if sh.breaker.state() != BreakerState::Closed {
+            source.pause();
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                _ = sh.wake.notified() => continue,
+                _ = sh.breaker.admit() => {}
+            }
+            source.resume();
+        }
+        let next = tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            _ = sh.wake.notified() => continue,
+            n = source.next() => n,
+        };
+        let delivery = match next {
+            Ok(Some(d)) => d,
+            Ok(None) => break,
+            Err(SourceError::Fatal(message)) => {
+                tracing::error!(pipeline = %sh.name, "source failed: {message}");
+                source_error = Some(message);
+                break;
+            }
+            Err(SourceError::Transient(message)) => {
+                tracing::warn!(pipeline = %sh.name, "source: {message}; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        sh.stats.received.fetch_add(1, Relaxed);
+        if let Some(dedup) = &sh.dedup {
+            let dup = {
+                let mut d = dedup.lock().unwrap_or_else(|e| e.into_inner());
+                d.id(&delivery.message)
+                    .is_some_and(|id| d.is_duplicate(&id))
+            };
+            if dup {
+                sh.stats.deduplicated.fetch_add(1, Relaxed);
+                if let Err(e) = delivery.settle(Settlement::Ack).await {
+                    tracing::warn!(pipeline = %sh.name, "settling a duplicate failed: {e:#}");
+                }
+                continue;
+            }
+        }
+        let shard = shard_of(&delivery.message, senders.len(), &mut round_robin);
+        // A full queue (a worker holding a message for the breaker, a
+        // slow handler) must not keep shutdown from being seen.
+        let permit = tokio::select! {
+            biased;
+            _ = &mut shutdown => {
+                settle(sh, delivery.into_parts().2, Settlement::Redeliver { delay: Duration::ZERO }).await;
+                break;
+            }
+            p = senders[shard].reserve() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        permit.send(delivery);
+    }
+    sh.shutting_down.store(true, Relaxed);
+    // Wake workers holding a message for the breaker or sleeping a retry.
+    sh.wake.notify_waiters();
+    drop(senders);
+    source.close().await;
+    source_error
 }
 
 async fn close_sinks(sh: &Shared) {

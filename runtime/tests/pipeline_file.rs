@@ -538,7 +538,10 @@ async fn publish_window_pipelines_sends_and_settles_after_acks() {
     while !run.is_finished() {
         tokio::time::sleep(Duration::from_millis(1)).await;
         let acked = settled.acked.load(Relaxed) as usize;
-        assert!(acked <= given, "{acked} settled but only {given} acks given");
+        assert!(
+            acked <= given,
+            "{acked} settled but only {given} acks given"
+        );
         sink.0.gate.add_permits(1);
         given += 1;
         assert!(given < 100_000, "the pipeline does not finish");
@@ -561,7 +564,11 @@ async fn publish_window_pipelines_sends_and_settles_after_acks() {
     assert_eq!(settled.acked.load(Relaxed), n);
     assert_eq!(s.succeeded, n);
     assert_eq!(s.retries, 1);
-    assert_eq!(st.sent.len() as u64, n + 1, "every message once, m-050 twice");
+    assert_eq!(
+        st.sent.len() as u64,
+        n + 1,
+        "every message once, m-050 twice"
+    );
     let mut unique: Vec<&String> = st.sent.iter().collect();
     unique.sort();
     unique.dedup();
