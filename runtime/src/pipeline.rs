@@ -681,29 +681,29 @@ fn remember(sh: &Shared, msg: &Message) {
 
 /// A stable id for a record derived from `msg` (same on every retry).
 fn record_base(sh: &Shared, msg: &Message) -> String {
+    use std::fmt::Write as _;
+    // Built by hand: this runs for every message, and `format!` with padded
+    // hex showed in profiles.
+    let mut id = String::with_capacity(sh.name.len() + msg.topic.len() + 40);
+    id.push_str(&sh.name);
+    id.push(':');
+    id.push_str(&msg.topic);
+    id.push(':');
     match msg.offset {
-        Some(o) => format!(
-            "{}:{}:{}:{}",
-            sh.name,
-            msg.topic,
-            msg.partition.unwrap_or(0),
-            o
-        ),
+        Some(o) => {
+            let _ = write!(id, "{}:{o}", msg.partition.unwrap_or(0));
+        }
         // No offset (NATS core, MQTT, stdin): an id unique to this delivery,
         // so two equal payloads are never taken for one by a deduplicating
         // sink, yet the same on every in-process retry of this delivery.
         None => {
-            static NONCE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+            static NONCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
             static NEXT: AtomicU64 = AtomicU64::new(0);
-            let nonce = NONCE.get_or_init(rand::random::<u64>);
-            format!(
-                "{}:{}:{nonce:016x}-{}",
-                sh.name,
-                msg.topic,
-                NEXT.fetch_add(1, Relaxed)
-            )
+            id.push_str(NONCE.get_or_init(|| format!("{:016x}", rand::random::<u64>())));
+            let _ = write!(id, "-{}", NEXT.fetch_add(1, Relaxed));
         }
     }
+    id
 }
 
 async fn timed_publish(sh: &Shared, sink: &dyn Sink, records: &[Record]) -> Result<(), Failure> {
@@ -764,7 +764,13 @@ async fn send(sh: &Shared, base: &str, outputs: Vec<Output>) -> Result<Accepted,
                     key: o.key,
                     payload: o.payload,
                     headers: o.headers,
-                    id: format!("{base}:{i}"),
+                    id: {
+                        let mut id = String::with_capacity(base.len() + 4);
+                        id.push_str(base);
+                        id.push(':');
+                        let _ = std::fmt::Write::write_fmt(&mut id, format_args!("{i}"));
+                        id
+                    },
                 }
             })
             .collect();

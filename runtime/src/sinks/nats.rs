@@ -31,8 +31,8 @@ pub struct NatsSink {
 /// queued with the client; a flush covers every ticket taken before it began,
 /// so a send whose ticket an earlier flush covered has nothing left to wait
 /// for. Flushes run one at a time (a fair lock), in ticket order.
-#[derive(Default)]
 struct Flushes {
+    client: Client,
     /// Tickets taken.
     queued: AtomicU64,
     /// Every ticket up to this one was written out by a successful flush.
@@ -44,10 +44,15 @@ struct Flushes {
 pub async fn open(cfg: &NatsSinkConfig, pipeline: &str) -> anyhow::Result<NatsSink> {
     let (client, _stats) = connect::connect(&cfg.connection, pipeline, "sink", None).await?;
     Ok(NatsSink {
-        client,
+        client: client.clone(),
         subject: cfg.subject.clone(),
         timeout: cfg.timeout.0,
-        flushes: Arc::default(),
+        flushes: Arc::new(Flushes {
+            client,
+            queued: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            lock: tokio::sync::Mutex::new(()),
+        }),
     })
 }
 
@@ -107,15 +112,14 @@ impl Sink for NatsSink {
             // Accepted = written to the server's socket (the flush fails
             // while the server is away); core NATS confirms nothing more.
             let ticket = self.flushes.queued.fetch_add(1, Relaxed) + 1;
-            let (client, timeout, flushes) =
-                (self.client.clone(), self.timeout, self.flushes.clone());
+            let (timeout, flushes) = (self.timeout, self.flushes.clone());
             let flushed: Accepted = Box::pin(async move {
                 let _turn = flushes.lock.lock().await;
                 if flushes.written.load(Relaxed) >= ticket {
                     return Ok(());
                 }
                 let upto = flushes.queued.load(Relaxed);
-                match tokio::time::timeout(timeout, client.flush()).await {
+                match tokio::time::timeout(timeout, flushes.client.flush()).await {
                     Err(_) => Err(Failure::new(
                         FailureClass::Sink,
                         format!("NATS flush timed out after {timeout:?} (server away?)"),
