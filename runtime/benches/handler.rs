@@ -196,6 +196,11 @@ async fn bench() {
         drop(panic.instantiate().await.unwrap());
     }
     let inst_us = per(t.elapsed());
+    let t = Instant::now();
+    for _ in 0..reps {
+        panic.instantiate_bare().await.unwrap();
+    }
+    let bare_us = per(t.elapsed());
 
     println!("\n| handler | concurrency | WASM msg/s | native msg/s | WASM/native |");
     println!("|---|---|---|---|---|");
@@ -210,12 +215,21 @@ async fn bench() {
     );
     println!("| one healthy call | {call_us:.2} µs |");
     println!("| one trapping call + fresh instance on the next | {trap_us:.2} µs |");
-    println!("| instantiate + init alone (pooling allocator) | {inst_us:.2} µs |");
+    println!("| Sluice's instantiation: permit, store, limiter, budgets, instantiate, `init` (pooling allocator) | {inst_us:.2} µs |");
+    println!(
+        "| wasmtime's bare pooling instantiation of the same component (`InstancePre::instantiate_async`) | {bare_us:.2} µs |"
+    );
+    println!(
+        "| Sluice's re-instantiation / bare | {:.2} (target ≤ 2) |",
+        inst_us / bare_us
+    );
     json.insert("poison_msgs_per_s".into(), poison_rate.into());
     json.insert("healthy_msgs_per_s".into(), healthy_rate.into());
     json.insert("call_us".into(), call_us.into());
     json.insert("trap_and_reinstantiate_us".into(), trap_us.into());
     json.insert("instantiate_us".into(), inst_us.into());
+    json.insert("bare_instantiate_us".into(), bare_us.into());
+    json.insert("reinstantiate_over_bare".into(), (inst_us / bare_us).into());
     let out = repo().join("target/bench");
     let _ = std::fs::create_dir_all(&out);
     let _ = std::fs::write(

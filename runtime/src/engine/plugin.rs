@@ -288,6 +288,28 @@ impl Plugin {
     }
 }
 
+impl Plugin {
+    /// For benchmarks: wasmtime's own instantiation of this component from
+    /// its `InstancePre` on the same (pooling) engine — a store holding the
+    /// state its imports need and nothing Sluice adds: no instance permit,
+    /// no memory limiter, no budgets armed, no `init` call.
+    #[doc(hidden)]
+    pub async fn instantiate_bare(&self) -> anyhow::Result<()> {
+        let p = &self.inner;
+        let limiter = Limiter {
+            max_memory: usize::MAX,
+            max_table_elements: usize::MAX,
+        };
+        let state = HostState::new(p.pipeline.clone(), p.kv.clone(), limiter);
+        let mut store = Store::new(p.engine.wasmtime(), state);
+        // Fuel and epochs are on in the engine: give plenty, check nothing.
+        store.set_fuel(u64::MAX)?;
+        store.set_epoch_deadline(u64::MAX / 2);
+        p.pre.instantiate_async(&mut store).await?;
+        Ok(())
+    }
+}
+
 /// The `.wasm` file named by `path`: the path itself, or the only `.wasm` in a folder.
 fn resolve_file(path: &Path) -> Result<PathBuf, PluginError> {
     let read_err = |message: String| PluginError::Read {

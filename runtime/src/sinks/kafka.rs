@@ -108,11 +108,10 @@ pub async fn open(cfg: &KafkaSinkConfig, pipeline: &str) -> anyhow::Result<Kafka
         anyhow::bail!("kafka sink: {k}: {why}");
     }
     let client_id = format!("sluice-{pipeline}");
-    // `linger.ms` 0: a pipeline worker awaits each call's delivery reports
-    // before it takes its next message, so a linger only adds its delay to
-    // every message (1 ms: ~1.6 ms per awaited publish on loopback against
-    // ~0.07 ms without; `cargo bench --bench brokers`). Records queued while a
-    // request is in flight are still batched. `options` can set it back.
+    // `linger.ms` 1 (librdkafka's default is 5): workers keep up to
+    // `publish_window` sends waiting for their delivery reports, so a short
+    // linger batches them into fewer produce requests without stalling the
+    // window; one message of a quiet stream waits that 1 ms. `options` sets it.
     let mut c = client_config(
         &cfg.brokers,
         &cfg.security,
