@@ -215,7 +215,9 @@ async fn bench() {
     );
     println!("| one healthy call | {call_us:.2} µs |");
     println!("| one trapping call + fresh instance on the next | {trap_us:.2} µs |");
-    println!("| Sluice's instantiation: permit, store, limiter, budgets, instantiate, `init` (pooling allocator) | {inst_us:.2} µs |");
+    println!(
+        "| Sluice's instantiation: permit, store, limiter, budgets, instantiate, `init` (pooling allocator) | {inst_us:.2} µs |"
+    );
     println!(
         "| wasmtime's bare pooling instantiation of the same component (`InstancePre::instantiate_async`) | {bare_us:.2} µs |"
     );
