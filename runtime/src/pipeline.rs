@@ -349,6 +349,8 @@ fn shard_of(msg: &Message, n: usize, rr: &mut usize) -> usize {
 /// A message whose outputs were sent, waiting for the sink to accept them.
 struct Sent {
     msg: Message,
+    /// The id its records are derived from, kept for its retries.
+    base: String,
     handle: Box<dyn Settle>,
     reply: Option<Output>,
     outputs: usize,
@@ -390,12 +392,14 @@ async fn worker(sh: Arc<Shared>, mut rx: mpsc::Receiver<Delivery>) {
         }
         sh.stats.in_flight.fetch_add(1, Relaxed);
         let (msg, decode_error, handle) = d.into_parts();
+        let base = record_base(&sh, &msg);
         let first = match &decode_error {
             Some(e) => Failure::new(FailureClass::Decode, e.clone()),
-            None => match call_and_send(&sh, &mut w, &msg, handle.wants_answer()).await {
+            None => match call_and_send(&sh, &mut w, &msg, &base, handle.wants_answer()).await {
                 Ok((reply, outputs, accepted)) => {
                     let sent = Sent {
                         msg,
+                        base,
                         handle,
                         reply,
                         outputs,
@@ -411,7 +415,7 @@ async fn worker(sh: Arc<Shared>, mut rx: mpsc::Receiver<Delivery>) {
         while let Some((sent, accepted)) = window.next().await {
             finish(&sh, &mut w, sent, accepted).await;
         }
-        failed(&sh, &mut w, msg, handle, decode_error, first).await;
+        failed(&sh, &mut w, msg, handle, base, decode_error, first).await;
     }
     while let Some((sent, accepted)) = window.next().await {
         finish(&sh, &mut w, sent, accepted).await;
@@ -423,6 +427,7 @@ async fn worker(sh: Arc<Shared>, mut rx: mpsc::Receiver<Delivery>) {
 async fn finish(sh: &Shared, w: &mut Worker, sent: Sent, accepted: Result<(), Failure>) {
     let Sent {
         msg,
+        base,
         handle,
         reply,
         outputs,
@@ -432,7 +437,7 @@ async fn finish(sh: &Shared, w: &mut Worker, sent: Sent, accepted: Result<(), Fa
             succeeded(sh, &msg, handle, reply, outputs).await;
             sh.stats.in_flight.fetch_sub(1, Relaxed);
         }
-        Err(f) => failed(sh, w, msg, handle, None, f).await,
+        Err(f) => failed(sh, w, msg, handle, base, None, f).await,
     }
 }
 
@@ -442,10 +447,11 @@ async fn failed(
     w: &mut Worker,
     msg: Message,
     handle: Box<dyn Settle>,
+    base: String,
     decode_error: Option<String>,
     f: Failure,
 ) {
-    let result = process(sh, w, msg, handle, decode_error, f).await;
+    let result = process(sh, w, msg, handle, base, decode_error, f).await;
     sh.stats.in_flight.fetch_sub(1, Relaxed);
     if let Err(failure) = result {
         tracing::error!(pipeline = %sh.name, "stopping by policy: {failure}");
@@ -461,6 +467,7 @@ async fn call_and_send(
     sh: &Shared,
     w: &mut Worker,
     msg: &Message,
+    base: &str,
     wants_answer: bool,
 ) -> Result<(Option<Output>, usize, Accepted), Failure> {
     let (result, cost) = w.handle(msg).await;
@@ -469,9 +476,8 @@ async fn call_and_send(
     let mut outputs = result?;
     // A request's first output is its reply, not a sink record.
     let reply = (wants_answer && !outputs.is_empty()).then(|| outputs.remove(0));
-    let base = record_base(sh, msg);
     let n = outputs.len();
-    let accepted = send(sh, &base, outputs).await?;
+    let accepted = send(sh, base, outputs).await?;
     Ok((reply, n, accepted))
 }
 
@@ -525,16 +531,16 @@ async fn process(
     w: &mut Worker,
     mut msg: Message,
     mut handle: Box<dyn Settle>,
+    base: String,
     decode_error: Option<String>,
     first: Failure,
 ) -> Result<(), Failure> {
-    let base = record_base(sh, &msg);
     let mut next = Some(first);
     loop {
         let failure = match (next.take(), &decode_error) {
             (Some(f), _) => f,
             (None, Some(e)) => Failure::new(FailureClass::Decode, e.clone()),
-            (None, None) => match call_and_send(sh, w, &msg, handle.wants_answer()).await {
+            (None, None) => match call_and_send(sh, w, &msg, &base, handle.wants_answer()).await {
                 Ok((reply, outputs, accepted)) => match accepted.await {
                     Ok(()) => {
                         succeeded(sh, &msg, handle, reply, outputs).await;

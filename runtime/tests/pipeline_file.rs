@@ -460,6 +460,8 @@ impl Default for SlowAck {
 #[derive(Default)]
 struct SlowAckState {
     sent: Vec<String>,
+    /// The record id of each send, beside `sent`.
+    ids: Vec<String>,
     waiting: usize,
     most_waiting: usize,
     fail_at: Option<String>,
@@ -471,6 +473,7 @@ impl Sink for SlowAckSink {
         let fail = {
             let mut st = self.0.state.lock().unwrap();
             st.sent.push(payload.clone());
+            st.ids.push(records[0].id.clone());
             st.waiting += 1;
             st.most_waiting = st.most_waiting.max(st.waiting);
             let fail = st.fail_at.as_deref() == Some(payload.as_str());
@@ -496,7 +499,7 @@ impl Sink for SlowAckSink {
 /// A worker keeps up to `publish_window` messages sent and unacknowledged,
 /// settles each only after its acknowledgement, and a failed acknowledgement
 /// is retried: every message is published and settled exactly once, none
-/// early, and the retried one comes out again.
+/// early, and the retried one comes out again under the same record id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_window_pipelines_sends_and_settles_after_acks() {
     use std::sync::atomic::Ordering::Relaxed;
@@ -574,4 +577,11 @@ async fn publish_window_pipelines_sends_and_settles_after_acks() {
     unique.dedup();
     assert_eq!(unique.len() as u64, n);
     assert_eq!(st.sent.iter().filter(|p| *p == "m-050").count(), 2);
+    // A retry republishes under the same record id, so a deduplicating sink
+    // (JetStream `Nats-Msg-Id`) stores it once.
+    let retried: Vec<&String> = (st.sent.iter().zip(&st.ids))
+        .filter(|(p, _)| *p == "m-050")
+        .map(|(_, id)| id)
+        .collect();
+    assert_eq!(retried[0], retried[1], "record id of a retried message");
 }
