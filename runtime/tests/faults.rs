@@ -502,6 +502,43 @@ fn recovery(out: &Seen, end: Instant) -> Option<Duration> {
     out.first_after(end).map(|t| t - end)
 }
 
+/// After the fault: waits until every message is in the output or the dead
+/// letter (at most `timeout_s` seconds), stops sluice (exit 0 on SIGTERM), counts,
+/// and prints the tally with the time from `restored` to the next output.
+async fn account(
+    name: &str,
+    p: common::Proc,
+    file: &Path,
+    msgs: &[Vec<u8>],
+    (out, dead): (&Capture, &Capture),
+    timeout_s: u64,
+    restored: Instant,
+) -> (Tally, Option<Duration>) {
+    let timeout = Duration::from_secs(timeout_s);
+    settle_all(&out.seen, &dead.seen, msgs.len(), timeout).await;
+    stop(p, file);
+    let t = tally(msgs, &out.seen.all(), &dead.seen.all(), 0);
+    let rec = recovery(&out.seen, restored);
+    print_fault(name, &t, rec);
+    (t, rec)
+}
+
+/// What a fault must leave: nothing lost, only the bad messages
+/// dead-lettered, and output again after `fault` ended.
+fn assert_recovered(
+    name: &str,
+    t: &Tally,
+    rec: Option<Duration>,
+    file: &Path,
+    msgs: &[Vec<u8>],
+    dead: &Capture,
+    fault: &str,
+) {
+    assert_no_loss(name, t, file);
+    assert_dead_are_bad(name, msgs, &dead.seen.all());
+    assert!(rec.is_some(), "[{name}] no output after {fault}");
+}
+
 // ------------------------------------------------------- broker restarts
 
 /// noida-db stopped (SIGTERM: it keeps its log and offsets) for 3 s while
@@ -551,18 +588,12 @@ async fn kafka_noida_broker_restart() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     b.restart();
     let restored = Instant::now();
-    settle_all(&out.seen, &dead.seen, msgs.len(), Duration::from_secs(120)).await;
-    stop(p, &file);
-    let t = tally(&msgs, &out.seen.all(), &dead.seen.all(), 0);
-    let rec = recovery(&out.seen, restored);
-    print_fault(name, &t, rec);
+    let (t, rec) = account(name, p, &file, &msgs, (&out, &dead), 120, restored).await;
     assert!(
         at_fault < msgs.len(),
         "[{name}] the fault came after the stream ended"
     );
-    assert_no_loss(name, &t, &file);
-    assert_dead_are_bad(name, &msgs, &dead.seen.all());
-    assert!(rec.is_some(), "[{name}] no output after the restart");
+    assert_recovered(name, &t, rec, &file, &msgs, &dead, "the restart");
 }
 
 /// tansu cannot be restarted without losing everything (memory storage),
@@ -614,18 +645,12 @@ async fn kafka_tansu_partition() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     proxy.restore();
     let restored = Instant::now();
-    settle_all(&out.seen, &dead.seen, msgs.len(), Duration::from_secs(120)).await;
-    stop(p, &file);
-    let t = tally(&msgs, &out.seen.all(), &dead.seen.all(), 0);
-    let rec = recovery(&out.seen, restored);
-    print_fault(name, &t, rec);
+    let (t, rec) = account(name, p, &file, &msgs, (&out, &dead), 120, restored).await;
     assert!(
         at_fault < msgs.len(),
         "[{name}] the fault came after the stream ended"
     );
-    assert_no_loss(name, &t, &file);
-    assert_dead_are_bad(name, &msgs, &dead.seen.all());
-    assert!(rec.is_some(), "[{name}] no output after the cut ended");
+    assert_recovered(name, &t, rec, &file, &msgs, &dead, "the cut ended");
 }
 
 /// Mosquitto (persistence on) stopped with SIGTERM for 2 s mid-stream and
@@ -678,18 +703,12 @@ async fn mqtt_broker_restart() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     b.restart();
     let restored = Instant::now();
-    settle_all(&out.seen, &dead.seen, msgs.len(), Duration::from_secs(90)).await;
-    stop(p, &file);
-    let t = tally(&msgs, &out.seen.all(), &dead.seen.all(), 0);
-    let rec = recovery(&out.seen, restored);
-    print_fault(name, &t, rec);
+    let (t, rec) = account(name, p, &file, &msgs, (&out, &dead), 90, restored).await;
     assert!(
         at_fault < msgs.len(),
         "[{name}] the fault came after the stream ended"
     );
-    assert_no_loss(name, &t, &file);
-    assert_dead_are_bad(name, &msgs, &dead.seen.all());
-    assert!(rec.is_some(), "[{name}] no output after the restart");
+    assert_recovered(name, &t, rec, &file, &msgs, &dead, "the restart");
 }
 
 /// A NATS client for the tests that reconnects every 100 ms.
@@ -767,11 +786,7 @@ async fn nats_core_server_restart() {
     server.restart();
     let restored = Instant::now();
     let _ = tokio::time::timeout(Duration::from_secs(60), prod).await;
-    settle_all(&out.seen, &dead.seen, msgs.len(), Duration::from_secs(10)).await;
-    stop(p, &file);
-    let t = tally(&msgs, &out.seen.all(), &dead.seen.all(), 0);
-    let rec = recovery(&out.seen, restored);
-    print_fault(name, &t, rec);
+    let (t, rec) = account(name, p, &file, &msgs, (&out, &dead), 10, restored).await;
     eprintln!(
         "[{name}] at-most-once: {} messages lost across the restart (reported, not asserted)",
         t.lost.len()
@@ -835,18 +850,12 @@ async fn jetstream_server_restart() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     server.restart();
     let restored = Instant::now();
-    settle_all(&out.seen, &dead.seen, msgs.len(), Duration::from_secs(90)).await;
-    stop(p, &file);
-    let t = tally(&msgs, &out.seen.all(), &dead.seen.all(), 0);
-    let rec = recovery(&out.seen, restored);
-    print_fault(name, &t, rec);
+    let (t, rec) = account(name, p, &file, &msgs, (&out, &dead), 90, restored).await;
     assert!(
         at_fault < msgs.len(),
         "[{name}] the fault came after the stream ended"
     );
-    assert_no_loss(name, &t, &file);
-    assert_dead_are_bad(name, &msgs, &dead.seen.all());
-    assert!(rec.is_some(), "[{name}] no output after the restart");
+    assert_recovered(name, &t, rec, &file, &msgs, &dead, "the restart");
 }
 
 // ------------------------------------------------------- connection cuts
@@ -904,11 +913,7 @@ async fn jetstream_source_cut() {
     let stalled = out.seen.len() == late;
     proxy.restore();
     let restored = Instant::now();
-    settle_all(&out.seen, &dead.seen, msgs.len(), Duration::from_secs(90)).await;
-    stop(p, &file);
-    let t = tally(&msgs, &out.seen.all(), &dead.seen.all(), 0);
-    let rec = recovery(&out.seen, restored);
-    print_fault(name, &t, rec);
+    let (t, rec) = account(name, p, &file, &msgs, (&out, &dead), 90, restored).await;
     assert!(
         at_fault < msgs.len(),
         "[{name}] the fault came after the stream ended"
@@ -917,9 +922,7 @@ async fn jetstream_source_cut() {
         stalled,
         "[{name}] outputs kept coming while the source was cut off"
     );
-    assert_no_loss(name, &t, &file);
-    assert_dead_are_bad(name, &msgs, &dead.seen.all());
-    assert!(rec.is_some(), "[{name}] no output after the cut ended");
+    assert_recovered(name, &t, rec, &file, &msgs, &dead, "the cut ended");
 }
 
 /// The JetStream sink's connection hangs: the proxy holds every chunk of
@@ -973,12 +976,8 @@ async fn jetstream_sink_hang() {
     let during = out.seen.unique() - at_fault;
     proxy.delay(Duration::ZERO);
     let restored = Instant::now();
-    settle_all(&out.seen, &dead.seen, msgs.len(), Duration::from_secs(90)).await;
-    stop(p, &file);
+    let (t, rec) = account(name, p, &file, &msgs, (&out, &dead), 90, restored).await;
     let log = std::fs::read_to_string(file.with_extension("log")).unwrap_or_default();
-    let t = tally(&msgs, &out.seen.all(), &dead.seen.all(), 0);
-    let rec = recovery(&out.seen, restored);
-    print_fault(name, &t, rec);
     eprintln!("[{name}] outputs while the sink hung: {during}");
     assert!(
         at_fault < msgs.len(),
@@ -989,9 +988,7 @@ async fn jetstream_sink_hang() {
         "[{name}] the hang never became sink failures; log:\n{}",
         log_of(&file)
     );
-    assert_no_loss(name, &t, &file);
-    assert_dead_are_bad(name, &msgs, &dead.seen.all());
-    assert!(rec.is_some(), "[{name}] no output after the hang ended");
+    assert_recovered(name, &t, rec, &file, &msgs, &dead, "the hang ended");
 }
 
 /// The MQTT sink's connection goes through a proxy that is cut for 3 s
@@ -1042,18 +1039,12 @@ async fn mqtt_sink_cut() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     proxy.restore();
     let restored = Instant::now();
-    settle_all(&out.seen, &dead.seen, msgs.len(), Duration::from_secs(90)).await;
-    stop(p, &file);
-    let t = tally(&msgs, &out.seen.all(), &dead.seen.all(), 0);
-    let rec = recovery(&out.seen, restored);
-    print_fault(name, &t, rec);
+    let (t, rec) = account(name, p, &file, &msgs, (&out, &dead), 90, restored).await;
     assert!(
         at_fault < msgs.len(),
         "[{name}] the fault came after the stream ended"
     );
-    assert_no_loss(name, &t, &file);
-    assert_dead_are_bad(name, &msgs, &dead.seen.all());
-    assert!(rec.is_some(), "[{name}] no output after the cut ended");
+    assert_recovered(name, &t, rec, &file, &msgs, &dead, "the cut ended");
 }
 
 // ----------------------------------------------------- breaker on outage
@@ -1277,11 +1268,7 @@ async fn sigterm_during_sink_outage() {
     proxy.restore();
     let restored = Instant::now();
     let p = common::spawn_sluice(&file);
-    settle_all(&out.seen, &dead.seen, msgs.len(), Duration::from_secs(90)).await;
-    stop(p, &file);
-    let t = tally(&msgs, &out.seen.all(), &dead.seen.all(), 0);
-    let rec = recovery(&out.seen, restored);
-    print_fault(name, &t, rec);
+    let (t, _) = account(name, p, &file, &msgs, (&out, &dead), 90, restored).await;
     assert_no_loss(name, &t, &file);
     assert_dead_are_bad(name, &msgs, &dead.seen.all());
     assert!(
