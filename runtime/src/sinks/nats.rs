@@ -21,7 +21,6 @@ use crate::sources::nats::connect;
 
 /// A `nats` sink. See the module documentation.
 pub struct NatsSink {
-    client: Client,
     subject: String,
     timeout: std::time::Duration,
     flushes: Arc<Flushes>,
@@ -32,6 +31,7 @@ pub struct NatsSink {
 /// so a send whose ticket an earlier flush covered has nothing left to wait
 /// for. Flushes run one at a time (a fair lock), in ticket order.
 struct Flushes {
+    /// The sink's client.
     client: Client,
     /// Tickets taken.
     queued: AtomicU64,
@@ -44,7 +44,6 @@ struct Flushes {
 pub async fn open(cfg: &NatsSinkConfig, pipeline: &str) -> anyhow::Result<NatsSink> {
     let (client, _stats) = connect::connect(&cfg.connection, pipeline, "sink", None).await?;
     Ok(NatsSink {
-        client: client.clone(),
         subject: cfg.subject.clone(),
         timeout: cfg.timeout.0,
         flushes: Arc::new(Flushes {
@@ -59,7 +58,7 @@ pub async fn open(cfg: &NatsSinkConfig, pipeline: &str) -> anyhow::Result<NatsSi
 impl NatsSink {
     /// The underlying client (for tests and benchmarks).
     pub fn client(&self) -> &Client {
-        &self.client
+        &self.flushes.client
     }
 }
 
@@ -84,7 +83,7 @@ impl Sink for NatsSink {
                 let headers = connect::to_nats_headers(&r.headers, r.key.as_ref());
                 let sent = tokio::time::timeout(
                     self.timeout,
-                    self.client.publish_with_headers(
+                    self.flushes.client.publish_with_headers(
                         subject.to_string(),
                         headers,
                         r.payload.clone(),
@@ -137,7 +136,7 @@ impl Sink for NatsSink {
 
     fn close(&self) -> BoxFuture<'_, anyhow::Result<()>> {
         Box::pin(async move {
-            tokio::time::timeout(self.timeout, self.client.flush())
+            tokio::time::timeout(self.timeout, self.flushes.client.flush())
                 .await
                 .map_err(|_| anyhow::anyhow!("NATS flush at close timed out"))??;
             Ok(())
