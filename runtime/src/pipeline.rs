@@ -720,9 +720,13 @@ async fn timed_publish(sh: &Shared, sink: &dyn Sink, records: &[Record]) -> Resu
 }
 
 fn publish_timed_out(sh: &Shared) -> Failure {
+    timed_out_after(sh.publish_timeout)
+}
+
+fn timed_out_after(timeout: Duration) -> Failure {
     Failure::new(
         FailureClass::Sink,
-        format!("publish timed out after {:?}", sh.publish_timeout),
+        format!("publish timed out after {timeout:?}"),
     )
 }
 
@@ -730,71 +734,85 @@ fn publish_timed_out(sh: &Shared) -> Failure {
 /// resolves once every sink accepted its share (within the publish timeout).
 async fn send(sh: &Shared, base: &str, outputs: Vec<Output>) -> Result<Accepted, Failure> {
     let deadline = tokio::time::Instant::now() + sh.publish_timeout;
-    let mut waits: Vec<Accepted> = Vec::new();
+    // Most calls publish to one sink: its wait is kept without a Vec.
+    let mut first_wait: Option<Accepted> = None;
+    let mut more_waits: Vec<Accepted> = Vec::new();
     let mut i = 0;
     let mut outputs = outputs.into_iter().peekable();
     while let Some(first) = outputs.next() {
         let name = first.sink.clone();
-        let mut batch = vec![first];
-        while outputs.peek().is_some_and(|o| o.sink == name) {
-            batch.extend(outputs.next());
+        let sink = sink_for(sh, name.as_deref())?;
+        i += 1;
+        let mut records = vec![record(first, base, i)];
+        while let Some(o) = outputs.next_if(|o| o.sink == name) {
+            i += 1;
+            records.push(record(o, base, i));
         }
-        let sink = match &name {
-            None => sh.sinks.default.as_ref().ok_or_else(|| {
-                Failure::new(
-                    FailureClass::Trap,
-                    "bad output: it names no sink and the pipeline has no default [sink]",
-                )
-            })?,
-            Some(s) => sh.sinks.named.get(s).ok_or_else(|| {
-                let known: Vec<&str> = sh.sinks.named.keys().map(String::as_str).collect();
-                Failure::new(
-                    FailureClass::Trap,
-                    format!(
-                        "bad output: no sink named {s:?} (the pipeline has: {})",
-                        if known.is_empty() {
-                            "none".into()
-                        } else {
-                            known.join(", ")
-                        }
-                    ),
-                )
-            })?,
-        };
-        let records: Vec<Record> = batch
-            .into_iter()
-            .map(|o| {
-                i += 1;
-                Record {
-                    topic: o.topic,
-                    key: o.key,
-                    payload: o.payload,
-                    headers: o.headers,
-                    id: {
-                        let mut id = String::with_capacity(base.len() + 4);
-                        id.push_str(base);
-                        id.push(':');
-                        let _ = std::fmt::Write::write_fmt(&mut id, format_args!("{i}"));
-                        id
-                    },
-                }
-            })
-            .collect();
         let wait = tokio::time::timeout_at(deadline, sink.send(&records))
             .await
             .map_err(|_| publish_timed_out(sh))??;
-        waits.push(wait);
-    }
-    let timed_out = publish_timed_out(sh);
-    let all = async move {
-        for wait in waits {
-            wait.await?;
+        match first_wait {
+            None => first_wait = Some(wait),
+            Some(_) => more_waits.push(wait),
         }
-        Ok(())
+    }
+    let Some(first_wait) = first_wait else {
+        return Ok(crate::sinks::done());
     };
+    let timeout = sh.publish_timeout;
     Ok(Box::pin(async move {
+        let all = async move {
+            first_wait.await?;
+            for wait in more_waits {
+                wait.await?;
+            }
+            Ok(())
+        };
+        // The failure is built only when the deadline passes.
         tokio::time::timeout_at(deadline, all)
             .await
-            .unwrap_or(Err(timed_out))
+            .unwrap_or_else(|_| Err(timed_out_after(timeout)))
     }))
+}
+
+/// The sink an output names (`None`: the pipeline's default sink).
+fn sink_for<'a>(sh: &'a Shared, name: Option<&str>) -> Result<&'a dyn Sink, Failure> {
+    match name {
+        None => sh.sinks.default.as_deref().ok_or_else(|| {
+            Failure::new(
+                FailureClass::Trap,
+                "bad output: it names no sink and the pipeline has no default [sink]",
+            )
+        }),
+        Some(s) => sh.sinks.named.get(s).map(|b| &**b).ok_or_else(|| {
+            let known: Vec<&str> = sh.sinks.named.keys().map(String::as_str).collect();
+            Failure::new(
+                FailureClass::Trap,
+                format!(
+                    "bad output: no sink named {s:?} (the pipeline has: {})",
+                    if known.is_empty() {
+                        "none".into()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            )
+        }),
+    }
+}
+
+/// Output number `i` of a call as a sink record, with its stable id `<base>:<i>`.
+fn record(o: Output, base: &str, i: usize) -> Record {
+    use std::fmt::Write as _;
+    let mut id = String::with_capacity(base.len() + 4);
+    id.push_str(base);
+    id.push(':');
+    let _ = write!(id, "{i}");
+    Record {
+        topic: o.topic,
+        key: o.key,
+        payload: o.payload,
+        headers: o.headers,
+        id,
+    }
 }

@@ -129,6 +129,16 @@ fn build(options: &EngineOptions, pooling: bool) -> anyhow::Result<wasmtime::Eng
     // Guest stack: deep recursion traps as a stack overflow at this depth.
     config.max_wasm_stack(1 << 20);
     config.async_stack_size(2 << 20);
+    // Handlers are plain (not async-lifted) exports and the host's imports
+    // are plain functions: the component model's concurrency machinery (a
+    // guest task, resource-table entries and a oneshot channel per call) is
+    // not needed. Without it `call_async` is one fiber switch into the guest.
+    config.concurrency_support(false);
+    // A trap's cause reaches the dead letter as its class, the trap code and
+    // the guest's stderr (its panic message); the frame-by-frame wasm
+    // backtrace was never shown, and capturing it (address-map lookups per
+    // frame) was a visible share of every poison message's cost.
+    config.wasm_backtrace_max_frames(None);
     if pooling {
         let n = options.max_instances;
         let mut pool = PoolingAllocationConfig::new();

@@ -268,7 +268,12 @@ impl Plugin {
             Err(e) => return Err(classify(e, &store, &p.spec, "instantiation")),
         };
         arm(&mut store, &p.engine, &p.spec);
-        match bindings.call_init(&mut store, &p.config).await {
+        let config: Vec<(&str, &str)> = p
+            .config
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        match bindings.call_init(&mut store, &config).await {
             Ok(Ok(())) => {}
             Ok(Err(msg)) => {
                 return Err(Failure::new(
@@ -462,9 +467,25 @@ impl Instance {
     pub async fn handle(&mut self, msg: &Message) -> (Result<Vec<Output>, Failure>, CallStats) {
         let spec = &self.plugin.inner.spec;
         arm(&mut self.store, &self.plugin.inner.engine, spec);
-        let wit = to_wit(msg);
+        // Borrowed from the message: lowered into the guest with no host copy.
+        let headers: Vec<WitHeader<'_>> = msg
+            .headers
+            .iter()
+            .map(|h| WitHeader {
+                key: &h.key,
+                value: &h.value,
+            })
+            .collect();
+        let wit = WitMessage {
+            topic: &msg.topic,
+            key: msg.key.as_deref(),
+            payload: &msg.payload,
+            headers: &headers,
+            timestamp_ms: msg.timestamp_ms,
+            attempt: msg.attempt,
+        };
         let start = Instant::now();
-        let result = self.bindings.call_handle(&mut self.store, &wit).await;
+        let result = self.bindings.call_handle(&mut self.store, wit).await;
         let stats = CallStats {
             fuel_used: spec.fuel.saturating_sub(self.store.get_fuel().unwrap_or(0)),
             elapsed: start.elapsed(),
@@ -479,24 +500,6 @@ impl Instance {
             }
         };
         (result, stats)
-    }
-}
-
-fn to_wit(msg: &Message) -> WitMessage {
-    WitMessage {
-        topic: msg.topic.clone(),
-        key: msg.key.as_ref().map(|k| k.to_vec()),
-        payload: msg.payload.to_vec(),
-        headers: msg
-            .headers
-            .iter()
-            .map(|h| WitHeader {
-                key: h.key.clone(),
-                value: h.value.to_vec(),
-            })
-            .collect(),
-        timestamp_ms: msg.timestamp_ms,
-        attempt: msg.attempt,
     }
 }
 
