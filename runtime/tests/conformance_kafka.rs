@@ -41,6 +41,11 @@ impl Collector for Capture {
 }
 
 impl Fixture for KafkaFixture {
+    /// `max_in_flight` (1000) unsettled, plus up to half of it settled and
+    /// awaiting the count-triggered commit, plus commits still on the wire.
+    fn duplicate_window(&self) -> usize {
+        1000 + 500 + 128
+    }
     fn name(&self) -> String {
         format!("kafka-{}", self.broker.kind.name())
     }

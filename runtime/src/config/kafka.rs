@@ -57,8 +57,10 @@ pub struct KafkaSourceConfig {
     #[serde(default)]
     pub start: KafkaStart,
     /// Offsets are committed in batches: a settled offset is committed at the
-    /// latest this long after it settled, and always on shutdown and when a
-    /// partition is revoked. Shorter means fewer repeats after a crash.
+    /// latest this long after it settled, or sooner once half of
+    /// `max_in_flight` settled since the last commit, and always on shutdown
+    /// and when a partition is revoked. After a crash the group re-reads at
+    /// most the unsettled window plus what settled since the last commit.
     #[serde(default = "default_commit_interval")]
     pub commit_interval: Dur,
     /// Messages received but not yet settled, at most, across all partitions.

@@ -82,6 +82,11 @@ pub trait Fixture: Send + Sync {
     fn share<'a>(&'a self, _topic: &'a str) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async { Ok(()) })
     }
+    /// How many messages a crash may repeat at most: what the source can
+    /// hold unsettled, plus what it may have settled and not yet committed.
+    fn duplicate_window(&self) -> usize {
+        1024 + 64
+    }
     /// false for NATS core (at-most-once).
     fn at_least_once(&self) -> bool {
         true
@@ -316,7 +321,7 @@ pub async fn no_loss_across_sigkill(fx: &dyn Fixture) {
         return;
     }
     let n = 3000;
-    let window = 1024 + 64;
+    let window = fx.duplicate_window();
     let s = setup(fx, "sigkill", "fatal-on", "");
     let mut out = fx.collector(&s.output).await.expect("collector");
     let mut dlq = fx.collector(&s.dlq).await.expect("collector");
@@ -514,7 +519,7 @@ pub async fn scale_out_sigkill(fx: &dyn Fixture) {
         "the killed instance cannot have handled wave 2"
     );
     assert!(
-        dups <= 1024 + 64,
+        dups <= fx.duplicate_window(),
         "[{}] {dups} duplicates, more than the killed instance's in-flight window",
         fx.name()
     );

@@ -39,12 +39,19 @@ pub struct Tracker {
     generations: u64,
     /// Received and not settled, across all partitions.
     in_flight: usize,
+    /// Settled since the last [`Tracker::to_commit`], across all partitions.
+    settled_since_commit: usize,
 }
 
 impl Tracker {
     /// Received and not settled, across all partitions.
     pub fn in_flight(&self) -> usize {
         self.in_flight
+    }
+
+    /// Settled since positions were last taken for a commit.
+    pub fn settled_since_commit(&self) -> usize {
+        self.settled_since_commit
     }
 
     /// A (re)assigned partition starts a new generation with nothing tracked.
@@ -93,12 +100,14 @@ impl Tracker {
             && p.outstanding.remove(&offset)
         {
             self.in_flight -= 1;
+            self.settled_since_commit += 1;
         }
     }
 
     /// Positions that moved past what was last committed, marking them
     /// committed (call [`Tracker::uncommit`] if the commit fails).
     pub fn to_commit(&mut self) -> Vec<(Tp, i64)> {
+        self.settled_since_commit = 0;
         let mut out = Vec::new();
         for (tp, p) in &mut self.parts {
             if let Some(pos) = p.position()
@@ -161,7 +170,14 @@ mod tests {
         }
         assert!(t.to_commit().is_empty());
         t.settled(&tp(0), g, 0);
+        // Counted since the last `to_commit` (just above, which moved nothing).
+        assert_eq!(t.settled_since_commit(), 1);
         assert_eq!(t.to_commit(), vec![(tp(0), 3)]);
+        assert_eq!(
+            t.settled_since_commit(),
+            0,
+            "taking positions resets the count"
+        );
         assert!(t.to_commit().is_empty(), "no repeat when nothing moved");
         t.settled(&tp(0), g, 3);
         assert_eq!(t.to_commit(), vec![(tp(0), 5)]);
