@@ -715,15 +715,11 @@ fn record_base(sh: &Shared, msg: &Message) -> String {
 async fn timed_publish(sh: &Shared, sink: &dyn Sink, records: &[Record]) -> Result<(), Failure> {
     match tokio::time::timeout(sh.publish_timeout, sink.publish(records)).await {
         Ok(r) => r,
-        Err(_) => Err(publish_timed_out(sh)),
+        Err(_) => Err(publish_timed_out(sh.publish_timeout)),
     }
 }
 
-fn publish_timed_out(sh: &Shared) -> Failure {
-    timed_out_after(sh.publish_timeout)
-}
-
-fn timed_out_after(timeout: Duration) -> Failure {
+fn publish_timed_out(timeout: Duration) -> Failure {
     Failure::new(
         FailureClass::Sink,
         format!("publish timed out after {timeout:?}"),
@@ -750,7 +746,7 @@ async fn send(sh: &Shared, base: &str, outputs: Vec<Output>) -> Result<Accepted,
         }
         let wait = tokio::time::timeout_at(deadline, sink.send(&records))
             .await
-            .map_err(|_| publish_timed_out(sh))??;
+            .map_err(|_| publish_timed_out(sh.publish_timeout))??;
         match first_wait {
             None => first_wait = Some(wait),
             Some(_) => more_waits.push(wait),
@@ -771,7 +767,7 @@ async fn send(sh: &Shared, base: &str, outputs: Vec<Output>) -> Result<Accepted,
         // The failure is built only when the deadline passes.
         tokio::time::timeout_at(deadline, all)
             .await
-            .unwrap_or_else(|_| Err(timed_out_after(timeout)))
+            .unwrap_or_else(|_| Err(publish_timed_out(timeout)))
     }))
 }
 

@@ -169,7 +169,8 @@ pub struct HandlerConfig {
     /// Instructions (fuel units) one call may use.
     #[serde(default = "default_fuel")]
     pub fuel: u64,
-    /// Wall-clock time one call may take.
+    /// Wall-clock time one call may take. A call past it is stopped within
+    /// one epoch tick (5 ms) after it, never before.
     #[serde(default = "default_timeout")]
     pub timeout: Dur,
     /// Linear memory one instance may grow to.
