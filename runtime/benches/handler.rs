@@ -105,6 +105,8 @@ async fn throughput(plugin: &Plugin, msgs: &[Message], concurrency: usize, reps:
 }
 
 fn main() {
+    // SAFETY: first thing in main, before any other thread exists.
+    unsafe { sluice::engine::quiet_library_backtraces() };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -131,6 +133,27 @@ async fn bench() {
                 .expect("plugin (run plugins/build.sh)")
         }
     };
+    // `BENCH_PROFILE=trap|call SECS`: only loop that path for a profiler.
+    if let Ok(what) = std::env::var("BENCH_PROFILE") {
+        let secs: u64 = std::env::var("BENCH_PROFILE_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(10);
+        let plugin = load("panic").await;
+        let mut w = Worker::new(plugin);
+        let payload = if what == "trap" { "panic" } else { "fine" };
+        let t = Instant::now();
+        let mut n = 0u64;
+        while t.elapsed() < Duration::from_secs(secs) {
+            let _ = w.handle(&Message::new("b", payload)).await;
+            n += 1;
+        }
+        println!(
+            "{what}: {:.2} µs each",
+            t.elapsed().as_secs_f64() * 1e6 / n as f64
+        );
+        return;
+    }
     let n = 200_000;
     let logs = log_lines(n);
     let echo_msgs = echo_messages(n);

@@ -31,6 +31,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: first thing in main, before any other thread exists.
+    unsafe { sluice::engine::quiet_library_backtraces() };
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),

@@ -43,6 +43,27 @@ async fn panic_is_a_trap_with_its_message() {
     assert!(msg.contains("the payload asked for a panic"), "{msg}");
 }
 
+/// A fresh instance after a trap starts from the module's initial memory,
+/// also when it reuses the trapped instance's pool slot, whose dirty pages
+/// are reset in place (PAGEMAP_SCAN) rather than unmapped.
+#[tokio::test]
+async fn a_fresh_instance_after_a_trap_starts_from_clean_memory() {
+    let engine = common::engine();
+    let plugin = Plugin::load(&engine, spec("panic")).await.expect("load");
+    let mut w = Worker::new(plugin);
+    let count = |r: Result<Vec<sluice::message::Output>, sluice::failure::Failure>| {
+        String::from_utf8(r.expect("count succeeds")[0].payload.to_vec()).expect("utf-8")
+    };
+    for round in 0..50 {
+        for expected in 1..=3 {
+            let (r, _) = w.handle(&Message::new("t", "count")).await;
+            assert_eq!(count(r), expected.to_string(), "round {round}");
+        }
+        let (r, _) = w.handle(&Message::new("t", "panic")).await;
+        assert_eq!(r.expect_err("panics").class, FailureClass::Trap);
+    }
+}
+
 #[tokio::test]
 async fn infinite_loop_is_a_timeout_when_fuel_is_plenty() {
     let mut s = spec("infinite-loop");
