@@ -407,6 +407,13 @@ fn classify(
             format!("{s}: {stderr}")
         }
     };
+    // The Rust SDK ends a panicking handler this way (cheaper than a trap).
+    if let Some(exit) = err.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        return Failure::new(
+            FailureClass::Trap,
+            with_stderr(format!("panic or exit (status {}) during {during}", exit.0)),
+        );
+    }
     match err.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => Failure::new(
             FailureClass::Fuel,
