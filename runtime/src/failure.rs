@@ -13,7 +13,7 @@ pub enum FailureClass {
     Retriable,
     /// The handler returned `fatal`: this message will never succeed.
     Fatal,
-    /// The handler trapped: panic, `unreachable`, stack overflow, bad output.
+    /// The handler trapped: panic, `unreachable`, WASI `exit`, stack overflow, bad output.
     Trap,
     /// The handler ran past its wall-clock budget (`timeout`).
     Timeout,

@@ -316,7 +316,7 @@ pub struct ErrorsConfig {
     /// The handler said `fatal`. Default `dead-letter`.
     #[serde(default = "dead_letter")]
     pub fatal: Action,
-    /// The handler trapped (panic, unreachable, stack overflow, bad output). Default `dead-letter`.
+    /// The handler trapped (panic, unreachable, exit, stack overflow, bad output). Default `dead-letter`.
     #[serde(default = "dead_letter")]
     pub trap: Action,
     /// The handler ran past `handler.timeout`. Default `retry`.
