@@ -96,7 +96,16 @@ async fn throughput(plugin: &Plugin, msgs: &[Message], concurrency: usize, reps:
             publish_timeout: Duration::from_secs(30),
         });
         let start = Instant::now();
-        let s = p.run(std::future::pending()).await.expect("run");
+        // `BENCH_IN_TASK=1`: run the pipeline as a spawned task, the way
+        // `sluice run` does, instead of on the bench's own thread.
+        let s = if std::env::var_os("BENCH_IN_TASK").is_some() {
+            tokio::spawn(p.run(std::future::pending()))
+                .await
+                .expect("task")
+                .expect("run")
+        } else {
+            p.run(std::future::pending()).await.expect("run")
+        };
         let rate = msgs.len() as f64 / start.elapsed().as_secs_f64();
         assert_eq!((s.succeeded + s.dead_lettered) as usize, msgs.len());
         best = best.max(rate);
@@ -126,6 +135,12 @@ async fn bench() {
         s.fuel = 10_000_000;
         s.timeout = Duration::from_millis(100);
         s.memory = 16 << 20;
+        if let Some(mib) = std::env::var("BENCH_MEMORY_MIB")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            s.memory = mib << 20;
+        }
         let engine = engine.clone();
         async move {
             Plugin::load(&engine, s)

@@ -5,6 +5,11 @@
 //!
 //! Run: `bash plugins/build.sh && cargo bench -p sluice --bench soak`
 //! (`SOAK_SECS`, default 600). Writes `target/bench/soak.json`.
+//!
+//! `SOAK_POISON=1`: the stream is all poison instead (panic.wasm, every
+//! message traps, is dead-lettered and the next gets a fresh instance from a
+//! reused pool slot), to show slot reuse keeps memory flat; writes
+//! `target/bench/soak-poison.json` and skips the idle footprint.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -50,13 +55,14 @@ struct Endless {
     stop: Arc<AtomicBool>,
     acked: Arc<AtomicU64>,
     idle: bool,
+    payload: &'static str,
 }
 
 struct Ack(Arc<AtomicU64>);
 
 impl Settle for Ack {
     fn settle(self: Box<Self>, how: Settlement) -> BoxFuture<'static, anyhow::Result<()>> {
-        if matches!(how, Settlement::Ack) {
+        if matches!(how, Settlement::Ack | Settlement::Terminated) {
             self.0.fetch_add(1, Relaxed);
         }
         Box::pin(async { Ok(()) })
@@ -72,7 +78,11 @@ impl Source for Endless {
             return Box::pin(async { Ok(None) });
         }
         self.next += 1;
-        let mut m = Message::new("soak", format!("{:0100}", self.next));
+        let mut m = if self.payload.is_empty() {
+            Message::new("soak", format!("{:0100}", self.next))
+        } else {
+            Message::new("soak", self.payload)
+        };
         m.offset = Some(self.next as i64);
         let d = Delivery::new(m, Box::new(Ack(self.acked.clone())));
         Box::pin(async move { Ok(Some(d)) })
@@ -120,11 +130,17 @@ async fn bench() {
         ..Default::default()
     })
     .unwrap();
+    let poison = std::env::var_os("SOAK_POISON").is_some();
+    let (wasm, payload) = if poison {
+        ("panic.wasm", "panic")
+    } else {
+        ("echo.wasm", "")
+    };
     // Default budgets: fuel 100M, deadline 1 s, memory 64 MiB.
-    let spec = PluginSpec::new(repo().join("plugins/dist/echo.wasm"));
+    let spec = PluginSpec::new(repo().join("plugins/dist").join(wasm));
     let plugin = Plugin::load(&engine, spec)
         .await
-        .expect("plugins/dist/echo.wasm (run plugins/build.sh)");
+        .expect("the plugin (run plugins/build.sh)");
 
     // Idle footprint: RSS before and after starting idle pipelines that each
     // handled one message first (so each holds its instance).
@@ -143,6 +159,7 @@ async fn bench() {
                 stop: stop_idle.clone(),
                 acked: acked.clone(),
                 idle: true,
+                payload: "",
             },
         );
         idle.push(tokio::spawn(p.run(std::future::pending())));
@@ -167,6 +184,7 @@ async fn bench() {
             stop: stop.clone(),
             acked: acked.clone(),
             idle: false,
+            payload,
         },
     );
     let start = Instant::now();
@@ -201,9 +219,10 @@ async fn bench() {
     let spread = (max - min) as f64 / min.max(1) as f64;
     let mib = |b: u64| b as f64 / 1048576.0;
     println!(
-        "\n{total} messages in {secs} s ({:.0} msg/s); succeeded {}",
+        "\n{total} messages in {secs} s ({:.0} msg/s); succeeded {}, dead-lettered {}",
         total as f64 / secs as f64,
-        snap.succeeded
+        snap.succeeded,
+        snap.dead_lettered
     );
     println!(
         "RSS after warm-up: first {:.1} MiB, last {:.1} MiB, min {:.1}, max {:.1}: spread {:.1}% (target ≤ 10%)",
@@ -220,6 +239,8 @@ async fn bench() {
     let json = serde_json::json!({
         "seconds": secs,
         "messages": total,
+        "plugin": wasm,
+        "dead_lettered": snap.dead_lettered,
         "msgs_per_s": total as f64 / secs as f64,
         "rss_first_bytes": first,
         "rss_last_bytes": end,
@@ -232,7 +253,11 @@ async fn bench() {
     let out = repo().join("target/bench");
     let _ = std::fs::create_dir_all(&out);
     let _ = std::fs::write(
-        out.join("soak.json"),
+        out.join(if poison {
+            "soak-poison.json"
+        } else {
+            "soak.json"
+        }),
         serde_json::to_string_pretty(&json).unwrap(),
     );
 }
