@@ -792,6 +792,8 @@ async fn kafka(b: &KafkaBroker, engine: &Engine, dir: &Path, n: u64, k: usize) -
 // ---------------------------------------------------------------- main
 
 fn main() {
+    // SAFETY: first thing in main, before any other thread exists.
+    unsafe { sluice::engine::quiet_library_backtraces() };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -112,6 +112,8 @@ fn pipeline(name: &str, plugin: &Plugin, source: Endless) -> Pipeline {
 }
 
 fn main() {
+    // SAFETY: first thing in main, before any other thread exists.
+    unsafe { sluice::engine::quiet_library_backtraces() };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
