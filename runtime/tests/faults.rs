@@ -1459,7 +1459,7 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
-/// A burst at least 10x faster than the handler (a slow handler: ~10^7
+/// A burst at least 10x faster than the handler (a slow handler: ~2×10^7
 /// loop turns per message; concurrency 1) of 600 messages of 64 KiB (about
 /// 38 MiB in all): the source takes at most `max_ack_pending` (64) at a
 /// time, so the process's resident memory grows by far less than the burst
@@ -1488,7 +1488,7 @@ async fn burst_beyond_handler_speed() {
             stream_of(&base),
             handler(
                 "hostile",
-                "timeout = \"5s\"\nfuel = 2_000_000_000\nconcurrency = 1\nconfig = { work = \"10000000\" }"
+                "timeout = \"5s\"\nfuel = 2_000_000_000\nconcurrency = 1\nconfig = { work = \"20000000\" }"
             ),
         ),
     );
