@@ -9,7 +9,8 @@
 //! `SOAK_POISON=1`: the stream is all poison instead (panic.wasm, every
 //! message traps, is dead-lettered and the next gets a fresh instance from a
 //! reused pool slot), to show slot reuse keeps memory flat; writes
-//! `target/bench/soak-poison.json` and skips the idle footprint.
+//! `target/bench/soak-poison.json`. The idle footprint is then that of
+//! pipelines holding a panic.wasm instance (their one message is good).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -55,7 +56,9 @@ struct Endless {
     stop: Arc<AtomicBool>,
     acked: Arc<AtomicU64>,
     idle: bool,
-    payload: &'static str,
+    /// The same payload for every message; `None`: each message's number,
+    /// zero-padded to 100 bytes.
+    payload: Option<&'static str>,
 }
 
 struct Ack(Arc<AtomicU64>);
@@ -78,10 +81,9 @@ impl Source for Endless {
             return Box::pin(async { Ok(None) });
         }
         self.next += 1;
-        let mut m = if self.payload.is_empty() {
-            Message::new("soak", format!("{:0100}", self.next))
-        } else {
-            Message::new("soak", self.payload)
+        let mut m = match self.payload {
+            Some(p) => Message::new("soak", p),
+            None => Message::new("soak", format!("{:0100}", self.next)),
         };
         m.offset = Some(self.next as i64);
         let d = Delivery::new(m, Box::new(Ack(self.acked.clone())));
@@ -134,9 +136,9 @@ async fn bench() {
     .unwrap();
     let poison = std::env::var_os("SOAK_POISON").is_some();
     let (wasm, payload) = if poison {
-        ("panic.wasm", "panic")
+        ("panic.wasm", Some("panic"))
     } else {
-        ("echo.wasm", "")
+        ("echo.wasm", None)
     };
     // Default budgets: fuel 100M, deadline 1 s, memory 64 MiB.
     let spec = PluginSpec::new(repo().join("plugins/dist").join(wasm));
@@ -161,7 +163,7 @@ async fn bench() {
                 stop: stop_idle.clone(),
                 acked: acked.clone(),
                 idle: true,
-                payload: "",
+                payload: None,
             },
         );
         idle.push(tokio::spawn(p.run(std::future::pending())));

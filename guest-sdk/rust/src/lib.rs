@@ -84,7 +84,7 @@ macro_rules! export_handler {
                     $handle(msg)
                 }
             }
-    $crate::bindings::__export_world!(SluiceHandler with_types_in $crate::bindings);
+            $crate::bindings::__export_world!(SluiceHandler with_types_in $crate::bindings);
         };
     };
 }
