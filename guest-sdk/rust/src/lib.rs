@@ -39,12 +39,13 @@ pub use wit_bindgen as __wit_bindgen;
 pub use bindings::sluice::handler::types::{HandlerError, Header, Message, Output};
 pub use config::Config;
 
-/// Raw bindings generated from `guest-sdk/wit` (world `handler`). Prefer the re-exports.
+/// Raw bindings generated from `guest-sdk/wit` (world `batch-handler`: the `handler` world
+/// plus `handle-batch`). Prefer the re-exports.
 #[allow(clippy::too_many_arguments)] // generated ABI glue
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../wit",
-        world: "handler",
+        world: "batch-handler",
         // Paths as seen from the handler's crate, which depends on `sluice_guest` only.
         runtime_path: "::sluice_guest::__wit_bindgen::rt",
         default_bindings_module: "::sluice_guest::bindings",
@@ -56,6 +57,11 @@ pub mod bindings {
 }
 
 /// Exports `handle` (and optionally `init`) as the component's implementation of the world.
+///
+/// The component also exports `handle-batch`, which runs `handle` on each message of a batch
+/// in turn and hands every result to the host before the next message starts, so the host
+/// pays its per-call cost once per batch while each message keeps its own budgets and its own
+/// failure. Nothing about it shows in the handler.
 ///
 /// - `export_handler!(handle);` where `fn handle(Message) -> Result<Vec<Output>, HandlerError>`.
 /// - `export_handler!(handle, init = setup);` where `fn setup(Config) -> Result<(), String>`;
@@ -83,6 +89,9 @@ macro_rules! export_handler {
                 {
                     $handle(msg)
                 }
+                fn handle_batch(msgs: ::std::vec::Vec<$crate::Message>) {
+                    $crate::__run_batch(msgs, $handle)
+                }
             }
             $crate::bindings::__export_world!(SluiceHandler with_types_in $crate::bindings);
         };
@@ -97,6 +106,19 @@ pub fn __run_init(
 ) -> Result<(), String> {
     install_panic_hook();
     init(pairs.into_iter().collect())
+}
+
+/// What the generated `handle-batch` export runs: each message in order, its result reported
+/// before the next one starts (the host re-arms the budgets on each report).
+#[doc(hidden)]
+pub fn __run_batch(
+    msgs: Vec<Message>,
+    mut handle: impl FnMut(Message) -> Result<Vec<Output>, HandlerError>,
+) {
+    for msg in msgs {
+        let result = handle(msg);
+        bindings::sluice::handler::batch::done(result.as_deref());
+    }
 }
 
 /// A panic traps the instance (the host classes it `trap` and discards the instance); first
