@@ -109,6 +109,7 @@ fn pipeline(name: &str, plugin: &Plugin, source: Endless) -> Pipeline {
         dedup: None,
         concurrency: 1,
         publish_window: 128,
+        batch: 16,
         publish_timeout: Duration::from_secs(30),
     })
 }

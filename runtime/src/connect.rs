@@ -96,6 +96,7 @@ pub async fn build_with_plugin(cfg: &PipelineConfig, plugin: Plugin) -> anyhow::
         dedup: cfg.dedup.as_ref().and_then(Dedup::new),
         concurrency: cfg.handler.concurrency,
         publish_window: cfg.handler.publish_window,
+        batch: cfg.handler.batch,
         publish_timeout: DEFAULT_PUBLISH_TIMEOUT,
     }))
 }

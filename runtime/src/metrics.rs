@@ -89,6 +89,11 @@ pub fn render(registry: &Registry) -> String {
         "counter",
         "Fuel (wasm instructions) used by handler calls.",
     );
+    let mut batched = Family::new(
+        "sluice_batched_messages_total",
+        "counter",
+        "Messages answered by a handler call that took several (handle-batch).",
+    );
     let mut in_flight = Family::new(
         "sluice_in_flight",
         "gauge",
@@ -146,6 +151,7 @@ pub fn render(registry: &Registry) -> String {
         dead.add("", &p, s.dead_lettered);
         outputs.add("", &p, s.outputs);
         fuel.add("", &p, s.fuel_used);
+        batched.add("", &p, s.batched);
         in_flight.add("", &p, s.in_flight);
         if let Some(n) = s.source_lag {
             lag.add("", &p, n);
@@ -170,8 +176,8 @@ pub fn render(registry: &Registry) -> String {
     }
     let mut out = String::new();
     for f in [
-        &received, &messages, &failures, &retries, &dead, &outputs, &latency, &fuel, &in_flight,
-        &breaker, &lag, &reloads, &up,
+        &received, &messages, &failures, &retries, &dead, &outputs, &latency, &fuel, &batched,
+        &in_flight, &breaker, &lag, &reloads, &up,
     ] {
         f.write(&mut out);
     }

@@ -13,7 +13,7 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 use tokio::sync::{Notify, mpsc};
 
-use crate::engine::{Plugin, Worker};
+use crate::engine::{Handled, Plugin, Worker};
 use crate::failure::{Failure, FailureClass};
 use crate::message::{Message, Output};
 use crate::router::breaker::{Breaker, BreakerState};
@@ -63,6 +63,8 @@ pub struct Parts {
     /// Messages one worker may have sent and not yet seen accepted by the
     /// sink; 1 = wait for each publish before the next message.
     pub publish_window: usize,
+    /// Most messages one handler call may take (already waiting ones only).
+    pub batch: usize,
     pub publish_timeout: Duration,
 }
 
@@ -109,6 +111,7 @@ struct Shared {
     dedup: Option<Mutex<Dedup>>,
     publish_timeout: Duration,
     publish_window: usize,
+    batch: usize,
     /// Set by a worker whose message the policy says to `stop` on.
     stopping: AtomicBool,
     stop_failure: Mutex<Option<Failure>>,
@@ -144,6 +147,7 @@ impl Pipeline {
                 dedup: parts.dedup.map(Mutex::new),
                 publish_timeout: parts.publish_timeout,
                 publish_window: parts.publish_window.max(1),
+                batch: parts.batch.max(1),
                 stopping: AtomicBool::new(false),
                 stop_failure: Mutex::new(None),
                 shutting_down: AtomicBool::new(false),
@@ -182,7 +186,8 @@ impl Pipeline {
         let mut senders = Vec::with_capacity(self.concurrency);
         let mut queues = Vec::with_capacity(self.concurrency);
         for _ in 0..self.concurrency {
-            let (tx, rx) = mpsc::channel::<Delivery>(WORKER_QUEUE);
+            // Room for a whole batch to be waiting.
+            let (tx, rx) = mpsc::channel::<Delivery>(WORKER_QUEUE.max(sh.batch));
             senders.push(tx);
             queues.push(rx);
         }
@@ -363,6 +368,7 @@ async fn worker(sh: Arc<Shared>, mut rx: mpsc::Receiver<Delivery>) {
     let mut version = sh.plugin.version.load(Relaxed);
     let mut w = Worker::new(sh.plugin.get());
     let mut window = Window::new();
+    let mut batch: Vec<Delivery> = Vec::with_capacity(sh.batch);
     loop {
         // Settle what the sink accepted first; take a new message only while
         // the window has room.
@@ -377,48 +383,89 @@ async fn worker(sh: Arc<Shared>, mut rx: mpsc::Receiver<Delivery>) {
                 None => break,
             },
         };
-        if sh.stopping.load(Relaxed) {
-            // The pipeline is stopping by policy: hand the rest back untouched.
-            let how = Settlement::Redeliver {
-                delay: Duration::ZERO,
-            };
-            settle(&sh, d.into_parts().2, how).await;
-            continue;
+        // What is already waiting joins it, as far as the batch size and
+        // the window allow; nothing waits for a batch to fill.
+        batch.push(d);
+        let room = sh.batch.min(sh.publish_window - window.len());
+        while batch.len() < room {
+            match rx.try_recv() {
+                Ok(d) => batch.push(d),
+                Err(_) => break,
+            }
         }
         let v = sh.plugin.version.load(Relaxed);
         if v != version {
             version = v;
             w.set_plugin(sh.plugin.get());
         }
-        sh.stats.in_flight.fetch_add(1, Relaxed);
-        let (msg, decode_error, handle) = d.into_parts();
-        let base = record_base(&sh, &msg);
+        run_batch(&sh, &mut w, &mut window, &mut batch).await;
+    }
+    while let Some((sent, accepted)) = window.next().await {
+        finish(&sh, &mut w, sent, accepted).await;
+    }
+}
+
+/// Handles `batch` (emptying it): one handler call for all the messages
+/// where the plugin takes batches, then each message's outputs sent in
+/// order, or its failure taken down the failure path.
+async fn run_batch(sh: &Shared, w: &mut Worker, window: &mut Window, batch: &mut Vec<Delivery>) {
+    sh.stats.in_flight.fetch_add(batch.len() as u64, Relaxed);
+    let parts: Vec<_> = batch.drain(..).map(Delivery::into_parts).collect();
+    let answers: Vec<Handled> = if parts.len() > 1 && !sh.stopping.load(Relaxed) {
+        let msgs: Vec<&Message> = parts
+            .iter()
+            .filter(|(_, decode_error, _)| decode_error.is_none())
+            .map(|(msg, _, _)| msg)
+            .collect();
+        let answers = w.handle_batch(&msgs).await;
+        sh.stats.batched.fetch_add(answers.len() as u64, Relaxed);
+        answers
+    } else {
+        Vec::new()
+    };
+    // Answers belong to the decoded messages in order; those without one
+    // (no batch, or after the batch's failure) are handled one per call.
+    let mut answers = answers.into_iter();
+    for (msg, decode_error, handle) in parts {
+        if sh.stopping.load(Relaxed) {
+            // The pipeline is stopping by policy: hand the rest back untouched.
+            let how = Settlement::Redeliver {
+                delay: Duration::ZERO,
+            };
+            settle(sh, handle, how).await;
+            sh.stats.in_flight.fetch_sub(1, Relaxed);
+            continue;
+        }
+        let base = record_base(sh, &msg);
         let first = match &decode_error {
             Some(e) => Failure::new(FailureClass::Decode, e.clone()),
-            None => match call_and_send(&sh, &mut w, &msg, &base, handle.wants_answer()).await {
-                Ok((reply, outputs, accepted)) => {
-                    let sent = Sent {
-                        msg,
-                        base,
-                        handle,
-                        reply,
-                        outputs,
-                    };
-                    window.push_back(Box::pin(async move { (sent, accepted.await) }));
-                    continue;
+            None => {
+                let answer = match answers.next() {
+                    Some(a) => a,
+                    None => w.handle(&msg).await,
+                };
+                match send_answer(sh, answer, &base, handle.wants_answer()).await {
+                    Ok((reply, outputs, accepted)) => {
+                        let sent = Sent {
+                            msg,
+                            base,
+                            handle,
+                            reply,
+                            outputs,
+                        };
+                        window.push_back(Box::pin(async move { (sent, accepted.await) }));
+                        continue;
+                    }
+                    Err(f) => f,
                 }
-                Err(f) => f,
-            },
+            }
         };
         // A failure is handled with nothing else in flight: what was sent
         // before it is settled first, retries then run one at a time.
         while let Some((sent, accepted)) = window.next().await {
-            finish(&sh, &mut w, sent, accepted).await;
+            finish(sh, w, sent, accepted).await;
         }
-        failed(&sh, &mut w, msg, handle, base, decode_error, first).await;
-    }
-    while let Some((sent, accepted)) = window.next().await {
-        finish(&sh, &mut w, sent, accepted).await;
+        failed(sh, w, msg, handle, base, decode_error, first).await;
     }
 }
 
@@ -470,7 +517,17 @@ async fn call_and_send(
     base: &str,
     wants_answer: bool,
 ) -> Result<(Option<Output>, usize, Accepted), Failure> {
-    let (result, cost) = w.handle(msg).await;
+    let answer = w.handle(msg).await;
+    send_answer(sh, answer, base, wants_answer).await
+}
+
+/// Sends the outputs of a handler's answer (see [`call_and_send`]).
+async fn send_answer(
+    sh: &Shared,
+    (result, cost): Handled,
+    base: &str,
+    wants_answer: bool,
+) -> Result<(Option<Output>, usize, Accepted), Failure> {
     sh.stats.fuel_used.fetch_add(cost.fuel_used, Relaxed);
     sh.stats.handler_latency.observe(cost.elapsed);
     let mut outputs = result?;

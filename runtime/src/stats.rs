@@ -23,6 +23,8 @@ pub struct Stats {
     pub redelivered: AtomicU64,
     pub in_flight: AtomicU64,
     pub fuel_used: AtomicU64,
+    /// Messages answered by a handler call that took several (`handle-batch`).
+    pub batched: AtomicU64,
     /// Failures by class, indexed like [`FailureClass::ALL`].
     pub failures: [AtomicU64; 9],
     pub last_error: Mutex<Option<String>>,
@@ -120,6 +122,7 @@ impl Stats {
             redelivered: self.redelivered.load(Relaxed),
             in_flight: self.in_flight.load(Relaxed),
             fuel_used: self.fuel_used.load(Relaxed),
+            batched: self.batched.load(Relaxed),
             failures: FailureClass::ALL
                 .iter()
                 .zip(&self.failures)
@@ -145,6 +148,8 @@ pub struct Snapshot {
     pub redelivered: u64,
     pub in_flight: u64,
     pub fuel_used: u64,
+    /// Messages answered by a handler call that took several.
+    pub batched: u64,
     /// Failures by class (classes with none left out).
     pub failures: Vec<(&'static str, u64)>,
     pub last_error: Option<String>,

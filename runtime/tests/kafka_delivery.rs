@@ -489,6 +489,7 @@ async fn rejected_is_dead_lettered(kind: Kind) {
         dedup: None,
         concurrency: 1,
         publish_window: 128,
+        batch: 16,
         publish_timeout: Duration::from_secs(10),
     });
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

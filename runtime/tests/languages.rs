@@ -371,6 +371,12 @@ async fn every_language_runs_under_fuel_and_memory_caps() {
         let mut w = worker(&engine, lang, stem, |_| {}).await;
         assert!(w.handle(&msg(GOOD)).await.0.is_ok(), "{lang}");
         let p = w.plugin().clone();
+        // Only the Rust SDK builds the `batch-handler` world; the others get
+        // one message per call and run as before.
+        assert_eq!(p.takes_batches(), lang == "rust", "{lang}: handle-batch");
+        let two = [msg(GOOD), msg(GOOD)];
+        let answered = w.handle_batch(&[&two[0], &two[1]]).await.len();
+        assert_eq!(answered, if lang == "rust" { 2 } else { 0 }, "{lang}");
         let mut spec = p.spec().clone();
         spec.fuel = 1_000;
         let small = Plugin::load(&engine, spec).await;

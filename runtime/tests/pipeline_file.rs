@@ -271,6 +271,7 @@ async fn run_with_sink(
         dedup: None,
         concurrency: cfg.handler.concurrency,
         publish_window: cfg.handler.publish_window,
+        batch: cfg.handler.batch,
         publish_timeout: Duration::from_secs(30),
     });
     p.run(std::future::pending()).await.expect("run")
@@ -532,6 +533,7 @@ async fn publish_window_pipelines_sends_and_settles_after_acks() {
         dedup: None,
         concurrency: 1,
         publish_window: window,
+        batch: 16,
         publish_timeout: Duration::from_secs(30),
     });
     let run = tokio::spawn(p.run(std::future::pending()));

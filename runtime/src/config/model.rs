@@ -166,10 +166,12 @@ pub struct HandlerConfig {
     /// A `.wasm` component (or a folder holding exactly one `.wasm` file).
     /// Relative paths are relative to the pipeline file.
     pub plugin: PathBuf,
-    /// Instructions (fuel units) one call may use.
+    /// Instructions (fuel units) one message may use (in a batch, each
+    /// message has its own).
     #[serde(default = "default_fuel")]
     pub fuel: u64,
-    /// Wall-clock time one call may take. A call past it is stopped within
+    /// Wall-clock time one message may take (in a batch, each message has
+    /// its own deadline). A call past it is stopped within
     /// one epoch tick (5 ms) after it, never before.
     #[serde(default = "default_timeout")]
     pub timeout: Dur,
@@ -194,7 +196,18 @@ pub struct HandlerConfig {
     /// Kafka at ~80k msg/s with its 1 ms linger).
     #[serde(default = "default_publish_window")]
     pub publish_window: usize,
-    /// Largest total size of the outputs of one call; more is a `trap`.
+    /// Most messages one handler call may take, for handlers that accept
+    /// batches (the Rust SDK's do; other tool chains get one message per
+    /// call). Only messages already waiting are batched, so a quiet stream
+    /// never waits for a batch to fill. Each message still runs under its
+    /// own `fuel` and `timeout` and gets its own outputs, failure and
+    /// settle: a trap is pinned on the message that caused it, the messages
+    /// before it keep their answers and the rest go on a fresh instance. A
+    /// message retried in place runs again after the rest of its batch was
+    /// handled (their outputs still wait for it). `1` = one message per call.
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+    /// Largest total size of the outputs of one message; more is a `trap`.
     #[serde(default = "default_max_output")]
     pub max_output_bytes: Size,
     /// Passed to the handler's `init` as string pairs.
@@ -222,6 +235,9 @@ fn default_concurrency() -> usize {
 }
 fn default_publish_window() -> usize {
     1024
+}
+fn default_batch() -> usize {
+    16
 }
 fn default_max_output() -> Size {
     Size(4 * 1024 * 1024)

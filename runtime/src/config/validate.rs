@@ -151,9 +151,19 @@ fn check_sink(c: &mut Check, keys: &[&str], s: &SinkConfig, source: Option<&Sour
     }
 }
 
+/// Most messages one handler call may take (`handler.batch`).
+const MAX_BATCH: usize = 1024;
+
 fn check_handler(c: &mut Check, h: &HandlerConfig) {
     c.at_least_one(&["handler", "concurrency"], h.concurrency as u64);
     c.at_least_one(&["handler", "publish_window"], h.publish_window as u64);
+    c.at_least_one(&["handler", "batch"], h.batch as u64);
+    if h.batch > MAX_BATCH {
+        c.fail(
+            &["handler", "batch"],
+            format!("must be at most {MAX_BATCH}, found {}", h.batch),
+        );
+    }
     if h.fuel == 0 {
         c.fail(
             &["handler", "fuel"],

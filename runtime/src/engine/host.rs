@@ -23,6 +23,8 @@ pub struct HostState {
     /// The last error-level line the guest logged during the current call
     /// (the Rust SDK logs panic messages this way), for failure messages.
     pub(crate) last_error: Option<String>,
+    /// Set while a `handle-batch` call runs.
+    pub(crate) batch: Option<super::batch::BatchCall>,
 }
 
 impl HostState {
@@ -40,6 +42,7 @@ impl HostState {
             kv,
             pipeline,
             last_error: None,
+            batch: None,
         }
     }
 

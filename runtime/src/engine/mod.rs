@@ -2,16 +2,19 @@
 //! fuel (instructions), an epoch deadline (wall clock) and a memory cap —
 //! with traps mapped to failure classes and a fresh instance after each trap.
 
+mod batch;
 mod bindings;
 pub mod cache;
 mod core_module;
 mod host;
 mod limits;
 mod plugin;
+mod worker;
 
 pub use host::KvStore;
 pub use limits::MemoryExceeded;
-pub use plugin::{CallStats, Instance, NativeFn, Plugin, PluginError, PluginSpec, Worker};
+pub use plugin::{CallStats, Instance, NativeFn, Plugin, PluginError, PluginSpec};
+pub use worker::{Handled, Worker};
 
 use std::path::PathBuf;
 use std::sync::Arc;

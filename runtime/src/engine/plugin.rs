@@ -11,7 +11,10 @@ use wasmtime::component::{Linker, types::ComponentItem};
 use wasmtime::{Store, Trap};
 
 use super::Engine;
-use super::bindings::{Handler, HandlerPre, WitHandlerError, WitHeader, WitMessage, WitOutput};
+use super::bindings::{
+    BatchHandler, BatchHandlerPre, Handler, HandlerPre, WitHandlerError, WitHeader, WitMessage,
+    WitOutput,
+};
 use super::cache::{self, Origin};
 use super::core_module::{self, ConvertError};
 use super::host::{HostState, KvStore};
@@ -90,23 +93,25 @@ pub enum PluginError {
 /// keep it alive, so a swap never disturbs a call in flight.
 #[derive(Clone)]
 pub struct Plugin {
-    inner: Arc<PluginInner>,
+    pub(super) inner: Arc<PluginInner>,
 }
 
-struct PluginInner {
-    engine: Engine,
-    spec: PluginSpec,
+pub(super) struct PluginInner {
+    pub(super) engine: Engine,
+    pub(super) spec: PluginSpec,
     file: PathBuf,
     digest: String,
     loaded_at: SystemTime,
     origin: Origin,
     pre: HandlerPre<HostState>,
+    /// Set when the component exports `handle-batch` (world `batch-handler`).
+    batch_pre: Option<BatchHandlerPre<HostState>>,
     kv: Arc<Mutex<KvStore>>,
     pipeline: Arc<str>,
     config: Vec<(String, String)>,
     /// Set for a handler linked into the host instead of a component; only
     /// for measuring the sandbox's cost against the same logic.
-    native: Option<NativeFn>,
+    pub(super) native: Option<NativeFn>,
 }
 
 /// A handler written in Rust and linked into the host (benchmarks compare it
@@ -167,11 +172,19 @@ impl Plugin {
             .map_err(|e| world_err(e.to_string()))?;
         Handler::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| world_err(e.to_string()))?;
+        super::batch::add_to_linker(&mut linker).map_err(|e| world_err(e.to_string()))?;
         let instance_pre = linker.instantiate_pre(&component).map_err(|e| {
             world_err(format!(
                 "it imports something the host does not provide: {e:#}"
             ))
         })?;
+        let batch_pre = if exports_batch(engine, &component) {
+            let pre = BatchHandlerPre::new(instance_pre.clone())
+                .map_err(|e| world_err(format!("`handle-batch`: {e:#}")))?;
+            Some(pre)
+        } else {
+            None
+        };
         let pre = HandlerPre::new(instance_pre).map_err(|e| world_err(format!("{e:#}")))?;
 
         let plugin = Plugin {
@@ -182,6 +195,7 @@ impl Plugin {
                 loaded_at: SystemTime::now(),
                 origin,
                 pre,
+                batch_pre,
                 kv: Arc::new(Mutex::new(KvStore::new(
                     spec.kv_max_entries,
                     spec.kv_max_bytes,
@@ -214,6 +228,7 @@ impl Plugin {
                 loaded_at: SystemTime::now(),
                 origin: t.origin,
                 pre: t.pre.clone(),
+                batch_pre: t.batch_pre.clone(),
                 kv: t.kv.clone(),
                 pipeline: t.pipeline.clone(),
                 config: t.config.clone(),
@@ -240,6 +255,11 @@ impl Plugin {
         self.inner.loaded_at
     }
 
+    /// Whether the component takes several messages per call (`handle-batch`).
+    pub fn takes_batches(&self) -> bool {
+        self.inner.batch_pre.is_some() || self.inner.native.is_some()
+    }
+
     /// Whether the compiled code came from the disk cache.
     pub fn from_cache(&self) -> bool {
         self.inner.origin == Origin::Cache
@@ -263,7 +283,15 @@ impl Plugin {
         let mut store = Store::new(p.engine.wasmtime(), state);
         store.limiter(|s| &mut s.limiter);
         arm(&mut store, &p.engine, &p.spec);
-        let bindings = match p.pre.instantiate_async(&mut store).await {
+        let made = match &p.batch_pre {
+            Some(pre) => pre.instantiate_async(&mut store).await.map(Bindings::Batch),
+            None => p
+                .pre
+                .instantiate_async(&mut store)
+                .await
+                .map(Bindings::Single),
+        };
+        let bindings = match made {
             Ok(b) => b,
             Err(e) => return Err(classify(e, &store, &p.spec, "instantiation")),
         };
@@ -348,6 +376,14 @@ fn is_component(b: &[u8]) -> bool {
     b.len() >= 8 && &b[..4] == b"\0asm" && b[6..8] == [1, 0]
 }
 
+/// Whether the component exports `handle-batch` (the `batch-handler` world).
+fn exports_batch(engine: &Engine, component: &wasmtime::component::Component) -> bool {
+    component
+        .component_type()
+        .get_export(engine.wasmtime(), "handle-batch")
+        .is_some()
+}
+
 /// Says which of the world's exports a component lacks.
 fn check_exports(
     engine: &Engine,
@@ -382,7 +418,7 @@ fn check_exports(
 }
 
 /// Sets the budgets for the next call: fuel and the wall-clock deadline.
-fn arm(store: &mut Store<HostState>, engine: &Engine, spec: &PluginSpec) {
+pub(super) fn arm(store: &mut Store<HostState>, engine: &Engine, spec: &PluginSpec) {
     store.data_mut().last_error = None;
     // set_fuel fails only when fuel is not enabled, and it always is here.
     let _ = store.set_fuel(spec.fuel);
@@ -390,7 +426,7 @@ fn arm(store: &mut Store<HostState>, engine: &Engine, spec: &PluginSpec) {
 }
 
 /// Turns a wasmtime error into a classified failure.
-fn classify(
+pub(super) fn classify(
     err: wasmtime::Error,
     store: &Store<HostState>,
     spec: &PluginSpec,
@@ -452,11 +488,41 @@ pub struct CallStats {
 /// One instance of a plugin version. Reused between messages; discarded
 /// after any sandbox failure (a fresh one comes from the cached `InstancePre`).
 pub struct Instance {
-    store: Store<HostState>,
-    bindings: Handler,
-    plugin: Plugin,
-    poisoned: bool,
+    pub(super) store: Store<HostState>,
+    pub(super) bindings: Bindings,
+    pub(super) plugin: Plugin,
+    pub(super) poisoned: bool,
     _permit: OwnedSemaphorePermit,
+}
+
+/// The exports of an instance, by the world its component implements.
+pub(super) enum Bindings {
+    Single(Handler),
+    Batch(BatchHandler),
+}
+
+impl Bindings {
+    async fn call_init(
+        &self,
+        store: &mut Store<HostState>,
+        config: &[(&str, &str)],
+    ) -> wasmtime::Result<Result<(), String>> {
+        match self {
+            Bindings::Single(b) => b.call_init(store, config).await,
+            Bindings::Batch(b) => b.call_init(store, config).await,
+        }
+    }
+
+    async fn call_handle(
+        &self,
+        store: &mut Store<HostState>,
+        msg: WitMessage<'_>,
+    ) -> wasmtime::Result<Result<Vec<WitOutput>, WitHandlerError>> {
+        match self {
+            Bindings::Single(b) => b.call_handle(store, msg).await,
+            Bindings::Batch(b) => b.call_handle(store, msg).await,
+        }
+    }
 }
 
 impl Instance {
@@ -474,23 +540,8 @@ impl Instance {
     pub async fn handle(&mut self, msg: &Message) -> (Result<Vec<Output>, Failure>, CallStats) {
         let spec = &self.plugin.inner.spec;
         arm(&mut self.store, &self.plugin.inner.engine, spec);
-        // Borrowed from the message: lowered into the guest with no host copy.
-        let headers: Vec<WitHeader<'_>> = msg
-            .headers
-            .iter()
-            .map(|h| WitHeader {
-                key: &h.key,
-                value: &h.value,
-            })
-            .collect();
-        let wit = WitMessage {
-            topic: &msg.topic,
-            key: msg.key.as_deref(),
-            payload: &msg.payload,
-            headers: &headers,
-            timestamp_ms: msg.timestamp_ms,
-            attempt: msg.attempt,
-        };
+        let headers = wit_headers(msg);
+        let wit = wit_message(msg, &headers);
         let start = Instant::now();
         let result = self.bindings.call_handle(&mut self.store, wit).await;
         let stats = CallStats {
@@ -498,15 +549,49 @@ impl Instance {
             elapsed: start.elapsed(),
         };
         let result = match result {
-            Ok(Ok(outputs)) => check_outputs(outputs, spec.max_output_bytes),
-            Ok(Err(WitHandlerError::Retriable(m))) => Err(Failure::new(FailureClass::Retriable, m)),
-            Ok(Err(WitHandlerError::Fatal(m))) => Err(Failure::new(FailureClass::Fatal, m)),
+            Ok(outcome) => outcome_of(outcome, spec.max_output_bytes),
             Err(e) => {
                 self.poisoned = true;
                 Err(classify(e, &self.store, spec, "handle"))
             }
         };
         (result, stats)
+    }
+}
+
+/// A message's headers as the guest sees them, borrowed from the message:
+/// lowered into the guest with no host copy.
+pub(super) fn wit_headers(msg: &Message) -> Vec<WitHeader<'_>> {
+    msg.headers
+        .iter()
+        .map(|h| WitHeader {
+            key: &h.key,
+            value: &h.value,
+        })
+        .collect()
+}
+
+/// A message as the guest sees it, borrowed from the message.
+pub(super) fn wit_message<'a>(msg: &'a Message, headers: &'a [WitHeader<'a>]) -> WitMessage<'a> {
+    WitMessage {
+        topic: &msg.topic,
+        key: msg.key.as_deref(),
+        payload: &msg.payload,
+        headers,
+        timestamp_ms: msg.timestamp_ms,
+        attempt: msg.attempt,
+    }
+}
+
+/// What the handler answered for one message, as the pipeline takes it.
+pub(super) fn outcome_of(
+    outcome: Result<Vec<WitOutput>, WitHandlerError>,
+    max_output_bytes: u64,
+) -> Result<Vec<Output>, Failure> {
+    match outcome {
+        Ok(outputs) => check_outputs(outputs, max_output_bytes),
+        Err(WitHandlerError::Retriable(m)) => Err(Failure::new(FailureClass::Retriable, m)),
+        Err(WitHandlerError::Fatal(m)) => Err(Failure::new(FailureClass::Fatal, m)),
     }
 }
 
@@ -536,58 +621,4 @@ fn check_outputs(outputs: Vec<WitOutput>, max: u64) -> Result<Vec<Output>, Failu
         ));
     }
     Ok(outputs)
-}
-
-/// Runs one pipeline worker's messages: holds an instance between messages
-/// and replaces it after a sandbox failure or when the plugin version changes.
-pub struct Worker {
-    plugin: Plugin,
-    instance: Option<Instance>,
-}
-
-impl Worker {
-    pub fn new(plugin: Plugin) -> Self {
-        Worker {
-            plugin,
-            instance: None,
-        }
-    }
-
-    /// Switches to another version; the next message gets an instance of it.
-    pub fn set_plugin(&mut self, plugin: Plugin) {
-        if plugin.digest() != self.plugin.digest()
-            || !Arc::ptr_eq(&plugin.inner, &self.plugin.inner)
-        {
-            self.instance = None;
-            self.plugin = plugin;
-        }
-    }
-
-    pub fn plugin(&self) -> &Plugin {
-        &self.plugin
-    }
-
-    /// Handles one message, making an instance first when there is none.
-    pub async fn handle(&mut self, msg: &Message) -> (Result<Vec<Output>, Failure>, CallStats) {
-        if let Some(f) = &self.plugin.inner.native {
-            return (f(msg), CallStats::default());
-        }
-        if self.instance.is_none() {
-            match self.plugin.instantiate().await {
-                Ok(i) => self.instance = Some(i),
-                Err(f) => return (Err(f), CallStats::default()),
-            }
-        }
-        let Some(instance) = self.instance.as_mut() else {
-            return (
-                Err(Failure::new(FailureClass::Trap, "no instance")),
-                CallStats::default(),
-            );
-        };
-        let out = instance.handle(msg).await;
-        if instance.is_poisoned() {
-            self.instance = None;
-        }
-        out
-    }
 }

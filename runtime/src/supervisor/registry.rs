@@ -230,6 +230,7 @@ impl Handle {
                 "retries": s.retries,
                 "outputs": s.outputs,
                 "fuel_used": s.fuel_used,
+                "batched": s.batched,
             })
         });
         let failures: BTreeMap<&str, u64> = stats

@@ -267,6 +267,7 @@ pub mod run {
             dedup: None,
             concurrency: 1,
             publish_window: 128,
+            batch: 16,
             publish_timeout: Duration::from_secs(5),
         });
         let stats = pipeline.stats();
