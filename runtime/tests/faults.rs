@@ -1314,7 +1314,8 @@ fn good_rate(out: &[Got], prefix: &str) -> f64 {
 /// one pipeline. Good messages keep flowing, every poison message is
 /// dead-lettered with its class, and the good-message throughput with
 /// poison is measured against the same pipeline's throughput without it
-/// (phase 1, 1500 good only). Stated bound: at least 0.2 of it.
+/// (phase 1, 1500 good only). Stated bound: the poison adds to the good
+/// messages' time no more than its endless loops' deadlines plus 1 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_mixed_into_good() {
     let name = "poison-mix";
@@ -1440,9 +1441,20 @@ async fn poison_mixed_into_good() {
         poison.len(),
         "[{name}] every poison message dead-lettered"
     );
+    // The endless loops hold the worker for their whole deadline (300 ms
+    // each): that much the poison must cost. Anything past it, beyond 1 s of
+    // slack, would be good messages held up for nothing. (A ratio of rates
+    // bounds the wrong thing: the faster the clean path, the larger the
+    // share of the fixed deadlines.)
+    let loops = poison.iter().filter(|p| p.starts_with(b"loop")).count();
+    let added = n as f64 / r2 - n as f64 / r1;
+    let allowed = loops as f64 * 0.3 + 1.0;
+    eprintln!(
+        "[fault] name={name}-delay added_s={added:.2} allowed_s={allowed:.2} (loops {loops} x 300 ms + 1 s)"
+    );
     assert!(
-        factor >= 0.2,
-        "[{name}] good throughput with poison fell to {factor:.2} of the clean rate (bound 0.2)"
+        added <= allowed,
+        "[{name}] poison added {added:.2} s to the good messages' time, more than its {loops} deadlines of 300 ms + 1 s ({factor:.2} of the clean rate)"
     );
 }
 
