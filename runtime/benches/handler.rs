@@ -68,8 +68,17 @@ fn native_echo() -> NativeFn {
     Arc::new(|m: &Message| Ok(vec![Output::new(m.payload.clone())]))
 }
 
+/// The pipelines' default `handler.batch`.
+const BATCH: usize = 16;
+
 /// Messages per second through a whole pipeline (best of `reps`).
-async fn throughput(plugin: &Plugin, msgs: &[Message], concurrency: usize, reps: usize) -> f64 {
+async fn throughput(
+    plugin: &Plugin,
+    msgs: &[Message],
+    concurrency: usize,
+    batch: usize,
+    reps: usize,
+) -> f64 {
     let mut best = 0f64;
     for _ in 0..reps {
         let sink = Arc::new(MemorySink::counting());
@@ -93,6 +102,7 @@ async fn throughput(plugin: &Plugin, msgs: &[Message], concurrency: usize, reps:
             dedup: None,
             concurrency,
             publish_window: 128,
+            batch,
             publish_timeout: Duration::from_secs(30),
         });
         let start = Instant::now();
@@ -148,7 +158,7 @@ async fn bench() {
                 .expect("plugin (run plugins/build.sh)")
         }
     };
-    // `BENCH_PROFILE=trap|call SECS`: only loop that path for a profiler.
+    // `BENCH_PROFILE=trap|call|batch SECS`: only loop that path for a profiler.
     if let Ok(what) = std::env::var("BENCH_PROFILE") {
         let secs: u64 = std::env::var("BENCH_PROFILE_SECS")
             .ok()
@@ -159,7 +169,15 @@ async fn bench() {
         let payload = if what == "trap" { "panic" } else { "fine" };
         let t = Instant::now();
         let mut n = 0u64;
-        while t.elapsed() < Duration::from_secs(secs) {
+        if what == "batch" {
+            // Healthy calls of BATCH messages each, per message.
+            let msgs: Vec<Message> = (0..BATCH).map(|_| Message::new("b", payload)).collect();
+            let refs: Vec<&Message> = msgs.iter().collect();
+            while t.elapsed() < Duration::from_secs(secs) {
+                n += w.handle_batch(&refs).await.len() as u64;
+            }
+        }
+        while n == 0 || what != "batch" && t.elapsed() < Duration::from_secs(secs) {
             let _ = w.handle(&Message::new("b", payload)).await;
             n += 1;
         }
@@ -191,17 +209,25 @@ async fn bench() {
         ),
     ] {
         for conc in [1, 2] {
-            let w = throughput(wasm, msgs, conc, 3).await;
-            let nat = throughput(&native, msgs, conc, 3).await;
-            rows.push(format!(
-                "| {name} | {conc} | {:>9.0} | {:>9.0} | {:.2} |",
-                w,
-                nat,
-                w / nat
-            ));
-            json.insert(format!("{name}_c{conc}_wasm_msgs_per_s"), w.into());
-            json.insert(format!("{name}_c{conc}_native_msgs_per_s"), nat.into());
-            json.insert(format!("{name}_c{conc}_ratio"), (w / nat).into());
+            // The default batch, then one message per call.
+            for batch in [BATCH, 1] {
+                let w = throughput(wasm, msgs, conc, batch, 3).await;
+                let nat = throughput(&native, msgs, conc, batch, 3).await;
+                rows.push(format!(
+                    "| {name} | {conc} | {batch} | {:>9.0} | {:>9.0} | {:.2} |",
+                    w,
+                    nat,
+                    w / nat
+                ));
+                let key = if batch == BATCH {
+                    format!("{name}_c{conc}")
+                } else {
+                    format!("{name}_c{conc}_b{batch}")
+                };
+                json.insert(format!("{key}_wasm_msgs_per_s"), w.into());
+                json.insert(format!("{key}_native_msgs_per_s"), nat.into());
+                json.insert(format!("{key}_ratio"), (w / nat).into());
+            }
         }
     }
 
@@ -212,8 +238,10 @@ async fn bench() {
         .map(|_| Message::new("bench", "panic"))
         .collect();
     let healthy: Vec<Message> = (0..20_000).map(|_| Message::new("bench", "fine")).collect();
-    let poison_rate = throughput(&panic, &poison, 1, 3).await;
-    let healthy_rate = throughput(&panic, &healthy, 1, 3).await;
+    let poison_rate = throughput(&panic, &poison, 1, BATCH, 3).await;
+    let healthy_rate = throughput(&panic, &healthy, 1, BATCH, 3).await;
+    let poison_b1 = throughput(&panic, &poison, 1, 1, 3).await;
+    let healthy_b1 = throughput(&panic, &healthy, 1, 1, 3).await;
 
     // Cost of one trap + fresh instance, against one healthy call and one bare instantiation.
     let mut w = Worker::new(panic.clone());
@@ -240,16 +268,19 @@ async fn bench() {
     }
     let bare_us = per(t.elapsed());
 
-    println!("\n| handler | concurrency | WASM msg/s | native msg/s | WASM/native |");
-    println!("|---|---|---|---|---|");
+    println!("\n| handler | concurrency | batch | WASM msg/s | native msg/s | WASM/native |");
+    println!("|---|---|---|---|---|---|");
     for r in &rows {
         println!("{r}");
     }
     println!("\n| path | msg/s or µs |\n|---|---|");
-    println!("| healthy stream (panic plugin, good payloads) | {healthy_rate:.0} msg/s |");
     println!(
-        "| poison stream (every message traps → dead letter → fresh instance) | {poison_rate:.0} msg/s ({:.2} of healthy) |",
-        poison_rate / healthy_rate
+        "| healthy stream (panic plugin, good payloads; batch {BATCH} / 1) | {healthy_rate:.0} / {healthy_b1:.0} msg/s |"
+    );
+    println!(
+        "| poison stream (every message traps → dead letter → fresh instance; batch {BATCH} / 1) | {poison_rate:.0} msg/s ({:.2} of healthy) / {poison_b1:.0} msg/s ({:.2}) |",
+        poison_rate / healthy_rate,
+        poison_b1 / healthy_b1
     );
     println!("| one healthy call | {call_us:.2} µs |");
     println!("| one trapping call + fresh instance on the next | {trap_us:.2} µs |");
@@ -265,6 +296,8 @@ async fn bench() {
     );
     json.insert("poison_msgs_per_s".into(), poison_rate.into());
     json.insert("healthy_msgs_per_s".into(), healthy_rate.into());
+    json.insert("poison_b1_msgs_per_s".into(), poison_b1.into());
+    json.insert("healthy_b1_msgs_per_s".into(), healthy_b1.into());
     json.insert("call_us".into(), call_us.into());
     json.insert("trap_and_reinstantiate_us".into(), trap_us.into());
     json.insert("instantiate_us".into(), inst_us.into());

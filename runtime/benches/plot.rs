@@ -215,16 +215,27 @@ fn handler(v: &Value) -> String {
             if w == 0.0 {
                 continue;
             }
+            let mut bars = vec![
+                ("native, batch 16".into(), n, format!("{n:.0} msg/s")),
+                (
+                    "WASM, batch 16".into(),
+                    w,
+                    format!("{w:.0} msg/s ({:.2} of native)", w / n),
+                ),
+            ];
+            let w1 = num(&v[format!("{name}_c{c}_b1_wasm_msgs_per_s")]);
+            let n1 = num(&v[format!("{name}_c{c}_b1_native_msgs_per_s")]);
+            if w1 > 0.0 {
+                bars.push(("native, batch 1".into(), n1, format!("{n1:.0} msg/s")));
+                bars.push((
+                    "WASM, batch 1".into(),
+                    w1,
+                    format!("{w1:.0} msg/s ({:.2} of native)", w1 / n1),
+                ));
+            }
             groups.push(Group {
                 title: format!("{name}, concurrency {c}"),
-                bars: vec![
-                    ("native Rust".into(), n, format!("{n:.0} msg/s")),
-                    (
-                        "WASM component".into(),
-                        w,
-                        format!("{w:.0} msg/s ({:.2} of native)", w / n),
-                    ),
-                ],
+                bars,
                 mark: Some((n * 0.8, "target 0.8".into())),
             });
         }
