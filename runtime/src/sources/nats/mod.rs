@@ -42,7 +42,7 @@ pub struct NatsSource {
     conn_stats: Arc<ConnStats>,
     request_reply: bool,
     fallback: Option<Bytes>,
-    pipeline: String,
+    pipeline: Arc<str>,
     closed: bool,
 }
 
@@ -167,7 +167,7 @@ pub async fn open(cfg: &NatsSourceConfig, pipeline: &str) -> anyhow::Result<Nats
         conn_stats,
         request_reply: cfg.request_reply,
         fallback: cfg.fallback.clone().map(Bytes::from),
-        pipeline: pipeline.to_string(),
+        pipeline: pipeline.into(),
         closed: false,
     })
 }
@@ -194,17 +194,20 @@ impl NatsSource {
 
     fn delivery(&self, m: async_nats::Message) -> Delivery {
         let (headers, key) = connect::from_nats_headers(m.headers.as_ref());
-        let mut message = Message::new(m.subject.to_string(), m.payload);
+        let mut message = Message::new(m.subject.as_str().to_owned(), m.payload);
         message.headers = headers;
         message.key = key;
         message.timestamp_ms = Some(now_ms());
-        let reply_to = if self.request_reply { m.reply } else { None };
-        let settle = NatsSettle::new(
-            self.client.clone(),
-            reply_to,
-            self.fallback.clone(),
-            self.pipeline.clone(),
-        );
+        // Only a request needs the client (to answer) and the fallback.
+        let reply = match m.reply {
+            Some(to) if self.request_reply => Some(reply::Request {
+                client: self.client.clone(),
+                to,
+                fallback: self.fallback.clone(),
+            }),
+            _ => None,
+        };
+        let settle = NatsSettle::new(reply, self.pipeline.clone());
         Delivery::new(message, Box::new(settle))
     }
 }

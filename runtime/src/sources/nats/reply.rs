@@ -19,6 +19,7 @@
 //! cannot redeliver: a `Redeliver` settlement (shutdown, stop) is answered
 //! with an error reply and the message is gone.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::{Client, HeaderMap, Subject};
@@ -45,38 +46,37 @@ pub use crate::sources::Answer;
 
 /// The settle handle of one `nats` delivery.
 pub struct NatsSettle {
-    client: Client,
-    reply_to: Option<Subject>,
-    fallback: Option<Bytes>,
+    /// Set for a request (`request_reply = true` and a reply subject).
+    request: Option<Request>,
     answer: Option<Answer>,
-    pipeline: String,
+    pipeline: Arc<str>,
+}
+
+/// What answering a request takes; a plain message carries none of it.
+pub(super) struct Request {
+    pub client: Client,
+    pub to: Subject,
+    pub fallback: Option<Bytes>,
 }
 
 impl NatsSettle {
-    pub(super) fn new(
-        client: Client,
-        reply_to: Option<Subject>,
-        fallback: Option<Bytes>,
-        pipeline: String,
-    ) -> Self {
+    pub(super) fn new(request: Option<Request>, pipeline: Arc<str>) -> Self {
         NatsSettle {
-            client,
-            reply_to,
-            fallback,
+            request,
             answer: None,
             pipeline,
         }
     }
 
     /// The reply for `how`, given what was recorded.
-    fn reply(&self, how: Settlement) -> (Bytes, HeaderMap) {
+    fn reply(&self, fallback: Option<&Bytes>, how: Settlement) -> (Bytes, HeaderMap) {
         match (&self.answer, how) {
             (Some(Answer::Reply(o)), Settlement::Ack) => (
                 o.payload.clone(),
                 to_nats_headers(&o.headers, o.key.as_ref()),
             ),
             (None, Settlement::Ack) => (Bytes::new(), HeaderMap::new()),
-            (Some(Answer::Failed(f)), _) => match &self.fallback {
+            (Some(Answer::Failed(f)), _) => match fallback {
                 Some(fb) => {
                     let mut h = HeaderMap::new();
                     h.insert(CLASS_HEADER, f.class.as_str());
@@ -84,7 +84,7 @@ impl NatsSettle {
                 }
                 None => error_reply(f.class.as_str(), &f.message, 500),
             },
-            (_, Settlement::Terminated | Settlement::Redeliver { .. }) => match &self.fallback {
+            (_, Settlement::Terminated | Settlement::Redeliver { .. }) => match fallback {
                 Some(fb) => {
                     let mut h = HeaderMap::new();
                     h.insert(CLASS_HEADER, "unavailable");
@@ -152,7 +152,7 @@ pub(super) async fn unavailable(client: &Client, to: Subject) {
 
 impl Settle for NatsSettle {
     fn wants_answer(&self) -> bool {
-        self.reply_to.is_some()
+        self.request.is_some()
     }
 
     fn answer(&mut self, answer: Answer) {
@@ -161,15 +161,15 @@ impl Settle for NatsSettle {
 
     fn settle(self: Box<Self>, how: Settlement) -> BoxFuture<'static, anyhow::Result<()>> {
         Box::pin(async move {
-            let Some(to) = self.reply_to.clone() else {
+            let Some(request) = &self.request else {
                 if matches!(how, Settlement::Redeliver { .. }) {
                     tracing::debug!(pipeline = %self.pipeline,
                         "core NATS cannot redeliver: the message is gone (at most once)");
                 }
                 return Ok(());
             };
-            let (payload, headers) = self.reply(how);
-            send(&self.client, to, payload, headers).await
+            let (payload, headers) = self.reply(request.fallback.as_ref(), how);
+            send(&request.client, request.to.clone(), payload, headers).await
         })
     }
 }
@@ -184,48 +184,40 @@ mod tests {
         h.get(k).map(|v| v.as_str().to_string())
     }
 
-    #[tokio::test]
-    async fn replies_by_outcome() {
-        // A client is needed for the struct only; nothing is sent here.
-        let Ok(client) = async_nats::connect("nats://127.0.0.1:4222").await else {
-            eprintln!("no NATS on 127.0.0.1:4222; skipping");
-            return;
-        };
-        let mk = |fallback: Option<&'static str>| {
-            NatsSettle::new(
-                client.clone(),
-                Some("_INBOX.x".into()),
-                fallback.map(|f: &'static str| Bytes::from_static(f.as_bytes())),
-                "p".into(),
-            )
-        };
-        let mut s = mk(None);
+    #[test]
+    fn replies_by_outcome() {
+        let fallback = Some(Bytes::from_static(b"busy"));
+        let settle = || NatsSettle::new(None, "p".into());
+        let mut s = settle();
         s.answer(Answer::Failed(Failure::new(
             FailureClass::Retriable,
             "nope",
         )));
         s.answer(Answer::Reply(Output::new("ok")));
-        assert_eq!(s.reply(Settlement::Ack).0, Bytes::from_static(b"ok"));
-        let mut s = mk(None);
+        assert_eq!(s.reply(None, Settlement::Ack).0, Bytes::from_static(b"ok"));
+        let mut s = settle();
         s.answer(Answer::Failed(Failure::new(
             FailureClass::Timeout,
             "slow\nline",
         )));
-        let (p, h) = s.reply(Settlement::Ack);
+        let (p, h) = s.reply(None, Settlement::Ack);
         assert!(p.is_empty());
         assert_eq!(text(&h, CLASS_HEADER).as_deref(), Some("timeout"));
         assert_eq!(
             text(&h, SERVICE_ERROR).as_deref(),
             Some("timeout: slow line")
         );
-        let mut s = mk(Some("busy"));
+        let mut s = settle();
         s.answer(Answer::Failed(Failure::new(FailureClass::Fatal, "x")));
-        let (p, h) = s.reply(Settlement::Terminated);
+        let (p, h) = s.reply(fallback.as_ref(), Settlement::Terminated);
         assert_eq!(p, Bytes::from_static(b"busy"));
         assert_eq!(text(&h, CLASS_HEADER).as_deref(), Some("fatal"));
-        let (_, h) = mk(None).reply(Settlement::Redeliver {
-            delay: Duration::ZERO,
-        });
+        let (_, h) = settle().reply(
+            None,
+            Settlement::Redeliver {
+                delay: Duration::ZERO,
+            },
+        );
         assert_eq!(text(&h, SERVICE_ERROR_CODE).as_deref(), Some("503"));
     }
 }
