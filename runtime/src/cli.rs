@@ -65,10 +65,17 @@ pub async fn check(files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
                 match Plugin::load(&engine, PluginSpec::from_config(&cfg.name, &cfg.handler)).await
                 {
                     Ok(p) => println!(
-                        "{}: ok (pipeline {}, plugin {})",
+                        "{}: ok (pipeline {}, plugin {}, {})",
                         file.display(),
                         cfg.name,
-                        p.digest()
+                        p.digest(),
+                        if p.takes_batches() && cfg.handler.batch > 1 {
+                            format!("up to {} messages a call", cfg.handler.batch)
+                        } else if p.takes_batches() {
+                            "one message a call (batch = 1)".to_string()
+                        } else {
+                            "one message a call: the plugin exports no handle-batch".to_string()
+                        }
                     ),
                     Err(e) => {
                         bad += 1;

@@ -23,6 +23,8 @@ fn every_example_pipeline_checks() {
         let (code, out, err) = common::run_sluice(&["check", f.to_str().unwrap()]);
         assert_eq!(code, 0, "{}: {out}{err}", f.display());
         assert!(out.contains(": ok (pipeline"), "{out}");
+        // The examples' handlers are Rust SDK builds: they take batches.
+        assert!(out.contains("messages a call"), "{out}");
     }
 }
 
