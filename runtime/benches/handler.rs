@@ -176,10 +176,11 @@ async fn bench() {
             while t.elapsed() < Duration::from_secs(secs) {
                 n += w.handle_batch(&refs).await.len() as u64;
             }
-        }
-        while n == 0 || what != "batch" && t.elapsed() < Duration::from_secs(secs) {
-            let _ = w.handle(&Message::new("b", payload)).await;
-            n += 1;
+        } else {
+            while t.elapsed() < Duration::from_secs(secs) {
+                let _ = w.handle(&Message::new("b", payload)).await;
+                n += 1;
+            }
         }
         println!(
             "{what}: {:.2} µs each",

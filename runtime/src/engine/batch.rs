@@ -11,9 +11,9 @@ use wasmtime::component::Linker;
 use super::bindings::{WitHandlerError, WitHeader, WitMessage, WitOutput};
 use super::host::HostState;
 use super::plugin::{
-    Bindings, CallStats, Instance, arm, classify, outcome_of, wit_headers, wit_message,
+    Bindings, CallStats, Handled, Instance, arm_with, classify, outcome_of, wit_headers,
+    wit_message,
 };
-use super::worker::Handled;
 use crate::failure::FailureClass;
 use crate::message::Message;
 
@@ -49,9 +49,7 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
          (outcome,): (Result<Vec<WitOutput>, WitHandlerError>,)| {
             let left = store.get_fuel().unwrap_or(0);
             let now = Instant::now();
-            let data = store.data_mut();
-            data.last_error = None;
-            let Some(call) = data.batch.as_mut() else {
+            let Some(call) = store.data_mut().batch.as_mut() else {
                 wasmtime::bail!("`batch.done` was called outside `handle-batch`");
             };
             if call.done.len() >= call.expected {
@@ -69,8 +67,7 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             });
             call.started = now;
             let (fuel, ticks) = (call.fuel, call.ticks);
-            store.set_fuel(fuel)?;
-            store.set_epoch_deadline(ticks);
+            arm_with(store, fuel, ticks);
             Ok(())
         },
     )
@@ -91,11 +88,12 @@ impl Instance {
             .zip(&headers)
             .map(|(m, h)| wit_message(m, h))
             .collect();
-        arm(&mut self.store, &inner.engine, spec);
+        let ticks = inner.engine.ticks(spec.timeout);
+        arm_with(&mut self.store, spec.fuel, ticks);
         self.store.data_mut().batch = Some(BatchCall {
             expected: msgs.len(),
             fuel: spec.fuel,
-            ticks: inner.engine.ticks(spec.timeout),
+            ticks,
             started: Instant::now(),
             done: Vec::with_capacity(msgs.len()),
         });

@@ -11,7 +11,7 @@ wasmtime::component::bindgen!({
 });
 
 /// Bindings of the `batch-handler` world. Its types and `host` interface are
-/// the ones above; its `batch.done` import is linked by hand in `plugin.rs`,
+/// the ones above; its `batch.done` import is linked by hand in `batch.rs`,
 /// since it re-arms the store's budgets and a generated import sees only the
 /// store's data.
 pub mod batch {

@@ -13,8 +13,8 @@ mod worker;
 
 pub use host::KvStore;
 pub use limits::MemoryExceeded;
-pub use plugin::{CallStats, Instance, NativeFn, Plugin, PluginError, PluginSpec};
-pub use worker::{Handled, Worker};
+pub use plugin::{CallStats, Handled, Instance, NativeFn, Plugin, PluginError, PluginSpec};
+pub use worker::Worker;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use tokio::sync::OwnedSemaphorePermit;
 use wasmtime::component::{Linker, types::ComponentItem};
-use wasmtime::{Store, Trap};
+use wasmtime::{AsContextMut, Store, Trap};
 
 use super::Engine;
 use super::bindings::{
@@ -419,10 +419,17 @@ fn check_exports(
 
 /// Sets the budgets for the next call: fuel and the wall-clock deadline.
 pub(super) fn arm(store: &mut Store<HostState>, engine: &Engine, spec: &PluginSpec) {
+    arm_with(store, spec.fuel, engine.ticks(spec.timeout));
+}
+
+/// Sets the budgets for the next message: `fuel` units and a deadline
+/// `ticks` epochs from now (also from inside a call: `batch.done`).
+pub(super) fn arm_with(mut store: impl AsContextMut<Data = HostState>, fuel: u64, ticks: u64) {
+    let mut store = store.as_context_mut();
     store.data_mut().last_error = None;
     // set_fuel fails only when fuel is not enabled, and it always is here.
-    let _ = store.set_fuel(spec.fuel);
-    store.set_epoch_deadline(engine.ticks(spec.timeout));
+    let _ = store.set_fuel(fuel);
+    store.set_epoch_deadline(ticks);
 }
 
 /// Turns a wasmtime error into a classified failure.
@@ -477,6 +484,9 @@ pub(super) fn classify(
         ),
     }
 }
+
+/// One message's answer and what handling it cost.
+pub type Handled = (Result<Vec<Output>, Failure>, CallStats);
 
 /// What one call cost.
 #[derive(Debug, Clone, Copy, Default)]
@@ -537,7 +547,7 @@ impl Instance {
     }
 
     /// Runs `handle` on one message under all three budgets.
-    pub async fn handle(&mut self, msg: &Message) -> (Result<Vec<Output>, Failure>, CallStats) {
+    pub async fn handle(&mut self, msg: &Message) -> Handled {
         let spec = &self.plugin.inner.spec;
         arm(&mut self.store, &self.plugin.inner.engine, spec);
         let headers = wit_headers(msg);

@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
-use super::plugin::{CallStats, Instance, Plugin};
+use super::plugin::{CallStats, Handled, Instance, Plugin};
 use crate::failure::{Failure, FailureClass};
-use crate::message::{Message, Output};
+use crate::message::Message;
 
 /// Messages handled one per call after a batch failed in a way it could not
 /// pin on one message (memory or fuel before the first answer: it may have
@@ -14,9 +14,6 @@ use crate::message::{Message, Output};
 /// pinned cost nothing extra: the messages before answered, the rest go one
 /// per call on a fresh instance.
 const SINGLES_AFTER_UNPINNED: u32 = 16;
-
-/// One message's answer and what its call cost.
-pub type Handled = (Result<Vec<Output>, Failure>, CallStats);
 
 /// Runs one pipeline worker's messages: holds an instance between messages
 /// and replaces it after a sandbox failure or when the plugin version changes.
@@ -74,8 +71,8 @@ impl Worker {
     /// fuel, memory), after which the instance is replaced. Returns none when
     /// the plugin takes no batches, or when a batch failed in a way it could
     /// not pin on one message (and then for the next
-    /// [`SINGLES_AFTER_UNPINNED`] messages). The caller handles every message it got no answer for
-    /// with [`Worker::handle`], one at a time.
+    /// [`SINGLES_AFTER_UNPINNED`] messages). The caller handles every message
+    /// it got no answer for with [`Worker::handle`], one at a time.
     pub async fn handle_batch(&mut self, msgs: &[&Message]) -> Vec<Handled> {
         if let Some(f) = &self.plugin.inner.native {
             return msgs.iter().map(|m| (f(m), CallStats::default())).collect();
