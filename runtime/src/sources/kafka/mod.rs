@@ -45,6 +45,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::Bytes;
+use futures::FutureExt as _;
+use futures::StreamExt as _;
 use futures::future::BoxFuture;
 use rdkafka::Message as _;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -90,7 +92,8 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     /// Wakes `next()`: a message or a redelivery is ready, or a fatal error.
     ready: Notify,
-    /// Wakes the poll task: something settled or the pause state changed.
+    /// Wakes the poll task: a commit by count is due, a full intake may take
+    /// again, or partitions were revoked.
     wake: Notify,
     max_in_flight: usize,
     pipeline: String,
@@ -301,6 +304,11 @@ pub async fn open(cfg: &KafkaSourceConfig, pipeline: &str) -> anyhow::Result<Kaf
     })
 }
 
+/// Most records taken from librdkafka's queue in one turn of the poll task:
+/// what is already fetched is taken under one lock and one wake-up of the
+/// pipeline, yet commits and `stop` are still looked at between turns.
+const TAKE_AT_ONCE: usize = 256;
+
 /// Keeps polling the consumer: queues messages, applies pauses, commits.
 async fn poll_task(
     consumer: Arc<StreamConsumer<Ctx>>,
@@ -311,21 +319,28 @@ async fn poll_task(
     let mut tick = tokio::time::interval_at(Instant::now() + commit_interval, commit_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut warned = WarnLimiter::default();
+    // One stream for the task's life: `recv` registers and drops a waker
+    // slot (a mutex each way) per message.
+    let mut stream = consumer.stream();
+    let mut taken: Vec<(Tp, Message)> = Vec::new();
+    let mut topic: Option<Arc<str>> = None;
     loop {
         apply_pause(&consumer, &shared);
         // Full but not (yet) paused: take nothing more, and look again when
         // the hold would turn into a pause.
-        let (holding, pause_at) = {
+        let (holding, pause_at, room) = {
             let st = shared.lock();
             (
                 st.full && !st.applied_pause,
                 st.full_since
                     .map_or_else(Instant::now, |t| t + HOLD_BEFORE_PAUSE),
+                shared.max_in_flight.saturating_sub(st.tracker.in_flight()),
             )
         };
         tokio::select! {
             biased;
             _ = &mut stop => {
+                drop(stream);
                 release(consumer);
                 return;
             }
@@ -339,20 +354,35 @@ async fn poll_task(
             }
             _ = tick.tick() => commit(&consumer, &shared, CommitMode::Async),
             _ = tokio::time::sleep_until(pause_at), if holding => {}
-            r = consumer.recv(), if !holding => match r {
-                Ok(m) => receive(&shared, &m),
-                Err(e) => match classify(&e) {
-                    Some(fatal) => {
-                        tracing::error!(pipeline = %shared.pipeline, "kafka source: {fatal}");
-                        shared.fail(fatal);
+            r = stream.next(), if !holding => {
+                let mut next = r;
+                // The first record, then whatever librdkafka already holds,
+                // up to the room left in the window.
+                while let Some(r) = next {
+                    match r {
+                        Ok(m) => taken.push(convert(&m, &mut topic)),
+                        Err(e) => match classify(&e) {
+                            Some(fatal) => {
+                                tracing::error!(pipeline = %shared.pipeline, "kafka source: {fatal}");
+                                shared.fail(fatal);
+                                break;
+                            }
+                            None => {
+                                if warned.allow() {
+                                    tracing::warn!(pipeline = %shared.pipeline, "kafka source: {e}");
+                                }
+                            }
+                        },
                     }
-                    None => {
-                        if warned.allow() {
-                            tracing::warn!(pipeline = %shared.pipeline, "kafka source: {e}");
-                        }
+                    if taken.len() >= room.clamp(1, TAKE_AT_ONCE) {
+                        break;
                     }
-                },
-            },
+                    next = stream.next().now_or_never().flatten();
+                }
+                if !taken.is_empty() {
+                    receive(&shared, &mut taken);
+                }
+            }
         }
     }
 }
@@ -387,9 +417,13 @@ impl WarnLimiter {
     }
 }
 
-fn receive(shared: &Shared, m: &BorrowedMessage<'_>) {
-    let topic: Arc<str> = Arc::from(m.topic());
-    let tp = (topic.clone(), m.partition());
+/// Turns a record into a message and its partition; the topic's name is
+/// shared with the previous record's when it is the same.
+fn convert(m: &BorrowedMessage<'_>, last_topic: &mut Option<Arc<str>>) -> (Tp, Message) {
+    let topic = match last_topic {
+        Some(t) if &**t == m.topic() => t.clone(),
+        _ => last_topic.insert(Arc::from(m.topic())).clone(),
+    };
     let message = Message {
         topic: m.topic().to_string(),
         partition: Some(m.partition()),
@@ -415,13 +449,21 @@ fn receive(shared: &Shared, m: &BorrowedMessage<'_>) {
             .and_then(|t| u64::try_from(t).ok()),
         attempt: 1,
     };
+    ((topic, m.partition()), message)
+}
+
+/// Queues the messages taken (emptying `taken`) under one lock and wakes `next()` once.
+fn receive(shared: &Shared, taken: &mut Vec<(Tp, Message)>) {
     let mut st = shared.lock();
-    let generation = st.tracker.received(&tp, m.offset());
-    st.queue.push_back(Queued {
-        tp,
-        generation,
-        message,
-    });
+    for (tp, message) in taken.drain(..) {
+        let offset = message.offset.unwrap_or_default();
+        let generation = st.tracker.received(&tp, offset);
+        st.queue.push_back(Queued {
+            tp,
+            generation,
+            message,
+        });
+    }
     if st.tracker.in_flight() >= shared.max_in_flight && !st.full {
         st.full = true;
         st.full_since = Some(Instant::now());
@@ -433,8 +475,7 @@ fn receive(shared: &Shared, m: &BorrowedMessage<'_>) {
 /// Pauses or resumes every assigned partition to match the wanted state.
 fn apply_pause(consumer: &StreamConsumer<Ctx>, shared: &Shared) {
     let mut st = shared.lock();
-    let max = shared.max_in_flight;
-    if st.full && st.tracker.in_flight() <= max - (max / 4).max(1).min(max) {
+    if st.full && st.tracker.in_flight() <= resume_at(shared.max_in_flight) {
         st.full = false;
         st.full_since = None;
     }
@@ -463,6 +504,12 @@ fn apply_pause(consumer: &StreamConsumer<Ctx>, shared: &Shared) {
     if let Err(e) = r {
         tracing::warn!(pipeline = %shared.pipeline, "kafka source: pause/resume: {e}");
     }
+}
+
+/// Received and unsettled messages at or below which a full intake takes
+/// again: three quarters of the window.
+fn resume_at(max_in_flight: usize) -> usize {
+    max_in_flight - (max_in_flight / 4).max(1).min(max_in_flight)
 }
 
 /// Settled messages that trigger a commit before the interval is up: half
@@ -625,8 +672,16 @@ impl Settle for KafkaSettle {
             match how {
                 Settlement::Ack | Settlement::Terminated => {
                     st.tracker.settled(&tp, generation, offset);
+                    // The poll task only has work when a commit by count is
+                    // due or a full intake may take again: waking it for every
+                    // settle cost a task switch per message.
+                    let max = shared.max_in_flight;
+                    let poke = st.tracker.settled_since_commit() >= commit_every(max)
+                        || (st.full && st.tracker.in_flight() <= resume_at(max));
                     drop(st);
-                    shared.wake.notify_one();
+                    if poke {
+                        shared.wake.notify_one();
+                    }
                 }
                 Settlement::Redeliver { delay } => {
                     if st.tracker.is_current(&tp, generation) {
