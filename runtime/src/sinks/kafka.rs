@@ -36,7 +36,7 @@ pub const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// A `kafka` sink. See the module documentation.
 pub struct KafkaSink {
     slot: Arc<ProducerSlot>,
-    topic: Option<String>,
+    topic: Option<Arc<str>>,
     timeout: Duration,
 }
 
@@ -156,7 +156,7 @@ pub async fn open(cfg: &KafkaSinkConfig, pipeline: &str) -> anyhow::Result<Kafka
             config: c,
             ctx,
         }),
-        topic: cfg.topic.clone(),
+        topic: cfg.topic.as_deref().map(Arc::from),
         timeout: cfg.timeout.0,
     })
 }
@@ -199,40 +199,44 @@ impl KafkaSink {
     /// for their delivery reports.
     async fn send_all(&self, records: &[Record]) -> Result<Accepted, Failure> {
         let producer = self.slot.producer();
-        let mut topics = Vec::with_capacity(records.len());
-        for r in records {
-            let topic = r
-                .topic
-                .as_deref()
-                .or(self.topic.as_deref())
-                .ok_or_else(|| {
-                    Failure::new(
-                        FailureClass::Rejected,
-                        "kafka sink: the output names no topic and the sink has no default `topic`",
-                    )
-                })?;
-            topics.push(topic);
+        // Nothing is queued unless every record has a topic.
+        if self.topic.is_none() && records.iter().any(|r| r.topic.is_none()) {
+            return Err(Failure::new(
+                FailureClass::Rejected,
+                "kafka sink: the output names no topic and the sink has no default `topic`",
+            ));
         }
         let deadline = tokio::time::Instant::now() + self.timeout;
         let mut pending = Vec::with_capacity(records.len());
-        for (r, topic) in records.iter().zip(topics) {
-            let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
-            for h in &r.headers {
-                headers = headers.insert(KHeader {
-                    key: &h.key,
-                    value: Some(h.value.as_ref()),
-                });
+        for r in records {
+            let (topic, named): (&str, Option<&Arc<str>>) = match (&r.topic, &self.topic) {
+                (Some(t), _) => (t, None),
+                (None, Some(d)) => (d, Some(d)),
+                (None, None) => unreachable!("checked above"),
+            };
+            let mut record: FutureRecord<'_, [u8], [u8]> =
+                FutureRecord::to(topic).payload(r.payload.as_ref());
+            // librdkafka allocates a header list even for none.
+            if !r.headers.is_empty() {
+                let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
+                for h in &r.headers {
+                    headers = headers.insert(KHeader {
+                        key: &h.key,
+                        value: Some(h.value.as_ref()),
+                    });
+                }
+                record = record.headers(headers);
             }
-            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
-                .payload(r.payload.as_ref())
-                .headers(headers);
             if let Some(k) = &r.key {
                 record = record.key(k.as_ref());
             }
             loop {
                 match producer.send_result(record) {
                     Ok(f) => {
-                        pending.push((f, topic.to_string()));
+                        // Kept to name the topic in a failure; the default
+                        // topic is shared, not copied per record.
+                        let name = named.cloned().unwrap_or_else(|| Arc::from(topic));
+                        pending.push((f, name));
                         break;
                     }
                     Err((e, back)) => {
@@ -248,9 +252,12 @@ impl KafkaSink {
             }
         }
         let slot = self.slot.clone();
-        // Delivery reports come within message.timeout.ms; this is a safety net.
-        let limit = self.timeout + Duration::from_secs(5);
-        let reports = async move {
+        // No timer of its own: librdkafka reports every record within
+        // `message.timeout.ms` (this sink's `timeout`), or cancels the report
+        // when the producer goes away, and the pipeline bounds the wait by
+        // `publish_timeout`. A timer per record was a timer-wheel insert and
+        // removal per message.
+        Ok(Box::pin(async move {
             // Every record waits for its own report; the first failure wins.
             let mut first_err = None;
             let mut fenced = false;
@@ -276,15 +283,6 @@ impl KafkaSink {
                     slot.replace_if_fatal(&producer, fenced);
                     Err(f)
                 }
-            }
-        };
-        Ok(Box::pin(async move {
-            match tokio::time::timeout(limit, reports).await {
-                Ok(r) => r,
-                Err(_) => Err(Failure::new(
-                    FailureClass::Sink,
-                    format!("kafka sink: no delivery report within {limit:?}"),
-                )),
             }
         }))
     }
