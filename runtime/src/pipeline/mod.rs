@@ -8,10 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use futures::StreamExt as _;
-use futures::future::BoxFuture;
-use futures::stream::FuturesOrdered;
 use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
 
 use crate::engine::{Handled, Plugin, Worker};
 use crate::failure::{Failure, FailureClass};
@@ -22,6 +20,9 @@ use crate::router::{Decision, Policy, backoff, dead_letter};
 use crate::sinks::{Accepted, Record, Sink};
 use crate::sources::{Answer, Delivery, Settle, Settlement, Source, SourceError};
 use crate::stats::{Snapshot, Stats};
+use window::Window;
+
+mod window;
 
 /// Deliveries queued per worker: small, so a slow handler slows intake.
 const WORKER_QUEUE: usize = 16;
@@ -361,13 +362,19 @@ struct Sent {
     outputs: usize,
 }
 
-/// Sent messages in the order they were sent, each with its acceptance.
-type Window = FuturesOrdered<BoxFuture<'static, (Sent, Result<(), Failure>)>>;
+/// A call's outputs, sent: the reply (for a request), how many went to
+/// sinks, and the wait for their acceptance, due by `deadline`.
+struct Sending {
+    reply: Option<Output>,
+    outputs: usize,
+    accepted: Accepted,
+    deadline: Instant,
+}
 
 async fn worker(sh: Arc<Shared>, mut rx: mpsc::Receiver<Delivery>) {
     let mut version = sh.plugin.version.load(Relaxed);
     let mut w = Worker::new(sh.plugin.get());
-    let mut window = Window::new();
+    let mut window = Window::new(sh.publish_timeout);
     let mut batch: Vec<Delivery> = Vec::with_capacity(sh.batch);
     loop {
         // Settle what the sink accepted first; take a new message only while
@@ -408,7 +415,12 @@ async fn worker(sh: Arc<Shared>, mut rx: mpsc::Receiver<Delivery>) {
 /// Handles `batch` (emptying it): one handler call for all the messages
 /// where the plugin takes batches, then each message's outputs sent in
 /// order, or its failure taken down the failure path.
-async fn run_batch(sh: &Shared, w: &mut Worker, window: &mut Window, batch: &mut Vec<Delivery>) {
+async fn run_batch(
+    sh: &Shared,
+    w: &mut Worker,
+    window: &mut Window<Sent>,
+    batch: &mut Vec<Delivery>,
+) {
     sh.stats.in_flight.fetch_add(batch.len() as u64, Relaxed);
     let parts: Vec<_> = batch.drain(..).map(Delivery::into_parts).collect();
     let answers: Vec<Handled> = if parts.len() > 1 && !sh.stopping.load(Relaxed) {
@@ -445,15 +457,15 @@ async fn run_batch(sh: &Shared, w: &mut Worker, window: &mut Window, batch: &mut
                     None => w.handle(&msg).await,
                 };
                 match send_answer(sh, answer, &base, handle.wants_answer()).await {
-                    Ok((reply, outputs, accepted)) => {
+                    Ok(s) => {
                         let sent = Sent {
                             msg,
                             base,
                             handle,
-                            reply,
-                            outputs,
+                            reply: s.reply,
+                            outputs: s.outputs,
                         };
-                        window.push_back(Box::pin(async move { (sent, accepted.await) }));
+                        window.push(sent, s.accepted, s.deadline);
                         continue;
                     }
                     Err(f) => f,
@@ -508,15 +520,14 @@ async fn failed(
     }
 }
 
-/// Runs the handler and sends its outputs: the reply (for a request), how
-/// many outputs went to sinks, and the wait for their acceptance.
+/// Runs the handler and sends its outputs.
 async fn call_and_send(
     sh: &Shared,
     w: &mut Worker,
     msg: &Message,
     base: &str,
     wants_answer: bool,
-) -> Result<(Option<Output>, usize, Accepted), Failure> {
+) -> Result<Sending, Failure> {
     let answer = w.handle(msg).await;
     send_answer(sh, answer, base, wants_answer).await
 }
@@ -527,15 +538,21 @@ async fn send_answer(
     (result, cost): Handled,
     base: &str,
     wants_answer: bool,
-) -> Result<(Option<Output>, usize, Accepted), Failure> {
+) -> Result<Sending, Failure> {
     sh.stats.fuel_used.fetch_add(cost.fuel_used, Relaxed);
     sh.stats.handler_latency.observe(cost.elapsed);
     let mut outputs = result?;
     // A request's first output is its reply, not a sink record.
     let reply = (wants_answer && !outputs.is_empty()).then(|| outputs.remove(0));
     let n = outputs.len();
-    let accepted = send(sh, base, outputs).await?;
-    Ok((reply, n, accepted))
+    let deadline = Instant::now() + sh.publish_timeout;
+    let accepted = send(sh, base, outputs, deadline).await?;
+    Ok(Sending {
+        reply,
+        outputs: n,
+        accepted,
+        deadline,
+    })
 }
 
 async fn succeeded(
@@ -598,12 +615,13 @@ async fn process(
             (Some(f), _) => f,
             (None, Some(e)) => Failure::new(FailureClass::Decode, e.clone()),
             (None, None) => match call_and_send(sh, w, &msg, &base, handle.wants_answer()).await {
-                Ok((reply, outputs, accepted)) => match accepted.await {
-                    Ok(()) => {
-                        succeeded(sh, &msg, handle, reply, outputs).await;
+                Ok(s) => match tokio::time::timeout_at(s.deadline, s.accepted).await {
+                    Ok(Ok(())) => {
+                        succeeded(sh, &msg, handle, s.reply, s.outputs).await;
                         return Ok(());
                     }
-                    Err(f) => f,
+                    Ok(Err(f)) => f,
+                    Err(_) => publish_timed_out(sh.publish_timeout),
                 },
                 Err(f) => f,
             },
@@ -784,9 +802,15 @@ fn publish_timed_out(timeout: Duration) -> Failure {
 }
 
 /// Sends a call's outputs, in order, grouped by sink; the returned future
-/// resolves once every sink accepted its share (within the publish timeout).
-async fn send(sh: &Shared, base: &str, outputs: Vec<Output>) -> Result<Accepted, Failure> {
-    let deadline = tokio::time::Instant::now() + sh.publish_timeout;
+/// resolves once every sink accepted its share. Sending must be done by
+/// `deadline`; the caller bounds the wait for acceptance by it (one timer
+/// per worker's window, not one per message).
+async fn send(
+    sh: &Shared,
+    base: &str,
+    outputs: Vec<Output>,
+    deadline: Instant,
+) -> Result<Accepted, Failure> {
     // Most calls publish to one sink: its wait is kept without a Vec.
     let mut first_wait: Option<Accepted> = None;
     let mut more_waits: Vec<Accepted> = Vec::new();
@@ -812,19 +836,15 @@ async fn send(sh: &Shared, base: &str, outputs: Vec<Output>) -> Result<Accepted,
     let Some(first_wait) = first_wait else {
         return Ok(crate::sinks::done());
     };
-    let timeout = sh.publish_timeout;
+    if more_waits.is_empty() {
+        return Ok(first_wait);
+    }
     Ok(Box::pin(async move {
-        let all = async move {
-            first_wait.await?;
-            for wait in more_waits {
-                wait.await?;
-            }
-            Ok(())
-        };
-        // The failure is built only when the deadline passes.
-        tokio::time::timeout_at(deadline, all)
-            .await
-            .unwrap_or_else(|_| Err(publish_timed_out(timeout)))
+        first_wait.await?;
+        for wait in more_waits {
+            wait.await?;
+        }
+        Ok(())
     }))
 }
 
