@@ -17,6 +17,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
+use async_nats::Subject;
 use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::context::{PublishAckFuture, PublishError, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
@@ -33,7 +34,10 @@ use crate::sources::nats::connect;
 /// A `jetstream` sink. See the module documentation.
 pub struct JetStreamSink {
     js: jetstream::Context,
-    subject: String,
+    /// The default subject, shared by every record that names none.
+    subject: Subject,
+    /// Whether the default subject can be published to (checked once).
+    subject_ok: bool,
     timeout: Duration,
 }
 
@@ -64,7 +68,8 @@ pub async fn open(cfg: &JetStreamSinkConfig, pipeline: &str) -> anyhow::Result<J
         })?;
     Ok(JetStreamSink {
         js,
-        subject: cfg.subject.clone(),
+        subject: Subject::from(cfg.subject.as_str()),
+        subject_ok: valid_publish_subject(&cfg.subject),
         timeout: cfg.timeout.0,
     })
 }
@@ -140,23 +145,32 @@ impl Sink for JetStreamSink {
                 )
             };
             let deadline = tokio::time::Instant::now() + timeout;
-            let mut acks: Vec<(PublishAckFuture, String)> = Vec::with_capacity(records.len());
+            let mut acks: Vec<(PublishAckFuture, Subject)> = Vec::with_capacity(records.len());
             for r in records {
-                let subject = r.topic.as_deref().unwrap_or(&self.subject);
-                if !valid_publish_subject(subject) {
+                let ok = match &r.topic {
+                    Some(t) => valid_publish_subject(t),
+                    None => self.subject_ok,
+                };
+                if !ok {
+                    let subject = r.topic.as_deref().unwrap_or(&self.subject);
                     return Err(Failure::new(
                         FailureClass::Rejected,
                         format!("JetStream: {subject:?} is not a valid subject to publish to"),
                     ));
                 }
+                // A clone of the default subject is a reference count.
+                let subject = match &r.topic {
+                    Some(t) => Subject::from(t.as_str()),
+                    None => self.subject.clone(),
+                };
                 let ack = tokio::time::timeout_at(
                     deadline,
-                    self.js.send_publish(subject.to_string(), self.message(r)),
+                    self.js.send_publish(subject.clone(), self.message(r)),
                 )
                 .await
                 .map_err(|_| timed_out())?
-                .map_err(|e| failure(&e, subject))?;
-                acks.push((ack, subject.to_string()));
+                .map_err(|e| failure(&e, &subject))?;
+                acks.push((ack, subject));
             }
             let accepted: Accepted = Box::pin(async move {
                 for (ack, subject) in acks {

@@ -10,8 +10,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use async_nats::Client;
 use async_nats::client::PublishErrorKind;
+use async_nats::{Client, Subject};
 use futures::future::BoxFuture;
 
 use super::{Accepted, Record, Sink};
@@ -21,7 +21,11 @@ use crate::sources::nats::connect;
 
 /// A `nats` sink. See the module documentation.
 pub struct NatsSink {
-    subject: String,
+    /// The default subject, shared by every record that names none (a
+    /// clone is a reference count, not a copy).
+    subject: Subject,
+    /// Whether the default subject can be published to (checked once).
+    subject_ok: bool,
     timeout: std::time::Duration,
     flushes: Arc<Flushes>,
 }
@@ -44,7 +48,8 @@ struct Flushes {
 pub async fn open(cfg: &NatsSinkConfig, pipeline: &str) -> anyhow::Result<NatsSink> {
     let (client, _stats) = connect::connect(&cfg.connection, pipeline, "sink", None).await?;
     Ok(NatsSink {
-        subject: cfg.subject.clone(),
+        subject: Subject::from(cfg.subject.as_str()),
+        subject_ok: valid_publish_subject(&cfg.subject),
         timeout: cfg.timeout.0,
         flushes: Arc::new(Flushes {
             client,
@@ -73,21 +78,27 @@ impl Sink for NatsSink {
     fn send<'a>(&'a self, records: &'a [Record]) -> BoxFuture<'a, Result<Accepted, Failure>> {
         Box::pin(async move {
             for r in records {
-                let subject = r.topic.as_deref().unwrap_or(&self.subject);
-                if !valid_publish_subject(subject) {
+                let ok = match &r.topic {
+                    Some(t) => valid_publish_subject(t),
+                    None => self.subject_ok,
+                };
+                if !ok {
+                    let subject = r.topic.as_deref().unwrap_or(&self.subject);
                     return Err(Failure::new(
                         FailureClass::Rejected,
                         format!("NATS: {subject:?} is not a valid subject to publish to"),
                     ));
                 }
+                let subject = match &r.topic {
+                    Some(t) => Subject::from(t.as_str()),
+                    None => self.subject.clone(),
+                };
                 let headers = connect::to_nats_headers(&r.headers, r.key.as_ref());
                 let sent = tokio::time::timeout(
                     self.timeout,
-                    self.flushes.client.publish_with_headers(
-                        subject.to_string(),
-                        headers,
-                        r.payload.clone(),
-                    ),
+                    self.flushes
+                        .client
+                        .publish_with_headers(subject, headers, r.payload.clone()),
                 )
                 .await;
                 match sent {
