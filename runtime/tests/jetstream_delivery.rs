@@ -301,6 +301,66 @@ async fn source_maps_attempt_offset_headers_and_key() {
     let _ = js.delete_stream(&stream).await;
 }
 
+/// Holds three messages past `ack_wait` (1 s) without settling them: with
+/// `in_progress_every` the server hears of them and redelivers none; with it
+/// off (the control) it redelivers them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_progress_keeps_held_messages_from_redelivery() {
+    for (every, redelivered) in [("400ms", false), ("0s", true)] {
+        let (stream, sub) = names();
+        let js = js().await;
+        let cfg = source_cfg(
+            &stream,
+            &format!("{sub}.in"),
+            "held",
+            &format!("ack_wait = \"1s\"\nin_progress_every = \"{every}\""),
+        );
+        let mut source = sluice::sources::jetstream::open(&cfg, "t").await.unwrap();
+        for i in 0..3 {
+            js.publish(format!("{sub}.in"), Bytes::from(format!("m{i}")))
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let d = tokio::time::timeout(Duration::from_secs(5), source.next())
+                .await
+                .expect("a message within 5 s")
+                .unwrap()
+                .unwrap();
+            held.push(d);
+        }
+        tokio::time::sleep(Duration::from_millis(2600)).await;
+        let mut c: consumer::PullConsumer = js
+            .get_stream(&stream)
+            .await
+            .unwrap()
+            .get_consumer("held")
+            .await
+            .unwrap();
+        let info = c.info().await.unwrap();
+        if redelivered {
+            assert!(
+                info.num_redelivered >= 1,
+                "control, no in_progress: {info:?}"
+            );
+        } else {
+            assert_eq!(
+                info.num_redelivered, 0,
+                "in_progress every {every}: {info:?}"
+            );
+            assert_eq!(info.num_ack_pending, 3, "{info:?}");
+        }
+        for d in held {
+            d.settle(sluice::sources::Settlement::Ack).await.unwrap();
+        }
+        source.close().await;
+        let _ = js.delete_stream(&stream).await;
+    }
+}
+
 #[tokio::test]
 async fn missing_stream_without_subjects_fails_open_clearly() {
     let (stream, _) = names();

@@ -12,9 +12,9 @@
 //!   server keeps the schedule, so a restart does not lose it);
 //!   `Terminated` → `term` (after the dead letter was written). A message
 //!   that is never settled comes back after `ack_wait`.
-//! * While a message is out, an `in_progress` is sent every
-//!   `in_progress_every`, so a long handler or slow sink does not cause a
-//!   redelivery.
+//! * While a message is out, an `in_progress` is sent at least every
+//!   `in_progress_every` (one task per source, [`keepalive`]), so a long
+//!   handler or slow sink does not cause a redelivery.
 //! * [`Message::attempt`] is the server's delivery count,
 //!   [`Message::offset`] the stream sequence, the timestamp the time the
 //!   stream stored it; headers are carried (the `sluice-key` header becomes
@@ -43,6 +43,9 @@ use crate::stats::LagGauge;
 /// How long one pull request waits for messages before it is renewed.
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
 
+mod keepalive;
+use keepalive::Keepalive;
+
 /// A `jetstream` source. See the module documentation.
 pub struct JetStreamSource {
     js: jetstream::Context,
@@ -55,6 +58,8 @@ pub struct JetStreamSource {
     closed: bool,
     /// The consumer's pending count, from each message's metadata.
     lag: LagGauge,
+    /// Tells the server about messages out (`None`: `in_progress_every = "0s"`).
+    keepalive: Option<Arc<Keepalive>>,
 }
 
 /// Connects, makes sure the stream and the durable consumer exist, and binds.
@@ -73,6 +78,8 @@ pub async fn open(cfg: &JetStreamSourceConfig, pipeline: &str) -> anyhow::Result
         paused: false,
         closed: false,
         lag: LagGauge::default(),
+        keepalive: (!cfg.in_progress_every.0.is_zero())
+            .then(|| Keepalive::start(cfg.in_progress_every.0)),
     })
 }
 
@@ -156,18 +163,10 @@ impl JetStreamSource {
         message.attempt = attempt;
         message.timestamp_ms = timestamp_ms;
         let acker = Arc::new(acker);
-        let keepalive = (!self.cfg.in_progress_every.0.is_zero()).then(|| {
-            let every = self.cfg.in_progress_every.0;
-            let a = acker.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(every).await;
-                    if let Err(e) = a.ack_with(AckKind::Progress).await {
-                        tracing::debug!("in_progress failed: {e}");
-                    }
-                }
-            })
-        });
+        let keepalive = self
+            .keepalive
+            .as_ref()
+            .map(|k| (k.clone(), k.add(acker.clone())));
         Delivery::new(message, Box::new(JetStreamSettle { acker, keepalive }))
     }
 
@@ -277,21 +276,22 @@ impl Source for JetStreamSource {
 /// The settle handle of one `jetstream` delivery.
 struct JetStreamSettle {
     acker: Arc<Acker>,
-    keepalive: Option<tokio::task::JoinHandle<()>>,
+    /// Its entry in the source's keepalive, removed when settled or dropped.
+    keepalive: Option<(Arc<Keepalive>, u64)>,
 }
 
 impl Drop for JetStreamSettle {
     fn drop(&mut self) {
-        if let Some(k) = self.keepalive.take() {
-            k.abort();
+        if let Some((k, key)) = self.keepalive.take() {
+            k.remove(key);
         }
     }
 }
 
 impl Settle for JetStreamSettle {
     fn settle(mut self: Box<Self>, how: Settlement) -> BoxFuture<'static, anyhow::Result<()>> {
-        if let Some(k) = self.keepalive.take() {
-            k.abort();
+        if let Some((k, key)) = self.keepalive.take() {
+            k.remove(key);
         }
         let kind = match how {
             Settlement::Ack => AckKind::Ack,
