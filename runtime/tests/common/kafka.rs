@@ -323,8 +323,14 @@ impl KafkaBroker {
     /// Produces the messages in order (to `partition`, or by key hash when
     /// `None`) and waits for every delivery report.
     pub async fn produce(&self, topic: &str, partition: Option<i32>, msgs: &[TestRecord]) {
+        async fn delivered(f: rdkafka::producer::DeliveryFuture) {
+            f.await
+                .expect("delivery future")
+                .map_err(|(e, _)| e)
+                .expect("delivered");
+        }
         let p = self.producer();
-        let mut pending = Vec::new();
+        let mut pending = std::collections::VecDeque::new();
         for m in msgs {
             let mut headers = OwnedHeaders::new();
             for (k, v) in &m.headers {
@@ -342,13 +348,28 @@ impl KafkaBroker {
             if let Some(part) = partition {
                 r = r.partition(part);
             }
-            pending.push(p.send_result(r).map_err(|(e, _)| e).expect("enqueue"));
+            loop {
+                match p.send_result(r) {
+                    Ok(f) => {
+                        pending.push_back(f);
+                        break;
+                    }
+                    // librdkafka's queue is full (a large preload): wait
+                    // for the oldest delivery, then queue this one again.
+                    Err((e, back))
+                        if e.rdkafka_error_code()
+                            == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
+                    {
+                        let oldest = pending.pop_front().expect("a full queue holds a delivery");
+                        delivered(oldest).await;
+                        r = back;
+                    }
+                    Err((e, _)) => panic!("enqueue: {e}"),
+                }
+            }
         }
         for f in pending {
-            f.await
-                .expect("delivery future")
-                .map_err(|(e, _)| e)
-                .expect("delivered");
+            delivered(f).await;
         }
     }
 
