@@ -762,9 +762,9 @@ fn remember(sh: &Shared, msg: &Message) {
 
 /// A stable id for a record derived from `msg` (same on every retry).
 fn record_base(sh: &Shared, msg: &Message) -> String {
-    use std::fmt::Write as _;
-    // Built by hand: this runs for every message, and `format!` with padded
-    // hex showed in profiles.
+    // Built by hand: this runs for every message, and `format!` (padded hex,
+    // then the formatter's per-character writes) showed in profiles.
+    let mut num = itoa::Buffer::new();
     let mut id = String::with_capacity(sh.name.len() + msg.topic.len() + 40);
     id.push_str(&sh.name);
     id.push(':');
@@ -772,7 +772,9 @@ fn record_base(sh: &Shared, msg: &Message) -> String {
     id.push(':');
     match msg.offset {
         Some(o) => {
-            let _ = write!(id, "{}:{o}", msg.partition.unwrap_or(0));
+            id.push_str(num.format(msg.partition.unwrap_or(0)));
+            id.push(':');
+            id.push_str(num.format(o));
         }
         // No offset (NATS core, MQTT, stdin): an id unique to this delivery,
         // so two equal payloads are never taken for one by a deduplicating
@@ -781,7 +783,8 @@ fn record_base(sh: &Shared, msg: &Message) -> String {
             static NONCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
             static NEXT: AtomicU64 = AtomicU64::new(0);
             id.push_str(NONCE.get_or_init(|| format!("{:016x}", rand::random::<u64>())));
-            let _ = write!(id, "-{}", NEXT.fetch_add(1, Relaxed));
+            id.push('-');
+            id.push_str(num.format(NEXT.fetch_add(1, Relaxed)));
         }
     }
     id
@@ -825,7 +828,7 @@ async fn send(
             i += 1;
             records.push(record(o, base, i));
         }
-        let wait = tokio::time::timeout_at(deadline, sink.send(&records))
+        let wait = crate::sinks::within(deadline, sink.send(&records))
             .await
             .map_err(|_| publish_timed_out(sh.publish_timeout))??;
         match first_wait {
@@ -876,11 +879,10 @@ fn sink_for<'a>(sh: &'a Shared, name: Option<&str>) -> Result<&'a dyn Sink, Fail
 
 /// Output number `i` of a call as a sink record, with its stable id `<base>:<i>`.
 fn record(o: Output, base: &str, i: usize) -> Record {
-    use std::fmt::Write as _;
     let mut id = String::with_capacity(base.len() + 4);
     id.push_str(base);
     id.push(':');
-    let _ = write!(id, "{i}");
+    id.push_str(itoa::Buffer::new().format(i));
     Record {
         topic: o.topic,
         key: o.key,

@@ -163,7 +163,7 @@ impl Sink for JetStreamSink {
                     Some(t) => Subject::from(t.as_str()),
                     None => self.subject.clone(),
                 };
-                let ack = tokio::time::timeout_at(
+                let ack = super::within(
                     deadline,
                     self.js.send_publish(subject.clone(), self.message(r)),
                 )
@@ -174,7 +174,7 @@ impl Sink for JetStreamSink {
             }
             let accepted: Accepted = Box::pin(async move {
                 for (ack, subject) in acks {
-                    tokio::time::timeout_at(deadline, ack)
+                    super::within(deadline, std::future::IntoFuture::into_future(ack))
                         .await
                         .map_err(|_| timed_out())?
                         .map_err(|e| failure(&e, &subject))?;

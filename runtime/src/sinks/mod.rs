@@ -33,6 +33,37 @@ pub struct Record {
 pub type Accepted = BoxFuture<'static, Result<(), Failure>>;
 
 /// An [`Accepted`] that is already done (sinks whose `send` does it all).
+/// Awaits `fut` until `deadline`, making the timer only when the future
+/// does not finish on its first poll. Queueing a record with a client
+/// almost always finishes at once, and a `timeout` per message cost a
+/// runtime-handle lookup, a timer entry and its drop even when it never fired.
+pub async fn within<F: std::future::Future>(
+    deadline: tokio::time::Instant,
+    fut: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    within_by(|| deadline, fut).await
+}
+
+/// [`within`] a `limit` from now; the clock is read only when the future
+/// does not finish on its first poll.
+pub async fn within_for<F: std::future::Future>(
+    limit: std::time::Duration,
+    fut: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    within_by(|| tokio::time::Instant::now() + limit, fut).await
+}
+
+async fn within_by<F: std::future::Future>(
+    deadline: impl FnOnce() -> tokio::time::Instant,
+    fut: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    let mut fut = std::pin::pin!(fut);
+    if let std::task::Poll::Ready(v) = futures::poll!(fut.as_mut()) {
+        return Ok(v);
+    }
+    tokio::time::timeout_at(deadline(), fut).await
+}
+
 pub fn done() -> Accepted {
     Box::pin(std::future::ready(Ok(())))
 }

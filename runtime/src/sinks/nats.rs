@@ -94,7 +94,7 @@ impl Sink for NatsSink {
                     None => self.subject.clone(),
                 };
                 let headers = connect::to_nats_headers(&r.headers, r.key.as_ref());
-                let sent = tokio::time::timeout(
+                let sent = super::within_for(
                     self.timeout,
                     self.flushes
                         .client
@@ -124,6 +124,11 @@ impl Sink for NatsSink {
             let ticket = self.flushes.queued.fetch_add(1, Relaxed) + 1;
             let (timeout, flushes) = (self.timeout, self.flushes.clone());
             let flushed: Accepted = Box::pin(async move {
+                // A flush begun after this ticket was taken may already
+                // have covered it: then there is no lock to take.
+                if flushes.written.load(Relaxed) >= ticket {
+                    return Ok(());
+                }
                 let _turn = flushes.lock.lock().await;
                 if flushes.written.load(Relaxed) >= ticket {
                     return Ok(());
