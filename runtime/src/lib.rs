@@ -14,6 +14,15 @@
 //! - [`supervisor`]: `sluice run`: pipelines from files and folders, live changes, hot swap.
 //! - [`admin`], [`metrics`]: the admin HTTP API and its Prometheus text.
 
+/// mimalloc serves every Rust allocation of the process (the `sluice`
+/// binary, and the tests and benchmarks that link this crate, so they measure
+/// what it runs): a message's trip allocates a few short-lived buffers on the
+/// host (owned copies, records, settle handles), and glibc's malloc/free with
+/// its fastbin consolidation was a fifth of a worker's time in the Kafka
+/// profile. C libraries (librdkafka) keep the system allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod admin;
 pub mod config;
 pub mod connect;
