@@ -42,7 +42,7 @@ impl Mosquitto {
         let mut conf = format!(
             "listener {port} 127.0.0.1\n\
              user root\n\
-             max_queued_messages 100000\n\
+             max_queued_messages 1000000\n\
              max_inflight_messages 100\n\
              persistent_client_expiration 1h\n\
              log_dest file {log}\n\
