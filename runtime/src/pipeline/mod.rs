@@ -302,7 +302,7 @@ async fn dispatch(
         let permit = tokio::select! {
             biased;
             _ = &mut shutdown => {
-                settle(sh, delivery.into_parts().2, Settlement::Redeliver { delay: Duration::ZERO }).await;
+                hand_back(sh, delivery.into_parts().2).await;
                 break;
             }
             p = senders[shard].reserve() => match p {
@@ -441,10 +441,7 @@ async fn run_batch(
     for (msg, decode_error, handle) in parts {
         if sh.stopping.load(Relaxed) {
             // The pipeline is stopping by policy: hand the rest back untouched.
-            let how = Settlement::Redeliver {
-                delay: Duration::ZERO,
-            };
-            settle(sh, handle, how).await;
+            hand_back(sh, handle).await;
             sh.stats.in_flight.fetch_sub(1, Relaxed);
             continue;
         }
@@ -582,6 +579,19 @@ async fn settle(sh: &Shared, handle: Box<dyn Settle>, how: Settlement) {
     }
 }
 
+/// Hands a delivery back to the source untouched, to be delivered again
+/// now (shutdown, a stop by policy, no dead letter to write to).
+async fn hand_back(sh: &Shared, handle: Box<dyn Settle>) {
+    settle(
+        sh,
+        handle,
+        Settlement::Redeliver {
+            delay: Duration::ZERO,
+        },
+    )
+    .await;
+}
+
 /// Sleeps unless shutdown starts first; true when the sleep completed.
 async fn sleep_unless_shutdown(sh: &Shared, d: Duration) -> bool {
     if sh.shutting_down.load(Relaxed) {
@@ -643,14 +653,7 @@ async fn process(
                     return Ok(());
                 }
                 if !sleep_unless_shutdown(sh, delay).await {
-                    settle(
-                        sh,
-                        handle,
-                        Settlement::Redeliver {
-                            delay: Duration::ZERO,
-                        },
-                    )
-                    .await;
+                    hand_back(sh, handle).await;
                     return Ok(());
                 }
                 msg.attempt += 1;
@@ -665,7 +668,7 @@ async fn process(
                 tokio::select! {
                     _ = sh.breaker.hold() => {}
                     _ = wait_shutdown(sh) => {
-                        settle(sh, handle, Settlement::Redeliver { delay: Duration::ZERO }).await;
+                        hand_back(sh, handle).await;
                         return Ok(());
                     }
                 }
@@ -676,14 +679,7 @@ async fn process(
                     sh.breaker.neutral();
                 }
                 let Some(dlq) = &sh.dead_letter else {
-                    settle(
-                        sh,
-                        handle,
-                        Settlement::Redeliver {
-                            delay: Duration::ZERO,
-                        },
-                    )
-                    .await;
+                    hand_back(sh, handle).await;
                     return Err(Failure::new(
                         failure.class,
                         format!(
@@ -727,14 +723,7 @@ async fn process(
                 return Ok(());
             }
             Decision::Stop => {
-                settle(
-                    sh,
-                    handle,
-                    Settlement::Redeliver {
-                        delay: Duration::ZERO,
-                    },
-                )
-                .await;
+                hand_back(sh, handle).await;
                 return Err(failure);
             }
         }
