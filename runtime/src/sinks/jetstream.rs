@@ -24,7 +24,7 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream};
 use futures::future::BoxFuture;
 
-use super::nats::valid_publish_subject;
+use super::nats::DefaultSubject;
 use super::{Accepted, Record, Sink};
 use crate::config::nats::JetStreamSinkConfig;
 use crate::failure::{Failure, FailureClass};
@@ -34,10 +34,7 @@ use crate::sources::nats::connect;
 /// A `jetstream` sink. See the module documentation.
 pub struct JetStreamSink {
     js: jetstream::Context,
-    /// The default subject, shared by every record that names none.
-    subject: Subject,
-    /// Whether the default subject can be published to (checked once).
-    subject_ok: bool,
+    subject: DefaultSubject,
     timeout: Duration,
 }
 
@@ -68,8 +65,7 @@ pub async fn open(cfg: &JetStreamSinkConfig, pipeline: &str) -> anyhow::Result<J
         })?;
     Ok(JetStreamSink {
         js,
-        subject: Subject::from(cfg.subject.as_str()),
-        subject_ok: valid_publish_subject(&cfg.subject),
+        subject: DefaultSubject::new(&cfg.subject),
         timeout: cfg.timeout.0,
     })
 }
@@ -147,22 +143,12 @@ impl Sink for JetStreamSink {
             let deadline = tokio::time::Instant::now() + timeout;
             let mut acks: Vec<(PublishAckFuture, Subject)> = Vec::with_capacity(records.len());
             for r in records {
-                let ok = match &r.topic {
-                    Some(t) => valid_publish_subject(t),
-                    None => self.subject_ok,
-                };
-                if !ok {
-                    let subject = r.topic.as_deref().unwrap_or(&self.subject);
-                    return Err(Failure::new(
+                let subject = self.subject.pick(r.topic.as_deref()).map_err(|s| {
+                    Failure::new(
                         FailureClass::Rejected,
-                        format!("JetStream: {subject:?} is not a valid subject to publish to"),
-                    ));
-                }
-                // A clone of the default subject is a reference count.
-                let subject = match &r.topic {
-                    Some(t) => Subject::from(t.as_str()),
-                    None => self.subject.clone(),
-                };
+                        format!("JetStream: {s:?} is not a valid subject to publish to"),
+                    )
+                })?;
                 let ack = super::within(
                     deadline,
                     self.js.send_publish(subject.clone(), self.message(r)),

@@ -21,11 +21,7 @@ use crate::sources::nats::connect;
 
 /// A `nats` sink. See the module documentation.
 pub struct NatsSink {
-    /// The default subject, shared by every record that names none (a
-    /// clone is a reference count, not a copy).
-    subject: Subject,
-    /// Whether the default subject can be published to (checked once).
-    subject_ok: bool,
+    subject: DefaultSubject,
     timeout: std::time::Duration,
     flushes: Arc<Flushes>,
 }
@@ -48,8 +44,7 @@ struct Flushes {
 pub async fn open(cfg: &NatsSinkConfig, pipeline: &str) -> anyhow::Result<NatsSink> {
     let (client, _stats) = connect::connect(&cfg.connection, pipeline, "sink", None).await?;
     Ok(NatsSink {
-        subject: Subject::from(cfg.subject.as_str()),
-        subject_ok: valid_publish_subject(&cfg.subject),
+        subject: DefaultSubject::new(&cfg.subject),
         timeout: cfg.timeout.0,
         flushes: Arc::new(Flushes {
             client,
@@ -67,8 +62,35 @@ impl NatsSink {
     }
 }
 
+/// A sink's default subject, shared by every record that names none (a
+/// clone is a reference count, not a copy), checked once.
+pub(crate) struct DefaultSubject {
+    subject: Subject,
+    ok: bool,
+}
+
+impl DefaultSubject {
+    pub(crate) fn new(subject: &str) -> Self {
+        DefaultSubject {
+            subject: Subject::from(subject),
+            ok: valid_publish_subject(subject),
+        }
+    }
+
+    /// The subject a record goes to — its own `topic`, else the default —
+    /// or, when that cannot be published to, its text.
+    pub(crate) fn pick<'a>(&'a self, topic: Option<&'a str>) -> Result<Subject, &'a str> {
+        match topic {
+            Some(t) if valid_publish_subject(t) => Ok(Subject::from(t)),
+            Some(t) => Err(t),
+            None if self.ok => Ok(self.subject.clone()),
+            None => Err(&self.subject),
+        }
+    }
+}
+
 /// Checks a subject to publish to: the server would drop a bad one silently.
-pub(crate) fn valid_publish_subject(s: &str) -> bool {
+fn valid_publish_subject(s: &str) -> bool {
     !s.is_empty()
         && !s.contains(char::is_whitespace)
         && s.split('.').all(|t| !t.is_empty() && t != "*" && t != ">")
@@ -78,21 +100,12 @@ impl Sink for NatsSink {
     fn send<'a>(&'a self, records: &'a [Record]) -> BoxFuture<'a, Result<Accepted, Failure>> {
         Box::pin(async move {
             for r in records {
-                let ok = match &r.topic {
-                    Some(t) => valid_publish_subject(t),
-                    None => self.subject_ok,
-                };
-                if !ok {
-                    let subject = r.topic.as_deref().unwrap_or(&self.subject);
-                    return Err(Failure::new(
+                let subject = self.subject.pick(r.topic.as_deref()).map_err(|s| {
+                    Failure::new(
                         FailureClass::Rejected,
-                        format!("NATS: {subject:?} is not a valid subject to publish to"),
-                    ));
-                }
-                let subject = match &r.topic {
-                    Some(t) => Subject::from(t.as_str()),
-                    None => self.subject.clone(),
-                };
+                        format!("NATS: {s:?} is not a valid subject to publish to"),
+                    )
+                })?;
                 let headers = connect::to_nats_headers(&r.headers, r.key.as_ref());
                 let sent = super::within_for(
                     self.timeout,
