@@ -209,13 +209,15 @@ impl KafkaSink {
         let deadline = tokio::time::Instant::now() + self.timeout;
         let mut pending = Vec::with_capacity(records.len());
         for r in records {
-            let (topic, named): (&str, Option<&Arc<str>>) = match (&r.topic, &self.topic) {
-                (Some(t), _) => (t, None),
-                (None, Some(d)) => (d, Some(d)),
+            // Kept to name the topic in a failure; the default topic is
+            // shared, not copied per record.
+            let topic: Arc<str> = match (&r.topic, &self.topic) {
+                (Some(t), _) => Arc::from(t.as_str()),
+                (None, Some(d)) => d.clone(),
                 (None, None) => unreachable!("checked above"),
             };
             let mut record: FutureRecord<'_, [u8], [u8]> =
-                FutureRecord::to(topic).payload(r.payload.as_ref());
+                FutureRecord::to(&topic).payload(r.payload.as_ref());
             // librdkafka allocates a header list even for none.
             if !r.headers.is_empty() {
                 let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
@@ -233,17 +235,14 @@ impl KafkaSink {
             loop {
                 match producer.send_result(record) {
                     Ok(f) => {
-                        // Kept to name the topic in a failure; the default
-                        // topic is shared, not copied per record.
-                        let name = named.cloned().unwrap_or_else(|| Arc::from(topic));
-                        pending.push((f, name));
+                        pending.push((f, topic));
                         break;
                     }
                     Err((e, back)) => {
                         let full = e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull);
                         if !full || tokio::time::Instant::now() >= deadline {
                             self.slot.replace_if_fatal(&producer, is_fenced(&e));
-                            return Err(failure(&e, topic));
+                            return Err(failure(&e, &topic));
                         }
                         record = back;
                         tokio::time::sleep(Duration::from_millis(5)).await;
