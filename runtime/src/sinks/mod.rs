@@ -32,7 +32,6 @@ pub struct Record {
 /// worker can keep several in flight while it handles the next message.
 pub type Accepted = BoxFuture<'static, Result<(), Failure>>;
 
-/// An [`Accepted`] that is already done (sinks whose `send` does it all).
 /// Awaits `fut` until `deadline`, making the timer only when the future
 /// does not finish on its first poll. Queueing a record with a client
 /// almost always finishes at once, and a `timeout` per message cost a
@@ -64,6 +63,7 @@ async fn within_by<F: std::future::Future>(
     tokio::time::timeout_at(deadline(), fut).await
 }
 
+/// An [`Accepted`] that is already done (sinks whose `send` does it all).
 pub fn done() -> Accepted {
     Box::pin(std::future::ready(Ok(())))
 }
