@@ -289,10 +289,9 @@ impl Drop for JetStreamSettle {
 }
 
 impl Settle for JetStreamSettle {
-    fn settle(mut self: Box<Self>, how: Settlement) -> BoxFuture<'static, anyhow::Result<()>> {
-        if let Some((k, key)) = self.keepalive.take() {
-            k.remove(key);
-        }
+    /// The handle's keepalive entry goes when it is dropped, at the end of
+    /// this call, before the ack is sent.
+    fn settle(self: Box<Self>, how: Settlement) -> BoxFuture<'static, anyhow::Result<()>> {
         let kind = match how {
             Settlement::Ack => AckKind::Ack,
             Settlement::Terminated => AckKind::Term,
