@@ -860,33 +860,39 @@ async fn bench() {
     })
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut rows: Vec<(&str, Row)> = Vec::new();
+    // (broker, messages per run, measurements)
+    let mut rows: Vec<(&str, u64, Row)> = Vec::new();
     if wanted("nats") || wanted("jetstream") {
         let server = NatsServer::start();
         if wanted("nats") {
             rows.push((
                 "NATS core",
+                n,
                 nats_core(&server, &engine, dir.path(), n, reps).await,
             ));
         }
         if wanted("jetstream") {
             rows.push((
                 "JetStream",
+                n,
                 jetstream(&server, &engine, dir.path(), n, reps).await,
             ));
         }
     }
     if wanted("mqtt") {
         let broker = Mosquitto::start(Default::default());
+        let m = n.min(MQTT_MAX_N);
         rows.push((
             "MQTT QoS 1 (Mosquitto)",
-            mqtt(&broker, &engine, dir.path(), n.min(MQTT_MAX_N), reps).await,
+            m,
+            mqtt(&broker, &engine, dir.path(), m, reps).await,
         ));
     }
     if wanted("kafka") {
         let b = KafkaBroker::start(Kind::Noida);
         rows.push((
             "Kafka (noida-db)",
+            n,
             kafka(&b, &engine, dir.path(), n, reps).await,
         ));
     }
@@ -894,6 +900,7 @@ async fn bench() {
         let b = KafkaBroker::start(Kind::Tansu);
         rows.push((
             "Kafka (tansu)",
+            n,
             kafka(&b, &engine, dir.path(), n, reps).await,
         ));
     }
@@ -919,18 +926,13 @@ async fn bench() {
     json.insert("payload_bytes".into(), 100.into());
     json.insert("reps".into(), reps.into());
     let mut brokers = Vec::new();
-    for (name, row) in &rows {
+    for (name, want, row) in &rows {
         let target = targets
             .iter()
             .find(|(t, _)| t == name)
             .map(|t| t.1)
             .unwrap_or(0.95);
-        let want = if name.starts_with("MQTT") {
-            n.min(MQTT_MAX_N)
-        } else {
-            n
-        };
-        let partial = |r: &Run| if r.done < want { " (partial)" } else { "" };
+        let partial = |r: &Run| if r.done < *want { " (partial)" } else { "" };
         let mut line = format!("| {name} | {:.0}{} |", row.raw.rate, partial(&row.raw));
         let mut sl = Vec::new();
         for (c, s) in CONCURRENCY.iter().zip(&row.sluice) {
@@ -963,7 +965,7 @@ async fn bench() {
          (pipeline histogram); sink alone = one awaited publish of the Sluice sink, no pipeline\n\n\
          | broker | raw relay | Sluice c=1 | handler call | sink alone |\n|---|---|---|---|---|"
     );
-    for (name, row) in &rows {
+    for (name, _, row) in &rows {
         if let Some(s) = row.sluice.first() {
             println!(
                 "| {name} | {:.1} | {:.1} | {:.1} | {:.1} |",
