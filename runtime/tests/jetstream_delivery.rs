@@ -66,6 +66,18 @@ async fn drain(c: &consumer::PullConsumer, n: usize, timeout: Duration) -> Vec<j
     out
 }
 
+/// The server's view of the durable consumer `durable` on `stream`.
+async fn consumer_info(js: &jetstream::Context, stream: &str, durable: &str) -> consumer::Info {
+    let mut c: consumer::PullConsumer = js
+        .get_stream(stream)
+        .await
+        .unwrap()
+        .get_consumer(durable)
+        .await
+        .unwrap();
+    c.info().await.unwrap().clone()
+}
+
 fn header(m: &jetstream::Message, k: &str) -> Option<String> {
     m.headers.as_ref()?.get(k).map(|v| v.as_str().to_string())
 }
@@ -144,14 +156,7 @@ async fn retriable_failure_is_nakked_with_delay_and_redelivered_by_the_server() 
         snap.received
     );
     // Nothing left pending on the durable.
-    let mut c: consumer::PullConsumer = js
-        .get_stream(&stream)
-        .await
-        .unwrap()
-        .get_consumer("worker")
-        .await
-        .unwrap();
-    let info = c.info().await.unwrap();
+    let info = consumer_info(&js, &stream, "worker").await;
     assert_eq!(info.num_ack_pending, 0);
     assert_eq!(info.num_pending, 0);
     let _ = js.delete_stream(&stream).await;
@@ -208,14 +213,7 @@ async fn fatal_failure_is_dead_lettered_then_terminated_not_redelivered() {
     let snap = p.stop().await;
     assert_eq!(snap.received, 1, "redelivered after term: {snap:?}");
     assert_eq!(snap.dead_lettered, 1);
-    let mut c: consumer::PullConsumer = js
-        .get_stream(&stream)
-        .await
-        .unwrap()
-        .get_consumer("worker")
-        .await
-        .unwrap();
-    let info = c.info().await.unwrap();
+    let info = consumer_info(&js, &stream, "worker").await;
     assert_eq!(info.num_ack_pending, 0, "{info:?}");
     assert_eq!(info.num_redelivered, 0, "{info:?}");
     let _ = js.delete_stream(&stream).await;
@@ -333,14 +331,7 @@ async fn in_progress_keeps_held_messages_from_redelivery() {
             held.push(d);
         }
         tokio::time::sleep(Duration::from_millis(2600)).await;
-        let mut c: consumer::PullConsumer = js
-            .get_stream(&stream)
-            .await
-            .unwrap()
-            .get_consumer("held")
-            .await
-            .unwrap();
-        let info = c.info().await.unwrap();
+        let info = consumer_info(&js, &stream, "held").await;
         if redelivered {
             assert!(
                 info.num_redelivered >= 1,
