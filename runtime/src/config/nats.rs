@@ -390,7 +390,8 @@ pub struct JetStreamSourceConfig {
     /// server's limit would silently stop being delivered).
     #[serde(default)]
     pub max_deliver: Option<i64>,
-    /// Messages asked for per pull request.
+    /// Messages asked for per pull request; the next request goes out when
+    /// half of one has arrived, so about this many wait in the client.
     #[serde(default = "default_batch")]
     pub batch: usize,
     /// While a message is handed out and not settled, tell the server every

@@ -4,10 +4,13 @@
 //!   and creates the durable consumer (explicit acks) or binds to the
 //!   existing one as it is. A missing stream without `subjects`, JetStream
 //!   not enabled, or refused credentials fail `open` with a clear error.
-//! * `next` pulls `batch` messages per request (each request expires after
-//!   a few seconds and is renewed); nothing is pulled while the pipeline does
-//!   not ask (breaker open: [`Source::pause`]), and the server never has more
-//!   than `max_ack_pending` messages out.
+//! * `next` reads a continuous pull: a request for `batch` messages, and the
+//!   next one sent as soon as half of it has arrived, so the pipeline never
+//!   waits a round trip for its next message (each request expires after a
+//!   few seconds and is renewed). [`Source::pause`] (breaker open) drops the
+//!   pull, so nothing more is requested; messages it had fetched and not
+//!   handed out come back after `ack_wait`. The server never has more than
+//!   `max_ack_pending` messages out.
 //! * Settling: `Ack` → ack; `Redeliver { delay }` → `nak` with that delay (the
 //!   server keeps the schedule, so a restart does not lose it);
 //!   `Terminated` → `term` (after the dead letter was written). A message
@@ -25,7 +28,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream::ErrorCode;
-use async_nats::jetstream::consumer::pull::{self, Batch};
+use async_nats::jetstream::consumer::pull;
 use async_nats::jetstream::consumer::{AckPolicy, PullConsumer};
 use async_nats::jetstream::context::GetStreamErrorKind;
 use async_nats::jetstream::message::{AckKind, Acker};
@@ -51,7 +54,9 @@ pub struct JetStreamSource {
     js: jetstream::Context,
     cfg: JetStreamSourceConfig,
     consumer: Option<PullConsumer>,
-    batch: Option<Batch>,
+    /// The continuous pull; `None` until the first `next`, while paused and
+    /// after an error.
+    pull: Option<pull::Stream>,
     /// Consecutive failures to pull, for the backoff.
     errors: u32,
     paused: bool,
@@ -73,7 +78,7 @@ pub async fn open(cfg: &JetStreamSourceConfig, pipeline: &str) -> anyhow::Result
         js,
         cfg: cfg.clone(),
         consumer: Some(consumer),
-        batch: None,
+        pull: None,
         errors: 0,
         paused: false,
         closed: false,
@@ -180,7 +185,7 @@ impl JetStreamSource {
 
     fn transient(&mut self, what: String) -> SourceError {
         self.errors += 1;
-        self.batch = None;
+        self.pull = None;
         if self.errors >= 3 {
             // The consumer (or the stream) may have been deleted: look again.
             self.consumer = None;
@@ -218,33 +223,31 @@ impl Source for JetStreamSource {
                         Err(e) => return Err(self.transient(format!("{e:#}"))),
                     },
                 };
-                let batch = match &mut self.batch {
-                    Some(b) => b,
+                let pull = match &mut self.pull {
+                    Some(p) => p,
                     None => {
-                        let b = consumer
-                            .batch()
-                            .max_messages(self.cfg.batch)
+                        let p = consumer
+                            .stream()
+                            .max_messages_per_batch(self.cfg.batch)
                             .expires(PULL_EXPIRES)
                             .messages()
                             .await;
-                        match b {
-                            Ok(b) => self.batch.insert(b),
+                        match p {
+                            Ok(p) => self.pull.insert(p),
                             Err(e) => {
                                 return Err(self.transient(format!("JetStream pull request: {e}")));
                             }
                         }
                     }
                 };
-                match batch.next().await {
+                match pull.next().await {
                     Some(Ok(m)) => {
                         self.errors = 0;
                         return Ok(Some(self.delivery(m)));
                     }
                     Some(Err(e)) => return Err(self.transient(format!("JetStream pull: {e}"))),
-                    None => {
-                        self.errors = 0;
-                        self.batch = None;
-                    }
+                    // The pull's task ended: start another, after a backoff.
+                    None => return Err(self.transient("JetStream pull ended".into())),
                 }
             }
         })
@@ -255,8 +258,10 @@ impl Source for JetStreamSource {
     }
 
     fn pause(&mut self) {
-        // `next` is what pulls; the pipeline does not call it while paused.
+        // The pull requests ahead of what was handed out; dropping it stops
+        // its requests. `next` starts a new one after `resume`.
         self.paused = true;
+        self.pull = None;
     }
 
     fn resume(&mut self) {
@@ -267,7 +272,7 @@ impl Source for JetStreamSource {
         Box::pin(async move {
             // Messages pulled and not handed out come back after `ack_wait`.
             self.closed = true;
-            self.batch = None;
+            self.pull = None;
             let _ = tokio::time::timeout(Duration::from_secs(2), self.js.client().flush()).await;
         })
     }
