@@ -45,6 +45,8 @@ use crate::stats::LagGauge;
 
 /// How long one pull request waits for messages before it is renewed.
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
+/// How long a settle may wait for the client to take its ack.
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
 mod keepalive;
 use keepalive::Keepalive;
@@ -183,6 +185,28 @@ impl JetStreamSource {
         tokio::time::sleep(d).await;
     }
 
+    /// Starts the continuous pull, binding the consumer again first when
+    /// it was lost.
+    async fn start_pull(&mut self) -> Result<pull::Stream, SourceError> {
+        if self.consumer.is_none() {
+            match ensure_consumer(&self.js, &self.cfg).await {
+                Ok(c) => self.consumer = Some(c),
+                Err(e) => return Err(self.transient(format!("{e:#}"))),
+            }
+        }
+        let pull = match &self.consumer {
+            Some(c) => {
+                c.stream()
+                    .max_messages_per_batch(self.cfg.batch)
+                    .expires(PULL_EXPIRES)
+                    .messages()
+                    .await
+            }
+            None => return Err(self.transient("no JetStream consumer".into())),
+        };
+        pull.map_err(|e| self.transient(format!("JetStream pull request: {e}")))
+    }
+
     fn transient(&mut self, what: String) -> SourceError {
         self.errors += 1;
         self.pull = None;
@@ -201,54 +225,33 @@ impl Source for JetStreamSource {
 
     fn next(&mut self) -> BoxFuture<'_, Result<Option<Delivery>, SourceError>> {
         Box::pin(async move {
-            loop {
-                if self.closed {
-                    return Ok(None);
+            if self.closed {
+                return Ok(None);
+            }
+            if self.paused {
+                // Paused means no pull requests at all; the pipeline does
+                // not ask while paused, but stay put if something does.
+                futures::future::pending::<()>().await;
+            }
+            if self.errors > 0 {
+                self.backoff().await;
+            }
+            if self.pull.is_none() {
+                let pull = self.start_pull().await?;
+                self.pull = Some(pull);
+            }
+            let next = match self.pull.as_mut() {
+                Some(pull) => pull.next().await,
+                None => None,
+            };
+            match next {
+                Some(Ok(m)) => {
+                    self.errors = 0;
+                    Ok(Some(self.delivery(m)))
                 }
-                if self.paused {
-                    // Paused means no pull requests at all; the pipeline does
-                    // not ask while paused, but stay put if something does.
-                    futures::future::pending::<()>().await;
-                }
-                if self.errors > 0 {
-                    self.backoff().await;
-                }
-                let consumer = match &self.consumer {
-                    Some(c) => c.clone(),
-                    None => match ensure_consumer(&self.js, &self.cfg).await {
-                        Ok(c) => {
-                            self.consumer = Some(c.clone());
-                            c
-                        }
-                        Err(e) => return Err(self.transient(format!("{e:#}"))),
-                    },
-                };
-                let pull = match &mut self.pull {
-                    Some(p) => p,
-                    None => {
-                        let p = consumer
-                            .stream()
-                            .max_messages_per_batch(self.cfg.batch)
-                            .expires(PULL_EXPIRES)
-                            .messages()
-                            .await;
-                        match p {
-                            Ok(p) => self.pull.insert(p),
-                            Err(e) => {
-                                return Err(self.transient(format!("JetStream pull request: {e}")));
-                            }
-                        }
-                    }
-                };
-                match pull.next().await {
-                    Some(Ok(m)) => {
-                        self.errors = 0;
-                        return Ok(Some(self.delivery(m)));
-                    }
-                    Some(Err(e)) => return Err(self.transient(format!("JetStream pull: {e}"))),
-                    // The pull's task ended: start another, after a backoff.
-                    None => return Err(self.transient("JetStream pull ended".into())),
-                }
+                Some(Err(e)) => Err(self.transient(format!("JetStream pull: {e}"))),
+                // The pull's task ended: start another, after a backoff.
+                None => Err(self.transient("JetStream pull ended".into())),
             }
         })
     }
@@ -305,7 +308,8 @@ impl Settle for JetStreamSettle {
         };
         let acker = self.acker.clone();
         Box::pin(async move {
-            tokio::time::timeout(Duration::from_secs(5), acker.ack_with(kind))
+            // The ack is queued with the client at once: no timer unless it waits.
+            crate::sinks::within_for(ACK_TIMEOUT, acker.ack_with(kind))
                 .await
                 .map_err(|_| anyhow::anyhow!("JetStream {how:?} timed out"))?
                 .map_err(|e| anyhow::anyhow!("JetStream {how:?}: {e}"))
