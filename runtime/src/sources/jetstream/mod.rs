@@ -188,22 +188,19 @@ impl JetStreamSource {
     /// Starts the continuous pull, binding the consumer again first when
     /// it was lost.
     async fn start_pull(&mut self) -> Result<pull::Stream, SourceError> {
-        if self.consumer.is_none() {
-            match ensure_consumer(&self.js, &self.cfg).await {
-                Ok(c) => self.consumer = Some(c),
+        let consumer = match &self.consumer {
+            Some(c) => c,
+            None => match ensure_consumer(&self.js, &self.cfg).await {
+                Ok(c) => self.consumer.insert(c),
                 Err(e) => return Err(self.transient(format!("{e:#}"))),
-            }
-        }
-        let pull = match &self.consumer {
-            Some(c) => {
-                c.stream()
-                    .max_messages_per_batch(self.cfg.batch)
-                    .expires(PULL_EXPIRES)
-                    .messages()
-                    .await
-            }
-            None => return Err(self.transient("no JetStream consumer".into())),
+            },
         };
+        let pull = consumer
+            .stream()
+            .max_messages_per_batch(self.cfg.batch)
+            .expires(PULL_EXPIRES)
+            .messages()
+            .await;
         pull.map_err(|e| self.transient(format!("JetStream pull request: {e}")))
     }
 
