@@ -1,7 +1,8 @@
 /*
- * The canonical-ABI glue of the `sluice:handler@0.1.0` world, written by hand (no
- * wit-bindgen needed): the exports `init`, `handle`, their `cabi_post_*`, `cabi_realloc`,
- * and the imports of `sluice:handler/host@0.1.0`. Layouts follow the component model's
+ * The canonical-ABI glue of the `sluice:handler@0.1.0` world `batch-handler`, written by
+ * hand (no wit-bindgen needed): the exports `init`, `handle`, `handle-batch`, their
+ * `cabi_post_*`, `cabi_realloc`, and the imports of `sluice:handler/host@0.1.0` and
+ * `sluice:handler/batch@0.1.0`. Layouts follow the component model's
  * canonical ABI for wasm32 (pointers and lengths are 32-bit, records aligned to 4).
  */
 #include "sluice_handler.h"
@@ -199,6 +200,25 @@ void post_init(void *ret) {
     free_owned();
 }
 
+/* A message as the canonical ABI lays it out in memory (an element of `handle-batch`'s
+ * list): record alignment 8 (the u64 of option<u64>), 64 bytes. */
+typedef struct {
+    abi_list topic;      /* 0 */
+    abi_opt_list key;    /* 8 */
+    abi_list payload;    /* 20 */
+    abi_list headers;    /* 28 */
+    struct {
+        uint8_t is_some; /* 40 */
+        uint64_t v;      /* 48 */
+    } timestamp_ms;
+    uint32_t attempt;    /* 56 */
+} abi_message;
+
+_Static_assert(sizeof(abi_message) == 64, "message is 64 bytes");
+_Static_assert(__builtin_offsetof(abi_message, payload) == 20, "payload at 20");
+_Static_assert(__builtin_offsetof(abi_message, timestamp_ms) == 40, "timestamp at 40");
+_Static_assert(__builtin_offsetof(abi_message, attempt) == 56, "attempt at 56");
+
 /* result<list<output>, handler-error>: discriminant at 0; ok: the list at 4;
  * err: the variant's discriminant at 4 and its string at 8. */
 static struct {
@@ -212,43 +232,43 @@ static struct {
     } u;
 } handle_ret;
 
-EXPORT("handle")
-void *export_handle(uint32_t topic_ptr, uint32_t topic_len, int32_t has_key, uint32_t key_ptr,
-                    uint32_t key_len, uint32_t payload_ptr, uint32_t payload_len,
-                    uint32_t headers_ptr, uint32_t headers_len, int32_t has_ts, int64_t ts,
-                    int32_t attempt) {
-    abi_pair *hs = (abi_pair *)(uintptr_t)headers_ptr;
+/* Runs sluice_handle on one message, frees the message (the host allocated it through
+ * cabi_realloc: ours to free), and lays the result out in handle_ret. The outputs it points
+ * to stay owned until free_owned. */
+static void run_handle(const abi_message *m) {
+    abi_pair *hs = (abi_pair *)(uintptr_t)m->headers.ptr;
+    uint32_t headers_len = m->headers.len;
     sluice_header *headers = malloc((headers_len ? headers_len : 1) * sizeof(*headers));
     if (!headers) __builtin_trap();
     for (uint32_t i = 0; i < headers_len; i++) {
         headers[i].key = from_abi(hs[i].key.ptr, hs[i].key.len);
         headers[i].value = from_abi(hs[i].value.ptr, hs[i].value.len);
     }
+    bool has_key = m->key.is_some != 0;
     sluice_message msg = {
-        .topic = from_abi(topic_ptr, topic_len),
-        .has_key = has_key != 0,
-        .key = has_key ? from_abi(key_ptr, key_len) : (sluice_bytes){0},
-        .payload = from_abi(payload_ptr, payload_len),
+        .topic = from_abi(m->topic.ptr, m->topic.len),
+        .has_key = has_key,
+        .key = has_key ? from_abi(m->key.v.ptr, m->key.v.len) : (sluice_bytes){0},
+        .payload = from_abi(m->payload.ptr, m->payload.len),
         .headers = headers,
         .headers_len = headers_len,
-        .has_timestamp = has_ts != 0,
-        .timestamp_ms = (uint64_t)ts,
-        .attempt = (uint32_t)attempt,
+        .has_timestamp = m->timestamp_ms.is_some != 0,
+        .timestamp_ms = m->timestamp_ms.v,
+        .attempt = m->attempt,
     };
     outs_len = 0;
     error_msg = (sluice_bytes){0};
     sluice_status st = sluice_handle(&msg);
 
-    /* The arguments were allocated by the host through cabi_realloc: ours to free. */
     for (uint32_t i = 0; i < headers_len; i++) {
         free((void *)headers[i].key.ptr);
         free((void *)headers[i].value.ptr);
     }
     free(headers);
     free(hs);
-    free((void *)(uintptr_t)topic_ptr);
-    if (has_key) free((void *)(uintptr_t)key_ptr);
-    free((void *)(uintptr_t)payload_ptr);
+    free((void *)(uintptr_t)m->topic.ptr);
+    if (has_key) free((void *)(uintptr_t)m->key.v.ptr);
+    free((void *)(uintptr_t)m->payload.ptr);
 
     if (st == SLUICE_OK) {
         abi_output *list = own((outs_len ? outs_len : 1) * sizeof(abi_output));
@@ -265,7 +285,48 @@ void *export_handle(uint32_t topic_ptr, uint32_t topic_len, int32_t has_key, uin
         handle_ret.u.err.msg = to_abi(error_msg);
     }
     outs_len = 0;
+}
+
+EXPORT("handle")
+void *export_handle(uint32_t topic_ptr, uint32_t topic_len, int32_t has_key, uint32_t key_ptr,
+                    uint32_t key_len, uint32_t payload_ptr, uint32_t payload_len,
+                    uint32_t headers_ptr, uint32_t headers_len, int32_t has_ts, int64_t ts,
+                    int32_t attempt) {
+    abi_message m = {
+        .topic = {topic_ptr, topic_len},
+        .key = {(uint8_t)(has_key != 0), {key_ptr, key_len}},
+        .payload = {payload_ptr, payload_len},
+        .headers = {headers_ptr, headers_len},
+        .timestamp_ms = {(uint8_t)(has_ts != 0), (uint64_t)ts},
+        .attempt = (uint32_t)attempt,
+    };
+    run_handle(&m);
     return &handle_ret;
+}
+
+/* `sluice:handler/batch@0.1.0`.`done`: the result of the batch's next message, flattened
+ * (result<list<output>, handler-error>: discriminant, then the ok list's pointer and length,
+ * or the error's variant tag and string). The host copies it before returning. */
+__attribute__((import_module("sluice:handler/batch@0.1.0"), import_name("done")))
+extern void host_batch_done(int32_t is_err, int32_t a, int32_t b, int32_t c);
+
+/* Several messages per call (world `batch-handler`): each message in turn through
+ * sluice_handle, its result reported through `done` before the next one starts (the host
+ * re-arms fuel and the deadline there, so each message keeps its own budgets). */
+EXPORT("handle-batch")
+void export_handle_batch(uint32_t ptr, uint32_t len) {
+    abi_message *msgs = (abi_message *)(uintptr_t)ptr;
+    for (uint32_t i = 0; i < len; i++) {
+        run_handle(&msgs[i]);
+        if (handle_ret.is_err) {
+            host_batch_done(1, handle_ret.u.err.tag, (int32_t)handle_ret.u.err.msg.ptr,
+                            (int32_t)handle_ret.u.err.msg.len);
+        } else {
+            host_batch_done(0, (int32_t)handle_ret.u.ok.ptr, (int32_t)handle_ret.u.ok.len, 0);
+        }
+        free_owned();
+    }
+    free(msgs);
 }
 
 EXPORT("cabi_post_handle")

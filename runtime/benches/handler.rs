@@ -159,14 +159,20 @@ async fn bench() {
         }
     };
     // `BENCH_PROFILE=trap|call|batch SECS`: only loop that path for a profiler.
+    // `BENCH_PLUGIN=NAME BENCH_PAYLOAD=TEXT`: another plugin of `plugins/dist`
+    // and the payload it gets (healthy paths only; default: `panic`, "fine").
     if let Ok(what) = std::env::var("BENCH_PROFILE") {
         let secs: u64 = std::env::var("BENCH_PROFILE_SECS")
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(10);
-        let plugin = load("panic").await;
+        let name = std::env::var("BENCH_PLUGIN").unwrap_or_else(|_| "panic".into());
+        let plugin = load(&name).await;
         let mut w = Worker::new(plugin);
-        let payload = if what == "trap" { "panic" } else { "fine" };
+        let chosen = std::env::var("BENCH_PAYLOAD").unwrap_or_else(|_| "fine".into());
+        // 'static, so each message borrows it as before (no copy per message).
+        let chosen: &'static str = Box::leak(chosen.into_boxed_str());
+        let payload = if what == "trap" { "panic" } else { chosen };
         let t = Instant::now();
         let mut n = 0u64;
         if what == "batch" {

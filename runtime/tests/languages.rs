@@ -363,6 +363,80 @@ async fn hostile_c_and_python_handlers_are_stopped_by_every_budget() {
     }
 }
 
+/// What one answer says, comparable across calls: the outputs' payloads or
+/// the failure's class and text.
+fn answer(r: &Result<Vec<sluice::message::Output>, sluice::failure::Failure>) -> String {
+    match r {
+        Ok(outs) => outs
+            .iter()
+            .map(|o| String::from_utf8_lossy(&o.payload).into_owned())
+            .collect::<Vec<_>>()
+            .join("|"),
+        Err(f) => format!("{:?}: {}", f.class, f.message),
+    }
+}
+
+/// The C SDK's glue exports `handle-batch`: a batch gets the answers the same
+/// messages get one per call, and a hostile message inside a batch fails
+/// alone, with its own class, the messages before it answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_c_handler_answers_a_batch_as_it_answers_single_calls() {
+    let engine = common::engine();
+    let lines: Vec<Message> = input()
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| Message::new("t", l.to_vec()))
+        .collect();
+    let mut w = worker(&engine, "c", "log-parser-c", |_| {}).await;
+    let mut single = Vec::new();
+    for m in &lines {
+        single.push(answer(&w.handle(m).await.0));
+    }
+    let mut batched = Vec::new();
+    // Batches of 16 and a last one of what is left (at least 2: a single
+    // message always goes through `handle`).
+    let (head, tail) = lines.split_at(lines.len() - (lines.len() % 16).max(2));
+    for chunk in head.chunks(16).chain([tail]) {
+        let refs: Vec<&Message> = chunk.iter().collect();
+        let answers = w.handle_batch(&refs).await;
+        assert_eq!(
+            answers.len(),
+            chunk.len(),
+            "every message of the batch answered"
+        );
+        batched.extend(answers.iter().map(|(r, _)| answer(r)));
+    }
+    assert_eq!(batched, single);
+    let failed = single.iter().filter(|a| a.starts_with("Fatal")).count();
+    assert!(failed >= 18, "{failed} lines refused: {single:#?}");
+    eprintln!(
+        "[c] {} lines in batches of 16: {} answered as single calls ({failed} refused)",
+        lines.len(),
+        batched.len()
+    );
+
+    // A loop in the middle of a batch: stopped on its own deadline, the
+    // message before it answered, the instance replaced for the rest.
+    let mut w = worker(&engine, "c", "log-parser-c-hostile", |s| {
+        s.fuel = u64::MAX / 4;
+        s.timeout = Duration::from_millis(300);
+    })
+    .await;
+    let batch = [msg(GOOD), msg("loop"), msg(GOOD)];
+    let refs: Vec<&Message> = batch.iter().collect();
+    let answers = w.handle_batch(&refs).await;
+    assert_eq!(answers.len(), 2, "answers up to the failing message");
+    assert!(answers[0].0.is_ok(), "{:?}", answers[0].0);
+    assert_eq!(
+        answers[1].0.as_ref().err().map(|f| f.class),
+        Some(FailureClass::Timeout)
+    );
+    assert!(
+        w.handle(&batch[2]).await.0.is_ok(),
+        "the rest on a fresh instance"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_language_runs_under_fuel_and_memory_caps() {
     let engine = common::engine();
@@ -371,12 +445,13 @@ async fn every_language_runs_under_fuel_and_memory_caps() {
         let mut w = worker(&engine, lang, stem, |_| {}).await;
         assert!(w.handle(&msg(GOOD)).await.0.is_ok(), "{lang}");
         let p = w.plugin().clone();
-        // Only the Rust SDK builds the `batch-handler` world; the others get
+        // The Rust and C SDKs build the `batch-handler` world; the others get
         // one message per call and run as before.
-        assert_eq!(p.takes_batches(), lang == "rust", "{lang}: handle-batch");
+        let batches = matches!(lang, "rust" | "c");
+        assert_eq!(p.takes_batches(), batches, "{lang}: handle-batch");
         let two = [msg(GOOD), msg(GOOD)];
         let answered = w.handle_batch(&[&two[0], &two[1]]).await.len();
-        assert_eq!(answered, if lang == "rust" { 2 } else { 0 }, "{lang}");
+        assert_eq!(answered, if batches { 2 } else { 0 }, "{lang}");
         let mut spec = p.spec().clone();
         spec.fuel = 1_000;
         let small = Plugin::load(&engine, spec).await;

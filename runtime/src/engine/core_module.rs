@@ -4,8 +4,10 @@
 //! Tool chains that only emit core modules (C with clang, Go's
 //! `//go:wasmexport`, Zig, AssemblyScript, hand-written glue) export `init`,
 //! `handle`, `memory` and `cabi_realloc` and import the host functions from
-//! `sluice:handler/host@0.1.0`, exactly as `wit-bindgen` lays them out. Here
-//! the world's WIT (compiled into the runtime from `guest-sdk/wit`) is
+//! `sluice:handler/host@0.1.0`, exactly as `wit-bindgen` lays them out; a
+//! module that also exports `handle-batch` and imports
+//! `sluice:handler/batch@0.1.0`.`done` implements the `batch-handler` world.
+//! Here the world's WIT (compiled into the runtime from `guest-sdk/wit`) is
 //! embedded when the module does not carry its own `component-type` section,
 //! the `wasi_snapshot_preview1` reactor adapter is added when the module
 //! imports WASI preview 1, and `wit-component` wraps it all into a component.
@@ -27,6 +29,9 @@ const HOST_MODULE: &str = "sluice:handler/host@0.1.0";
 /// The host functions a module may import from [`HOST_MODULE`].
 const HOST_FUNCS: [&str; 3] = ["log", "kv-get", "kv-set"];
 
+/// The import module of the `batch-handler` world's `batch` interface.
+const BATCH_MODULE: &str = "sluice:handler/batch@0.1.0";
+
 /// WASI preview 1, which the reactor adapter maps onto WASI preview 2.
 const WASI_P1: &str = "wasi_snapshot_preview1";
 
@@ -41,7 +46,7 @@ pub enum ConvertError {
 
 /// Bumped whenever [`to_component`] builds a different component from the
 /// same module (part of the compile cache's key).
-pub(crate) const CONVERSION_VERSION: u32 = 2;
+pub(crate) const CONVERSION_VERSION: u32 = 3;
 
 /// Turns a core module implementing the handler world into a component.
 pub fn to_component(module: &[u8]) -> Result<Vec<u8>, ConvertError> {
@@ -54,8 +59,13 @@ pub fn to_component(module: &[u8]) -> Result<Vec<u8>, ConvertError> {
         let pkg = resolve
             .push_str("handler.wit", HANDLER_WIT)
             .map_err(|e| ConvertError::Encode(format!("the built-in WIT: {e:#}")))?;
+        let world = if shape.exports("handle-batch") {
+            "batch-handler"
+        } else {
+            "handler"
+        };
         let world = resolve
-            .select_world(&[pkg], Some("handler"))
+            .select_world(&[pkg], Some(world))
             .map_err(|e| ConvertError::Encode(format!("the built-in WIT: {e:#}")))?;
         wit_component::embed_component_metadata(&mut bytes, &resolve, world, StringEncoding::UTF8)
             .map_err(|e| ConvertError::Encode(format!("{e:#}")))?;
@@ -94,6 +104,8 @@ struct Shape {
     /// `module`.`name` of every import the host does not provide.
     foreign_imports: Vec<String>,
     imports_wasi_p1: bool,
+    /// Imports `done` from [`BATCH_MODULE`].
+    imports_batch_done: bool,
     has_component_type: bool,
 }
 
@@ -136,6 +148,10 @@ impl Shape {
             self.imports_wasi_p1 = true;
             return;
         }
+        if module == BATCH_MODULE && name == "done" && matches!(ty, TypeRef::Func(_)) {
+            self.imports_batch_done = true;
+            return;
+        }
         // Legacy names (`sluice:handler/host@0.1.0`.`log`) and the newer
         // `cm32p2|sluice:handler/host@0.1|log` style both name the interface.
         let host = module == HOST_MODULE
@@ -176,9 +192,22 @@ impl Shape {
         if !self.exports("cabi_realloc") && !self.exported_funcs.contains("cabi_realloc") {
             missing.push("missing export `cabi_realloc`".into());
         }
+        // A batch handler reports each message's result through `done`;
+        // one without the other is half of the `batch-handler` world.
+        match (self.exports("handle-batch"), self.imports_batch_done) {
+            (true, false) => missing.push(format!(
+                "exports `handle-batch` but does not import `{BATCH_MODULE}`.`done`, \
+                 through which it must report each message's result"
+            )),
+            (false, true) => missing.push(format!(
+                "imports `{BATCH_MODULE}`.`done` but does not export `handle-batch`"
+            )),
+            _ => {}
+        }
         if !self.foreign_imports.is_empty() {
             missing.push(format!(
-                "imports {} (the host provides only {HOST_MODULE} ({}) and {WASI_P1})",
+                "imports {} (the host provides only {HOST_MODULE} ({}), \
+                 {BATCH_MODULE} (done) and {WASI_P1})",
                 self.foreign_imports.join(", "),
                 HOST_FUNCS.join(", ")
             ));
@@ -232,12 +261,14 @@ mod tests {
         assert!(msg.contains("imports `env`.`socket`"), "{msg}");
     }
 
-    #[test]
-    fn a_minimal_module_becomes_a_component() {
-        // init returns ok (the result pointer's discriminant byte is 0);
-        // handle returns an empty list.
-        let m = wat(r#"(module
+    /// A minimal module of the world — `init` answers ok (the result's
+    /// discriminant byte is 0), `handle` an empty list — plus `imports` and
+    /// `funcs`.
+    fn minimal(imports: &str, funcs: &str) -> Vec<u8> {
+        wat(&format!(
+            r#"(module
             (import "sluice:handler/host@0.1.0" "log" (func (param i32 i32 i32)))
+            {imports}
             (memory (export "memory") 1)
             (global $top (mut i32) (i32.const 1024))
             (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
@@ -260,8 +291,63 @@ mod tests {
               i32.const 36 i32.const 0 i32.store
               i32.const 40 i32.const 0 i32.store
               i32.const 32)
-        )"#);
-        let c = to_component(&m).unwrap_or_else(|e| panic!("{e:?}"));
+            {funcs}
+        )"#
+        ))
+    }
+
+    /// The names of a component's exports.
+    fn component_exports(c: &[u8]) -> Vec<String> {
+        let mut names = Vec::new();
+        for payload in Parser::new(0).parse_all(c) {
+            if let Ok(Payload::ComponentExportSection(r)) = payload {
+                names.extend(r.into_iter().flatten().map(|e| e.name.name.to_string()));
+            }
+        }
+        names
+    }
+
+    const DONE: &str =
+        r#"(import "sluice:handler/batch@0.1.0" "done" (func (param i32 i32 i32 i32)))"#;
+    const HANDLE_BATCH: &str = r#"(func (export "handle-batch") (param i32 i32))"#;
+
+    #[test]
+    fn a_minimal_module_becomes_a_component() {
+        let c = to_component(&minimal("", "")).unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(&c[4..8], &[0x0d, 0, 1, 0]);
+        let exports = component_exports(&c);
+        assert!(exports.iter().any(|e| e == "handle"), "{exports:?}");
+        assert!(!exports.iter().any(|e| e == "handle-batch"), "{exports:?}");
+    }
+
+    #[test]
+    fn a_module_with_handle_batch_and_done_becomes_a_batch_handler() {
+        let c = to_component(&minimal(DONE, HANDLE_BATCH)).unwrap_or_else(|e| panic!("{e:?}"));
+        let exports = component_exports(&c);
+        for name in ["init", "handle", "handle-batch"] {
+            assert!(exports.iter().any(|e| e == name), "{name}: {exports:?}");
+        }
+    }
+
+    #[test]
+    fn half_of_the_batch_world_is_refused_with_what_is_missing() {
+        let Err(ConvertError::World(msg)) = to_component(&minimal("", HANDLE_BATCH)) else {
+            panic!("handle-batch without done was accepted");
+        };
+        assert!(
+            msg.contains(
+                "exports `handle-batch` but does not import `sluice:handler/batch@0.1.0`.`done`"
+            ),
+            "{msg}"
+        );
+        let Err(ConvertError::World(msg)) = to_component(&minimal(DONE, "")) else {
+            panic!("done without handle-batch was accepted");
+        };
+        assert!(
+            msg.contains(
+                "imports `sluice:handler/batch@0.1.0`.`done` but does not export `handle-batch`"
+            ),
+            "{msg}"
+        );
     }
 }
