@@ -26,6 +26,13 @@ void *cabi_realloc(void *old, size_t old_size, size_t align, size_t new_size) {
     return p;
 }
 
+/* Frees an argument the host allocated through cabi_realloc: `size` bytes at `ptr`. An
+ * empty string or list was never allocated (cabi_realloc answers a size of 0 with the
+ * alignment, not a heap pointer), so there is nothing to free. */
+static void free_arg(const void *ptr, size_t size) {
+    if (size) free((void *)ptr);
+}
+
 /* Allocations handed to the host, freed in the post-return functions. */
 static void **owned;
 static size_t owned_len, owned_cap;
@@ -153,8 +160,9 @@ bool sluice_kv_get(const char *key, size_t key_len, sluice_bytes *value) {
     abi_opt_list ret;
     host_kv_get((uint32_t)(uintptr_t)key, (uint32_t)key_len, &ret);
     if (!ret.is_some) return false;
-    /* The host allocated the value with cabi_realloc (malloc): the caller frees it. */
-    *value = from_abi(ret.v.ptr, ret.v.len);
+    /* The host allocated the value with cabi_realloc (malloc): the caller frees it. An empty
+     * value was not allocated: NULL, which free accepts. */
+    *value = ret.v.len ? from_abi(ret.v.ptr, ret.v.len) : (sluice_bytes){0};
     return true;
 }
 
@@ -184,11 +192,11 @@ void *export_init(uint32_t ptr, uint32_t len) {
     error_msg = (sluice_bytes){0};
     bool ok = sluice_init(cfg, len);
     for (uint32_t i = 0; i < len; i++) {
-        free((void *)cfg[i].key.ptr);
-        free((void *)cfg[i].value.ptr);
+        free_arg(cfg[i].key.ptr, cfg[i].key.len);
+        free_arg(cfg[i].value.ptr, cfg[i].value.len);
     }
     free(cfg);
-    free(pairs);
+    free_arg(pairs, len);
     init_ret.is_err = !ok;
     init_ret.err = ok ? (abi_list){0} : to_abi(error_msg);
     return &init_ret;
@@ -261,14 +269,14 @@ static void run_handle(const abi_message *m) {
     sluice_status st = sluice_handle(&msg);
 
     for (uint32_t i = 0; i < headers_len; i++) {
-        free((void *)headers[i].key.ptr);
-        free((void *)headers[i].value.ptr);
+        free_arg(headers[i].key.ptr, headers[i].key.len);
+        free_arg(headers[i].value.ptr, headers[i].value.len);
     }
     free(headers);
-    free(hs);
-    free((void *)(uintptr_t)m->topic.ptr);
-    if (has_key) free((void *)(uintptr_t)m->key.v.ptr);
-    free((void *)(uintptr_t)m->payload.ptr);
+    free_arg(hs, headers_len);
+    free_arg(msg.topic.ptr, msg.topic.len);
+    if (has_key) free_arg(msg.key.ptr, msg.key.len);
+    free_arg(msg.payload.ptr, msg.payload.len);
 
     if (st == SLUICE_OK) {
         abi_output *list = own((outs_len ? outs_len : 1) * sizeof(abi_output));
@@ -326,7 +334,7 @@ void export_handle_batch(uint32_t ptr, uint32_t len) {
         }
         free_owned();
     }
-    free(msgs);
+    free_arg(msgs, len);
 }
 
 EXPORT("cabi_post_handle")

@@ -382,10 +382,41 @@ fn answer(r: &Result<Vec<sluice::message::Output>, sluice::failure::Failure>) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_c_handler_answers_a_batch_as_it_answers_single_calls() {
     let engine = common::engine();
-    let lines: Vec<Message> = input()
+    // Every field the glue lays out and frees, empty and not: keys, headers
+    // with empty keys or values, timestamps, attempts, an empty payload —
+    // all sent several times through the same instance, so a mislaid field
+    // or a bad free shows as a wrong answer or a trap.
+    let mut lines: Vec<Message> = input()
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
         .map(|l| Message::new("t", l.to_vec()))
+        .collect();
+    lines.push(Message::new("t", Vec::new()));
+    let lines: Vec<Message> = (0..6)
+        .flat_map(|round| lines.clone().into_iter().map(move |m| (round, m)))
+        .enumerate()
+        .map(|(i, (round, mut m))| {
+            m.topic = if i % 5 == 0 {
+                String::new()
+            } else {
+                format!("topic-{i}")
+            };
+            m.key = match i % 3 {
+                0 => None,
+                1 => Some(bytes::Bytes::new()),
+                _ => Some(bytes::Bytes::from(format!("key-{i}"))),
+            };
+            if i % 4 != 0 {
+                m.headers = vec![
+                    sluice::message::Header::new("h", ""),
+                    sluice::message::Header::new("", format!("v{i}")),
+                    sluice::message::Header::new(format!("x-{round}"), "y"),
+                ];
+            }
+            m.timestamp_ms = (i % 2 == 0).then_some(1_700_000_000_000 + i as u64);
+            m.attempt = 1 + round;
+            m
+        })
         .collect();
     let mut w = worker(&engine, "c", "log-parser-c", |_| {}).await;
     let mut single = Vec::new();
@@ -408,7 +439,7 @@ async fn the_c_handler_answers_a_batch_as_it_answers_single_calls() {
     }
     assert_eq!(batched, single);
     let failed = single.iter().filter(|a| a.starts_with("Fatal")).count();
-    assert!(failed >= 18, "{failed} lines refused: {single:#?}");
+    assert!(failed >= 6 * 19, "{failed} lines refused: {single:#?}");
     eprintln!(
         "[c] {} lines in batches of 16: {} answered as single calls ({failed} refused)",
         lines.len(),
