@@ -80,7 +80,8 @@ void sluice_set_error(const char *msg, size_t len);
 
 /* Host functions. */
 void sluice_log(sluice_level level, const char *msg, size_t len);
-/* Returns true and a malloc'd copy in *value (free it) when the key is present. */
+/* Returns true and a malloc'd copy in *value (free it; NULL for an empty value) when the key
+ * is present. */
 bool sluice_kv_get(const char *key, size_t key_len, sluice_bytes *value);
 /* ttl_ms = 0: no time to live. */
 void sluice_kv_set(const char *key, size_t key_len, const void *value, size_t value_len,
