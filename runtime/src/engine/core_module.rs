@@ -148,7 +148,9 @@ impl Shape {
             self.imports_wasi_p1 = true;
             return;
         }
-        if module == BATCH_MODULE && name == "done" && matches!(ty, TypeRef::Func(_)) {
+        // Under its legacy name or the newer `cm32p2|sluice:handler/batch@0.1` style.
+        let batch = module == BATCH_MODULE || module.contains("|sluice:handler/batch@");
+        if batch && name == "done" && matches!(ty, TypeRef::Func(_)) {
             self.imports_batch_done = true;
             return;
         }
@@ -327,6 +329,15 @@ mod tests {
         for name in ["init", "handle", "handle-batch"] {
             assert!(exports.iter().any(|e| e == name), "{name}: {exports:?}");
         }
+    }
+
+    #[test]
+    fn the_newer_import_naming_of_done_counts_as_the_batch_import() {
+        let done =
+            r#"(import "cm32p2|sluice:handler/batch@0.1" "done" (func (param i32 i32 i32 i32)))"#;
+        let shape = Shape::read(&minimal(done, HANDLE_BATCH)).expect("a module");
+        assert!(shape.imports_batch_done && shape.foreign_imports.is_empty());
+        assert_eq!(shape.check(), Ok(()));
     }
 
     #[test]
