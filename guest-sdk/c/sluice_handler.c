@@ -3,7 +3,8 @@
  * hand (no wit-bindgen needed): the exports `init`, `handle`, `handle-batch`, their
  * `cabi_post_*`, `cabi_realloc`, and the imports of `sluice:handler/host@0.1.0` and
  * `sluice:handler/batch@0.1.0`. Layouts follow the component model's
- * canonical ABI for wasm32 (pointers and lengths are 32-bit, records aligned to 4).
+ * canonical ABI for wasm32 (pointers and lengths are 32-bit; a record is aligned to its
+ * widest field: 4 for most here, 8 for `message`, whose timestamp is a u64).
  */
 #include "sluice_handler.h"
 
@@ -26,11 +27,11 @@ void *cabi_realloc(void *old, size_t old_size, size_t align, size_t new_size) {
     return p;
 }
 
-/* Frees an argument the host allocated through cabi_realloc: `size` bytes at `ptr`. An
- * empty string or list was never allocated (cabi_realloc answers a size of 0 with the
+/* Frees a string or list the host allocated through cabi_realloc: `len` bytes or elements
+ * at `ptr`. An empty one was never allocated (cabi_realloc answers a size of 0 with the
  * alignment, not a heap pointer), so there is nothing to free. */
-static void free_arg(const void *ptr, size_t size) {
-    if (size) free((void *)ptr);
+static void free_arg(const void *ptr, size_t len) {
+    if (len) free((void *)ptr);
 }
 
 /* Allocations handed to the host, freed in the post-return functions. */
