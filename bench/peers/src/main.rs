@@ -42,7 +42,7 @@ const VERSIONS: [&str; 3] = [
     "fluvio-smartengine 0.50.1, wasmtime 34.0.2",
 ];
 const GUARDS: [&str; 3] = [
-    "fuel 100M + epoch deadline 1 s (1 ms ticker thread) + 64 MiB memory limiter, set every call",
+    "fuel 100M + epoch deadline 1 s (5 ms ticker thread, the engine default) + 64 MiB memory limiter, set every call",
     "with_fuel_limit(100M) + with_timeout(1 s) (timer thread) + with_memory_max(1024 pages = 64 MiB)",
     "fuel metering (topped up every call; 0.50.1 has no fuel limit setting) + set_store_memory_limit(64 MiB); no timeout in 0.50.1",
 ];
