@@ -281,3 +281,72 @@ async fn a_batching_pipeline_loses_and_misattributes_nothing() {
         stats.batched
     );
 }
+
+/// Shutdown while the source always has a message ready (the dispatcher
+/// then takes them without waiting): intake stops, and every message taken
+/// is settled once — acked after its output reached the sink, or handed back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_a_source_that_is_never_empty_and_settles_what_it_took() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let engine = common::engine();
+    let plugin = Plugin::load(&engine, spec("echo")).await.expect("load");
+    let total = 300_000u64;
+    let source = MemorySource::new((0..total).map(|i| Message::new("t", format!("m{i}"))));
+    let settled = source.settled();
+    let sink = Arc::new(MemorySink::keeping());
+    let p = Pipeline::new(Parts {
+        name: "shutdown".into(),
+        source: Box::new(source),
+        plugin,
+        sinks: Sinks {
+            default: Some(sink.clone()),
+            named: Default::default(),
+        },
+        dead_letter: None,
+        policy: Policy {
+            errors: Default::default(),
+            retry: Default::default(),
+        },
+        breaker: BreakerConfig {
+            enabled: false,
+            ..Default::default()
+        },
+        dedup: None,
+        concurrency: 1,
+        publish_window: 128,
+        batch: 16,
+        publish_timeout: Duration::from_secs(30),
+    });
+    let started = Instant::now();
+    let stats = p
+        .run(tokio::time::sleep(Duration::from_millis(100)))
+        .await
+        .expect("run");
+    let (acked, redelivered) = (
+        settled.acked.load(Relaxed),
+        settled.redelivered.load(Relaxed),
+    );
+    println!(
+        "shut down after {:?}: received {}, acked {acked}, handed back {redelivered}, {} in the sink",
+        started.elapsed(),
+        stats.received,
+        sink.kept().len()
+    );
+    assert!(
+        stats.received < total,
+        "intake stopped before the source ran dry ({} of {total})",
+        stats.received
+    );
+    assert_eq!(
+        acked + redelivered,
+        stats.received,
+        "every taken message settled once"
+    );
+    assert_eq!(acked, stats.succeeded);
+    assert_eq!(
+        sink.kept().len() as u64,
+        acked,
+        "an ack only after the sink has it"
+    );
+    assert_eq!(settled.terminated.load(Relaxed), 0);
+}

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use futures::FutureExt as _;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
@@ -261,11 +262,20 @@ async fn dispatch(
             }
             source.resume();
         }
-        let next = tokio::select! {
-            biased;
-            _ = &mut shutdown => break,
-            _ = sh.wake.notified() => continue,
-            n = source.next() => n,
+        // A delivery the source already holds is taken without the select
+        // (a boxed `next` future and a wake-up registration per message);
+        // shutdown is still seen first.
+        if shutdown.as_mut().now_or_never().is_some() {
+            break;
+        }
+        let next = match source.try_next() {
+            Some(n) => n,
+            None => tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                _ = sh.wake.notified() => continue,
+                n = source.next() => n,
+            },
         };
         let delivery = match next {
             Ok(Some(d)) => d,

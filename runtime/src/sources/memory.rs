@@ -32,6 +32,12 @@ impl MemorySource {
         }
     }
 
+    fn pop(&mut self) -> Option<Delivery> {
+        self.queue
+            .pop_front()
+            .map(|m| Delivery::new(m, Box::new(Handle(self.settled.clone()))))
+    }
+
     /// The settle counters, shared with the deliveries.
     pub fn settled(&self) -> Arc<Settled> {
         self.settled.clone()
@@ -48,16 +54,17 @@ impl Settle for Handle {
             Settlement::Redeliver { .. } => &self.0.redelivered,
         };
         c.fetch_add(1, Relaxed);
-        Box::pin(async { Ok(()) })
+        super::settled()
     }
 }
 
 impl Source for MemorySource {
     fn next(&mut self) -> BoxFuture<'_, Result<Option<Delivery>, SourceError>> {
-        let d = self
-            .queue
-            .pop_front()
-            .map(|m| Delivery::new(m, Box::new(Handle(self.settled.clone()))));
+        let d = self.pop();
         Box::pin(async move { Ok(d) })
+    }
+
+    fn try_next(&mut self) -> Option<Result<Option<Delivery>, SourceError>> {
+        Some(Ok(self.pop()))
     }
 }

@@ -8,6 +8,9 @@ pub mod memory;
 pub mod mqtt;
 pub mod nats;
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -61,6 +64,20 @@ pub trait Settle: Send + 'static {
     /// Called before `settle`, possibly several times (each failure, then a
     /// success); the last call counts. Default: nothing to answer.
     fn answer(&mut self, _answer: Answer) {}
+}
+
+/// The future of a settle that finished when it was called: of no size, so
+/// boxing it allocates nothing (an `async` block of no awaits still has a
+/// state byte, and `Box::pin` of it allocates once per message).
+pub fn settled() -> BoxFuture<'static, anyhow::Result<()>> {
+    struct Settled;
+    impl Future for Settled {
+        type Output = anyhow::Result<()>;
+        fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
+            Poll::Ready(Ok(()))
+        }
+    }
+    Box::pin(Settled)
 }
 
 /// One message plus the means to settle it.
@@ -140,6 +157,14 @@ pub trait Source: Send {
     /// source with `follow = false` at end of input once every line it handed
     /// out is settled.
     fn next(&mut self) -> BoxFuture<'_, Result<Option<Delivery>, SourceError>>;
+
+    /// What [`Source::next`] would give at once, when the source has it
+    /// without waiting; `None` means "call `next`". The pipeline asks this
+    /// first, so a message already received costs no future of `next`.
+    /// Default: always `None`.
+    fn try_next(&mut self) -> Option<Result<Option<Delivery>, SourceError>> {
+        None
+    }
 
     /// True when the broker schedules redeliveries itself (JetStream): the
     /// router then answers a retry with [`Settlement::Redeliver`] and the delay

@@ -538,32 +538,9 @@ impl Source for KafkaSource {
     fn next(&mut self) -> BoxFuture<'_, Result<Option<Delivery>, SourceError>> {
         Box::pin(async move {
             loop {
-                let due = {
-                    let mut st = self.shared.lock();
-                    if let Some(f) = st.fatal.take() {
-                        return Err(SourceError::Fatal(f));
-                    }
-                    if st.closed {
-                        return Ok(None);
-                    }
-                    let now = Instant::now();
-                    let mut item = None;
-                    while st.redeliveries.peek().is_some_and(|p| p.due <= now) {
-                        let Some(p) = st.redeliveries.pop() else {
-                            break;
-                        };
-                        if st.tracker.is_current(&p.item.tp, p.item.generation) {
-                            item = Some(p.item);
-                            break;
-                        }
-                    }
-                    if item.is_none() {
-                        item = st.queue.pop_front();
-                    }
-                    if let Some(q) = item {
-                        return Ok(Some(self.delivery(q)));
-                    }
-                    st.redeliveries.peek().map(|p| p.due)
+                let due = match self.take_ready() {
+                    Ok(taken) => return taken,
+                    Err(due) => due,
                 };
                 match due {
                     Some(due) => {
@@ -576,6 +553,10 @@ impl Source for KafkaSource {
                 }
             }
         })
+    }
+
+    fn try_next(&mut self) -> Option<Result<Option<Delivery>, SourceError>> {
+        self.take_ready().ok()
     }
 
     fn pause(&mut self) {
@@ -621,6 +602,37 @@ impl Source for KafkaSource {
 }
 
 impl KafkaSource {
+    /// What `next` gives without waiting: a due redelivery, else the oldest
+    /// fetched message, the fatal error or the end; otherwise `Err` with
+    /// when the next redelivery is due (if any).
+    fn take_ready(&self) -> Result<Result<Option<Delivery>, SourceError>, Option<Instant>> {
+        let mut st = self.shared.lock();
+        if let Some(f) = st.fatal.take() {
+            return Ok(Err(SourceError::Fatal(f)));
+        }
+        if st.closed {
+            return Ok(Ok(None));
+        }
+        let now = Instant::now();
+        let mut item = None;
+        while st.redeliveries.peek().is_some_and(|p| p.due <= now) {
+            let Some(p) = st.redeliveries.pop() else {
+                break;
+            };
+            if st.tracker.is_current(&p.item.tp, p.item.generation) {
+                item = Some(p.item);
+                break;
+            }
+        }
+        if item.is_none() {
+            item = st.queue.pop_front();
+        }
+        match item {
+            Some(q) => Ok(Ok(Some(self.delivery(q)))),
+            None => Err(st.redeliveries.peek().map(|p| p.due)),
+        }
+    }
+
     fn delivery(&self, q: Queued) -> Delivery {
         let handle = KafkaSettle {
             shared: self.shared.clone(),

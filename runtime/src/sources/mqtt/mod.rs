@@ -305,6 +305,17 @@ impl Source for MqttSource {
         Box::pin(self.next_delivery())
     }
 
+    fn try_next(&mut self) -> Option<Result<Option<Delivery>, SourceError>> {
+        if self.closed || *self.paused.borrow() {
+            return None;
+        }
+        match self.shared.take() {
+            Ok(Ok(r)) => Some(Ok(Some(self.delivery(r)))),
+            Ok(Err(_)) => None,
+            Err(e) => Some(Err(e)),
+        }
+    }
+
     fn pause(&mut self) {
         self.paused.send_replace(true);
     }

@@ -300,7 +300,7 @@ impl Settle for MqttSettle {
                 Settlement::Redeliver { delay } => shared.requeue(r, delay),
             }
         }
-        Box::pin(async { Ok(()) })
+        crate::sources::settled()
     }
 }
 

@@ -240,6 +240,13 @@ impl Source for NatsSource {
         })
     }
 
+    fn try_next(&mut self) -> Option<Result<Option<Delivery>, SourceError>> {
+        if self.closed {
+            return None;
+        }
+        self.queue.pop().map(|m| Ok(Some(self.delivery(m))))
+    }
+
     fn close(&mut self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             if !self.closed {

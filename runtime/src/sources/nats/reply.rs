@@ -160,17 +160,17 @@ impl Settle for NatsSettle {
     }
 
     fn settle(self: Box<Self>, how: Settlement) -> BoxFuture<'static, anyhow::Result<()>> {
-        Box::pin(async move {
-            let Some(request) = &self.request else {
-                if matches!(how, Settlement::Redeliver { .. }) {
-                    tracing::debug!(pipeline = %self.pipeline,
-                        "core NATS cannot redeliver: the message is gone (at most once)");
-                }
-                return Ok(());
-            };
-            let (payload, headers) = self.reply(request.fallback.as_ref(), how);
-            send(&request.client, request.to.clone(), payload, headers).await
-        })
+        let Some(request) = &self.request else {
+            if matches!(how, Settlement::Redeliver { .. }) {
+                tracing::debug!(pipeline = %self.pipeline,
+                    "core NATS cannot redeliver: the message is gone (at most once)");
+            }
+            // A plain message: nothing to send, nothing to allocate.
+            return crate::sources::settled();
+        };
+        let (payload, headers) = self.reply(request.fallback.as_ref(), how);
+        let (client, to) = (request.client.clone(), request.to.clone());
+        Box::pin(async move { send(&client, to, payload, headers).await })
     }
 }
 
