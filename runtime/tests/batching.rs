@@ -39,6 +39,40 @@ fn payload(r: &Result<Vec<sluice::message::Output>, sluice::failure::Failure>) -
     }
 }
 
+/// A pipeline from an in-memory source to an in-memory sink: one worker,
+/// batches of 16, a window of 128, no breaker, the default policy.
+fn memory_pipeline(
+    name: &str,
+    source: MemorySource,
+    plugin: Plugin,
+    sink: &Arc<MemorySink>,
+    dead_letter: Option<Arc<MemorySink>>,
+) -> Pipeline {
+    Pipeline::new(Parts {
+        name: name.into(),
+        source: Box::new(source),
+        plugin,
+        sinks: Sinks {
+            default: Some(sink.clone()),
+            named: Default::default(),
+        },
+        dead_letter: dead_letter.map(|d| d as Arc<dyn sluice::sinks::Sink>),
+        policy: Policy {
+            errors: Default::default(),
+            retry: Default::default(),
+        },
+        breaker: BreakerConfig {
+            enabled: false,
+            ..Default::default()
+        },
+        dedup: None,
+        concurrency: 1,
+        publish_window: 128,
+        batch: 16,
+        publish_timeout: Duration::from_secs(30),
+    })
+}
+
 /// A batch `[before, trigger, after]`: `before` answered, the trigger's
 /// failure pinned on it with the class it has alone, `after` left for a
 /// call of its own (which a fresh instance answers).
@@ -213,29 +247,7 @@ async fn a_batching_pipeline_loses_and_misattributes_nothing() {
     let settled = source.settled();
     let sink = Arc::new(MemorySink::keeping());
     let dlq = Arc::new(MemorySink::keeping());
-    let p = Pipeline::new(Parts {
-        name: "batching".into(),
-        source: Box::new(source),
-        plugin,
-        sinks: Sinks {
-            default: Some(sink.clone()),
-            named: Default::default(),
-        },
-        dead_letter: Some(dlq.clone()),
-        policy: Policy {
-            errors: Default::default(),
-            retry: Default::default(),
-        },
-        breaker: BreakerConfig {
-            enabled: false,
-            ..Default::default()
-        },
-        dedup: None,
-        concurrency: 1,
-        publish_window: 128,
-        batch: 16,
-        publish_timeout: Duration::from_secs(30),
-    });
+    let p = memory_pipeline("batching", source, plugin, &sink, Some(dlq.clone()));
     let stats = p.run(std::future::pending()).await.expect("run");
 
     let poison = (0..total).filter(|i| i % 97 == 13).count();
@@ -294,29 +306,7 @@ async fn shutdown_stops_a_source_that_is_never_empty_and_settles_what_it_took() 
     let source = MemorySource::new((0..total).map(|i| Message::new("t", format!("m{i}"))));
     let settled = source.settled();
     let sink = Arc::new(MemorySink::keeping());
-    let p = Pipeline::new(Parts {
-        name: "shutdown".into(),
-        source: Box::new(source),
-        plugin,
-        sinks: Sinks {
-            default: Some(sink.clone()),
-            named: Default::default(),
-        },
-        dead_letter: None,
-        policy: Policy {
-            errors: Default::default(),
-            retry: Default::default(),
-        },
-        breaker: BreakerConfig {
-            enabled: false,
-            ..Default::default()
-        },
-        dedup: None,
-        concurrency: 1,
-        publish_window: 128,
-        batch: 16,
-        publish_timeout: Duration::from_secs(30),
-    });
+    let p = memory_pipeline("shutdown", source, plugin, &sink, None);
     let started = Instant::now();
     let stats = p
         .run(tokio::time::sleep(Duration::from_millis(100)))
