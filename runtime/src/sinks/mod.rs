@@ -65,7 +65,7 @@ async fn within_by<F: std::future::Future>(
 
 /// An [`Accepted`] that is already done (sinks whose `send` does it all).
 pub fn done() -> Accepted {
-    Box::pin(std::future::ready(Ok(())))
+    crate::sources::settled()
 }
 
 /// A publisher to one broker destination.

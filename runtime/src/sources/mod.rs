@@ -9,6 +9,7 @@ pub mod mqtt;
 pub mod nats;
 
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -66,18 +67,19 @@ pub trait Settle: Send + 'static {
     fn answer(&mut self, _answer: Answer) {}
 }
 
-/// The future of a settle that finished when it was called: of no size, so
-/// boxing it allocates nothing (an `async` block of no awaits still has a
-/// state byte, and `Box::pin` of it allocates once per message).
-pub fn settled() -> BoxFuture<'static, anyhow::Result<()>> {
-    struct Settled;
-    impl Future for Settled {
-        type Output = anyhow::Result<()>;
+/// A future already finished with `Ok(())` — a settle with nothing left to
+/// do, or a sink's [`crate::sinks::done`]. It has no size, so boxing it
+/// allocates nothing (an `async` block of no awaits still has a state byte,
+/// and `std::future::ready` holds its output: either allocates per message).
+pub fn settled<E: 'static>() -> BoxFuture<'static, Result<(), E>> {
+    struct Settled<E>(PhantomData<fn() -> E>);
+    impl<E> Future for Settled<E> {
+        type Output = Result<(), E>;
         fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
             Poll::Ready(Ok(()))
         }
     }
-    Box::pin(Settled)
+    Box::pin(Settled(PhantomData))
 }
 
 /// One message plus the means to settle it.
