@@ -158,7 +158,8 @@ async fn bench() {
                 .expect("plugin (run plugins/build.sh)")
         }
     };
-    // `BENCH_PROFILE=trap|call|batch SECS`: only loop that path for a profiler.
+    // `BENCH_PROFILE=trap|call|batch|instantiate|bare SECS`: only loop that path
+    // for a profiler.
     // `BENCH_PLUGIN=NAME BENCH_PAYLOAD=TEXT`: another plugin of `plugins/dist`
     // and the payload it gets (healthy paths only; default: `panic`, "fine").
     if let Ok(what) = std::env::var("BENCH_PROFILE") {
@@ -181,6 +182,17 @@ async fn bench() {
             let refs: Vec<&Message> = msgs.iter().collect();
             while t.elapsed() < Duration::from_secs(secs) {
                 n += w.handle_batch(&refs).await.len() as u64;
+            }
+        } else if what == "instantiate" || what == "bare" {
+            // Sluice's instantiation (dropped at once) or wasmtime's bare one.
+            let plugin = w.plugin().clone();
+            while t.elapsed() < Duration::from_secs(secs) {
+                if what == "bare" {
+                    plugin.instantiate_bare().await.expect("bare instantiation");
+                } else {
+                    drop(plugin.instantiate().await.expect("instantiation"));
+                }
+                n += 1;
             }
         } else {
             while t.elapsed() < Duration::from_secs(secs) {
