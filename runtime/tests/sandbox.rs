@@ -123,6 +123,29 @@ async fn enormous_output_is_refused() {
     assert_eq!(class, FailureClass::Memory, "{msg}");
 }
 
+/// WASI is linked but grants nothing: no file is found, no environment
+/// variable or argument is passed; stdout takes the bytes and throws them
+/// away; the clocks work. Asked for twice in one instance, and again after
+/// a trap, so the context WASI works from (built on the first call that
+/// needs it) is the same sealed one each time.
+#[tokio::test]
+async fn wasi_grants_no_files_env_or_args() {
+    let engine = common::engine();
+    let plugin = Plugin::load(&engine, spec("hostile")).await.expect("load");
+    let mut w = Worker::new(plugin);
+    let expected =
+        "fs=/:NotFound,.:NotFound,/etc/passwd:NotFound;env=0;args=0;stdout=written;clock=1";
+    for payload in ["peek", "peek", "panic", "peek"] {
+        let (out, _) = w.handle(&Message::new("t", payload)).await;
+        if payload == "panic" {
+            assert_eq!(out.expect_err("panics").class, FailureClass::Trap);
+            continue;
+        }
+        let out = out.expect("peek answers");
+        assert_eq!(String::from_utf8_lossy(&out[0].payload), expected);
+    }
+}
+
 #[tokio::test]
 async fn handler_errors_keep_the_instance() {
     let engine = common::engine();

@@ -10,6 +10,8 @@
 //!   turns, which runs out of fuel long before a wall-clock deadline (class `fuel`)
 //! * `alloc`   → allocates 1 MiB blocks until the memory cap (class `memory`)
 //! * `bad…`    → refuses the message (class `fatal`)
+//! * `peek`    → reaches for what WASI could give (files, environment,
+//!   arguments, stdout, the clocks) and answers with what it got
 //!
 //! Anything else is echoed, after `work` turns of the same arithmetic loop
 //! (config, default 0), which makes a deliberately slow handler for
@@ -37,6 +39,32 @@ fn spin(n: u64) -> u64 {
         h = black_box((h ^ i).wrapping_mul(0x0100_0000_01b3).rotate_left(17));
     }
     h
+}
+
+/// One `name=what` pair per thing a handler might reach for through WASI.
+fn peek() -> String {
+    use std::io::Write;
+    let fs = ["/", ".", "/etc/passwd"]
+        .iter()
+        .map(|p| match std::fs::metadata(p) {
+            Ok(_) => format!("{p}:found"),
+            Err(e) => format!("{p}:{:?}", e.kind()),
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    let stdout = match std::io::stdout().write_all(b"peek\n") {
+        Ok(()) => "written",
+        Err(_) => "refused",
+    };
+    let clock = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    format!(
+        "fs={fs};env={};args={};stdout={stdout};clock={}",
+        std::env::vars_os().count(),
+        std::env::args_os().count(),
+        u8::from(clock > 1_600_000_000),
+    )
 }
 
 #[inline(never)]
@@ -73,6 +101,8 @@ fn handle(msg: Message) -> Result<Vec<Output>, HandlerError> {
             hoard.push(vec![0xA5; 1 << 20]);
             black_box(&mut hoard);
         }
+    } else if p.starts_with(b"peek") {
+        Ok(vec![Output::new(peek())])
     } else if p.starts_with(b"bad") {
         let text = String::from_utf8_lossy(p);
         Err(HandlerError::fatal(format_args!("refused: {text}")))
