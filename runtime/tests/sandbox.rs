@@ -40,7 +40,22 @@ async fn poison(spec: PluginSpec, trigger: &str) -> (FailureClass, String) {
 async fn panic_is_a_trap_with_its_message() {
     let (class, msg) = poison(spec("panic"), "panic").await;
     assert_eq!(class, FailureClass::Trap, "{msg}");
-    assert!(msg.contains("the payload asked for a panic"), "{msg}");
+    // The guest's line: where it panicked, then the message.
+    let line = msg
+        .split_once("handler panicked at ")
+        .map(|(_, l)| l)
+        .unwrap_or_else(|| panic!("no panic line in {msg:?}"));
+    let (at, text) = line.split_once(": ").expect("location: message");
+    assert_eq!(text, "the payload asked for a panic", "{msg}");
+    let at: Vec<&str> = at.split(':').collect();
+    assert_eq!(at[0], "panic/src/lib.rs", "{msg}");
+    assert!(
+        at.len() == 3
+            && at[1..]
+                .iter()
+                .all(|n| n.parse::<u32>().is_ok_and(|n| n > 0)),
+        "line and column in {msg:?}"
+    );
 }
 
 /// A fresh instance after a trap starts from the module's initial memory,

@@ -93,7 +93,7 @@ macro_rules! export_handler {
                     $crate::__run_batch(msgs, $handle)
                 }
             }
-            $crate::bindings::__export_world!(SluiceHandler with_types_in $crate::bindings);
+    $crate::bindings::__export_world!(SluiceHandler with_types_in $crate::bindings);
         };
     };
 }
@@ -130,8 +130,7 @@ pub fn __run_batch(
 /// the instance is gone and the next message gets a fresh one.
 fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
-        // One line: "handler panicked at src/lib.rs:6:9: <message>".
-        let mut text = format!("handler {info}").replace('\n', " ");
+        let mut text = panic_line(info);
         if text.len() > 4096 {
             let mut end = 4096;
             while !text.is_char_boundary(end) {
@@ -142,4 +141,45 @@ fn install_panic_hook() {
         log::error(&text);
         std::process::exit(101);
     }));
+}
+
+/// One line, as `format!("handler {info}")` with its line break made a space:
+/// "handler panicked at src/lib.rs:6:9: <message>". Built without `core::fmt`,
+/// whose calls through trait objects each cost a fresh instance a lazy
+/// function-table entry (a panic is always on an instance's last call).
+fn panic_line(info: &std::panic::PanicHookInfo<'_>) -> String {
+    fn push_number(text: &mut String, n: u32) {
+        let mut digits = [0u8; 10];
+        let mut at = digits.len();
+        let mut n = n;
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        for &d in &digits[at..] {
+            text.push(char::from(d));
+        }
+    }
+    let mut text = String::with_capacity(128);
+    text.push_str("handler panicked at ");
+    if let Some(at) = info.location() {
+        text.push_str(at.file());
+        text.push(':');
+        push_number(&mut text, at.line());
+        text.push(':');
+        push_number(&mut text, at.column());
+    }
+    if let Some(message) = info.payload_as_str() {
+        text.push_str(": ");
+        if message.contains('\n') {
+            text.push_str(&message.replace('\n', " "));
+        } else {
+            text.push_str(message);
+        }
+    }
+    text
 }
