@@ -158,8 +158,8 @@ async fn bench() {
                 .expect("plugin (run plugins/build.sh)")
         }
     };
-    // `BENCH_PROFILE=trap|call|batch|instantiate|bare SECS`: only loop that path
-    // for a profiler.
+    // `BENCH_PROFILE=trap|call|batch|instantiate|bare|poison|stream SECS`: only
+    // loop that path for a profiler.
     // `BENCH_PLUGIN=NAME BENCH_PAYLOAD=TEXT`: another plugin of `plugins/dist`
     // and the payload it gets (healthy paths only; default: `panic`, "fine").
     if let Ok(what) = std::env::var("BENCH_PROFILE") {
@@ -176,7 +176,17 @@ async fn bench() {
         let payload = if what == "trap" { "panic" } else { chosen };
         let t = Instant::now();
         let mut n = 0u64;
-        if what == "batch" {
+        if what == "poison" || what == "stream" {
+            // The whole pipeline (in-memory source, sink and dead letter),
+            // c=1, default batch: every message trapping, or all healthy.
+            let p = w.plugin().clone();
+            let body = if what == "poison" { "panic" } else { chosen };
+            let msgs: Vec<Message> = (0..20_000).map(|_| Message::new("b", body)).collect();
+            while t.elapsed() < Duration::from_secs(secs) {
+                throughput(&p, &msgs, 1, BATCH, 1).await;
+                n += msgs.len() as u64;
+            }
+        } else if what == "batch" {
             // Healthy calls of BATCH messages each, per message.
             let msgs: Vec<Message> = (0..BATCH).map(|_| Message::new("b", payload)).collect();
             let refs: Vec<&Message> = msgs.iter().collect();
@@ -201,7 +211,7 @@ async fn bench() {
             }
         }
         println!(
-            "{what}: {:.2} µs each",
+            "{what}: {:.2} µs each ({n} in all)",
             t.elapsed().as_secs_f64() * 1e6 / n as f64
         );
         return;
