@@ -58,6 +58,21 @@ async fn panic_is_a_trap_with_its_message() {
     );
 }
 
+/// A formatted panic message reaches the failure on one line, after where
+/// it panicked.
+#[tokio::test]
+async fn a_formatted_panic_is_one_line_with_its_location() {
+    let (class, msg) = poison(spec("hostile"), "crash-7").await;
+    assert_eq!(class, FailureClass::Trap, "{msg}");
+    let line = msg
+        .split_once("handler panicked at hostile/src/lib.rs:")
+        .map(|(_, l)| l)
+        .unwrap_or_else(|| panic!("no panic line in {msg:?}"));
+    let (at, text) = line.split_once(": ").expect("location: message");
+    assert!(at.split(':').all(|n| n.parse::<u32>().is_ok()), "{msg}");
+    assert_eq!(text, "crash-7 over two lines", "{msg}");
+}
+
 /// A fresh instance after a trap starts from the module's initial memory,
 /// also when it reuses the trapped instance's pool slot, whose dirty pages
 /// are reset in place (PAGEMAP_SCAN) rather than unmapped.

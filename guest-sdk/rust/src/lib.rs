@@ -93,7 +93,7 @@ macro_rules! export_handler {
                     $crate::__run_batch(msgs, $handle)
                 }
             }
-    $crate::bindings::__export_world!(SluiceHandler with_types_in $crate::bindings);
+            $crate::bindings::__export_world!(SluiceHandler with_types_in $crate::bindings);
         };
     };
 }

@@ -3,6 +3,7 @@
 //! the fault-injection suite to mix all kinds of poison into one stream:
 //!
 //! * `panic`   → panics (class `trap`)
+//! * `crash`   → panics with a formatted message over two lines (class `trap`)
 //! * `recurse` → unbounded recursion, stack overflow (class `trap`)
 //! * `loop`    → never returns; each turn is a host call (`kv-set` of 64 KiB),
 //!   so it spends wall-clock time much faster than fuel (class `timeout`)
@@ -79,7 +80,9 @@ fn descend(depth: u64) -> u64 {
 
 fn handle(msg: Message) -> Result<Vec<Output>, HandlerError> {
     let p = msg.payload.as_slice();
-    if p.starts_with(b"panic") {
+    if p.starts_with(b"crash") {
+        panic!("{}\nover two lines", String::from_utf8_lossy(p));
+    } else if p.starts_with(b"panic") {
         panic!("the payload asked for a panic");
     } else if p.starts_with(b"recurse") {
         Ok(vec![Output::new(descend(0).to_string())])
