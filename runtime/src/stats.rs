@@ -106,7 +106,12 @@ impl Stats {
             self.failures[i].fetch_add(1, Relaxed);
         }
         if let Ok(mut l) = self.last_error.lock() {
-            *l = Some(format!("{class}: {message}"));
+            // The last one's buffer is reused: a poison stream fails every message.
+            let text = l.get_or_insert_with(String::new);
+            text.clear();
+            text.push_str(class.as_str());
+            text.push_str(": ");
+            text.push_str(message);
         }
     }
 
