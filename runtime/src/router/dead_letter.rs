@@ -30,7 +30,9 @@ pub fn record(
     digest: &str,
     id: String,
 ) -> Record {
-    let mut h = msg.headers.clone();
+    // The message's headers, then up to nine of ours: one allocation.
+    let mut h = Vec::with_capacity(msg.headers.len() + 9);
+    h.extend(msg.headers.iter().cloned());
     let mut put = |k: &str, v: String| h.push(Header::new(k, v));
     put(headers::CLASS, failure.class.as_str().to_string());
     put(headers::MESSAGE, failure.message.clone());
