@@ -173,15 +173,18 @@ async fn bench() {
         let chosen = std::env::var("BENCH_PAYLOAD").unwrap_or_else(|_| "fine".into());
         // 'static, so each message borrows it as before (no copy per message).
         let chosen: &'static str = Box::leak(chosen.into_boxed_str());
-        let payload = if what == "trap" { "panic" } else { chosen };
+        let payload = if what == "trap" || what == "poison" {
+            "panic"
+        } else {
+            chosen
+        };
         let t = Instant::now();
         let mut n = 0u64;
         if what == "poison" || what == "stream" {
             // The whole pipeline (in-memory source, sink and dead letter),
             // c=1, default batch: every message trapping, or all healthy.
             let p = w.plugin().clone();
-            let body = if what == "poison" { "panic" } else { chosen };
-            let msgs: Vec<Message> = (0..20_000).map(|_| Message::new("b", body)).collect();
+            let msgs: Vec<Message> = (0..20_000).map(|_| Message::new("b", payload)).collect();
             while t.elapsed() < Duration::from_secs(secs) {
                 throughput(&p, &msgs, 1, BATCH, 1).await;
                 n += msgs.len() as u64;
