@@ -159,7 +159,8 @@ async fn bench() {
         }
     };
     // `BENCH_PROFILE=trap|call|batch|instantiate|bare|poison|stream SECS`: only
-    // loop that path for a profiler.
+    // loop that path for a profiler (`stream` with `BENCH_NATIVE=1`: the
+    // native echo through the same pipeline).
     // `BENCH_PLUGIN=NAME BENCH_PAYLOAD=TEXT`: another plugin of `plugins/dist`
     // and the payload it gets (healthy paths only; default: `panic`, "fine").
     if let Ok(what) = std::env::var("BENCH_PROFILE") {
@@ -183,7 +184,12 @@ async fn bench() {
         if what == "poison" || what == "stream" {
             // The whole pipeline (in-memory source, sink and dead letter),
             // c=1, default batch: every message trapping, or all healthy.
-            let p = w.plugin().clone();
+            // `BENCH_NATIVE=1`: the native echo instead, the pipeline alone.
+            let p = if std::env::var_os("BENCH_NATIVE").is_some() {
+                Plugin::native(w.plugin(), native_echo())
+            } else {
+                w.plugin().clone()
+            };
             let msgs: Vec<Message> = (0..20_000).map(|_| Message::new("b", payload)).collect();
             while t.elapsed() < Duration::from_secs(secs) {
                 throughput(&p, &msgs, 1, BATCH, 1).await;
