@@ -469,6 +469,11 @@ struct SlowAckState {
 }
 
 impl Sink for SlowAckSink {
+    /// The test checks each send's record id.
+    fn wants_ids(&self) -> bool {
+        true
+    }
+
     fn send<'a>(&'a self, records: &'a [Record]) -> BoxFuture<'a, Result<Accepted, Failure>> {
         let payload = String::from_utf8_lossy(&records[0].payload).into_owned();
         let fail = {

@@ -363,19 +363,21 @@ fn shard_of(msg: &Message, n: usize, rr: &mut usize) -> usize {
 }
 
 /// A message whose outputs were sent, waiting for the sink to accept them.
+/// Moved several times per message: kept small (the reply, which only a
+/// request has, is boxed).
 struct Sent {
     msg: Message,
-    /// The id its records are derived from, kept for its retries.
-    base: String,
+    /// What its record ids are derived from, kept for its retries.
+    ids: Ids,
     handle: Box<dyn Settle>,
-    reply: Option<Output>,
+    reply: Option<Box<Output>>,
     outputs: usize,
 }
 
 /// A call's outputs, sent: the reply (for a request), how many went to
 /// sinks, and the wait for their acceptance, due by `deadline`.
 struct Sending {
-    reply: Option<Output>,
+    reply: Option<Box<Output>>,
     outputs: usize,
     accepted: Accepted,
     deadline: Instant,
@@ -455,7 +457,7 @@ async fn run_batch(
             sh.stats.in_flight.fetch_sub(1, Relaxed);
             continue;
         }
-        let base = record_base(sh, &msg);
+        let ids = Ids::of(&msg);
         let first = match &decode_error {
             Some(e) => Failure::new(FailureClass::Decode, e.clone()),
             None => {
@@ -463,11 +465,11 @@ async fn run_batch(
                     Some(a) => a,
                     None => w.handle(&msg).await,
                 };
-                match send_answer(sh, answer, &base, handle.wants_answer()).await {
+                match send_answer(sh, answer, &msg, ids, handle.wants_answer()).await {
                     Ok(s) => {
                         let sent = Sent {
                             msg,
-                            base,
+                            ids,
                             handle,
                             reply: s.reply,
                             outputs: s.outputs,
@@ -484,7 +486,9 @@ async fn run_batch(
         while let Some((sent, accepted)) = window.next().await {
             finish(sh, w, sent, accepted).await;
         }
-        failed(sh, w, msg, handle, base, decode_error, first).await;
+        // Boxed: the failure path's future is large, and every future
+        // that holds it in place is copied at each call and await.
+        Box::pin(failed(sh, w, msg, handle, ids, decode_error, first)).await;
     }
 }
 
@@ -493,7 +497,7 @@ async fn run_batch(
 async fn finish(sh: &Shared, w: &mut Worker, sent: Sent, accepted: Result<(), Failure>) {
     let Sent {
         msg,
-        base,
+        ids,
         handle,
         reply,
         outputs,
@@ -503,7 +507,8 @@ async fn finish(sh: &Shared, w: &mut Worker, sent: Sent, accepted: Result<(), Fa
             succeeded(sh, &msg, handle, reply, outputs).await;
             sh.stats.in_flight.fetch_sub(1, Relaxed);
         }
-        Err(f) => failed(sh, w, msg, handle, base, None, f).await,
+        // Boxed, as in `run_batch`: `finish` runs for every message.
+        Err(f) => Box::pin(failed(sh, w, msg, handle, ids, None, f)).await,
     }
 }
 
@@ -513,11 +518,11 @@ async fn failed(
     w: &mut Worker,
     msg: Message,
     handle: Box<dyn Settle>,
-    base: String,
+    ids: Ids,
     decode_error: Option<String>,
     f: Failure,
 ) {
-    let result = process(sh, w, msg, handle, base, decode_error, f).await;
+    let result = process(sh, w, msg, handle, ids, decode_error, f).await;
     sh.stats.in_flight.fetch_sub(1, Relaxed);
     if let Err(failure) = result {
         tracing::error!(pipeline = %sh.name, "stopping by policy: {failure}");
@@ -532,28 +537,29 @@ async fn call_and_send(
     sh: &Shared,
     w: &mut Worker,
     msg: &Message,
-    base: &str,
+    ids: Ids,
     wants_answer: bool,
 ) -> Result<Sending, Failure> {
     let answer = w.handle(msg).await;
-    send_answer(sh, answer, base, wants_answer).await
+    send_answer(sh, answer, msg, ids, wants_answer).await
 }
 
 /// Sends the outputs of a handler's answer (see [`call_and_send`]).
 async fn send_answer(
     sh: &Shared,
     (result, cost): Handled,
-    base: &str,
+    msg: &Message,
+    ids: Ids,
     wants_answer: bool,
 ) -> Result<Sending, Failure> {
     sh.stats.fuel_used.fetch_add(cost.fuel_used, Relaxed);
     sh.stats.handler_latency.observe(cost.elapsed);
     let mut outputs = result?;
     // A request's first output is its reply, not a sink record.
-    let reply = (wants_answer && !outputs.is_empty()).then(|| outputs.remove(0));
+    let reply = (wants_answer && !outputs.is_empty()).then(|| Box::new(outputs.remove(0)));
     let n = outputs.len();
     let deadline = Instant::now() + sh.publish_timeout;
-    let accepted = send(sh, base, outputs, deadline).await?;
+    let accepted = send(sh, msg, ids, outputs, deadline).await?;
     Ok(Sending {
         reply,
         outputs: n,
@@ -566,11 +572,11 @@ async fn succeeded(
     sh: &Shared,
     msg: &Message,
     mut handle: Box<dyn Settle>,
-    reply: Option<Output>,
+    reply: Option<Box<Output>>,
     outputs: usize,
 ) {
     if let Some(r) = reply {
-        handle.answer(Answer::Reply(r));
+        handle.answer(Answer::Reply(*r));
     }
     sh.stats.outputs.fetch_add(outputs as u64, Relaxed);
     sh.stats.succeeded.fetch_add(1, Relaxed);
@@ -625,7 +631,7 @@ async fn process(
     w: &mut Worker,
     mut msg: Message,
     mut handle: Box<dyn Settle>,
-    base: String,
+    ids: Ids,
     decode_error: Option<String>,
     first: Failure,
 ) -> Result<(), Failure> {
@@ -634,7 +640,7 @@ async fn process(
         let failure = match (next.take(), &decode_error) {
             (Some(f), _) => f,
             (None, Some(e)) => Failure::new(FailureClass::Decode, e.clone()),
-            (None, None) => match call_and_send(sh, w, &msg, &base, handle.wants_answer()).await {
+            (None, None) => match call_and_send(sh, w, &msg, ids, handle.wants_answer()).await {
                 Ok(s) => match tokio::time::timeout_at(s.deadline, s.accepted).await {
                     Ok(Ok(())) => {
                         succeeded(sh, &msg, handle, s.reply, s.outputs).await;
@@ -705,7 +711,7 @@ async fn process(
                     msg.attempt,
                     &sh.name,
                     &digest,
-                    format!("{base}:dlq"),
+                    format!("{}:dlq", ids.base(sh, &msg)),
                 );
                 match timed_publish(sh, dlq.as_ref(), std::slice::from_ref(&record)).await {
                     Ok(()) => {
@@ -759,34 +765,52 @@ fn remember(sh: &Shared, msg: &Message) {
     }
 }
 
-/// A stable id for a record derived from `msg` (same on every retry).
-fn record_base(sh: &Shared, msg: &Message) -> String {
-    // Built by hand: this runs for every message, and `format!` (padded hex,
-    // then the formatter's per-character writes) showed in profiles.
-    let mut num = itoa::Buffer::new();
-    let mut id = String::with_capacity(sh.name.len() + msg.topic.len() + 40);
-    id.push_str(&sh.name);
-    id.push(':');
-    id.push_str(&msg.topic);
-    id.push(':');
-    match msg.offset {
-        Some(o) => {
-            id.push_str(num.format(msg.partition.unwrap_or(0)));
-            id.push(':');
-            id.push_str(num.format(o));
-        }
-        // No offset (NATS core, MQTT, stdin): an id unique to this delivery,
-        // so two equal payloads are never taken for one by a deduplicating
-        // sink, yet the same on every in-process retry of this delivery.
-        None => {
-            static NONCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-            static NEXT: AtomicU64 = AtomicU64::new(0);
-            id.push_str(NONCE.get_or_init(|| format!("{:016x}", rand::random::<u64>())));
-            id.push('-');
-            id.push_str(num.format(NEXT.fetch_add(1, Relaxed)));
+/// What the stable ids of a message's records are made from (the same on
+/// every retry of the delivery): the message's own position where it has
+/// one, else a number unique to this delivery. The id text itself is built
+/// only for sinks that read it ([`Sink::wants_ids`]) and for dead letters.
+#[derive(Debug, Clone, Copy)]
+struct Ids {
+    /// For a message without an offset (NATS core, MQTT, stdin): this
+    /// delivery's number, so two equal payloads are never taken for one by
+    /// a deduplicating sink.
+    delivery: Option<u64>,
+}
+
+impl Ids {
+    fn of(msg: &Message) -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        Ids {
+            delivery: msg.offset.is_none().then(|| NEXT.fetch_add(1, Relaxed)),
         }
     }
-    id
+
+    /// `<pipeline>:<topic>:<partition>:<offset>`, or
+    /// `<pipeline>:<topic>:<process nonce>-<delivery>` without an offset.
+    fn base(self, sh: &Shared, msg: &Message) -> String {
+        // Built by hand: `format!` (padded hex, then the formatter's
+        // per-character writes) showed in profiles.
+        let mut num = itoa::Buffer::new();
+        let mut id = String::with_capacity(sh.name.len() + msg.topic.len() + 40);
+        id.push_str(&sh.name);
+        id.push(':');
+        id.push_str(&msg.topic);
+        id.push(':');
+        match (msg.offset, self.delivery) {
+            (Some(o), _) => {
+                id.push_str(num.format(msg.partition.unwrap_or(0)));
+                id.push(':');
+                id.push_str(num.format(o));
+            }
+            (None, delivery) => {
+                static NONCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+                id.push_str(NONCE.get_or_init(|| format!("{:016x}", rand::random::<u64>())));
+                id.push('-');
+                id.push_str(num.format(delivery.unwrap_or(0)));
+            }
+        }
+        id
+    }
 }
 
 async fn timed_publish(sh: &Shared, sink: &dyn Sink, records: &[Record]) -> Result<(), Failure> {
@@ -809,27 +833,40 @@ fn publish_timed_out(timeout: Duration) -> Failure {
 /// per worker's window, not one per message).
 async fn send(
     sh: &Shared,
-    base: &str,
+    msg: &Message,
+    ids: Ids,
     outputs: Vec<Output>,
     deadline: Instant,
 ) -> Result<Accepted, Failure> {
     // Most calls publish to one sink: its wait is kept without a Vec.
     let mut first_wait: Option<Accepted> = None;
     let mut more_waits: Vec<Accepted> = Vec::new();
+    // The ids' common part, built once a sink wants ids.
+    let mut built: Option<String> = None;
     let mut i = 0;
+    let single = outputs.len() == 1;
     let mut outputs = outputs.into_iter().peekable();
     while let Some(first) = outputs.next() {
         let name = first.sink.clone();
         let sink = sink_for(sh, name.as_deref())?;
+        let base = match sink.wants_ids() {
+            true => Some(built.get_or_insert_with(|| ids.base(sh, msg)).as_str()),
+            false => None,
+        };
         i += 1;
-        let mut records = vec![record(first, base, i)];
-        while let Some(o) = outputs.next_if(|o| o.sink == name) {
-            i += 1;
-            records.push(record(o, base, i));
-        }
-        let wait = crate::sinks::within(deadline, sink.send(&records))
-            .await
-            .map_err(|_| publish_timed_out(sh.publish_timeout))??;
+        let sending = if single {
+            // One output (the common case): its record needs no Vec.
+            let record = record(first, base, i);
+            crate::sinks::within(deadline, sink.send(std::slice::from_ref(&record))).await
+        } else {
+            let mut records = vec![record(first, base, i)];
+            while let Some(o) = outputs.next_if(|o| o.sink == name) {
+                i += 1;
+                records.push(record(o, base, i));
+            }
+            crate::sinks::within(deadline, sink.send(&records)).await
+        };
+        let wait = sending.map_err(|_| publish_timed_out(sh.publish_timeout))??;
         match first_wait {
             None => first_wait = Some(wait),
             Some(_) => more_waits.push(wait),
@@ -876,12 +913,19 @@ fn sink_for<'a>(sh: &'a Shared, name: Option<&str>) -> Result<&'a dyn Sink, Fail
     }
 }
 
-/// Output number `i` of a call as a sink record, with its stable id `<base>:<i>`.
-fn record(o: Output, base: &str, i: usize) -> Record {
-    let mut id = String::with_capacity(base.len() + 4);
-    id.push_str(base);
-    id.push(':');
-    id.push_str(itoa::Buffer::new().format(i));
+/// Output number `i` of a call as a sink record, with its stable id
+/// `<base>:<i>` when the sink wants ids (`base` given), else none.
+fn record(o: Output, base: Option<&str>, i: usize) -> Record {
+    let id = match base {
+        Some(base) => {
+            let mut id = String::with_capacity(base.len() + 4);
+            id.push_str(base);
+            id.push(':');
+            id.push_str(itoa::Buffer::new().format(i));
+            id
+        }
+        None => String::new(),
+    };
     Record {
         topic: o.topic,
         key: o.key,

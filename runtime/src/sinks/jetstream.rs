@@ -131,6 +131,12 @@ fn failure(e: &PublishError, subject: &str) -> Failure {
 }
 
 impl Sink for JetStreamSink {
+    /// Each record's id is its `Nats-Msg-Id`: the stream drops a republish
+    /// of the same record within its duplicate window.
+    fn wants_ids(&self) -> bool {
+        true
+    }
+
     fn send<'a>(&'a self, records: &'a [Record]) -> BoxFuture<'a, Result<Accepted, Failure>> {
         Box::pin(async move {
             let timeout = self.timeout;

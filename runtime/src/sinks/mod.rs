@@ -23,7 +23,8 @@ pub struct Record {
     pub payload: Bytes,
     pub headers: Vec<Header>,
     /// A stable id for this record (same on every retry of the same message),
-    /// for brokers that deduplicate (JetStream `Nats-Msg-Id`).
+    /// for brokers that deduplicate (JetStream `Nats-Msg-Id`). The pipeline
+    /// fills it only for sinks whose [`Sink::wants_ids`] says so; empty otherwise.
     pub id: String,
 }
 
@@ -82,6 +83,13 @@ pub trait Sink: Send + Sync {
     /// Sinks that cannot split the steps (file, memory) do the whole publish
     /// here and return [`done`].
     fn send<'a>(&'a self, records: &'a [Record]) -> BoxFuture<'a, Result<Accepted, Failure>>;
+
+    /// Whether this sink reads [`Record::id`] (a broker that deduplicates by
+    /// it). The pipeline builds the ids, two strings a message, only for
+    /// sinks that do.
+    fn wants_ids(&self) -> bool {
+        false
+    }
 
     /// Publishes the records in order and returns once all were accepted.
     fn publish<'a>(&'a self, records: &'a [Record]) -> BoxFuture<'a, Result<(), Failure>> {
