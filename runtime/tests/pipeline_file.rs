@@ -591,4 +591,9 @@ async fn publish_window_pipelines_sends_and_settles_after_acks() {
         .map(|(_, id)| id)
         .collect();
     assert_eq!(retried[0], retried[1], "record id of a retried message");
+    let mut distinct: Vec<&String> = st.ids.iter().collect();
+    distinct.sort();
+    distinct.dedup();
+    let some: Vec<_> = distinct.iter().take(3).collect();
+    assert_eq!(distinct.len() as u64, n, "one id per message: {some:?}");
 }
