@@ -434,12 +434,11 @@ async fn run_batch(
     batch: &mut Vec<Delivery>,
 ) {
     sh.stats.in_flight.fetch_add(batch.len() as u64, Relaxed);
-    let parts: Vec<_> = batch.drain(..).map(Delivery::into_parts).collect();
-    let answers: Vec<Handled> = if parts.len() > 1 && !sh.stopping.load(Relaxed) {
-        let msgs: Vec<&Message> = parts
+    let answers: Vec<Handled> = if batch.len() > 1 && !sh.stopping.load(Relaxed) {
+        let msgs: Vec<&Message> = batch
             .iter()
-            .filter(|(_, decode_error, _)| decode_error.is_none())
-            .map(|(msg, _, _)| msg)
+            .filter(|d| d.decode_error.is_none())
+            .map(|d| &d.message)
             .collect();
         let answers = w.handle_batch(&msgs).await;
         sh.stats.batched.fetch_add(answers.len() as u64, Relaxed);
@@ -450,7 +449,7 @@ async fn run_batch(
     // Answers belong to the decoded messages in order; those without one
     // (no batch, or after the batch's failure) are handled one per call.
     let mut answers = answers.into_iter();
-    for (msg, decode_error, handle) in parts {
+    for (msg, decode_error, handle) in batch.drain(..).map(Delivery::into_parts) {
         if sh.stopping.load(Relaxed) {
             // The pipeline is stopping by policy: hand the rest back untouched.
             hand_back(sh, handle).await;
