@@ -147,6 +147,9 @@ async fn enormous_output_is_refused() {
     // Within the memory cap but past max_output_bytes: a bad output (trap).
     let mut s = spec("big-output");
     s.memory = 64 << 20;
+    // Lifting 8 MiB in a debug build took past the default 300 ms on a
+    // busy machine; this test is about size, not time.
+    s.timeout = Duration::from_secs(10);
     s.config.push(("bytes".into(), (8 << 20).to_string()));
     let (class, msg) = poison(s, "big").await;
     assert_eq!(class, FailureClass::Trap, "{msg}");
@@ -154,6 +157,7 @@ async fn enormous_output_is_refused() {
     // Past the memory cap: the memory class.
     let mut s = spec("big-output");
     s.memory = 16 << 20;
+    s.timeout = Duration::from_secs(10);
     s.config.push(("bytes".into(), (32 << 20).to_string()));
     let (class, msg) = poison(s, "big").await;
     assert_eq!(class, FailureClass::Memory, "{msg}");
