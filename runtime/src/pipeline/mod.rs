@@ -843,27 +843,27 @@ async fn send(
     // The ids' common part, built once a sink wants ids.
     let mut built: Option<String> = None;
     let mut i = 0;
-    let single = outputs.len() == 1;
     let mut outputs = outputs.into_iter().peekable();
     while let Some(first) = outputs.next() {
         let name = first.sink.clone();
         let sink = sink_for(sh, name.as_deref())?;
-        let base = match sink.wants_ids() {
-            true => Some(built.get_or_insert_with(|| ids.base(sh, msg)).as_str()),
-            false => None,
+        let base = if sink.wants_ids() {
+            Some(built.get_or_insert_with(|| ids.base(sh, msg)).as_str())
+        } else {
+            None
         };
         i += 1;
-        let sending = if single {
-            // One output (the common case): its record needs no Vec.
-            let record = record(first, base, i);
-            crate::sinks::within(deadline, sink.send(std::slice::from_ref(&record))).await
-        } else {
-            let mut records = vec![record(first, base, i)];
+        let head = record(first, base, i);
+        let sending = if outputs.peek().is_some_and(|o| o.sink == name) {
+            let mut records = vec![head];
             while let Some(o) = outputs.next_if(|o| o.sink == name) {
                 i += 1;
                 records.push(record(o, base, i));
             }
             crate::sinks::within(deadline, sink.send(&records)).await
+        } else {
+            // One record for this sink (the common case) needs no Vec.
+            crate::sinks::within(deadline, sink.send(std::slice::from_ref(&head))).await
         };
         let wait = sending.map_err(|_| publish_timed_out(sh.publish_timeout))??;
         match first_wait {
