@@ -1,9 +1,13 @@
-//! Plots: reads the figures the other benches wrote (`target/bench/*.json`)
-//! and draws them as SVG into `docs/bench/` for the README — plain SVG
-//! written here, no plotting dependency.
+//! Plots and the targets table: reads the figures the other benches wrote
+//! (`target/bench/*.json`), draws them as SVG into `docs/bench/` for the
+//! README — plain SVG written here, no plotting dependency — and prints
+//! issue 7's targets as a Markdown table, also written to
+//! `target/bench/targets.json`.
 //!
 //! Run after the benches: `cargo bench -p sluice --bench plot`.
 //! Charts whose input file is missing are skipped.
+
+mod targets;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -20,6 +24,14 @@ fn repo() -> PathBuf {
         .parent()
         .unwrap()
         .to_path_buf()
+}
+
+/// Where this workspace's benches write their figures.
+fn bench_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target"))
+        .join("bench")
 }
 
 fn read(name: &str) -> Option<Value> {
@@ -330,5 +342,17 @@ fn main() {
             }
             None => println!("skipped docs/bench/{output}: no target/bench/{input}"),
         }
+    }
+    let rows = targets::judge(read);
+    println!(
+        "\nIssue 7's targets, from these files:\n\n{}",
+        targets::markdown(&rows)
+    );
+    let file = bench_dir().join("targets.json");
+    let written = std::fs::create_dir_all(bench_dir())
+        .and_then(|()| std::fs::write(&file, targets::to_json(&rows).to_string()));
+    match written {
+        Ok(()) => println!("{}", file.display()),
+        Err(e) => eprintln!("could not write {}: {e}", file.display()),
     }
 }
