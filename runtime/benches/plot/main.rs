@@ -38,14 +38,13 @@ fn read(name: &str) -> Option<Value> {
     // The peers crate has its own target folder (bench/peers/target unless
     // CARGO_TARGET_DIR says otherwise).
     let dirs = [
-        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from),
-        Some(repo().join("target")),
-        Some(repo().join("bench/peers/target")),
+        bench_dir(),
+        repo().join("target/bench"),
+        repo().join("bench/peers/target/bench"),
     ];
     let text = dirs
         .into_iter()
-        .flatten()
-        .find_map(|d| std::fs::read_to_string(d.join("bench").join(name)).ok())?;
+        .find_map(|d| std::fs::read_to_string(d.join(name)).ok())?;
     serde_json::from_str(&text).ok()
 }
 
@@ -248,7 +247,10 @@ fn handler(v: &Value) -> String {
             groups.push(Group {
                 title: format!("{name}, concurrency {c}"),
                 bars,
-                mark: Some((n * 0.8, "target 0.8".into())),
+                mark: Some((
+                    n * targets::WASM_OF_NATIVE,
+                    format!("target {}", targets::WASM_OF_NATIVE),
+                )),
             });
         }
     }
@@ -269,7 +271,10 @@ fn handler(v: &Value) -> String {
                     format!("{poison:.0} msg/s ({:.2} of healthy)", poison / healthy),
                 ),
             ],
-            mark: Some((healthy * 0.25, "target 0.25".into())),
+            mark: Some((
+                healthy * targets::POISON_OF_HEALTHY,
+                format!("target {}", targets::POISON_OF_HEALTHY),
+            )),
         });
     }
     hbars(

@@ -6,9 +6,22 @@
 
 use serde_json::{Value, json};
 
+/// Target 2: WASM throughput at least this share of native.
+pub const WASM_OF_NATIVE: f64 = 0.8;
+/// Target 3: Sluice's CPU a message at most this share of Extism's / Fluvio's.
+const OF_EXTISM: f64 = 0.10;
+const OF_FLUVIO: f64 = 0.25;
+/// Target 4: a stream of poison messages at least this share of a healthy one.
+pub const POISON_OF_HEALTHY: f64 = 0.25;
+/// Target 4: Sluice's instantiation at most this multiple of wasmtime's bare one.
+const REINSTANTIATE_OVER_BARE: f64 = 2.0;
+/// Target 5: the RSS spread allowed, over at least this many seconds.
+const RSS_SPREAD: f64 = 0.10;
+const SOAK_SECS: f64 = 600.0;
+
 /// One target's verdict.
 pub struct Row {
-    /// The target as issue 7 words it.
+    /// The target, shortened, with its bound.
     pub target: String,
     /// What was measured, with the figures it came from.
     pub measured: String,
@@ -108,7 +121,7 @@ fn handler(v: Option<&Value>) -> Vec<Row> {
                 format!("; c=1, batch 16 against itself: {r:.2}")
             });
         rows.push(row(
-            &format!("{target}, {name} (≥ 0.80)"),
+            &format!("{target}, {name} (≥ {WASM_OF_NATIVE:.2})"),
             format!(
                 "fastest WASM {} msg/s ({}) vs fastest native {} ({}) = **{:.2}**{c1}",
                 rate(w),
@@ -117,7 +130,7 @@ fn handler(v: Option<&Value>) -> Vec<Row> {
                 config(nk),
                 w / n
             ),
-            Some(w / n >= 0.8),
+            Some(w / n >= WASM_OF_NATIVE),
         ));
     }
     if rows.is_empty() {
@@ -159,17 +172,20 @@ fn peers(v: Option<&Value>) -> Vec<Row> {
     let Some(s) = cpu("sluice") else {
         return vec![row(target, "no Sluice figure in `peers.json`".into(), None)];
     };
-    [("extism", "Extism", 0.10), ("fluvio", "Fluvio", 0.25)]
-        .into_iter()
-        .map(|(key, name, bound)| match cpu(key) {
-            Some(p) => row(
-                &format!("{target}, {name} (≤ {bound:.2})"),
-                format!("Sluice {s:.3} µs vs {name} {p:.3} µs = **{:.3}**", s / p),
-                Some(s / p <= bound),
-            ),
-            None => row(target, format!("no {name} figure in `peers.json`"), None),
-        })
-        .collect()
+    [
+        ("extism", "Extism", OF_EXTISM),
+        ("fluvio", "Fluvio", OF_FLUVIO),
+    ]
+    .into_iter()
+    .map(|(key, name, bound)| match cpu(key) {
+        Some(p) => row(
+            &format!("{target}, {name} (≤ {bound:.2})"),
+            format!("Sluice {s:.3} µs vs {name} {p:.3} µs = **{:.3}**", s / p),
+            Some(s / p <= bound),
+        ),
+        None => row(target, format!("no {name} figure in `peers.json`"), None),
+    })
+    .collect()
 }
 
 /// Target 4: the poison stream against the healthy one, and Sluice's
@@ -182,24 +198,26 @@ fn poison(v: Option<&Value>) -> Vec<Row> {
     let mut rows = Vec::new();
     if let (Some(p), Some(h)) = (num(&v["poison_msgs_per_s"]), num(&v["healthy_msgs_per_s"])) {
         rows.push(row(
-            &format!("{target}: poison stream vs healthy (≥ 0.25)"),
+            &format!("{target}: poison stream vs healthy (≥ {POISON_OF_HEALTHY:.2})"),
             format!(
                 "every message trapping {} msg/s vs healthy {} = **{:.2}**",
                 rate(p),
                 rate(h),
                 p / h
             ),
-            Some(p / h >= 0.25),
+            Some(p / h >= POISON_OF_HEALTHY),
         ));
     }
     if let (Some(i), Some(b)) = (num(&v["instantiate_us"]), num(&v["bare_instantiate_us"])) {
         rows.push(row(
-            &format!("{target}: re-instantiation vs wasmtime's bare pooling (≤ 2×)"),
+            &format!(
+                "{target}: re-instantiation vs wasmtime's bare pooling (≤ {REINSTANTIATE_OVER_BARE}×)"
+            ),
             format!(
                 "Sluice {i:.2} µs vs wasmtime bare {b:.2} µs = **{:.2}×**",
                 i / b
             ),
-            Some(i / b <= 2.0),
+            Some(i / b <= REINSTANTIATE_OVER_BARE),
         ));
     }
     if rows.is_empty() {
@@ -214,7 +232,11 @@ fn poison(v: Option<&Value>) -> Vec<Row> {
 
 /// Target 5: resident memory over the soak, and the idle footprint.
 fn soak(v: Option<&Value>) -> Vec<Row> {
-    let target = "5. RSS over 10 min at full speed (spread ≤ 10%)";
+    let target = &format!(
+        "5. RSS over {:.0} min at full speed (spread ≤ {:.0}%)",
+        SOAK_SECS / 60.0,
+        RSS_SPREAD * 100.0
+    );
     let Some(v) = v else {
         return vec![not_measured(target, "soak.json")];
     };
@@ -238,7 +260,7 @@ fn soak(v: Option<&Value>) -> Vec<Row> {
             spread * 100.0
         ),
         // Shorter than ten minutes says nothing about ten minutes.
-        (secs >= 600.0).then_some(spread <= 0.10),
+        (secs >= SOAK_SECS).then_some(spread <= RSS_SPREAD),
     )]
 }
 
