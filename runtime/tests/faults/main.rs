@@ -1,0 +1,33 @@
+//! Fault injection against real brokers: each test produces a known set of
+//! messages, injects one fault (a broker killed and restarted, a connection
+//! cut through a TCP proxy, a sink away for longer than the retry budget,
+//! poison messages, a burst beyond the handler's speed), then accounts for
+//! every message — delivered, dead-lettered, dropped, duplicated or lost —
+//! and measures the recovery time: from the end of the fault to the first
+//! output that came after it. Each prints one machine-greppable line:
+//!
+//! `[fault] name=... sent=... delivered=... dead=... dropped=... dup=... lost=... recovery_ms=...`
+//!
+//! Every broker is a private instance on a free loopback port, started and
+//! killed by PID by the test. SIGKILL of `sluice` itself mid-stream is the
+//! conformance suite's `no_loss_across_sigkill` (every broker type), not
+//! repeated here.
+//!
+//! Run: `cargo test -p sluice --test faults -- --nocapture`.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+/// Counting every message's fate, and the steps most fault tests share.
+mod account;
+/// Captures of the output and dead-letter topics, and the topics of a test.
+mod capture;
+/// The pipeline files: each broker's TOML over a test's topics.
+mod pipelines;
+
+/// A sink away for longer than the retry budget: the circuit breaker.
+mod breaker;
+/// Poison mixed into good messages, and a burst beyond the handler's speed.
+mod load;
+/// A broker restarted, a connection cut or hung, mid-stream.
+mod outages;
