@@ -13,7 +13,7 @@ use crate::capture::{mqtt_produce, mqtt_topics};
 use crate::common;
 use crate::common::mqtt::{Mosquitto, Opts, client};
 use crate::common::proxy::Proxy;
-use crate::pipelines::{BREAKER, RETRY, Urls, handler, mqtt_pipeline, write_pipeline};
+use crate::pipelines::{BREAKER, Urls, handler, mqtt_pipeline, mqtt_sink_via, write_pipeline};
 
 /// `GET /pipelines` of the admin API, as JSON.
 fn admin_pipelines(port: u16) -> Option<serde_json::Value> {
@@ -178,20 +178,8 @@ async fn sigterm_during_sink_outage() {
     let topics = mqtt_topics(b.port, "sto").await;
     let msgs = with_bad(2000);
     mqtt_produce(b.port, &topics.input, &msgs).await;
-    let (direct, through) = (b.url(), format!("mqtt://{}", proxy.addr()));
-    let urls = Urls {
-        sink: &through,
-        ..Urls::all(&direct)
-    };
     let dir = tempfile::tempdir().expect("tempdir");
-    let body = mqtt_pipeline(
-        &topics,
-        &urls,
-        "500ms",
-        &handler("fatal-on", ""),
-        &format!("{RETRY}{BREAKER}"),
-    );
-    let file = write_pipeline(dir.path(), name, &body);
+    let file = mqtt_sink_via(dir.path(), name, &b, &proxy, &topics);
     let mut p = common::spawn_sluice(&file);
     expect_progress(
         &mut p,

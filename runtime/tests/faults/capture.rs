@@ -3,6 +3,7 @@
 //! topics of one test made ready (input created or subscribed, outputs
 //! captured) for each broker type.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -189,9 +190,9 @@ pub async fn ensure_stream(js: &jetstream::Context, subject: &str) -> stream::St
     .expect("stream")
 }
 
-/// The subjects of one JetStream test (`<base>.in`, `.out`, `.dlq`), with
-/// the input's stream made and the output and dead letters captured.
-pub struct JsTopics {
+/// The topics of one test: `<base><sep>in`, `out` and `dlq`, with the
+/// output and the dead letters captured from the start.
+pub struct Topics {
     pub base: String,
     pub input: String,
     pub output: String,
@@ -200,24 +201,44 @@ pub struct JsTopics {
     pub dead: Capture,
 }
 
-pub async fn js_topics(js: &jetstream::Context, prefix: &str) -> JsTopics {
-    let base = common::unique(prefix);
-    let (input, output, dlq) = (
-        format!("{base}.in"),
-        format!("{base}.out"),
-        format!("{base}.dlq"),
-    );
-    ensure_stream(js, &input).await;
-    let out = js_capture(js, &output).await;
-    let dead = js_capture(js, &dlq).await;
-    JsTopics {
-        base,
-        input,
-        output,
-        dlq,
-        out,
-        dead,
+impl Topics {
+    /// A fresh base from `prefix`, the three names with `sep` between, and
+    /// the output and dead letters captured by `capture`.
+    async fn new<F: Future<Output = Capture>>(
+        prefix: &str,
+        sep: char,
+        capture: impl Fn(String) -> F,
+    ) -> Topics {
+        let base = common::unique(prefix);
+        let [input, output, dlq] = ["in", "out", "dlq"].map(|what| format!("{base}{sep}{what}"));
+        let out = capture(output.clone()).await;
+        let dead = capture(dlq.clone()).await;
+        Topics {
+            base,
+            input,
+            output,
+            dlq,
+            out,
+            dead,
+        }
     }
+
+    /// The MQTT source's client id, whose session holds the input's messages.
+    pub fn client_id(&self) -> String {
+        format!("{}-src", self.base)
+    }
+}
+
+/// JetStream subjects (`<base>.in`, ...), the input's stream made.
+pub async fn js_topics(js: &jetstream::Context, prefix: &str) -> Topics {
+    let t = Topics::new(
+        prefix,
+        '.',
+        |name| async move { js_capture(js, &name).await },
+    )
+    .await;
+    ensure_stream(js, &t.input).await;
+    t
 }
 
 /// Reads a stream through a durable pull consumer; keeps pulling across
@@ -285,71 +306,37 @@ pub async fn js_produce(js: &jetstream::Context, subject: &str, msgs: &[Vec<u8>]
     }
 }
 
-/// The topics of one Kafka test (`<base>-in`, `-out`, `-dlq`): the input
-/// created and `msgs` produced to it, the output and dead letters captured.
-pub struct KafkaTopics {
-    pub base: String,
-    pub input: String,
-    pub output: String,
-    pub dlq: String,
-    pub out: Capture,
-    pub dead: Capture,
+/// Core NATS subjects (`<base>.in`, ...).
+pub async fn nats_topics(client: &async_nats::Client, prefix: &str) -> Topics {
+    Topics::new(prefix, '.', |name| async move {
+        nats_capture(client, &name).await
+    })
+    .await
 }
 
-pub async fn kafka_topics(b: &KafkaBroker, prefix: &str, msgs: &[Vec<u8>]) -> KafkaTopics {
-    let base = common::unique(prefix);
-    let (input, output, dlq) = (
-        format!("{base}-in"),
-        format!("{base}-out"),
-        format!("{base}-dlq"),
-    );
-    b.create_topic(&input, 1).await;
-    let out = kafka_capture(b, &output).await;
-    let dead = kafka_capture(b, &dlq).await;
+/// Kafka topics (`<base>-in`, ...), the input created and `msgs` produced to it.
+pub async fn kafka_topics(b: &KafkaBroker, prefix: &str, msgs: &[Vec<u8>]) -> Topics {
+    let t = Topics::new(
+        prefix,
+        '-',
+        |name| async move { kafka_capture(b, &name).await },
+    )
+    .await;
+    b.create_topic(&t.input, 1).await;
     let records: Vec<TestRecord> = msgs.iter().map(|m| TestRecord::new(m.clone())).collect();
-    b.produce(&input, Some(0), &records).await;
-    KafkaTopics {
-        base,
-        input,
-        output,
-        dlq,
-        out,
-        dead,
-    }
+    b.produce(&t.input, Some(0), &records).await;
+    t
 }
 
-/// The topics of one MQTT test (`<base>/in`, `/out`, `/dlq`): the source's
-/// persistent session made first (so what is published before Sluice
-/// connects is queued for it), the output and dead letters captured.
-pub struct MqttTopics {
-    pub input: String,
-    pub output: String,
-    pub dlq: String,
-    /// The source's client id, whose session holds the input's messages.
-    pub client_id: String,
-    pub out: Capture,
-    pub dead: Capture,
-}
-
-pub async fn mqtt_topics(port: u16, prefix: &str) -> MqttTopics {
-    let base = common::unique(prefix);
-    let (input, output, dlq) = (
-        format!("{base}/in"),
-        format!("{base}/out"),
-        format!("{base}/dlq"),
-    );
-    let client_id = format!("{base}-src").replace('/', "-");
-    create_session(port, false, &client_id, &input).await;
-    let out = mqtt_capture(port, &output).await;
-    let dead = mqtt_capture(port, &dlq).await;
-    MqttTopics {
-        input,
-        output,
-        dlq,
-        client_id,
-        out,
-        dead,
-    }
+/// MQTT topics (`<base>/in`, ...) and the source's persistent session, so
+/// that what is published before Sluice connects is queued for it.
+pub async fn mqtt_topics(port: u16, prefix: &str) -> Topics {
+    let t = Topics::new(prefix, '/', |name| async move {
+        mqtt_capture(port, &name).await
+    })
+    .await;
+    create_session(port, false, &t.client_id(), &t.input).await;
+    t
 }
 
 /// Publishes `msgs` to `topic` at QoS 1 and disconnects.

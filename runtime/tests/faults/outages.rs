@@ -10,7 +10,8 @@ use bytes::Bytes;
 
 use crate::account::{account, assert_recovered, expect_progress, log_of, through_fault, with_bad};
 use crate::capture::{
-    js_produce, js_topics, kafka_topics, mqtt_produce, mqtt_topics, nats_capture, nats_client,
+    Topics, js_produce, js_topics, kafka_topics, mqtt_produce, mqtt_topics, nats_client,
+    nats_topics,
 };
 use crate::common;
 use crate::common::kafka::{KafkaBroker, Kind};
@@ -19,7 +20,7 @@ use crate::common::nats::NatsServer;
 use crate::common::proxy::Proxy;
 use crate::pipelines::{
     BREAKER, NATS_RECONNECT, RETRY, Urls, handler, js_pipeline, kafka_pipeline, mqtt_pipeline,
-    write_pipeline,
+    mqtt_sink_via, write_pipeline,
 };
 
 // ------------------------------------------------------- broker restarts
@@ -112,14 +113,14 @@ async fn nats_core_server_restart() {
     let name = "nats-core-server-restart";
     let mut server = NatsServer::monitored();
     let client = nats_client(&server.url()).await;
-    let base = common::unique("ncr");
-    let (input, output, dlq) = (
-        format!("{base}.in"),
-        format!("{base}.out"),
-        format!("{base}.dlq"),
-    );
-    let out = nats_capture(&client, &output).await;
-    let dead = nats_capture(&client, &dlq).await;
+    let Topics {
+        input,
+        output,
+        dlq,
+        out,
+        dead,
+        ..
+    } = nats_topics(&client, "ncr").await;
     let url = server.url();
     let dir = tempfile::tempdir().expect("tempdir");
     let file = write_pipeline(
@@ -326,20 +327,8 @@ async fn mqtt_sink_cut() {
     let t = mqtt_topics(b.port, "msc").await;
     let msgs = with_bad(3000);
     mqtt_produce(b.port, &t.input, &msgs).await;
-    let (direct, through) = (b.url(), format!("mqtt://{}", proxy.addr()));
-    let urls = Urls {
-        sink: &through,
-        ..Urls::all(&direct)
-    };
     let dir = tempfile::tempdir().expect("tempdir");
-    let body = mqtt_pipeline(
-        &t,
-        &urls,
-        "500ms",
-        &handler("fatal-on", ""),
-        &format!("{RETRY}{BREAKER}"),
-    );
-    let file = write_pipeline(dir.path(), name, &body);
+    let file = mqtt_sink_via(dir.path(), name, &b, &proxy, &t);
     let (tally, rec, ()) = through_fault(name, &file, &msgs, (&t.out, &t.dead), (60, 90), async {
         proxy.cut();
         tokio::time::sleep(Duration::from_secs(3)).await;

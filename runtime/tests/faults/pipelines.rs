@@ -4,10 +4,12 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::capture::{JsTopics, KafkaTopics, MqttTopics};
+use crate::capture::Topics;
 use crate::common;
 use crate::common::kafka::KafkaBroker;
+use crate::common::mqtt::Mosquitto;
 use crate::common::nats::stream_of;
+use crate::common::proxy::Proxy;
 
 /// Short retries, so an outage outlasts them quickly.
 pub const RETRY: &str =
@@ -56,7 +58,7 @@ impl<'a> Urls<'a> {
 
 /// Kafka from `t`'s input (group `<base>-g`) to its output, dead letters to
 /// its dlq, `fatal-on` as the handler; short retries and breaker.
-pub fn kafka_pipeline(b: &KafkaBroker, t: &KafkaTopics) -> String {
+pub fn kafka_pipeline(b: &KafkaBroker, t: &Topics) -> String {
     format!(
         "[source]\n{}\n{}[sink]\n{}\n[dead_letter]\n{}\n{RETRY}{BREAKER}",
         common::kafka::source_toml(b, &t.input, &format!("{}-g", t.base), ""),
@@ -70,19 +72,16 @@ pub fn kafka_pipeline(b: &KafkaBroker, t: &KafkaTopics) -> String {
 /// session; the sink waits `sink_timeout` for each PUBACK, the dead letter
 /// 2 s. `tail` follows (retries, breaker, ...).
 pub fn mqtt_pipeline(
-    t: &MqttTopics,
+    t: &Topics,
     urls: &Urls,
     sink_timeout: &str,
     handler: &str,
     tail: &str,
 ) -> String {
-    let MqttTopics {
-        input,
-        output,
-        dlq,
-        client_id,
-        ..
+    let Topics {
+        input, output, dlq, ..
     } = t;
+    let client_id = t.client_id();
     let Urls {
         source,
         sink,
@@ -97,18 +96,38 @@ pub fn mqtt_pipeline(
     )
 }
 
+/// The sink-cut tests' pipeline, written to `<dir>/<name>.toml`: MQTT over
+/// `t`'s topics with only the sink's connection through `proxy` (the source
+/// and the dead letters straight to `b`), the sink waiting 500 ms for each
+/// PUBACK, `fatal-on` as the handler, short retries and breaker.
+pub fn mqtt_sink_via(dir: &Path, name: &str, b: &Mosquitto, proxy: &Proxy, t: &Topics) -> PathBuf {
+    let (direct, through) = (b.url(), format!("mqtt://{}", proxy.addr()));
+    let urls = Urls {
+        sink: &through,
+        ..Urls::all(&direct)
+    };
+    let body = mqtt_pipeline(
+        t,
+        &urls,
+        "500ms",
+        &handler("fatal-on", ""),
+        &format!("{RETRY}{BREAKER}"),
+    );
+    write_pipeline(dir, name, &body)
+}
+
 /// JetStream over `t`'s subjects: a durable consumer (`source_keys`, e.g.
 /// its `ack_wait`, besides an in-progress signal each second), the sink
 /// with `sink_keys`, the dead letter with a 2 s timeout, every connection
 /// reconnecting quickly. `tail` follows (retries, breaker, ...).
 pub fn js_pipeline(
-    t: &JsTopics,
+    t: &Topics,
     urls: &Urls,
     (source_keys, sink_keys): (&str, &str),
     handler: &str,
     tail: &str,
 ) -> String {
-    let JsTopics {
+    let Topics {
         base,
         input,
         output,
