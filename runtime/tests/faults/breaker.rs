@@ -13,7 +13,7 @@ use crate::capture::{mqtt_produce, mqtt_topics};
 use crate::common;
 use crate::common::mqtt::{Mosquitto, Opts, client};
 use crate::common::proxy::Proxy;
-use crate::pipelines::{BREAKER, Urls, handler, mqtt_pipeline, mqtt_sink_via, write_pipeline};
+use crate::pipelines::{BREAKER, RETRY, handler, mqtt_sink_via};
 
 /// `GET /pipelines` of the admin API, as JSON.
 fn admin_pipelines(port: u16) -> Option<serde_json::Value> {
@@ -53,23 +53,17 @@ async fn sink_outage_opens_breaker() {
     let b = Mosquitto::start(Opts::default());
     let proxy = Proxy::start(b.port);
     let topics = mqtt_topics(b.port, "brk").await;
-    let (direct, through) = (b.url(), format!("mqtt://{}", proxy.addr()));
-    let urls = Urls {
-        sink: &through,
-        ..Urls::all(&direct)
-    };
     let admin = common::free_port();
     let dir = tempfile::tempdir().expect("tempdir");
     let retry =
         "[retry]\nmax_attempts = 3\ninitial = \"50ms\"\nmax = \"100ms\"\njitter = \"none\"\n";
-    let body = mqtt_pipeline(
+    let file = mqtt_sink_via(
+        (dir.path(), name),
+        (&b, &proxy),
         &topics,
-        &urls,
-        "500ms",
         &handler("echo", ""),
         &format!("{retry}{BREAKER}"),
     );
-    let file = write_pipeline(dir.path(), name, &body);
     let mut p = common::spawn_sluice_with(&file, &["--admin", &format!("127.0.0.1:{admin}")]);
     // A steady trickle, 4 per second, for the whole test.
     let sent = Arc::new(Mutex::new(Vec::<Vec<u8>>::new()));
@@ -179,7 +173,13 @@ async fn sigterm_during_sink_outage() {
     let msgs = with_bad(2000);
     mqtt_produce(b.port, &topics.input, &msgs).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let file = mqtt_sink_via(dir.path(), name, &b, &proxy, &topics);
+    let file = mqtt_sink_via(
+        (dir.path(), name),
+        (&b, &proxy),
+        &topics,
+        &handler("fatal-on", ""),
+        &format!("{RETRY}{BREAKER}"),
+    );
     let mut p = common::spawn_sluice(&file);
     expect_progress(
         &mut p,

@@ -328,7 +328,13 @@ async fn mqtt_sink_cut() {
     let msgs = with_bad(3000);
     mqtt_produce(b.port, &t.input, &msgs).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let file = mqtt_sink_via(dir.path(), name, &b, &proxy, &t);
+    let file = mqtt_sink_via(
+        (dir.path(), name),
+        (&b, &proxy),
+        &t,
+        &handler("fatal-on", ""),
+        &format!("{RETRY}{BREAKER}"),
+    );
     let (tally, rec, ()) = through_fault(name, &file, &msgs, (&t.out, &t.dead), (60, 90), async {
         proxy.cut();
         tokio::time::sleep(Duration::from_secs(3)).await;

@@ -99,21 +99,20 @@ pub fn mqtt_pipeline(
 /// The sink-cut tests' pipeline, written to `<dir>/<name>.toml`: MQTT over
 /// `t`'s topics with only the sink's connection through `proxy` (the source
 /// and the dead letters straight to `b`), the sink waiting 500 ms for each
-/// PUBACK, `fatal-on` as the handler, short retries and breaker.
-pub fn mqtt_sink_via(dir: &Path, name: &str, b: &Mosquitto, proxy: &Proxy, t: &Topics) -> PathBuf {
+/// PUBACK; `tail` follows the sections (retries, breaker).
+pub fn mqtt_sink_via(
+    (dir, name): (&Path, &str),
+    (b, proxy): (&Mosquitto, &Proxy),
+    t: &Topics,
+    handler: &str,
+    tail: &str,
+) -> PathBuf {
     let (direct, through) = (b.url(), format!("mqtt://{}", proxy.addr()));
     let urls = Urls {
         sink: &through,
         ..Urls::all(&direct)
     };
-    let body = mqtt_pipeline(
-        t,
-        &urls,
-        "500ms",
-        &handler("fatal-on", ""),
-        &format!("{RETRY}{BREAKER}"),
-    );
-    write_pipeline(dir, name, &body)
+    write_pipeline(dir, name, &mqtt_pipeline(t, &urls, "500ms", handler, tail))
 }
 
 /// JetStream over `t`'s subjects: a durable consumer (`source_keys`, e.g.
