@@ -13,6 +13,7 @@
 //! - [`pipeline`]: source → handler → sinks → settle, for one pipeline.
 //! - [`supervisor`]: `sluice run`: pipelines from files and folders, live changes, hot swap.
 //! - [`admin`], [`metrics`]: the admin HTTP API and its Prometheus text.
+//! - [`logging`]: the process's log, written off the workers' threads.
 
 /// mimalloc serves every Rust allocation of the process (the `sluice`
 /// binary, and the tests and benchmarks that link this crate, so they measure
@@ -29,6 +30,7 @@ pub mod connect;
 pub mod engine;
 pub mod envelope;
 pub mod failure;
+pub mod logging;
 pub mod message;
 pub mod metrics;
 pub mod pipeline;
