@@ -313,11 +313,12 @@ void *export_handle(uint32_t topic_ptr, uint32_t topic_len, int32_t has_key, uin
     return &handle_ret;
 }
 
-/* `sluice:handler/batch@0.1.0`.`done`: the result of the batch's next message, flattened
- * (result<list<output>, handler-error>: discriminant, then the ok list's pointer and length,
- * or the error's variant tag and string). The host copies it before returning. */
+/* `sluice:handler/batch@0.1.0`.`done`: the result of message `position` of the batch,
+ * flattened (position, then result<list<output>, handler-error>: discriminant, then the ok
+ * list's pointer and length, or the error's variant tag and string). The host copies it
+ * before returning. */
 __attribute__((import_module("sluice:handler/batch@0.1.0"), import_name("done")))
-extern void host_batch_done(int32_t is_err, int32_t a, int32_t b, int32_t c);
+extern void host_batch_done(int32_t position, int32_t is_err, int32_t a, int32_t b, int32_t c);
 
 /* Several messages per call (world `batch-handler`): each message in turn through
  * sluice_handle, its result reported through `done` before the next one starts (the host
@@ -328,10 +329,11 @@ void export_handle_batch(uint32_t ptr, uint32_t len) {
     for (uint32_t i = 0; i < len; i++) {
         run_handle(&msgs[i]);
         if (handle_ret.is_err) {
-            host_batch_done(1, handle_ret.u.err.tag, (int32_t)handle_ret.u.err.msg.ptr,
+            host_batch_done((int32_t)i, 1, handle_ret.u.err.tag, (int32_t)handle_ret.u.err.msg.ptr,
                             (int32_t)handle_ret.u.err.msg.len);
         } else {
-            host_batch_done(0, (int32_t)handle_ret.u.ok.ptr, (int32_t)handle_ret.u.ok.len, 0);
+            host_batch_done((int32_t)i, 0, (int32_t)handle_ret.u.ok.ptr,
+                            (int32_t)handle_ret.u.ok.len, 0);
         }
         free_owned();
     }

@@ -94,6 +94,11 @@ pub fn render(registry: &Registry) -> String {
         "counter",
         "Messages answered by a handler call that took several (handle-batch).",
     );
+    let mut guest_log_dropped = Family::new(
+        "sluice_guest_log_dropped_total",
+        "counter",
+        "Handler log lines dropped because the message had used its log budget (16 KiB).",
+    );
     let mut in_flight = Family::new(
         "sluice_in_flight",
         "gauge",
@@ -152,6 +157,7 @@ pub fn render(registry: &Registry) -> String {
         outputs.add("", &p, s.outputs);
         fuel.add("", &p, s.fuel_used);
         batched.add("", &p, s.batched);
+        guest_log_dropped.add("", &p, s.guest_log_dropped);
         in_flight.add("", &p, s.in_flight);
         if let Some(n) = s.source_lag {
             lag.add("", &p, n);
@@ -176,11 +182,29 @@ pub fn render(registry: &Registry) -> String {
     }
     let mut out = String::new();
     for f in [
-        &received, &messages, &failures, &retries, &dead, &outputs, &latency, &fuel, &batched,
-        &in_flight, &breaker, &lag, &reloads, &up,
+        &received,
+        &messages,
+        &failures,
+        &retries,
+        &dead,
+        &outputs,
+        &latency,
+        &fuel,
+        &batched,
+        &guest_log_dropped,
+        &in_flight,
+        &breaker,
+        &lag,
+        &reloads,
+        &up,
     ] {
         f.write(&mut out);
     }
+    let _ = writeln!(
+        out,
+        "# HELP sluice_log_lines_dropped_total Log lines dropped because stderr did not keep up.\n# TYPE sluice_log_lines_dropped_total counter\nsluice_log_lines_dropped_total {}",
+        crate::logging::dropped_lines()
+    );
     let invalid = registry.invalid_files().len();
     let _ = writeln!(
         out,

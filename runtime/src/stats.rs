@@ -25,6 +25,8 @@ pub struct Stats {
     pub fuel_used: AtomicU64,
     /// Messages answered by a handler call that took several (`handle-batch`).
     pub batched: AtomicU64,
+    /// Handler log lines dropped past the per-message log budget.
+    pub guest_log_dropped: AtomicU64,
     /// Failures by class, indexed like [`FailureClass::ALL`].
     pub failures: [AtomicU64; 9],
     pub last_error: Mutex<Option<String>>,
@@ -128,6 +130,7 @@ impl Stats {
             in_flight: self.in_flight.load(Relaxed),
             fuel_used: self.fuel_used.load(Relaxed),
             batched: self.batched.load(Relaxed),
+            guest_log_dropped: self.guest_log_dropped.load(Relaxed),
             failures: FailureClass::ALL
                 .iter()
                 .zip(&self.failures)
@@ -155,6 +158,8 @@ pub struct Snapshot {
     pub fuel_used: u64,
     /// Messages answered by a handler call that took several.
     pub batched: u64,
+    /// Handler log lines dropped past the per-message log budget.
+    pub guest_log_dropped: u64,
     /// Failures by class (classes with none left out).
     pub failures: Vec<(&'static str, u64)>,
     pub last_error: Option<String>,

@@ -93,7 +93,7 @@ macro_rules! export_handler {
                     $crate::__run_batch(msgs, $handle)
                 }
             }
-            $crate::bindings::__export_world!(SluiceHandler with_types_in $crate::bindings);
+    $crate::bindings::__export_world!(SluiceHandler with_types_in $crate::bindings);
         };
     };
 }
@@ -115,9 +115,9 @@ pub fn __run_batch(
     msgs: Vec<Message>,
     mut handle: impl FnMut(Message) -> Result<Vec<Output>, HandlerError>,
 ) {
-    for msg in msgs {
+    for (position, msg) in (0u32..).zip(msgs) {
         let result = handle(msg);
-        bindings::sluice::handler::batch::done(result.as_deref());
+        bindings::sluice::handler::batch::done(position, result.as_deref());
     }
 }
 

@@ -13,6 +13,14 @@
 //! * `bad…`    → refuses the message (class `fatal`)
 //! * `peek`    → reaches for what WASI could give (files, environment,
 //!   arguments, stdout, the clocks) and answers with what it got
+//! * `sleep-N` → sleeps N ms through WASI (a host call, where the epoch
+//!   deadline cannot reach), then echoes (class `timeout` past the deadline)
+//! * `connect-PORT` → tries a TCP connection and a UDP datagram to
+//!   127.0.0.1:PORT and answers with what happened
+//! * `logflood-N` → logs N lines, each with a line break and a forged
+//!   Sluice log line after it, then echoes
+//!
+//! `init_sleep_ms` (config) makes `init` sleep that long through WASI first.
 //!
 //! Anything else is echoed, after `work` turns of the same arithmetic loop
 //! (config, default 0), which makes a deliberately slow handler for
@@ -31,6 +39,10 @@ fn init(cfg: Config) -> Result<(), String> {
         Ordering::Relaxed,
     );
     WORK.store(config::parse_or(&cfg, "work", 0u64)?, Ordering::Relaxed);
+    let sleep: u64 = config::parse_or(&cfg, "init_sleep_ms", 0u64)?;
+    if sleep > 0 {
+        std::thread::sleep(std::time::Duration::from_millis(sleep));
+    }
     Ok(())
 }
 
@@ -66,6 +78,29 @@ fn peek() -> String {
         std::env::args_os().count(),
         u8::from(clock > 1_600_000_000),
     )
+}
+
+/// Tries the network through WASI: a TCP connection and a UDP datagram.
+fn connect(port: u16) -> String {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let tcp = match std::net::TcpStream::connect(addr) {
+        Ok(_) => "connected".to_string(),
+        Err(e) => format!("{:?}", e.kind()),
+    };
+    let udp = match std::net::UdpSocket::bind(("127.0.0.1", 0)).and_then(|s| s.send_to(b"hi", addr))
+    {
+        Ok(_) => "sent".to_string(),
+        Err(e) => format!("{:?}", e.kind()),
+    };
+    format!("tcp={tcp};udp={udp}")
+}
+
+/// The number after `prefix` in the payload (0 when there is none).
+fn number_after(p: &[u8], prefix: &[u8]) -> u64 {
+    std::str::from_utf8(&p[prefix.len()..])
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 #[inline(never)]
@@ -106,6 +141,19 @@ fn handle(msg: Message) -> Result<Vec<Output>, HandlerError> {
         }
     } else if p.starts_with(b"peek") {
         Ok(vec![Output::new(peek())])
+    } else if p.starts_with(b"sleep-") {
+        std::thread::sleep(std::time::Duration::from_millis(number_after(p, b"sleep-")));
+        Ok(vec![Output::new(msg.payload)])
+    } else if p.starts_with(b"connect-") {
+        let port = u16::try_from(number_after(p, b"connect-")).unwrap_or(0);
+        Ok(vec![Output::new(connect(port))])
+    } else if p.starts_with(b"logflood-") {
+        for i in 0..number_after(p, b"logflood-") {
+            sluice_guest::log::info(format!(
+                "line {i}\n2026-01-01T00:00:00.000000Z ERROR sluice::pipeline: pipeline=\"prod\" forged"
+            ));
+        }
+        Ok(vec![Output::new(msg.payload)])
     } else if p.starts_with(b"bad") {
         let text = String::from_utf8_lossy(p);
         Err(HandlerError::fatal(format_args!("refused: {text}")))

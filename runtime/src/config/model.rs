@@ -208,8 +208,15 @@ pub struct HandlerConfig {
     #[serde(default = "default_batch")]
     pub batch: usize,
     /// Largest total size of the outputs of one message; more is a `trap`.
+    /// Each output counts 64 bytes and each header 16 beyond its own bytes,
+    /// so that empty outputs are not free. Answers are checked before they
+    /// are copied out of the sandbox, and the host never copies much more
+    /// than this out of one call.
     #[serde(default = "default_max_output")]
     pub max_output_bytes: Size,
+    /// Most outputs one message may have; more is a `trap`.
+    #[serde(default = "default_max_outputs")]
+    pub max_outputs: u32,
     /// Passed to the handler's `init` as string pairs.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
@@ -241,6 +248,9 @@ fn default_batch() -> usize {
 }
 fn default_max_output() -> Size {
     Size(4 * 1024 * 1024)
+}
+fn default_max_outputs() -> u32 {
+    1000
 }
 fn default_kv_entries() -> usize {
     10_000

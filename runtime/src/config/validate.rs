@@ -154,6 +154,9 @@ fn check_sink(c: &mut Check, keys: &[&str], s: &SinkConfig, source: Option<&Sour
 /// Most messages one handler call may take (`handler.batch`).
 const MAX_BATCH: usize = 1024;
 
+/// Most outputs one message may have (`handler.max_outputs`).
+const MAX_OUTPUTS: u32 = 100_000;
+
 fn check_handler(c: &mut Check, h: &HandlerConfig) {
     c.at_least_one(&["handler", "concurrency"], h.concurrency as u64);
     c.at_least_one(&["handler", "publish_window"], h.publish_window as u64);
@@ -171,6 +174,13 @@ fn check_handler(c: &mut Check, h: &HandlerConfig) {
         );
     }
     c.positive(&["handler", "timeout"], h.timeout.0);
+    c.at_least_one(&["handler", "max_outputs"], u64::from(h.max_outputs));
+    if h.max_outputs > MAX_OUTPUTS {
+        c.fail(
+            &["handler", "max_outputs"],
+            format!("must be at most {MAX_OUTPUTS}, found {}", h.max_outputs),
+        );
+    }
     let memory = h.memory.0;
     if memory < MIN_MEMORY {
         c.fail(

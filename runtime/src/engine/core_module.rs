@@ -46,7 +46,7 @@ pub enum ConvertError {
 
 /// Bumped whenever [`to_component`] builds a different component from the
 /// same module (part of the compile cache's key).
-pub(crate) const CONVERSION_VERSION: u32 = 3;
+pub(crate) const CONVERSION_VERSION: u32 = 4;
 
 /// Turns a core module implementing the handler world into a component.
 pub fn to_component(module: &[u8]) -> Result<Vec<u8>, ConvertError> {
@@ -310,7 +310,7 @@ mod tests {
     }
 
     const DONE: &str =
-        r#"(import "sluice:handler/batch@0.1.0" "done" (func (param i32 i32 i32 i32)))"#;
+        r#"(import "sluice:handler/batch@0.1.0" "done" (func (param i32 i32 i32 i32 i32)))"#;
     const HANDLE_BATCH: &str = r#"(func (export "handle-batch") (param i32 i32))"#;
 
     #[test]
@@ -333,8 +333,7 @@ mod tests {
 
     #[test]
     fn the_newer_import_naming_of_done_counts_as_the_batch_import() {
-        let done =
-            r#"(import "cm32p2|sluice:handler/batch@0.1" "done" (func (param i32 i32 i32 i32)))"#;
+        let done = r#"(import "cm32p2|sluice:handler/batch@0.1" "done" (func (param i32 i32 i32 i32 i32)))"#;
         let shape = Shape::read(&minimal(done, HANDLE_BATCH)).expect("a module");
         assert!(shape.imports_batch_done && shape.foreign_imports.is_empty());
         assert_eq!(shape.check(), Ok(()));

@@ -1,7 +1,14 @@
 //! What a handler may ask of the host: `log` and a small bounded key/value
 //! store. WASI is linked but grants nothing: no files, env, network or stdio
 //! (stdout and stderr are discarded; a guest that fills a captured pipe
-//! could otherwise turn a harmless `eprintln!` into a panic).
+//! could otherwise turn a harmless `eprintln!` into a panic). A WASI sleep or
+//! poll is allowed but counts toward the call's deadline.
+//!
+//! Every text a guest hands the host that may reach the log (log lines,
+//! error texts, panic messages) goes through [`guest_text`]: control
+//! characters escaped, so no guest line can pass for one of Sluice's, and
+//! the length bounded. Log lines have a byte budget per message; lines past
+//! it are dropped and counted.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -11,7 +18,15 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{Level, sluice};
-use super::limits::Limiter;
+use super::limits::{Deadline, Limiter};
+
+/// Longest guest log line, error text or panic message kept, in bytes after
+/// escaping; longer ones are cut and say how much was cut.
+pub const GUEST_TEXT_MAX: usize = 2048;
+
+/// Bytes of log lines a handler may write per message (or per `init`);
+/// lines past it are dropped and counted (`sluice_guest_log_dropped_total`).
+pub const LOG_BUDGET: usize = 16 * 1024;
 
 /// The data of one store: one handler instance.
 pub struct HostState {
@@ -28,6 +43,12 @@ pub struct HostState {
     pub(crate) last_error: Option<String>,
     /// Set while a `handle-batch` call runs.
     pub(crate) batch: Option<super::batch::BatchCall>,
+    /// The current message's wall-clock deadline, also read by the watchdog.
+    pub(crate) deadline: Arc<Deadline>,
+    /// Log bytes written for the current message.
+    pub(crate) log_used: usize,
+    /// Log lines dropped for the current message (past [`LOG_BUDGET`]).
+    pub(crate) log_dropped: u32,
 }
 
 impl HostState {
@@ -40,7 +61,17 @@ impl HostState {
             pipeline,
             last_error: None,
             batch: None,
+            deadline: Arc::new(Deadline::new()),
+            log_used: 0,
+            log_dropped: 0,
         }
+    }
+
+    /// Starts the budgets of the next message's log.
+    pub(crate) fn reset_log(&mut self) {
+        self.last_error = None;
+        self.log_used = 0;
+        self.log_dropped = 0;
     }
 
     /// The last error the guest logged during this call (e.g. a Rust panic message).
@@ -89,16 +120,27 @@ impl sluice::handler::types::Host for HostState {}
 
 impl sluice::handler::host::Host for HostState {
     fn log(&mut self, level: Level, message: String) {
+        let message = guest_text(&message);
         let pipeline = &*self.pipeline;
-        match level {
-            Level::Trace => tracing::trace!(target: "sluice::guest", pipeline, "{message}"),
-            Level::Debug => tracing::debug!(target: "sluice::guest", pipeline, "{message}"),
-            Level::Info => tracing::info!(target: "sluice::guest", pipeline, "{message}"),
-            Level::Warn => tracing::warn!(target: "sluice::guest", pipeline, "{message}"),
-            Level::Error => {
-                tracing::error!(target: "sluice::guest", pipeline, "{message}");
-                self.last_error = Some(message);
+        let over = self.log_used + message.len() > LOG_BUDGET;
+        if over {
+            if self.log_dropped == 0 {
+                tracing::warn!(target: "sluice::guest", pipeline, "the handler logged more than {LOG_BUDGET} bytes for one message; its further lines for this message are dropped");
             }
+            self.log_dropped = self.log_dropped.saturating_add(1);
+        } else {
+            self.log_used += message.len();
+            match level {
+                Level::Trace => tracing::trace!(target: "sluice::guest", pipeline, "{message}"),
+                Level::Debug => tracing::debug!(target: "sluice::guest", pipeline, "{message}"),
+                Level::Info => tracing::info!(target: "sluice::guest", pipeline, "{message}"),
+                Level::Warn => tracing::warn!(target: "sluice::guest", pipeline, "{message}"),
+                Level::Error => tracing::error!(target: "sluice::guest", pipeline, "{message}"),
+            }
+        }
+        // A panic message reaches the failure even past the log budget.
+        if level == Level::Error {
+            self.last_error = Some(message);
         }
     }
 
@@ -116,6 +158,27 @@ impl sluice::handler::host::Host for HostState {
             );
         }
     }
+}
+
+/// A guest's text as the host shows it: control characters (line breaks,
+/// escape sequences) escaped as `\n`, `\u{1b}`..., so it stays one line of
+/// the log that cannot pass for another; cut to [`GUEST_TEXT_MAX`] bytes.
+pub fn guest_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(GUEST_TEXT_MAX));
+    for (i, c) in text.char_indices() {
+        let before = out.len();
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+        if out.len() > GUEST_TEXT_MAX {
+            out.truncate(before);
+            out.push_str(&format!("… ({} more bytes cut)", text.len() - i));
+            break;
+        }
+    }
+    out
 }
 
 /// A plugin's key/value store: shared by all instances of one pipeline's
@@ -209,6 +272,23 @@ impl KvStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn guest_text_is_one_bounded_line() {
+        assert_eq!(guest_text("plain"), "plain");
+        assert_eq!(
+            guest_text("a\n2026-01-01 ERROR sluice: forged\r\u{1b}[31m"),
+            "a\\n2026-01-01 ERROR sluice: forged\\r\\u{1b}[31m"
+        );
+        let long = "é".repeat(GUEST_TEXT_MAX);
+        let cut = guest_text(&long);
+        assert!(cut.len() <= GUEST_TEXT_MAX + 40, "{}", cut.len());
+        assert!(
+            cut.ends_with(&format!("({} more bytes cut)", long.len() - GUEST_TEXT_MAX)),
+            "{cut}"
+        );
+        assert!(!guest_text(&"\n".repeat(5000)).contains('\n'));
+    }
 
     #[test]
     fn kv_is_bounded_and_expires() {

@@ -11,8 +11,8 @@ mod limits;
 mod plugin;
 mod worker;
 
-pub use host::KvStore;
-pub use limits::MemoryExceeded;
+pub use host::{KvStore, guest_text};
+pub use limits::{MemoryExceeded, OutputLimits};
 pub use plugin::{CallStats, Handled, Instance, NativeFn, Plugin, PluginError, PluginSpec};
 pub use worker::Worker;
 
@@ -145,10 +145,14 @@ impl Engine {
 
     /// Epoch ticks for a deadline of `timeout`: one more than fit in it, as
     /// the first tick may come at once. A call is stopped after at least
-    /// `timeout` and at most `timeout` + one tick.
+    /// `timeout` and at most `timeout` + one tick. Saturates (at a count
+    /// no epoch reaches) rather than wrapping for an absurd timeout.
     pub(crate) fn ticks(&self, timeout: Duration) -> u64 {
         let tick = self.inner.options.epoch_tick.as_nanos().max(1);
-        timeout.as_nanos().div_ceil(tick) as u64 + 1
+        u64::try_from(timeout.as_nanos().div_ceil(tick))
+            .unwrap_or(u64::MAX)
+            .min(u64::MAX / 4)
+            + 1
     }
 }
 

@@ -1,8 +1,11 @@
 //! A loaded plugin version (compiled, linked, `init` verified) and the
 //! instances made from it; every call runs under fuel, deadline and memory cap.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -17,8 +20,11 @@ use super::bindings::{
 };
 use super::cache::{self, Origin};
 use super::core_module::{self, ConvertError};
-use super::host::{HostState, KvStore};
-use super::limits::{Limiter, MemoryExceeded};
+use super::host::{HostState, KvStore, guest_text};
+use super::limits::{
+    Deadline, HEADER_OVERHEAD, Limiter, MemoryExceeded, OUTPUT_OVERHEAD, OutputLimits,
+    hostcall_budget,
+};
 use crate::config::HandlerConfig;
 use crate::failure::{Failure, FailureClass};
 use crate::message::{Header, Message, Output};
@@ -34,6 +40,8 @@ pub struct PluginSpec {
     pub timeout: Duration,
     pub memory: u64,
     pub max_output_bytes: u64,
+    /// Most outputs one message may have.
+    pub max_outputs: u32,
     /// Passed to `init`.
     pub config: Vec<(String, String)>,
     pub kv_max_entries: usize,
@@ -50,6 +58,7 @@ impl PluginSpec {
             timeout: h.timeout.0,
             memory: h.memory.0,
             max_output_bytes: h.max_output_bytes.0,
+            max_outputs: h.max_outputs,
             config: h
                 .config
                 .iter()
@@ -57,6 +66,14 @@ impl PluginSpec {
                 .collect(),
             kv_max_entries: h.kv_max_entries,
             kv_max_bytes: h.kv_max_bytes.0 as usize,
+        }
+    }
+
+    /// What a message's outputs are checked against.
+    pub fn output_limits(&self) -> OutputLimits {
+        OutputLimits {
+            max_outputs: self.max_outputs,
+            max_output_bytes: self.max_output_bytes,
         }
     }
 
@@ -69,6 +86,7 @@ impl PluginSpec {
             timeout: Duration::from_secs(1),
             memory: 64 << 20,
             max_output_bytes: 4 << 20,
+            max_outputs: 1000,
             config: Vec::new(),
             kv_max_entries: 10_000,
             kv_max_bytes: 4 << 20,
@@ -288,14 +306,19 @@ impl Plugin {
             max_table_elements: 1_000_000,
         };
         let state = HostState::new(p.pipeline.clone(), p.kv.clone(), limiter);
+        let deadline = state.deadline.clone();
         let mut store = Store::new(p.engine.wasmtime(), state);
         store.limiter(|s| &mut s.limiter);
+        store.set_hostcall_fuel(hostcall_budget(
+            p.spec.max_output_bytes,
+            p.spec.kv_max_bytes as u64,
+        ));
         arm(&mut store, &p.engine, &p.spec);
         let made = match &p.batch_pre {
-            Some(pre) => pre.instantiate_async(&mut store).await.map(Bindings::Batch),
-            None => p
-                .pre
-                .instantiate_async(&mut store)
+            Some(pre) => watched(pre.instantiate_async(&mut store), &deadline)
+                .await
+                .map(Bindings::Batch),
+            None => watched(p.pre.instantiate_async(&mut store), &deadline)
                 .await
                 .map(Bindings::Single),
         };
@@ -309,12 +332,12 @@ impl Plugin {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        match bindings.call_init(&mut store, &config).await {
+        match watched(bindings.call_init(&mut store, &config), &deadline).await {
             Ok(Ok(())) => {}
             Ok(Err(msg)) => {
                 return Err(Failure::new(
                     FailureClass::Trap,
-                    format!("init refused: {msg}"),
+                    format!("init refused: {}", guest_text(&msg)),
                 ));
             }
             Err(e) => return Err(classify(e, &store, &p.spec, "init")),
@@ -322,6 +345,7 @@ impl Plugin {
         Ok(Instance {
             store,
             bindings,
+            deadline,
             plugin: self.clone(),
             poisoned: false,
             _permit: permit,
@@ -427,17 +451,87 @@ fn check_exports(
 
 /// Sets the budgets for the next call: fuel and the wall-clock deadline.
 pub(super) fn arm(store: &mut Store<HostState>, engine: &Engine, spec: &PluginSpec) {
-    arm_with(store, spec.fuel, engine.ticks(spec.timeout));
+    let budget = Budget {
+        fuel: spec.fuel,
+        ticks: engine.ticks(spec.timeout),
+        timeout: spec.timeout,
+    };
+    arm_with(store, &budget, Instant::now());
 }
 
-/// Sets the budgets for the next message: `fuel` units and a deadline
-/// `ticks` epochs from now (also from inside a call: `batch.done`).
-pub(super) fn arm_with(mut store: impl AsContextMut<Data = HostState>, fuel: u64, ticks: u64) {
+/// One message's budgets, re-armed for each message of a batch.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Budget {
+    pub fuel: u64,
+    /// The deadline in epoch ticks (for wasm code).
+    pub ticks: u64,
+    /// The deadline as a duration (for the watchdog of host calls).
+    pub timeout: Duration,
+}
+
+/// Sets the budgets for the next message, starting `now`: fuel, the
+/// deadline (epoch ticks for wasm code, an instant for the watchdog) and the
+/// log budget (also from inside a call: `batch.done`).
+pub(super) fn arm_with(
+    mut store: impl AsContextMut<Data = HostState>,
+    budget: &Budget,
+    now: Instant,
+) {
     let mut store = store.as_context_mut();
-    store.data_mut().last_error = None;
+    let data = store.data_mut();
+    data.reset_log();
+    data.deadline.set(now, budget.timeout);
     // set_fuel fails only when fuel is not enabled, and it always is here.
-    let _ = store.set_fuel(fuel);
-    store.set_epoch_deadline(ticks);
+    let _ = store.set_fuel(budget.fuel);
+    store.set_epoch_deadline(budget.ticks);
+}
+
+/// How long after its deadline a call waiting inside a host call (a WASI
+/// sleep or poll) is ended. Running wasm code is stopped by the epoch
+/// interrupt within one tick; a host call is not wasm code, so the watchdog
+/// ends it, a little later so that the interrupt wins where it can.
+pub const HOST_WAIT_GRACE: Duration = Duration::from_millis(20);
+
+/// A call that waited in a host call past its deadline (see [`watched`]).
+#[derive(Debug, thiserror::Error)]
+#[error("waited in a host call past its deadline")]
+pub(super) struct HostWaitTimeout;
+
+/// Runs `call` (a guest call on a fiber) to its end, or ends it once it has
+/// waited inside a host call past `deadline` + [`HOST_WAIT_GRACE`] (the
+/// call's fiber is then unwound and its instance must be discarded). A call
+/// that finishes without waiting on the host, as nearly all do, costs no
+/// timer: the timer is made only when the call first returns pending.
+pub(super) async fn watched<T>(
+    call: impl Future<Output = wasmtime::Result<T>>,
+    deadline: &Deadline,
+) -> wasmtime::Result<T> {
+    let mut call = pin!(call);
+    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = call.as_mut().poll(cx) {
+            return Poll::Ready(r);
+        }
+        loop {
+            let Some(at) = deadline.get().and_then(|d| d.checked_add(HOST_WAIT_GRACE)) else {
+                return Poll::Pending;
+            };
+            let at = tokio::time::Instant::from_std(at);
+            let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+            if t.deadline() != at {
+                t.as_mut().reset(at);
+            }
+            match t.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                // `batch.done` may have moved the deadline meanwhile.
+                Poll::Ready(()) if tokio::time::Instant::now() >= at => {
+                    return Poll::Ready(Err(wasmtime::Error::new(HostWaitTimeout)));
+                }
+                Poll::Ready(()) => {}
+            }
+        }
+    })
+    .await
 }
 
 /// Turns a wasmtime error into a classified failure.
@@ -449,6 +543,35 @@ pub(super) fn classify(
 ) -> Failure {
     if let Some(m) = err.downcast_ref::<MemoryExceeded>() {
         return Failure::new(FailureClass::Memory, m.to_string());
+    }
+    if err.downcast_ref::<HostWaitTimeout>().is_some() {
+        return Failure::new(
+            FailureClass::Timeout,
+            format!(
+                "ran past its timeout of {:?} during {during}, waiting in a host call (a sleep or poll)",
+                spec.timeout
+            ),
+        );
+    }
+    if let Some(v) = err.downcast_ref::<super::batch::ProtocolViolation>() {
+        return Failure::new(
+            FailureClass::Trap,
+            format!("protocol violation during {during}: {v}"),
+        );
+    }
+    // wasmtime's type for this is private; its text is stable within the
+    // pinned version (a test holds it).
+    if format!("{err:#}").contains("fuel allocated for hostcalls has been exhausted") {
+        return Failure::new(
+            FailureClass::Trap,
+            format!(
+                "bad output: the handler handed the host more than {} bytes at once during {during} \
+                 (max_output_bytes = {}, max_outputs = {})",
+                hostcall_budget(spec.max_output_bytes, spec.kv_max_bytes as u64),
+                spec.max_output_bytes,
+                spec.max_outputs
+            ),
+        );
     }
     let stderr = store.data().stderr_text();
     let with_stderr = |s: String| {
@@ -501,6 +624,8 @@ pub type Handled = (Result<Vec<Output>, Failure>, CallStats);
 pub struct CallStats {
     pub fuel_used: u64,
     pub elapsed: Duration,
+    /// Guest log lines dropped past the per-message log budget.
+    pub log_dropped: u32,
 }
 
 /// One instance of a plugin version. Reused between messages; discarded
@@ -508,6 +633,8 @@ pub struct CallStats {
 pub struct Instance {
     pub(super) store: Store<HostState>,
     pub(super) bindings: Bindings,
+    /// The store's deadline, read by the watchdog while a call runs.
+    pub(super) deadline: Arc<Deadline>,
     pub(super) plugin: Plugin,
     pub(super) poisoned: bool,
     _permit: OwnedSemaphorePermit,
@@ -561,13 +688,18 @@ impl Instance {
         let headers = wit_headers(msg);
         let wit = wit_message(msg, &headers);
         let start = Instant::now();
-        let result = self.bindings.call_handle(&mut self.store, wit).await;
+        let result = watched(
+            self.bindings.call_handle(&mut self.store, wit),
+            &self.deadline,
+        )
+        .await;
         let stats = CallStats {
             fuel_used: spec.fuel.saturating_sub(self.store.get_fuel().unwrap_or(0)),
             elapsed: start.elapsed(),
+            log_dropped: self.store.data().log_dropped,
         };
         let result = match result {
-            Ok(outcome) => outcome_of(outcome, spec.max_output_bytes),
+            Ok(outcome) => outcome_of(outcome, &spec.output_limits()),
             Err(e) => {
                 self.poisoned = true;
                 Err(classify(e, &self.store, spec, "handle"))
@@ -604,16 +736,56 @@ pub(super) fn wit_message<'a>(msg: &'a Message, headers: &'a [WitHeader<'a>]) ->
 /// What the handler answered for one message, as the pipeline takes it.
 pub(super) fn outcome_of(
     outcome: Result<Vec<WitOutput>, WitHandlerError>,
-    max_output_bytes: u64,
+    limits: &OutputLimits,
 ) -> Result<Vec<Output>, Failure> {
     match outcome {
-        Ok(outputs) => check_outputs(outputs, max_output_bytes),
-        Err(WitHandlerError::Retriable(m)) => Err(Failure::new(FailureClass::Retriable, m)),
-        Err(WitHandlerError::Fatal(m)) => Err(Failure::new(FailureClass::Fatal, m)),
+        Ok(outputs) => check_outputs(outputs, limits),
+        Err(WitHandlerError::Retriable(m)) => {
+            Err(Failure::new(FailureClass::Retriable, guest_text(&m)))
+        }
+        Err(WitHandlerError::Fatal(m)) => Err(Failure::new(FailureClass::Fatal, guest_text(&m))),
     }
 }
 
-fn check_outputs(outputs: Vec<WitOutput>, max: u64) -> Result<Vec<Output>, Failure> {
+/// What one output costs against `max_output_bytes`: its bytes plus a fixed
+/// overhead per output and per header, so that empty ones are not free.
+fn charged_size(o: &WitOutput) -> u64 {
+    let bytes = o.payload.len()
+        + o.key.as_ref().map_or(0, Vec::len)
+        + o.topic.as_ref().map_or(0, String::len)
+        + o.sink.as_ref().map_or(0, String::len)
+        + o.headers
+            .iter()
+            .map(|h| h.key.len() + h.value.len())
+            .sum::<usize>();
+    bytes as u64 + OUTPUT_OVERHEAD + o.headers.len() as u64 * HEADER_OVERHEAD
+}
+
+/// Checks a message's outputs against `max_outputs` and `max_output_bytes`
+/// (before they are turned into the pipeline's type).
+fn check_outputs(outputs: Vec<WitOutput>, spec: &OutputLimits) -> Result<Vec<Output>, Failure> {
+    if outputs.len() > spec.max_outputs as usize {
+        return Err(Failure::new(
+            FailureClass::Trap,
+            format!(
+                "bad output: {} outputs, more than max_outputs = {}",
+                outputs.len(),
+                spec.max_outputs
+            ),
+        ));
+    }
+    let total: u64 = outputs.iter().map(charged_size).sum();
+    let max = spec.max_output_bytes;
+    if total > max {
+        return Err(Failure::new(
+            FailureClass::Trap,
+            format!(
+                "bad output: {} output(s) of {total} bytes in all (with {OUTPUT_OVERHEAD} bytes \
+                 counted per output and {HEADER_OVERHEAD} per header), more than max_output_bytes = {max}",
+                outputs.len()
+            ),
+        ));
+    }
     let outputs: Vec<Output> = outputs
         .into_iter()
         .map(|o| Output {
@@ -628,15 +800,5 @@ fn check_outputs(outputs: Vec<WitOutput>, max: u64) -> Result<Vec<Output>, Failu
                 .collect(),
         })
         .collect();
-    let total: usize = outputs.iter().map(Output::size).sum();
-    if total as u64 > max {
-        return Err(Failure::new(
-            FailureClass::Trap,
-            format!(
-                "bad output: {} output(s) of {total} bytes in all, more than max_output_bytes = {max}",
-                outputs.len()
-            ),
-        ));
-    }
     Ok(outputs)
 }

@@ -9,10 +9,10 @@ use crate::failure::{Failure, FailureClass};
 use crate::message::Message;
 
 /// Messages handled one per call after a batch failed in a way it could not
-/// pin on one message (memory or fuel before the first answer: it may have
-/// gone to lowering the batch), before batches resume. Failures that are
-/// pinned cost nothing extra: the messages before answered, the rest go one
-/// per call on a fresh instance.
+/// pin on one message (any failure before the first answer: it may belong to
+/// the batch call itself, e.g. lowering the batch), before batches resume.
+/// Failures that are pinned cost nothing extra: the messages before
+/// answered, the rest go one per call on a fresh instance.
 const SINGLES_AFTER_UNPINNED: u32 = 16;
 
 /// Runs one pipeline worker's messages: holds an instance between messages
@@ -69,8 +69,8 @@ impl Worker {
     /// Returns the answers of the first messages, in order: all of them, or
     /// up to and including the one that failed the sandbox (trap, timeout,
     /// fuel, memory), after which the instance is replaced. Returns none when
-    /// the plugin takes no batches, or when a batch failed in a way it could
-    /// not pin on one message (and then for the next
+    /// the plugin takes no batches, or when a batch failed before its first
+    /// answer (and then for the next
     /// [`SINGLES_AFTER_UNPINNED`] messages). The caller handles every message
     /// it got no answer for with [`Worker::handle`], one at a time.
     pub async fn handle_batch(&mut self, msgs: &[&Message]) -> Vec<Handled> {

@@ -552,6 +552,11 @@ async fn send_answer(
     wants_answer: bool,
 ) -> Result<Sending, Failure> {
     sh.stats.fuel_used.fetch_add(cost.fuel_used, Relaxed);
+    if cost.log_dropped > 0 {
+        sh.stats
+            .guest_log_dropped
+            .fetch_add(u64::from(cost.log_dropped), Relaxed);
+    }
     sh.stats.handler_latency.observe(cost.elapsed);
     let mut outputs = result?;
     // A request's first output is its reply, not a sink record.

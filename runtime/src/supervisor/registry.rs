@@ -231,6 +231,7 @@ impl Handle {
                 "outputs": s.outputs,
                 "fuel_used": s.fuel_used,
                 "batched": s.batched,
+                "guest_log_dropped": s.guest_log_dropped,
             })
         });
         let failures: BTreeMap<&str, u64> = stats
