@@ -842,6 +842,23 @@ async fn send(
     outputs: Vec<Output>,
     deadline: Instant,
 ) -> Result<Accepted, Failure> {
+    // Every output is checked before any is sent: a message whose second
+    // output names no sink must not have its first one published (and again
+    // on every retry).
+    for o in &outputs {
+        let sink = sink_for(sh, o.sink.as_deref())?;
+        if let Some(topic) = o.topic.as_deref()
+            && let Some(problem) = sink.topic_problem(topic)
+        {
+            return Err(Failure::new(
+                FailureClass::Rejected,
+                format!(
+                    "bad output topic \"{}\": {problem}",
+                    crate::engine::guest_text(topic)
+                ),
+            ));
+        }
+    }
     // Most calls publish to one sink: its wait is kept without a Vec.
     let mut first_wait: Option<Accepted> = None;
     let mut more_waits: Vec<Accepted> = Vec::new();
@@ -905,7 +922,8 @@ fn sink_for<'a>(sh: &'a Shared, name: Option<&str>) -> Result<&'a dyn Sink, Fail
             Failure::new(
                 FailureClass::Trap,
                 format!(
-                    "bad output: no sink named {s:?} (the pipeline has: {})",
+                    "bad output: no sink named \"{}\" (the pipeline has: {})",
+                    crate::engine::guest_text(s),
                     if known.is_empty() {
                         "none".into()
                     } else {

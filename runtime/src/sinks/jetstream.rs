@@ -131,6 +131,10 @@ fn failure(e: &PublishError, subject: &str) -> Failure {
 }
 
 impl Sink for JetStreamSink {
+    fn topic_problem(&self, topic: &str) -> Option<String> {
+        super::nats_subject_problem(topic)
+    }
+
     /// Each record's id is its `Nats-Msg-Id`: the stream drops a republish
     /// of the same record within its duplicate window.
     fn wants_ids(&self) -> bool {

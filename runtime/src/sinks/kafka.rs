@@ -302,6 +302,10 @@ fn failure(e: &KafkaError, topic: &str) -> Failure {
 }
 
 impl Sink for KafkaSink {
+    fn topic_problem(&self, topic: &str) -> Option<String> {
+        super::kafka_topic_problem(topic)
+    }
+
     fn send<'a>(&'a self, records: &'a [Record]) -> BoxFuture<'a, Result<Accepted, Failure>> {
         Box::pin(self.send_all(records))
     }

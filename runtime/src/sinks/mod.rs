@@ -78,6 +78,61 @@ pub fn done() -> Accepted {
 /// classed [`crate::failure::FailureClass::Sink`] (transient: broker away,
 /// timeout, queue full) or [`crate::failure::FailureClass::Rejected`] (this
 /// very record is refused).
+/// Why an MQTT broker would refuse `topic` as a topic to publish to.
+pub(crate) fn mqtt_topic_problem(topic: &str) -> Option<String> {
+    if topic.is_empty() {
+        Some("an MQTT topic must not be empty".into())
+    } else if topic.len() > usize::from(u16::MAX) {
+        Some(format!(
+            "an MQTT topic is at most 65535 bytes, found {}",
+            topic.len()
+        ))
+    } else if topic.contains(['+', '#']) {
+        Some("an MQTT topic to publish to must not hold the wildcards `+` or `#`".into())
+    } else if topic.chars().any(char::is_control) {
+        Some("an MQTT topic must not hold control characters".into())
+    } else {
+        None
+    }
+}
+
+/// Why a NATS server would refuse `subject` as a subject to publish to.
+pub(crate) fn nats_subject_problem(subject: &str) -> Option<String> {
+    if subject.is_empty() {
+        Some("a NATS subject must not be empty".into())
+    } else if subject.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Some("a NATS subject must not hold spaces or control characters".into())
+    } else if subject.split('.').any(|t| t.is_empty()) {
+        Some(
+            "a NATS subject must not have an empty token (`a..b`, a leading or trailing `.`)"
+                .into(),
+        )
+    } else if subject.split('.').any(|t| t == "*" || t == ">") {
+        Some("a NATS subject to publish to must not hold the wildcards `*` or `>`".into())
+    } else {
+        None
+    }
+}
+
+/// Why a Kafka broker would refuse `topic` as a topic name.
+pub(crate) fn kafka_topic_problem(topic: &str) -> Option<String> {
+    if topic.is_empty() || topic.len() > 249 {
+        Some(format!(
+            "a Kafka topic is 1 to 249 characters long, found {}",
+            topic.len()
+        ))
+    } else if topic == "." || topic == ".." {
+        Some("a Kafka topic must not be `.` or `..`".into())
+    } else if !topic
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        Some("a Kafka topic holds only ASCII letters, digits, `.`, `_` and `-`".into())
+    } else {
+        None
+    }
+}
+
 pub trait Sink: Send + Sync {
     /// Queues the records in order; the returned future waits for the broker.
     /// Sinks that cannot split the steps (file, memory) do the whole publish
@@ -89,6 +144,14 @@ pub trait Sink: Send + Sync {
     /// sinks that do.
     fn wants_ids(&self) -> bool {
         false
+    }
+
+    /// Why this sink could never publish to `topic` (an output's own topic,
+    /// checked with every other output of its message before any is sent),
+    /// or `None` when it can. Such an output is `rejected`: no broker
+    /// would take it, however often it is tried.
+    fn topic_problem(&self, _topic: &str) -> Option<String> {
+        None
     }
 
     /// Publishes the records in order and returns once all were accepted.

@@ -467,6 +467,10 @@ impl MqttSink {
 }
 
 impl Sink for MqttSink {
+    fn topic_problem(&self, topic: &str) -> Option<String> {
+        super::mqtt_topic_problem(topic)
+    }
+
     fn send<'a>(&'a self, records: &'a [Record]) -> BoxFuture<'a, Result<Accepted, Failure>> {
         Box::pin(self.send_all(records))
     }

@@ -97,6 +97,10 @@ fn valid_publish_subject(s: &str) -> bool {
 }
 
 impl Sink for NatsSink {
+    fn topic_problem(&self, topic: &str) -> Option<String> {
+        super::nats_subject_problem(topic)
+    }
+
     fn send<'a>(&'a self, records: &'a [Record]) -> BoxFuture<'a, Result<Accepted, Failure>> {
         Box::pin(async move {
             for r in records {
