@@ -466,3 +466,72 @@ path = "dead.log"
     let tail: Vec<&str> = log.lines().rev().take(5).collect();
     assert!(status.success(), "{status}; log tail: {tail:?}");
 }
+
+/// An output header name NATS cannot carry (here with a tab) made the NATS
+/// client panic inside the worker, ending the pipeline; it is `rejected`
+/// before anything is sent, and the pipeline goes on.
+#[test]
+fn a_header_name_nats_cannot_carry_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let handle = format!(
+        "(call $outputs (i32.const 1) (i32.const 2))
+         (i32.store (i32.const {hp}) (i32.const {h}))
+         (i32.store (i32.const {hl}) (i32.const 1))
+         (i32.store (i32.const {h}) (i32.const {name}))
+         (i32.store (i32.const {h4}) (i32.const 4))
+         (i32.store (i32.const {h8}) (i32.const {PAYLOAD}))
+         (i32.store (i32.const {h12}) (i32.const 2))
+         (call $ok (i32.const 1))",
+        hp = OUTPUTS + 44,
+        hl = OUTPUTS + 48,
+        h = PAYLOAD + 64,
+        h4 = PAYLOAD + 68,
+        h8 = PAYLOAD + 72,
+        h12 = PAYLOAD + 76,
+        name = PAYLOAD + 32,
+    );
+    let data = format!(r#"(data (i32.const {}) "b\09ad")"#, PAYLOAD + 32);
+    let plugin = Guest {
+        handle: Some(&handle),
+        funcs: &data,
+        ..Default::default()
+    }
+    .write(dir.path(), "tab-header");
+    let lines = 5;
+    let input: String = (0..lines).map(|i| format!("m{i}\n")).collect();
+    std::fs::write(dir.path().join("in.log"), input).unwrap();
+    let pipeline = dir.path().join("p.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"name = "tab-header"
+[source]
+type = "file"
+path = "in.log"
+follow = false
+[handler]
+plugin = "{}"
+[sink]
+type = "nats"
+url = "nats://127.0.0.1:4222"
+subject = "{}"
+[dead_letter]
+type = "file"
+path = "dead.log"
+"#,
+            plugin.display(),
+            common::unique("tab-header")
+        ),
+    )
+    .unwrap();
+    let (code, _, stderr) = common::run_sluice(&["run", pipeline.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    let dead = std::fs::read_to_string(dir.path().join("dead.log")).unwrap_or_default();
+    assert_eq!(dead.lines().count(), lines, "{stderr}");
+    for l in dead.lines() {
+        assert!(
+            l.contains("rejected") && l.contains("NATS header name"),
+            "{l}"
+        );
+    }
+}

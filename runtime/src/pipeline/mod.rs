@@ -846,16 +846,10 @@ async fn send(
     // output names no sink must not have its first one published (and again
     // on every retry).
     for o in &outputs {
-        let sink = sink_for(sh, o.sink.as_deref())?;
-        if let Some(topic) = o.topic.as_deref()
-            && let Some(problem) = sink.topic_problem(topic)
-        {
+        if let Some(problem) = sink_for(sh, o.sink.as_deref())?.refuses(o) {
             return Err(Failure::new(
                 FailureClass::Rejected,
-                format!(
-                    "bad output topic \"{}\": {problem}",
-                    crate::engine::guest_text(topic)
-                ),
+                format!("bad output: {problem}"),
             ));
         }
     }

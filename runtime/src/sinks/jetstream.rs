@@ -131,8 +131,8 @@ fn failure(e: &PublishError, subject: &str) -> Failure {
 }
 
 impl Sink for JetStreamSink {
-    fn topic_problem(&self, topic: &str) -> Option<String> {
-        super::nats_subject_problem(topic)
+    fn refuses(&self, output: &crate::message::Output) -> Option<String> {
+        super::nats_output_problem(output)
     }
 
     /// Each record's id is its `Nats-Msg-Id`: the stream drops a republish

@@ -302,8 +302,8 @@ fn failure(e: &KafkaError, topic: &str) -> Failure {
 }
 
 impl Sink for KafkaSink {
-    fn topic_problem(&self, topic: &str) -> Option<String> {
-        super::kafka_topic_problem(topic)
+    fn refuses(&self, output: &crate::message::Output) -> Option<String> {
+        super::kafka_output_problem(output)
     }
 
     fn send<'a>(&'a self, records: &'a [Record]) -> BoxFuture<'a, Result<Accepted, Failure>> {

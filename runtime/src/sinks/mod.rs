@@ -11,7 +11,7 @@ pub mod nats;
 use futures::future::BoxFuture;
 
 use crate::failure::Failure;
-use crate::message::Header;
+use crate::message::{Header, Output};
 use bytes::Bytes;
 
 /// One message to publish.
@@ -96,6 +96,38 @@ pub(crate) fn mqtt_topic_problem(topic: &str) -> Option<String> {
     }
 }
 
+/// Why a NATS sink could never publish `o`: its subject, or a header name
+/// NATS cannot carry (visible ASCII without `:`).
+pub(crate) fn nats_output_problem(o: &Output) -> Option<String> {
+    if let Some(p) = o.topic.as_deref().and_then(nats_subject_problem) {
+        return Some(p);
+    }
+    o.headers.iter().find_map(|h| {
+        (h.key.is_empty() || !h.key.chars().all(|c| c.is_ascii_graphic() && c != ':')).then(|| {
+            format!(
+                "header \"{}\": a NATS header name is visible ASCII without `:`",
+                crate::engine::guest_text(&h.key)
+            )
+        })
+    })
+}
+
+/// Why an output's topic fails `check` (none: the sink's default topic).
+fn topic_problem(o: &Output, check: fn(&str) -> Option<String>) -> Option<String> {
+    let topic = o.topic.as_deref()?;
+    check(topic).map(|p| format!("topic \"{}\": {p}", crate::engine::guest_text(topic)))
+}
+
+/// Why an MQTT sink could never publish `o`.
+pub(crate) fn mqtt_output_problem(o: &Output) -> Option<String> {
+    topic_problem(o, mqtt_topic_problem)
+}
+
+/// Why a Kafka sink could never publish `o`.
+pub(crate) fn kafka_output_problem(o: &Output) -> Option<String> {
+    topic_problem(o, kafka_topic_problem)
+}
+
 /// Why a NATS server would refuse `subject` as a subject to publish to.
 pub(crate) fn nats_subject_problem(subject: &str) -> Option<String> {
     if subject.is_empty() {
@@ -146,11 +178,11 @@ pub trait Sink: Send + Sync {
         false
     }
 
-    /// Why this sink could never publish to `topic` (an output's own topic,
-    /// checked with every other output of its message before any is sent),
-    /// or `None` when it can. Such an output is `rejected`: no broker
-    /// would take it, however often it is tried.
-    fn topic_problem(&self, _topic: &str) -> Option<String> {
+    /// Why this sink could never publish `output` (its own topic, its
+    /// headers; checked with every other output of its message before any
+    /// is sent), or `None` when it can. Such an output is `rejected`: no
+    /// broker would take it, however often it is tried.
+    fn refuses(&self, _output: &Output) -> Option<String> {
         None
     }
 
@@ -162,5 +194,67 @@ pub trait Sink: Send + Sync {
     /// Flushes and closes the sink at shutdown.
     fn close(&self) -> BoxFuture<'_, anyhow::Result<()>> {
         Box::pin(async { Ok(()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn output(topic: Option<&str>, header: Option<&str>) -> Output {
+        Output {
+            sink: None,
+            topic: topic.map(str::to_string),
+            key: None,
+            payload: Bytes::from_static(b"x"),
+            headers: header
+                .map(|k| vec![Header::new(k.to_string(), b"v".to_vec())])
+                .unwrap_or_default(),
+        }
+    }
+
+    #[test]
+    fn outputs_no_broker_would_take_are_named() {
+        for bad in ["", "a/+/b", "a/#", "a\nb", "a\u{0}b"] {
+            assert!(
+                mqtt_output_problem(&output(Some(bad), None)).is_some(),
+                "{bad:?}"
+            );
+        }
+        assert!(mqtt_output_problem(&output(Some(&"t".repeat(70_000)), None)).is_some());
+        assert_eq!(
+            mqtt_output_problem(&output(Some("fleet/a/temp"), None)),
+            None
+        );
+        assert_eq!(mqtt_output_problem(&output(None, None)), None);
+
+        for bad in [
+            "", "a b", "a..b", ".a", "a.", "a.*", "a.>", "a\u{0}b", "a\tb",
+        ] {
+            assert!(
+                nats_output_problem(&output(Some(bad), None)).is_some(),
+                "{bad:?}"
+            );
+        }
+        for bad in ["", "b\tad", "é", "a:b", "a b", "a\u{7f}"] {
+            let p = nats_output_problem(&output(Some("ok.subject"), Some(bad)));
+            assert!(p.is_some(), "header {bad:?}");
+        }
+        assert_eq!(
+            nats_output_problem(&output(Some("orders.eu"), Some("X-Trace"))),
+            None
+        );
+
+        for bad in ["", ".", "..", "a b", "a/b", "é"] {
+            assert!(
+                kafka_output_problem(&output(Some(bad), None)).is_some(),
+                "{bad:?}"
+            );
+        }
+        assert!(kafka_output_problem(&output(Some(&"t".repeat(250)), None)).is_some());
+        assert_eq!(
+            kafka_output_problem(&output(Some("logs.app-1_x"), None)),
+            None
+        );
     }
 }

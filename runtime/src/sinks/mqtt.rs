@@ -467,8 +467,8 @@ impl MqttSink {
 }
 
 impl Sink for MqttSink {
-    fn topic_problem(&self, topic: &str) -> Option<String> {
-        super::mqtt_topic_problem(topic)
+    fn refuses(&self, output: &crate::message::Output) -> Option<String> {
+        super::mqtt_output_problem(output)
     }
 
     fn send<'a>(&'a self, records: &'a [Record]) -> BoxFuture<'a, Result<Accepted, Failure>> {

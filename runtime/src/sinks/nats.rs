@@ -97,8 +97,8 @@ fn valid_publish_subject(s: &str) -> bool {
 }
 
 impl Sink for NatsSink {
-    fn topic_problem(&self, topic: &str) -> Option<String> {
-        super::nats_subject_problem(topic)
+    fn refuses(&self, output: &crate::message::Output) -> Option<String> {
+        super::nats_output_problem(output)
     }
 
     fn send<'a>(&'a self, records: &'a [Record]) -> BoxFuture<'a, Result<Accepted, Failure>> {

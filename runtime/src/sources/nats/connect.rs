@@ -2,6 +2,7 @@
 //! TLS, failover URLs, reconnect backoff with jitter, a bounded first attempt
 //! that turns refused credentials into a clear error, and the header mapping.
 
+use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -147,10 +148,16 @@ pub fn reconnect_delay(attempts: usize, initial: Duration, max: Duration) -> Dur
 pub fn to_nats_headers(headers: &[Header], key: Option<&Bytes>) -> HeaderMap {
     let mut map = HeaderMap::new();
     for h in headers {
-        if h.key.is_empty() || h.key.contains([':', ' ', '\r', '\n']) {
+        // A name NATS cannot carry is left out (the sinks refuse such an
+        // output before sending: `nats_header_problem`); `append` with a
+        // `&str` would panic on it.
+        let Ok(name) = async_nats::HeaderName::from_str(&h.key) else {
+            continue;
+        };
+        if h.key.is_empty() {
             continue;
         }
-        map.append(h.key.as_str(), header_text(&h.value));
+        map.append(name, header_text(&h.value));
     }
     if let Some(k) = key {
         match std::str::from_utf8(k) {
