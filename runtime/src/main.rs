@@ -31,6 +31,16 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // `sluice __compile`: the compiler child that compiles plugins under
+    // their memory and time limits (engine/compile.rs). Hidden, and handled
+    // before logging, argument parsing and the async runtime exist: the
+    // child does nothing else, and its memory limit counts every mapping.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == sluice::engine::COMPILE_CHILD_ARG)
+    {
+        return sluice::engine::compile_child_main();
+    }
     // SAFETY: first thing in main, before any other thread exists.
     unsafe { sluice::engine::quiet_library_backtraces() };
     tracing_subscriber::fmt()
