@@ -67,6 +67,9 @@ fn main() -> ExitCode {
             Command::Call(args) => cli::call(args).await,
         }
     });
+    // A blocking task still running (a cache read of a load aborted at
+    // shutdown) must not hold the exit.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(code) => code,
         Err(e) => {
