@@ -752,3 +752,63 @@ fn a_slow_plugin_load_holds_neither_other_pipelines_nor_shutdown() {
         compilers.iter().all(|c| gone(*c))
     });
 }
+
+/// `sluice run FILE` whose pipeline cannot start (its plugin refused at
+/// load: memory below the module's minimum, a failing `init`) exits 1; so
+/// does a file given beside a watched folder, at shutdown.
+#[test]
+fn run_exits_1_when_a_pipeline_file_cannot_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("data")).unwrap();
+    std::fs::create_dir_all(d.join("service")).unwrap();
+    for (name, plugin, extra) in [
+        ("small", "echo", "memory = \"64KiB\""),
+        ("loud", "log-parser", "config = { min_level = \"loud\" }"),
+    ] {
+        append(&d.join(format!("data/{name}.in")), "x\n");
+        let text = format!(
+            r#"name = "{name}"
+[source]
+type = "file"
+path = "{d}/data/{name}.in"
+[handler]
+plugin = "{plugin}"
+{extra}
+[sink]
+type = "file"
+path = "{d}/data/{name}.out"
+[dead_letter]
+type = "file"
+path = "{d}/data/{name}.dlq"
+"#,
+            d = d.display(),
+            plugin = common::plugin(plugin).display(),
+        );
+        let file = d.join(format!("{name}.toml"));
+        std::fs::write(&file, text).unwrap();
+        let (code, _, stderr) = common::run_sluice(&["run", file.to_str().unwrap()]);
+        assert_eq!(code, 1, "{name}: {stderr}");
+        assert!(stderr.contains("failed to start"), "{name}: {stderr}");
+    }
+
+    // Beside a folder the process is a service, until SIGTERM: then the
+    // file's failure is its exit code.
+    let port = common::free_port();
+    let log = d.join("sluice.log");
+    let mut proc = spawn(
+        &[
+            d.join("service").to_str().unwrap(),
+            d.join("loud.toml").to_str().unwrap(),
+        ],
+        port,
+        &log,
+    );
+    wait_until("loud.toml to be refused", Duration::from_secs(30), || {
+        pipelines(port)["invalid_files"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+    });
+    proc.signal("TERM");
+    assert_eq!(proc.wait_timeout(Duration::from_secs(30)), Some(1));
+}

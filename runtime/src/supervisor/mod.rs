@@ -135,7 +135,8 @@ impl Supervisor {
     /// Starts every pipeline, applies changes as they come, and returns when
     /// `shutdown` resolves (after draining every pipeline) or, when only
     /// files were given, once every pipeline has ended. `Ok(false)` when a
-    /// pipeline failed (files only).
+    /// pipeline of a file given on the command line (not found in a
+    /// folder) could not start or failed.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<bool> {
         for d in self.dirs.clone() {
             self.watcher.watch_dir(&d);
@@ -185,13 +186,15 @@ impl Supervisor {
         for f in files {
             self.stop(&f, false).await;
         }
-        // With a folder the process is a service: failures were reported
-        // while it ran; with files only it is a job, and a failure is its result.
-        let failed = self
-            .entries
-            .values()
-            .any(|e| e.handle.state() == State::Failed);
-        Ok(!failed || !self.dirs.is_empty())
+        // A pipeline file named on the command line is a job: its failure,
+        // or its plugin refused so that it never started, is the result.
+        // Pipelines found in a folder belong to a service: their failures
+        // were reported while it ran.
+        let failed = self.files.iter().any(|f| match self.entries.get(f) {
+            Some(e) => e.handle.state() == State::Failed,
+            None => self.refused.contains_key(f),
+        });
+        Ok(!failed)
     }
 
     /// A file event: changes are applied once no event came for
