@@ -753,6 +753,55 @@ fn a_slow_plugin_load_holds_neither_other_pipelines_nor_shutdown() {
     });
 }
 
+/// A plugin file changed again while its previous version still compiles:
+/// the pending load is dropped (its compiler killed, no failure counted)
+/// and the newer version is swapped in without waiting for it.
+#[test]
+fn a_newer_plugin_supersedes_a_pending_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pd = d.join("pipelines");
+    std::fs::create_dir_all(&pd).unwrap();
+    std::fs::create_dir_all(d.join("data")).unwrap();
+    let wasm = d.join("p.wasm");
+    std::fs::copy(common::plugin("tagger"), &wasm).unwrap();
+    let text = file_pipeline(d, "p", "tagger", "one", "").replace(
+        &format!("plugin = \"{}\"", common::plugin("tagger").display()),
+        &format!("plugin = \"{}\"\ncompile_timeout = \"10m\"", wasm.display()),
+    );
+    append(&d.join("data/p.in"), "l1\n");
+    std::fs::write(pd.join("p.toml"), text).unwrap();
+    let port = common::free_port();
+    let log = d.join("sluice.log");
+    let proc = spawn(&[pd.to_str().unwrap()], port, &log);
+    wait_until("p to run", Duration::from_secs(30), || {
+        pipeline(port, "p").is_some_and(|p| p["state"] == "running")
+    });
+
+    install(&common::bomb::component(common::bomb::SLOW), &wasm);
+    let pid = proc.pid();
+    wait_until(
+        "the compiler child to start",
+        Duration::from_secs(10),
+        || !children(pid).is_empty(),
+    );
+    let compilers = children(pid);
+    let newer = std::fs::read(common::plugin("tag-a")).unwrap();
+    install(&newer, &wasm);
+    let digest = sluice::engine::cache::digest(&newer);
+    wait_until("the newer version to run", Duration::from_secs(10), || {
+        pipeline(port, "p").is_some_and(|p| p["plugin"]["digest"] == digest.as_str())
+    });
+    let p = pipeline(port, "p").unwrap();
+    assert_eq!(p["reloads"], serde_json::json!({"ok": 1, "failed": 0}));
+    wait_until(
+        "the superseded compiler to be killed",
+        Duration::from_secs(5),
+        || compilers.iter().all(|c| gone(*c)),
+    );
+    stop(proc, &log);
+}
+
 /// `sluice run FILE` whose pipeline cannot start (its plugin refused at
 /// load: memory below the module's minimum, a failing `init`) exits 1; so
 /// does a file given beside a watched folder, at shutdown.
