@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sluice::config::{self, units};
-use sluice::engine::{Engine, EngineOptions, Plugin, PluginSpec, Worker};
+use sluice::engine::{Compiler, Engine, EngineOptions, Plugin, PluginSpec, Worker};
 use sluice::message::Message;
 
 /// Arguments of `sluice call`.
@@ -47,8 +47,14 @@ pub struct CallArgs {
     json: bool,
 }
 
+/// The engine of every subcommand: plugins are untrusted, so they are
+/// compiled by a child process of this binary, under their limits.
 fn engine() -> anyhow::Result<Engine> {
-    Engine::new(EngineOptions::default())
+    let exe = std::env::current_exe().context("cannot find the sluice binary to compile with")?;
+    Engine::new(EngineOptions {
+        compiler: Compiler::Child { exe },
+        ..EngineOptions::default()
+    })
 }
 
 /// `sluice check`: every problem of every file, then exit 1 if there was one.

@@ -30,6 +30,16 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // `sluice __compile`: the compiler child that compiles plugins under
+    // their memory and time limits (engine/compile.rs). Hidden, and handled
+    // before logging, argument parsing and the async runtime exist: the
+    // child does nothing else, and its memory limit counts every mapping.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == sluice::engine::COMPILE_CHILD_ARG)
+    {
+        return sluice::engine::compile_child_main();
+    }
     // SAFETY: first thing in main, before any other thread exists.
     unsafe { sluice::engine::quiet_library_backtraces() };
     let _log = sluice::logging::init();
@@ -51,6 +61,9 @@ fn main() -> ExitCode {
             Command::Call(args) => cli::call(args).await,
         }
     });
+    // A blocking task still running (a cache read of a load aborted at
+    // shutdown) must not hold the exit.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(code) => code,
         Err(e) => {

@@ -641,3 +641,223 @@ fn admin_api_metrics_pipelines_and_reload() {
     );
     stop(proc, &log);
 }
+
+/// The children of `pid` (every thread's), from /proc.
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|s| {
+            s.split_whitespace()
+                .filter_map(|c| c.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+/// Whether `pid` is gone (or a zombie waiting to be reaped).
+fn gone(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('Z'))
+    })
+}
+
+/// A plugin that takes long to compile being swapped in holds nothing
+/// else: a pipeline file added meanwhile starts, the admin API reloads
+/// another pipeline, and SIGTERM ends the process at once (the compiler
+/// child killed), exit 0.
+#[test]
+fn a_slow_plugin_load_holds_neither_other_pipelines_nor_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pd = d.join("pipelines");
+    std::fs::create_dir_all(&pd).unwrap();
+    std::fs::create_dir_all(d.join("data")).unwrap();
+    let out = |n: &str| lines(&d.join(format!("data/{n}.out")));
+    let input = |n: &str| d.join(format!("data/{n}.in"));
+    let wasm = d.join("p1.wasm");
+    std::fs::copy(common::plugin("tagger"), &wasm).unwrap();
+    let p1 = file_pipeline(d, "p1", "tagger", "one", "").replace(
+        &format!("plugin = \"{}\"", common::plugin("tagger").display()),
+        &format!("plugin = \"{}\"\ncompile_timeout = \"10m\"", wasm.display()),
+    );
+    assert!(p1.contains("compile_timeout"));
+    append(&input("p1"), "l1\n");
+    std::fs::write(pd.join("p1.toml"), p1).unwrap();
+    let port = common::free_port();
+    let log = d.join("sluice.log");
+    let mut proc = spawn(&[pd.to_str().unwrap()], port, &log);
+    wait_until("p1 to run", Duration::from_secs(30), || {
+        out("p1") == ["one:l1"]
+    });
+
+    // Swap in a plugin that takes Cranelift ~16 s (it would then be refused).
+    let bomb = common::bomb::component(common::bomb::SLOW);
+    install(&bomb, &wasm);
+    let pid = proc.pid();
+    wait_until(
+        "the compiler child to start",
+        Duration::from_secs(10),
+        || !children(pid).is_empty(),
+    );
+    let compilers = children(pid);
+    let started = Instant::now();
+
+    append(&input("p2"), "m1\n");
+    std::fs::write(
+        pd.join("p2.toml"),
+        file_pipeline(d, "p2", "tagger", "two", ""),
+    )
+    .unwrap();
+    wait_until(
+        "p2 to start while p1's plugin compiles",
+        Duration::from_secs(10),
+        || out("p2") == ["two:m1"],
+    );
+    let (status, body) = http(port, "POST", "/pipelines/p2/reload", None);
+    assert_eq!(status, 200, "{body}");
+    let p1 = pipeline(port, "p1").unwrap();
+    assert_eq!(
+        p1["reloads"],
+        serde_json::json!({"ok": 0, "failed": 0}),
+        "still compiling"
+    );
+    assert_eq!(p1["state"], "running");
+    assert!(
+        compilers.iter().all(|c| !gone(*c)),
+        "the compiler is still running"
+    );
+    assert!(started.elapsed() < Duration::from_secs(12));
+
+    proc.signal("TERM");
+    let stopping = Instant::now();
+    let code = proc.wait_timeout(Duration::from_secs(10));
+    assert_eq!(
+        code,
+        Some(0),
+        "clean exit on SIGTERM; log:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "exited after {:?}",
+        stopping.elapsed()
+    );
+    wait_until("the compiler to be killed", Duration::from_secs(5), || {
+        compilers.iter().all(|c| gone(*c))
+    });
+}
+
+/// A plugin file changed again while its previous version still compiles:
+/// the pending load is dropped (its compiler killed, no failure counted)
+/// and the newer version is swapped in without waiting for it.
+#[test]
+fn a_newer_plugin_supersedes_a_pending_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pd = d.join("pipelines");
+    std::fs::create_dir_all(&pd).unwrap();
+    std::fs::create_dir_all(d.join("data")).unwrap();
+    let wasm = d.join("p.wasm");
+    std::fs::copy(common::plugin("tagger"), &wasm).unwrap();
+    let text = file_pipeline(d, "p", "tagger", "one", "").replace(
+        &format!("plugin = \"{}\"", common::plugin("tagger").display()),
+        &format!("plugin = \"{}\"\ncompile_timeout = \"10m\"", wasm.display()),
+    );
+    append(&d.join("data/p.in"), "l1\n");
+    std::fs::write(pd.join("p.toml"), text).unwrap();
+    let port = common::free_port();
+    let log = d.join("sluice.log");
+    let proc = spawn(&[pd.to_str().unwrap()], port, &log);
+    wait_until("p to run", Duration::from_secs(30), || {
+        pipeline(port, "p").is_some_and(|p| p["state"] == "running")
+    });
+
+    install(&common::bomb::component(common::bomb::SLOW), &wasm);
+    let pid = proc.pid();
+    wait_until(
+        "the compiler child to start",
+        Duration::from_secs(10),
+        || !children(pid).is_empty(),
+    );
+    let compilers = children(pid);
+    let newer = std::fs::read(common::plugin("tag-a")).unwrap();
+    install(&newer, &wasm);
+    let digest = sluice::engine::cache::digest(&newer);
+    wait_until("the newer version to run", Duration::from_secs(10), || {
+        pipeline(port, "p").is_some_and(|p| p["plugin"]["digest"] == digest.as_str())
+    });
+    let p = pipeline(port, "p").unwrap();
+    assert_eq!(p["reloads"], serde_json::json!({"ok": 1, "failed": 0}));
+    wait_until(
+        "the superseded compiler to be killed",
+        Duration::from_secs(5),
+        || compilers.iter().all(|c| gone(*c)),
+    );
+    stop(proc, &log);
+}
+
+/// `sluice run FILE` whose pipeline cannot start (its plugin refused at
+/// load: memory below the module's minimum, a failing `init`) exits 1; so
+/// does a file given beside a watched folder, at shutdown.
+#[test]
+fn run_exits_1_when_a_pipeline_file_cannot_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("data")).unwrap();
+    std::fs::create_dir_all(d.join("service")).unwrap();
+    for (name, plugin, extra) in [
+        ("small", "echo", "memory = \"64KiB\""),
+        ("loud", "log-parser", "config = { min_level = \"loud\" }"),
+    ] {
+        append(&d.join(format!("data/{name}.in")), "x\n");
+        let text = format!(
+            r#"name = "{name}"
+[source]
+type = "file"
+path = "{d}/data/{name}.in"
+[handler]
+plugin = "{plugin}"
+{extra}
+[sink]
+type = "file"
+path = "{d}/data/{name}.out"
+[dead_letter]
+type = "file"
+path = "{d}/data/{name}.dlq"
+"#,
+            d = d.display(),
+            plugin = common::plugin(plugin).display(),
+        );
+        let file = d.join(format!("{name}.toml"));
+        std::fs::write(&file, text).unwrap();
+        let (code, _, stderr) = common::run_sluice(&["run", file.to_str().unwrap()]);
+        assert_eq!(code, 1, "{name}: {stderr}");
+        assert!(stderr.contains("failed to start"), "{name}: {stderr}");
+    }
+
+    // Beside a folder the process is a service, until SIGTERM: then the
+    // file's failure is its exit code.
+    let port = common::free_port();
+    let log = d.join("sluice.log");
+    let mut proc = spawn(
+        &[
+            d.join("service").to_str().unwrap(),
+            d.join("loud.toml").to_str().unwrap(),
+        ],
+        port,
+        &log,
+    );
+    wait_until("loud.toml to be refused", Duration::from_secs(30), || {
+        pipelines(port)["invalid_files"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+    });
+    proc.signal("TERM");
+    assert_eq!(proc.wait_timeout(Duration::from_secs(30)), Some(1));
+}

@@ -23,7 +23,7 @@ mod tests;
 
 pub use diagnostics::{ConfigError, ConfigErrors};
 pub use model::*;
-pub use validate::{MAX_MEMORY, MIN_MEMORY};
+pub use validate::{MAX_MEMORY, MIN_COMPILE_MEMORY, MIN_MEMORY};
 
 use std::path::Path;
 

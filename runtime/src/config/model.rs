@@ -226,8 +226,41 @@ pub struct HandlerConfig {
     /// Bytes (keys plus values) the handler's key/value store may hold.
     #[serde(default = "default_kv_bytes")]
     pub kv_max_bytes: Size,
+    /// Longest time compiling the plugin may take when it is not in the
+    /// compile cache (a new version, a hot swap, a new Sluice). The compiler
+    /// runs in a process of its own, which is killed past this; the plugin
+    /// is then refused ("compiling the plugin took longer than
+    /// handler.compile_timeout"), and on a hot swap the running version keeps
+    /// running. The default leaves ample room for the 12-18 MB Python and JS
+    /// components of the examples (15 s each on a quiet 2-core machine, 45 s
+    /// beside a busy build); a plugin built to stall the compiler would
+    /// otherwise hold a core and gigabytes for minutes.
+    #[serde(default = "default_compile_timeout")]
+    pub compile_timeout: Dur,
+    /// Most memory compiling the plugin may use: the compiler process's
+    /// `RLIMIT_DATA` (its heap and other private writable memory; about
+    /// 40MiB of it is the compiler's own). Past it the plugin is refused ("compiling the plugin
+    /// needed more memory than handler.compile_memory"), and on a hot swap
+    /// the running version keeps running.
+    #[serde(default = "default_compile_memory")]
+    pub compile_memory: Size,
 }
 
+/// The default `handler.compile_timeout`: the examples' largest plugins
+/// (Python, JS) compile in 15 s on a quiet 2-core machine, 45 s beside a
+/// busy build.
+pub const DEFAULT_COMPILE_TIMEOUT: Duration = Duration::from_secs(120);
+/// The default `handler.compile_memory`: the examples' largest plugin (JS,
+/// 12 MB) peaks at 580 MB RSS and compiles under 768MiB of `RLIMIT_DATA`,
+/// not under 512MiB; the Rust ones need 90 MB.
+pub const DEFAULT_COMPILE_MEMORY: u64 = 2 << 30;
+
+fn default_compile_timeout() -> Dur {
+    Dur(DEFAULT_COMPILE_TIMEOUT)
+}
+fn default_compile_memory() -> Size {
+    Size(DEFAULT_COMPILE_MEMORY)
+}
 fn default_fuel() -> u64 {
     100_000_000
 }

@@ -77,6 +77,25 @@ impl<'de> Deserialize<'de> for Size {
     }
 }
 
+/// The largest binary unit that divides the size evenly: `2GiB`, `640MiB`,
+/// `1000` (bytes).
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [(u64, &str); 4] = [
+            (1 << 40, "TiB"),
+            (1 << 30, "GiB"),
+            (1 << 20, "MiB"),
+            (1 << 10, "KiB"),
+        ];
+        for (n, unit) in UNITS {
+            if self.0 >= n && self.0.is_multiple_of(n) {
+                return write!(f, "{}{unit}", self.0 / n);
+            }
+        }
+        write!(f, "{}", self.0)
+    }
+}
+
 impl Serialize for Size {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u64(self.0)
@@ -101,6 +120,14 @@ mod tests {
         let t: T = toml::from_str("d = \"2m\"\ns = 1024").unwrap();
         assert_eq!(t.d.0, Duration::from_secs(120));
         assert_eq!(t.s.0, 1024);
+    }
+
+    #[test]
+    fn shows_sizes_in_the_largest_even_unit() {
+        assert_eq!(Size(2 << 30).to_string(), "2GiB");
+        assert_eq!(Size(640 << 20).to_string(), "640MiB");
+        assert_eq!(Size(1536).to_string(), "1536");
+        assert_eq!(Size(0).to_string(), "0");
     }
 
     #[test]

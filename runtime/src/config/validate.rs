@@ -19,6 +19,12 @@ pub const MIN_MEMORY: u64 = 64 * 1024;
 /// The largest `handler.memory`: all a 32-bit WebAssembly memory can address.
 pub const MAX_MEMORY: u64 = 4 * 1024 * 1024 * 1024;
 
+/// The smallest `handler.compile_memory`: the compiler process needs about
+/// 40MiB of it to start, and a small Rust plugin compiles under 128MiB.
+pub const MIN_COMPILE_MEMORY: u64 = 128 * 1024 * 1024;
+/// The longest `handler.compile_timeout`.
+const MAX_COMPILE_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// Records broken rules, locating each key in the file.
 struct Check<'a, 't, 'i> {
     d: &'a mut Diag<'t>,
@@ -191,6 +197,26 @@ fn check_handler(c: &mut Check, h: &HandlerConfig) {
         c.fail(
             &["handler", "memory"],
             format!("must be at most 4GiB (the 32-bit WebAssembly limit), found {memory} bytes"),
+        );
+    }
+    c.positive(&["handler", "compile_timeout"], h.compile_timeout.0);
+    if h.compile_timeout.0 > MAX_COMPILE_TIMEOUT {
+        c.fail(
+            &["handler", "compile_timeout"],
+            format!(
+                "must be at most 1h, found {}",
+                humantime::format_duration(h.compile_timeout.0)
+            ),
+        );
+    }
+    if h.compile_memory.0 < MIN_COMPILE_MEMORY {
+        c.fail(
+            &["handler", "compile_memory"],
+            format!(
+                "must be at least {} (the compiler itself needs about 40MiB), found {}",
+                super::units::Size(MIN_COMPILE_MEMORY),
+                h.compile_memory
+            ),
         );
     }
 }

@@ -48,40 +48,37 @@ pub enum Origin {
     Compiled,
 }
 
-/// Compiles `bytes`, or loads the compiled form from `dir` when present.
-/// A cache that cannot be read or written is only a slower start, never an error.
-pub fn compile(
-    engine: &wasmtime::Engine,
-    bytes: &[u8],
-    digest: &str,
-    dir: Option<&Path>,
-) -> wasmtime::Result<(Component, Origin)> {
-    let Some(dir) = dir else {
-        return Ok((Component::new(engine, bytes)?, Origin::Compiled));
-    };
+/// The compiled component of `digest` from the cache in `dir`, when there
+/// is a readable entry for this engine. An entry that cannot be read is
+/// logged and ignored: a cache problem is only a slower start, never an error.
+pub(crate) fn lookup(engine: &wasmtime::Engine, dir: &Path, digest: &str) -> Option<Component> {
     let path = entry(dir, engine, digest);
-    if path.exists() {
-        // SAFETY: the file was written by `Component::serialize` of an engine
-        // with the same compatibility hash, into a folder only Sluice writes.
-        match unsafe { Component::deserialize_file(engine, &path) } {
-            Ok(c) => return Ok((c, Origin::Cache)),
-            Err(e) => {
-                tracing::warn!(path = %path.display(), "ignoring unreadable cache entry: {e}")
-            }
+    if !path.exists() {
+        return None;
+    }
+    // SAFETY: the file was written by `Component::serialize` (or the compiler
+    // child's `Engine::precompile_component`) of an engine with the same
+    // compatibility hash, into a folder only Sluice writes.
+    match unsafe { Component::deserialize_file(engine, &path) } {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), "ignoring unreadable cache entry: {e}");
+            None
         }
     }
-    let component = Component::new(engine, bytes)?;
-    if let Err(e) = store(&component, dir, &path) {
-        tracing::warn!(dir = %dir.display(), "cannot write the compile cache: {e}");
-    }
-    Ok((component, Origin::Compiled))
 }
 
-fn store(component: &Component, dir: &Path, path: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let bytes = component.serialize()?;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+/// Keeps the serialized component `artifact` of `digest` in `dir`; a
+/// failure is logged, never an error.
+pub(crate) fn store(engine: &wasmtime::Engine, dir: &Path, digest: &str, artifact: &[u8]) {
+    let path = entry(dir, engine, digest);
+    let write = || -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, artifact)?;
+        std::fs::rename(&tmp, &path)
+    };
+    if let Err(e) = write() {
+        tracing::warn!(dir = %dir.display(), "cannot write the compile cache: {e}");
+    }
 }

@@ -5,12 +5,14 @@
 mod batch;
 mod bindings;
 pub mod cache;
+mod compile;
 mod core_module;
 mod host;
 mod limits;
 mod plugin;
 mod worker;
 
+pub use compile::{CHILD_ARG as COMPILE_CHILD_ARG, Compiler, child_main as compile_child_main};
 pub use host::{KvStore, guest_text};
 pub use limits::{MemoryExceeded, OutputLimits};
 pub use plugin::{CallStats, Handled, Instance, NativeFn, Plugin, PluginError, PluginSpec};
@@ -53,6 +55,14 @@ pub struct EngineOptions {
     /// at 1 ms that thread took ~10% of a core on this 2-core VM; 5 ms costs
     /// a fifth of it and keeps a 20 ms timeout within 25 ms.
     pub epoch_tick: Duration,
+    /// How plugins missing from the disk cache are compiled: in a child
+    /// process bounded by `handler.compile_timeout` and
+    /// `handler.compile_memory` (what the `sluice` binary always does), or
+    /// in this process without bounds (the default, for tests and
+    /// benchmarks, which have no `sluice` binary to run and load only the
+    /// project's own plugins). A `.wasm` file is untrusted input: never
+    /// compile one from outside in process.
+    pub compiler: Compiler,
 }
 
 impl Default for EngineOptions {
@@ -62,6 +72,7 @@ impl Default for EngineOptions {
             max_instances: 128,
             pooling: true,
             epoch_tick: Duration::from_millis(5),
+            compiler: Compiler::InProcess,
         }
     }
 }
@@ -159,9 +170,12 @@ impl Engine {
 /// Bytes of a freed memory or table slot kept mapped and reset in place.
 const KEEP_RESIDENT: usize = 256 << 10;
 
-/// `pooling`: `Some(reset_in_place)` for the pooling allocator, `None` for
-/// on-demand allocation.
-fn build(options: &EngineOptions, pooling: Option<bool>) -> anyhow::Result<wasmtime::Engine> {
+/// The settings every engine of Sluice shares, whatever its instance
+/// allocator: the compiler child (`compile.rs`) builds its engine from this
+/// alone, so what it compiles deserializes in the parent's. (The allocation
+/// strategy does not change compiled code: wasmtime documents artifacts as
+/// compatible with and without the pooling allocator, and a test checks it.)
+pub(crate) fn base_config() -> Config {
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.consume_fuel(true);
@@ -179,6 +193,13 @@ fn build(options: &EngineOptions, pooling: Option<bool>) -> anyhow::Result<wasmt
     // backtrace was never shown, and capturing it (address-map lookups per
     // frame) was a visible share of every poison message's cost.
     config.wasm_backtrace_max_frames(None);
+    config
+}
+
+/// `pooling`: `Some(reset_in_place)` for the pooling allocator, `None` for
+/// on-demand allocation.
+fn build(options: &EngineOptions, pooling: Option<bool>) -> anyhow::Result<wasmtime::Engine> {
+    let mut config = base_config();
     if let Some(reset_in_place) = pooling {
         let n = options.max_instances;
         let mut pool = PoolingAllocationConfig::new();

@@ -19,7 +19,6 @@ use super::bindings::{
     WitOutput,
 };
 use super::cache::{self, Origin};
-use super::core_module::{self, ConvertError};
 use super::host::{HostState, KvStore, guest_text};
 use super::limits::{
     Deadline, HEADER_OVERHEAD, Limiter, MemoryExceeded, OUTPUT_OVERHEAD, OutputLimits,
@@ -46,6 +45,10 @@ pub struct PluginSpec {
     pub config: Vec<(String, String)>,
     pub kv_max_entries: usize,
     pub kv_max_bytes: usize,
+    /// Longest a compile may take (with [`super::Compiler::Child`]).
+    pub compile_timeout: Duration,
+    /// Most memory a compile may use (with [`super::Compiler::Child`]).
+    pub compile_memory: u64,
 }
 
 impl PluginSpec {
@@ -66,6 +69,8 @@ impl PluginSpec {
                 .collect(),
             kv_max_entries: h.kv_max_entries,
             kv_max_bytes: h.kv_max_bytes.0 as usize,
+            compile_timeout: h.compile_timeout.0,
+            compile_memory: h.compile_memory.0,
         }
     }
 
@@ -90,6 +95,8 @@ impl PluginSpec {
             config: Vec::new(),
             kv_max_entries: 10_000,
             kv_max_bytes: 4 << 20,
+            compile_timeout: crate::config::DEFAULT_COMPILE_TIMEOUT,
+            compile_memory: crate::config::DEFAULT_COMPILE_MEMORY,
         }
     }
 }
@@ -105,6 +112,10 @@ pub enum PluginError {
     World { path: PathBuf, message: String },
     #[error("plugin {path} failed to start: {message}")]
     Init { path: PathBuf, message: String },
+    /// Compiling it ran past `handler.compile_timeout` or
+    /// `handler.compile_memory`, or the compiler process failed.
+    #[error("plugin {path} refused: {message}")]
+    Compile { path: PathBuf, message: String },
 }
 
 /// One loaded version of a plugin. Cheap to clone; instances made from it
@@ -146,39 +157,11 @@ impl Plugin {
             message: e.to_string(),
         })?;
         let digest = cache::digest(&bytes);
-        let not_component = |message: String| PluginError::NotAComponent {
-            path: file.clone(),
-            message,
-        };
         // A core module implementing the world's canonical ABI is wrapped
-        // into a component here; the cache still keys on the file's digest.
-        let bytes = if is_core_module(&bytes) {
-            core_module::to_component(&bytes).map_err(|e| match e {
-                ConvertError::World(message) => PluginError::World {
-                    path: file.clone(),
-                    message,
-                },
-                ConvertError::Encode(m) => {
-                    not_component(format!("cannot make a component of the core module: {m}"))
-                }
-            })?
-        } else {
-            bytes
-        };
-        if !is_component(&bytes) {
-            return Err(not_component(
-                "the file does not start with the wasm magic bytes".into(),
-            ));
-        }
-        let wt = engine.wasmtime().clone();
-        let cache_dir = engine.options().cache_dir.clone();
-        let d = digest.clone();
-        let (component, origin) = tokio::task::spawn_blocking(move || {
-            cache::compile(&wt, &bytes, &d, cache_dir.as_deref())
-        })
-        .await
-        .map_err(|e| not_component(e.to_string()))?
-        .map_err(|e| not_component(format!("{e:#}")))?;
+        // into a component before compiling (in the compiler child when
+        // there is one); the cache still keys on the file's digest.
+        let (component, origin) =
+            super::compile::load(engine, &spec, &file, bytes, &digest).await?;
 
         let world_err = |message: String| PluginError::World {
             path: file.clone(),
@@ -396,16 +379,6 @@ fn resolve_file(path: &Path) -> Result<PathBuf, PluginError> {
             "the folder holds {n} .wasm files; name one"
         ))),
     }
-}
-
-/// A core wasm module: magic, then version 1 layer 0.
-fn is_core_module(b: &[u8]) -> bool {
-    b.len() >= 8 && &b[..4] == b"\0asm" && b[4..8] == [1, 0, 0, 0]
-}
-
-/// A component: magic, then layer 1.
-fn is_component(b: &[u8]) -> bool {
-    b.len() >= 8 && &b[..4] == b"\0asm" && b[6..8] == [1, 0]
 }
 
 /// Whether the component exports `handle-batch` (the `batch-handler` world).

@@ -4,6 +4,13 @@
 //! one is validated first and then replaces the old, a changed plugin is
 //! loaded and only on success swapped in. One pipeline's failure never stops
 //! the others.
+//!
+//! Loading a plugin (compiling it, up to `handler.compile_timeout`) never
+//! holds the supervisor: loads run as tasks whose results come back to
+//! [`Supervisor::run`]'s loop, so later deploys, other files and shutdown
+//! are served meanwhile. A newer text of a file supersedes its pending load
+//! (the older is aborted and its compiler process killed), and shutdown
+//! aborts every pending load.
 
 mod registry;
 mod watch;
@@ -18,6 +25,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch as tokio_watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::config::{self, PipelineConfig};
 use crate::engine::{Engine, Plugin, PluginSpec};
@@ -25,6 +33,8 @@ use crate::engine::{Engine, Plugin, PluginSpec};
 /// Quiet time after the last file event before changes are applied: writes
 /// come in bursts.
 pub const DEBOUNCE: Duration = Duration::from_millis(250);
+/// Longest a burst of file events may delay applying them.
+const DEBOUNCE_MAX: Duration = Duration::from_secs(3);
 /// Safety net: everything is re-checked this often even without events.
 const POLL: Duration = Duration::from_secs(5);
 
@@ -35,6 +45,30 @@ struct Entry {
     text: String,
     stop: tokio_watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
+}
+
+/// A new or changed pipeline file whose plugin is being loaded.
+struct PendingLoad {
+    /// Tells this load's result from a superseded one's.
+    id: u64,
+    /// The file's text being validated.
+    text: String,
+    task: JoinHandle<()>,
+}
+
+/// What a load task sends back to the supervisor's loop.
+struct Loaded {
+    file: PathBuf,
+    id: u64,
+    /// The parsed file and its loaded plugin, or every error (file, line, key).
+    result: Result<(PipelineConfig, Plugin), String>,
+}
+
+/// A running pipeline's plugin being reloaded after its file changed.
+struct PendingReload {
+    /// Digest of the plugin file's bytes when the reload began.
+    digest: String,
+    task: JoinHandle<()>,
 }
 
 /// Runs the pipelines of a set of files and folders until shutdown.
@@ -50,6 +84,18 @@ pub struct Supervisor {
     events: mpsc::UnboundedReceiver<()>,
     done_tx: mpsc::UnboundedSender<()>,
     done_rx: mpsc::UnboundedReceiver<()>,
+    /// Loads of new or changed files, at most one per file.
+    pending: BTreeMap<PathBuf, PendingLoad>,
+    loaded_tx: mpsc::UnboundedSender<Loaded>,
+    loaded_rx: mpsc::UnboundedReceiver<Loaded>,
+    next_load: u64,
+    /// Plugin reloads of running pipelines, by pipeline file. A reload
+    /// records its own result in the registry (as the admin API's does).
+    reloads: BTreeMap<PathBuf, PendingReload>,
+    /// When to apply the file events received (debounced), if any came.
+    rescan_at: Option<Instant>,
+    /// When the current burst of events began (bounds the debounce).
+    burst_since: Option<Instant>,
 }
 
 impl Supervisor {
@@ -58,6 +104,7 @@ impl Supervisor {
     pub fn new(engine: Engine, targets: Vec<PathBuf>) -> Self {
         let (tx, events) = mpsc::unbounded_channel();
         let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let (loaded_tx, loaded_rx) = mpsc::unbounded_channel();
         let (dirs, files) = targets.into_iter().partition(|p| p.is_dir());
         Supervisor {
             engine,
@@ -70,6 +117,13 @@ impl Supervisor {
             events,
             done_tx,
             done_rx,
+            pending: BTreeMap::new(),
+            loaded_tx,
+            loaded_rx,
+            next_load: 0,
+            reloads: BTreeMap::new(),
+            rescan_at: None,
+            burst_since: None,
         }
     }
 
@@ -81,7 +135,8 @@ impl Supervisor {
     /// Starts every pipeline, applies changes as they come, and returns when
     /// `shutdown` resolves (after draining every pipeline) or, when only
     /// files were given, once every pipeline has ended. `Ok(false)` when a
-    /// pipeline failed (files only).
+    /// pipeline of a file given on the command line (not found in a
+    /// folder) could not start or failed.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<bool> {
         for d in self.dirs.clone() {
             self.watcher.watch_dir(&d);
@@ -94,22 +149,35 @@ impl Supervisor {
         let mut poll = tokio::time::interval(POLL);
         poll.reset();
         loop {
-            if self.dirs.is_empty() && !self.entries.values().any(|e| e.handle.state().is_active())
+            if self.dirs.is_empty()
+                && self.pending.is_empty()
+                && !self.entries.values().any(|e| e.handle.state().is_active())
             {
                 break;
             }
+            let rescan_at = self.rescan_at;
             tokio::select! {
                 _ = &mut shutdown => {
                     tracing::info!("shutting down: intake stopped, finishing messages in flight");
                     break;
                 }
-                Some(()) = self.events.recv() => {
-                    self.debounce().await;
+                Some(()) = self.events.recv() => self.debounce(),
+                _ = sleep_until(rescan_at), if rescan_at.is_some() => {
+                    self.rescan_at = None;
+                    self.burst_since = None;
                     self.rescan().await;
                 }
+                Some(loaded) = self.loaded_rx.recv() => self.finish_load(loaded).await,
                 Some(()) = self.done_rx.recv() => {}
                 _ = poll.tick() => self.rescan().await,
             }
+        }
+        // Pending loads are dropped: their compiler processes are killed.
+        for (_, p) in std::mem::take(&mut self.pending) {
+            p.task.abort();
+        }
+        for (_, r) in std::mem::take(&mut self.reloads) {
+            r.task.abort();
         }
         let files: Vec<PathBuf> = self.entries.keys().cloned().collect();
         for e in self.entries.values() {
@@ -118,24 +186,24 @@ impl Supervisor {
         for f in files {
             self.stop(&f, false).await;
         }
-        // With a folder the process is a service: failures were reported
-        // while it ran; with files only it is a job, and a failure is its result.
-        let failed = self
-            .entries
-            .values()
-            .any(|e| e.handle.state() == State::Failed);
-        Ok(!failed || !self.dirs.is_empty())
+        // A pipeline file named on the command line is a job: its failure,
+        // or its plugin refused so that it never started, is the result.
+        // Pipelines found in a folder belong to a service: their failures
+        // were reported while it ran.
+        let failed = self.files.iter().any(|f| match self.entries.get(f) {
+            Some(e) => e.handle.state() == State::Failed,
+            None => self.refused.contains_key(f),
+        });
+        Ok(!failed)
     }
 
-    /// Waits until no event came for [`DEBOUNCE`] (at most a few seconds).
-    async fn debounce(&mut self) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-        while tokio::time::Instant::now() < deadline {
-            match tokio::time::timeout(DEBOUNCE, self.events.recv()).await {
-                Ok(Some(())) => continue,
-                _ => return,
-            }
-        }
+    /// A file event: changes are applied once no event came for
+    /// [`DEBOUNCE`] (writes come in bursts), at most [`DEBOUNCE_MAX`] after
+    /// the burst began.
+    fn debounce(&mut self) {
+        let now = Instant::now();
+        let since = *self.burst_since.get_or_insert(now);
+        self.rescan_at = Some((now + DEBOUNCE).min(since + DEBOUNCE_MAX));
     }
 
     /// The pipeline files that should run now.
@@ -157,7 +225,8 @@ impl Supervisor {
         out
     }
 
-    /// Brings the running pipelines in line with the files.
+    /// Brings the running pipelines in line with the files: removed files
+    /// stop, new and changed ones begin loading, changed plugins reload.
     async fn rescan(&mut self) {
         let wanted = self.wanted();
         let gone: Vec<PathBuf> = self
@@ -171,6 +240,15 @@ impl Supervisor {
             self.stop(&f, true).await;
         }
         self.refused.retain(|f, _| wanted.contains(f));
+        let stale: Vec<PathBuf> = self
+            .pending
+            .keys()
+            .filter(|f| !wanted.contains(*f))
+            .cloned()
+            .collect();
+        for f in stale {
+            self.cancel_load(&f);
+        }
         for f in wanted {
             let Ok(text) = std::fs::read_to_string(&f) else {
                 continue;
@@ -178,11 +256,17 @@ impl Supervisor {
             if self.entries.get(&f).is_some_and(|e| e.text == text)
                 || self.refused.get(&f).is_some_and(|t| *t == text)
             {
+                // Back to what runs, or to a text already refused.
+                self.cancel_load(&f);
                 continue;
             }
-            self.apply(&f, text).await;
+            if self.pending.get(&f).is_some_and(|p| p.text == text) {
+                continue;
+            }
+            self.begin_load(&f, text);
         }
-        for e in self.entries.values() {
+        self.reloads.retain(|_, r| !r.task.is_finished());
+        for (f, e) in &self.entries {
             let h = &e.handle;
             if h.state() != State::Running {
                 continue;
@@ -191,10 +275,23 @@ impl Supervisor {
                 self.watcher
                     .watch_dir(file.parent().unwrap_or(Path::new(".")));
             }
-            if h.plugin_changed() {
-                tracing::info!(pipeline = %h.name, "plugin file changed: loading the new version");
-                let _ = h.reload().await;
+            let Some(digest) = h.changed_plugin() else {
+                continue;
+            };
+            if let Some(r) = self.reloads.get(f) {
+                if r.digest == digest {
+                    continue; // already loading these bytes
+                }
+                r.task.abort();
+                tracing::info!(pipeline = %h.name, "plugin file changed again: the pending reload is superseded");
             }
+            tracing::info!(pipeline = %h.name, "plugin file changed: loading the new version");
+            let handle = h.clone();
+            let task = tokio::spawn(async move {
+                let _ = handle.reload().await;
+            });
+            self.reloads
+                .insert(f.clone(), PendingReload { digest, task });
         }
         for (f, _) in self.registry.invalid_files() {
             if !f.exists() {
@@ -203,46 +300,97 @@ impl Supervisor {
         }
     }
 
-    /// Validates a new or changed file; on success replaces what runs from it.
-    async fn apply(&mut self, file: &Path, text: String) {
-        let (cfg, plugin) = match self.validate(file, &text).await {
-            Ok(x) => x,
-            Err(errors) => {
-                tracing::error!(file = %file.display(), "pipeline file refused, nothing changed:\n{errors}");
-                self.registry.set_invalid(file, Some(errors));
-                self.refused.insert(file.to_path_buf(), text);
-                return;
-            }
-        };
-        self.registry.set_invalid(file, None);
-        self.refused.remove(file);
-        if self.entries.contains_key(file) {
-            tracing::info!(file = %file.display(), pipeline = %cfg.name, "pipeline file changed: draining the old version");
-            self.stop(file, true).await;
+    /// Parses a new or changed file and, when that passes, loads its plugin
+    /// in a task (superseding a pending load of an older text).
+    fn begin_load(&mut self, file: &Path, text: String) {
+        if self.pending.contains_key(file) {
+            tracing::info!(file = %file.display(), "pipeline file changed again: the pending load is superseded");
+            self.cancel_load(file);
         }
-        self.start(file, text, cfg, plugin).await;
+        let cfg = match config::parse(file, &text) {
+            Ok(cfg) => cfg,
+            Err(e) => return self.refuse(file, text, e.to_string()),
+        };
+        if let Err(e) = self.name_free(file, &cfg) {
+            return self.refuse(file, text, e);
+        }
+        self.next_load += 1;
+        let id = self.next_load;
+        let engine = self.engine.clone();
+        let tx = self.loaded_tx.clone();
+        let path = file.to_path_buf();
+        tracing::info!(file = %file.display(), pipeline = %cfg.name, "pipeline file new or changed: loading its plugin");
+        let task = tokio::spawn(async move {
+            let spec = PluginSpec::from_config(&cfg.name, &cfg.handler);
+            let result = match Plugin::load(&engine, spec).await {
+                Ok(plugin) => Ok((cfg, plugin)),
+                Err(e) => Err(format!("{}: handler.plugin: {e}", path.display())),
+            };
+            let _ = tx.send(Loaded {
+                file: path,
+                id,
+                result,
+            });
+        });
+        self.pending
+            .insert(file.to_path_buf(), PendingLoad { id, text, task });
     }
 
-    /// Parses the file and loads its plugin; every error, with file, line and key.
-    async fn validate(&self, file: &Path, text: &str) -> Result<(PipelineConfig, Plugin), String> {
-        let cfg = config::parse(file, text).map_err(|e| e.to_string())?;
-        if let Some((other, _)) = self.entries.iter().find(|(f, e)| {
+    /// Aborts the pending load of `file`, if any (its compiler is killed).
+    fn cancel_load(&mut self, file: &Path) {
+        if let Some(p) = self.pending.remove(file) {
+            p.task.abort();
+        }
+    }
+
+    /// A load finished: on success the old pipeline of the file (if any)
+    /// drains and the new one starts; on failure nothing running changes.
+    async fn finish_load(&mut self, loaded: Loaded) {
+        let file = loaded.file;
+        if self.pending.get(&file).is_none_or(|p| p.id != loaded.id) {
+            return; // superseded or cancelled
+        }
+        let Some(PendingLoad { text, .. }) = self.pending.remove(&file) else {
+            return;
+        };
+        let (cfg, plugin) = match loaded.result {
+            Ok(x) => x,
+            Err(errors) => return self.refuse(&file, text, errors),
+        };
+        // Another file may have started a pipeline of this name meanwhile.
+        if let Err(e) = self.name_free(&file, &cfg) {
+            return self.refuse(&file, text, e);
+        }
+        self.registry.set_invalid(&file, None);
+        self.refused.remove(&file);
+        if self.entries.contains_key(&file) {
+            tracing::info!(file = %file.display(), pipeline = %cfg.name, "pipeline file changed: draining the old version");
+            self.stop(&file, true).await;
+        }
+        self.start(&file, text, cfg, plugin).await;
+    }
+
+    /// Remembers a refused text (not validated again until it changes) and
+    /// shows its errors; nothing running changes.
+    fn refuse(&mut self, file: &Path, text: String, errors: String) {
+        tracing::error!(file = %file.display(), "pipeline file refused, nothing changed:\n{errors}");
+        self.registry.set_invalid(file, Some(errors));
+        self.refused.insert(file.to_path_buf(), text);
+    }
+
+    /// Whether no other file runs a pipeline of this name.
+    fn name_free(&self, file: &Path, cfg: &PipelineConfig) -> Result<(), String> {
+        match self.entries.iter().find(|(f, e)| {
             f.as_path() != file && e.handle.name == cfg.name && e.handle.state().is_active()
         }) {
-            return Err(format!(
+            Some((other, _)) => Err(format!(
                 "{}: name: pipeline {:?} is already run from {}",
                 file.display(),
                 cfg.name,
                 other.display()
-            ));
+            )),
+            None => Ok(()),
         }
-        let plugin = Plugin::load(
-            &self.engine,
-            PluginSpec::from_config(&cfg.name, &cfg.handler),
-        )
-        .await
-        .map_err(|e| format!("{}: handler.plugin: {e}", file.display()))?;
-        Ok((cfg, plugin))
     }
 
     /// Opens the pipeline's source and sinks and runs it in a task.
@@ -328,6 +476,9 @@ impl Supervisor {
         let Some(mut e) = self.entries.remove(file) else {
             return;
         };
+        if let Some(r) = self.reloads.remove(file) {
+            r.task.abort();
+        }
         if e.handle.state().is_active() {
             e.handle.set_state(State::Draining);
         }
@@ -345,5 +496,13 @@ impl Supervisor {
         } else {
             self.entries.insert(file.to_path_buf(), e);
         }
+    }
+}
+
+/// Sleeps until `at`; never wakes without one (the branch is disabled then).
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

@@ -195,17 +195,15 @@ impl Handle {
         }
     }
 
-    /// True when the plugin file now holds bytes that are neither the
+    /// The digest of the plugin file's bytes when they are neither the
     /// running version nor a version that already failed to load.
-    pub fn plugin_changed(&self) -> bool {
-        let (Some(current), Some(file)) = (self.plugin(), self.plugin_file()) else {
-            return false;
-        };
-        let Ok(bytes) = std::fs::read(&file) else {
-            return false; // removed or being replaced; the next event tells
-        };
+    pub fn changed_plugin(&self) -> Option<String> {
+        let (current, file) = (self.plugin()?, self.plugin_file()?);
+        // Unreadable: removed or being replaced; the next event tells.
+        let bytes = std::fs::read(&file).ok()?;
         let digest = crate::engine::cache::digest(&bytes);
-        digest != current.digest() && lock(&self.failed_digest).as_deref() != Some(&digest)
+        (digest != current.digest() && lock(&self.failed_digest).as_deref() != Some(&digest))
+            .then_some(digest)
     }
 
     /// The JSON the admin API shows for this pipeline.

@@ -184,6 +184,7 @@ pub fn report(test: &str, sent: usize, delivered: usize, dead: usize, dropped: u
 }
 
 pub mod admin;
+pub mod bomb;
 pub mod guest;
 pub mod kafka;
 pub mod mqtt;
