@@ -535,3 +535,59 @@ path = "dead.log"
         );
     }
 }
+
+/// A panic inside a pipeline (a bug: here a native stand-in handler that
+/// panics) fails the pipeline instead of leaving it running with a worker
+/// fewer, and what it held is handed back unsettled, never acked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_worker_fails_its_pipeline() {
+    let template = Plugin::load(&common::engine(), spec(common::plugin("echo")))
+        .await
+        .unwrap();
+    let plugin = Plugin::native(
+        &template,
+        Arc::new(|m: &Message| {
+            if m.payload.as_ref() == b"m7" {
+                panic!("a bug");
+            }
+            Ok(vec![Output::new(m.payload.clone())])
+        }),
+    );
+    let source = MemorySource::new((0..20).map(|i| Message::new("t", format!("m{i}"))));
+    let settled = source.settled();
+    let sink = Arc::new(MemorySink::keeping());
+    let p = Pipeline::new(Parts {
+        name: "panics".into(),
+        source: Box::new(source),
+        plugin,
+        sinks: Sinks {
+            default: Some(sink.clone()),
+            named: Default::default(),
+        },
+        dead_letter: None,
+        policy: Policy {
+            errors: Default::default(),
+            retry: Default::default(),
+        },
+        breaker: BreakerConfig {
+            enabled: false,
+            ..Default::default()
+        },
+        dedup: None,
+        concurrency: 2,
+        publish_window: 16,
+        batch: 1,
+        publish_timeout: Duration::from_secs(5),
+    });
+    let e = tokio::time::timeout(Duration::from_secs(20), p.run(std::future::pending()))
+        .await
+        .expect("the pipeline ends")
+        .expect_err("a crash is an error");
+    assert!(e.to_string().contains("crashed"), "{e}");
+    let acked = settled.acked.load(std::sync::atomic::Ordering::Relaxed) as usize;
+    assert!(acked < 20, "m7 was never acked: {acked}");
+    assert!(
+        !sink.kept().iter().any(|r| r.payload.as_ref() == b"m7"),
+        "m7 published"
+    );
+}

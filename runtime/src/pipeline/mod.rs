@@ -48,6 +48,10 @@ pub enum PipelineError {
     /// The source failed for good (bad credentials, missing topic, ...).
     #[error("pipeline {pipeline}: source failed: {message}")]
     Source { pipeline: String, message: String },
+    /// A part of the pipeline panicked (a bug in Sluice or a library it
+    /// uses). What it held was never settled: the source delivers it again.
+    #[error("pipeline {pipeline} crashed: {message}")]
+    Crashed { pipeline: String, message: String },
 }
 
 /// The parts a pipeline is made of.
@@ -205,10 +209,20 @@ impl Pipeline {
                 .map(|rx| tokio::spawn(worker(sh.clone(), rx)))
                 .collect();
             let source_error = dispatch(&mut self.source, &sh, senders, shutdown).await;
+            let mut crashed = None;
             for w in workers {
                 if let Err(e) = w.await {
                     tracing::error!(pipeline = %sh.name, "worker task failed: {e}");
+                    crashed.get_or_insert(e.to_string());
                 }
+            }
+            if let Some(message) = crashed {
+                self.source.close().await;
+                close_sinks(&sh).await;
+                return Err(PipelineError::Crashed {
+                    pipeline: sh.name.clone(),
+                    message,
+                });
             }
             source_error
         };

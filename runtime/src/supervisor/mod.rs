@@ -429,11 +429,19 @@ impl Supervisor {
         tracing::info!(pipeline = %cfg.name, file = %file.display(), "started");
         let done = self.done_tx.clone();
         entry.task = Some(tokio::spawn(async move {
-            let result = pipeline
-                .run(async move {
-                    let _ = stop_rx.wait_for(|s| *s).await;
-                })
-                .await;
+            // Run in a task of its own, so that a panic inside it (a bug)
+            // fails this pipeline instead of leaving it `running` forever.
+            let name = handle.name.clone();
+            let run = tokio::spawn(pipeline.run(async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            }));
+            let result = match run.await {
+                Ok(r) => r,
+                Err(e) => Err(crate::pipeline::PipelineError::Crashed {
+                    pipeline: name,
+                    message: e.to_string(),
+                }),
+            };
             match result {
                 Ok(s) => {
                     let draining = handle.state() == State::Draining;

@@ -130,19 +130,48 @@ pub fn spawn_sluice_with(pipeline: &Path, extra: &[&str]) -> Proc {
     Proc { child }
 }
 
-/// Runs `sluice <args>` to completion: (exit code, stdout, stderr).
+/// How long [`run_sluice`] lets a command run before it kills it (a hang
+/// is a failure, not a test that never ends).
+pub const RUN_LIMIT: std::time::Duration = std::time::Duration::from_secs(180);
+
+/// Runs `sluice <args>` to completion: (exit code, stdout, stderr). Killed
+/// after [`RUN_LIMIT`] (exit code -1, "killed" in stderr).
 pub fn run_sluice(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(sluice_bin())
+    use std::io::Read;
+    let mut child = Command::new(sluice_bin())
         .args(args)
         .env("SLUICE_CACHE_DIR", cache_dir())
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("run sluice");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = Vec::new();
+            let _ = r.read_to_end(&mut s);
+            String::from_utf8_lossy(&s).into_owned()
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("stdout")));
+    let err = drain(Box::new(child.stderr.take().expect("stderr")));
+    let deadline = std::time::Instant::now() + RUN_LIMIT;
+    let code = loop {
+        match child.try_wait().expect("wait for sluice") {
+            Some(status) => break status.code().unwrap_or(-1),
+            None if std::time::Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break -1;
+            }
+            None => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    };
+    let mut stderr = err.join().unwrap_or_default();
+    if code == -1 {
+        stderr.push_str(&format!("\n(killed after {RUN_LIMIT:?})"));
+    }
+    (code, out.join().unwrap_or_default(), stderr)
 }
 
 /// One compile cache for all tests, inside the target folder.
