@@ -591,3 +591,27 @@ async fn a_panicking_worker_fails_its_pipeline() {
         "m7 published"
     );
 }
+
+/// A `kv-set` with a time to live of u64::MAX ms once overflowed the
+/// host's clock arithmetic (a panic in the host call); it now never expires.
+#[tokio::test]
+async fn a_kv_ttl_too_long_to_represent_never_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let handle = format!(
+        "(call $kvset (i32.const {PAYLOAD}) (i32.const 2) (i32.const {PAYLOAD}) (i32.const 2)
+                      (i32.const 1) (i64.const -1))
+         {ONE_OUTPUT}"
+    );
+    let path = Guest {
+        imports: r#"(import "sluice:handler/host@0.1.0" "kv-set" (func $kvset (param i32 i32 i32 i32 i32 i64)))"#,
+        handle: Some(&handle),
+        ..Default::default()
+    }
+    .write(dir.path(), "kv-forever");
+    let plugin = Plugin::load(&common::engine(), spec(&path)).await.unwrap();
+    let mut w = Worker::new(plugin.clone());
+    for i in 0..3 {
+        let (r, _) = w.handle(&Message::new("t", format!("m{i}"))).await;
+        assert_eq!(payloads(&r), ["ok"]);
+    }
+}

@@ -255,7 +255,8 @@ impl KvStore {
             key,
             KvEntry {
                 value,
-                expires: ttl.map(|t| now + t),
+                // A ttl too long to represent never expires (a guest may pass u64::MAX ms).
+                expires: ttl.and_then(|t| now.checked_add(t)),
                 seq: self.seq,
             },
         );
