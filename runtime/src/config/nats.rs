@@ -204,13 +204,19 @@ fn check_url(u: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether `s` is no subject NATS accepts (to publish to, when
+/// `wildcards` is false): empty, with spaces or control characters, an
+/// empty token, or wildcards.
+pub fn bad_subject(s: &str, wildcards: bool) -> bool {
+    s.is_empty()
+        || s.contains(|c: char| c.is_whitespace() || c.is_control())
+        || s.split('.').any(str::is_empty)
+        || (!wildcards && s.split('.').any(|t| t == "*" || t == ">"))
+}
+
 /// Problems with a subject used for publishing or subscribing.
 fn check_subject(key: &str, s: &str, wildcards: bool, e: &mut Vec<(String, String)>) {
-    let bad = s.is_empty()
-        || s.contains(char::is_whitespace)
-        || s.split('.').any(str::is_empty)
-        || (!wildcards && s.split('.').any(|t| t == "*" || t == ">"));
-    if bad {
+    if bad_subject(s, wildcards) {
         let what = if wildcards {
             "a subject such as \"orders.*\" or \"events.>\""
         } else {

@@ -69,37 +69,16 @@ pub fn done() -> Accepted {
     crate::sources::settled()
 }
 
-/// A publisher to one broker destination.
-///
-/// Publishing has two steps so that a worker can pipeline: `send` hands the
-/// records to the client in order and returns once they are queued there
-/// (a later `send` goes out after them), with an [`Accepted`] future that
-/// resolves once the broker acknowledged them. A failure of either step is
-/// classed [`crate::failure::FailureClass::Sink`] (transient: broker away,
-/// timeout, queue full) or [`crate::failure::FailureClass::Rejected`] (this
-/// very record is refused).
-/// Why an MQTT broker would refuse `topic` as a topic to publish to.
-pub(crate) fn mqtt_topic_problem(topic: &str) -> Option<String> {
-    if topic.is_empty() {
-        Some("an MQTT topic must not be empty".into())
-    } else if topic.len() > usize::from(u16::MAX) {
-        Some(format!(
-            "an MQTT topic is at most 65535 bytes, found {}",
-            topic.len()
-        ))
-    } else if topic.contains(['+', '#']) {
-        Some("an MQTT topic to publish to must not hold the wildcards `+` or `#`".into())
-    } else if topic.chars().any(char::is_control) {
-        Some("an MQTT topic must not hold control characters".into())
-    } else {
-        None
-    }
-}
-
 /// Why a NATS sink could never publish `o`: its subject, or a header name
 /// NATS cannot carry (visible ASCII without `:`).
 pub(crate) fn nats_output_problem(o: &Output) -> Option<String> {
-    if let Some(p) = o.topic.as_deref().and_then(nats_subject_problem) {
+    if let Some(p) = topic_problem(o, |s| {
+        crate::config::nats::bad_subject(s, false).then(|| {
+            "a subject to publish to is not empty and has no spaces, control characters, \
+             empty tokens or wildcards"
+                .to_string()
+        })
+    }) {
         return Some(p);
     }
     o.headers.iter().find_map(|h| {
@@ -120,51 +99,26 @@ fn topic_problem(o: &Output, check: fn(&str) -> Option<String>) -> Option<String
 
 /// Why an MQTT sink could never publish `o`.
 pub(crate) fn mqtt_output_problem(o: &Output) -> Option<String> {
-    topic_problem(o, mqtt_topic_problem)
+    topic_problem(o, crate::config::mqtt::topic_problem)
 }
 
 /// Why a Kafka sink could never publish `o`.
 pub(crate) fn kafka_output_problem(o: &Output) -> Option<String> {
-    topic_problem(o, kafka_topic_problem)
+    topic_problem(o, |t| {
+        (!crate::config::kafka::valid_topic(t))
+            .then(|| "a Kafka topic is 1 to 249 of a-z A-Z 0-9 . _ -".to_string())
+    })
 }
 
-/// Why a NATS server would refuse `subject` as a subject to publish to.
-pub(crate) fn nats_subject_problem(subject: &str) -> Option<String> {
-    if subject.is_empty() {
-        Some("a NATS subject must not be empty".into())
-    } else if subject.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        Some("a NATS subject must not hold spaces or control characters".into())
-    } else if subject.split('.').any(|t| t.is_empty()) {
-        Some(
-            "a NATS subject must not have an empty token (`a..b`, a leading or trailing `.`)"
-                .into(),
-        )
-    } else if subject.split('.').any(|t| t == "*" || t == ">") {
-        Some("a NATS subject to publish to must not hold the wildcards `*` or `>`".into())
-    } else {
-        None
-    }
-}
-
-/// Why a Kafka broker would refuse `topic` as a topic name.
-pub(crate) fn kafka_topic_problem(topic: &str) -> Option<String> {
-    if topic.is_empty() || topic.len() > 249 {
-        Some(format!(
-            "a Kafka topic is 1 to 249 characters long, found {}",
-            topic.len()
-        ))
-    } else if topic == "." || topic == ".." {
-        Some("a Kafka topic must not be `.` or `..`".into())
-    } else if !topic
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-    {
-        Some("a Kafka topic holds only ASCII letters, digits, `.`, `_` and `-`".into())
-    } else {
-        None
-    }
-}
-
+/// A publisher to one broker destination.
+///
+/// Publishing has two steps so that a worker can pipeline: `send` hands the
+/// records to the client in order and returns once they are queued there
+/// (a later `send` goes out after them), with an [`Accepted`] future that
+/// resolves once the broker acknowledged them. A failure of either step is
+/// classed [`crate::failure::FailureClass::Sink`] (transient: broker away,
+/// timeout, queue full) or [`crate::failure::FailureClass::Rejected`] (this
+/// very record is refused).
 pub trait Sink: Send + Sync {
     /// Queues the records in order; the returned future waits for the broker.
     /// Sinks that cannot split the steps (file, memory) do the whole publish
