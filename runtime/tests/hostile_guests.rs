@@ -615,3 +615,38 @@ async fn a_kv_ttl_too_long_to_represent_never_expires() {
         assert_eq!(payloads(&r), ["ok"]);
     }
 }
+
+/// `init` runs under the handler's fuel and memory budgets too: a plugin
+/// whose `init` loops or grows past the cap is refused, naming the budget.
+#[tokio::test]
+async fn init_runs_under_fuel_and_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let looping = Guest {
+        init: Some("(loop $l (br $l)) (i32.const 0)"),
+        ..Default::default()
+    }
+    .write(dir.path(), "init-loops");
+    let mut s = spec(&looping);
+    s.fuel = 1_000_000;
+    s.timeout = Duration::from_secs(30);
+    let e = Plugin::load(&common::engine(), s)
+        .await
+        .err()
+        .expect("refused");
+    assert!(matches!(e, PluginError::Init { .. }), "{e}");
+    assert!(e.to_string().contains("ran out of fuel"), "{e}");
+
+    // 256 pages to start with; 2,000 more is past a 64 MiB cap.
+    let growing = Guest {
+        init: Some("(drop (memory.grow (i32.const 2000))) (i32.const 0)"),
+        ..Default::default()
+    }
+    .write(dir.path(), "init-grows");
+    let mut s = spec(&growing);
+    s.memory = 64 << 20;
+    let e = Plugin::load(&common::engine(), s)
+        .await
+        .err()
+        .expect("refused");
+    assert!(e.to_string().contains("memory limit exceeded"), "{e}");
+}
