@@ -398,14 +398,16 @@ async fn outputs_are_published_all_or_nothing() {
 
 /// A guest that logs a lot while nobody reads Sluice's stderr: the pipe
 /// fills, and the workers go on (log lines wait in a bounded queue, then are
-/// dropped and counted) instead of blocking in the guest's `log` call.
+/// dropped and counted) instead of blocking in the guest's `log` call. Each
+/// message logs past its own budget too; both drops show in `/metrics`.
 #[test]
 fn a_stderr_nobody_reads_does_not_stop_the_handlers() {
+    use common::admin::{http, metric};
     use std::io::Read;
     use std::process::{Command, Stdio};
     let dir = tempfile::tempdir().unwrap();
     let lines = 400;
-    let input: String = (0..lines).map(|i| format!("logflood-40 {i}\n")).collect();
+    let input = "logflood-400\n".repeat(lines);
     std::fs::write(dir.path().join("in.log"), input).unwrap();
     let pipeline = dir.path().join("p.toml");
     std::fs::write(
@@ -415,7 +417,7 @@ fn a_stderr_nobody_reads_does_not_stop_the_handlers() {
 [source]
 type = "file"
 path = "in.log"
-follow = false
+follow = true
 [handler]
 plugin = "{}"
 [sink]
@@ -429,16 +431,18 @@ path = "dead.log"
         ),
     )
     .unwrap();
+    let port = common::free_port();
     let mut child = Command::new(common::sluice_bin())
         .arg("run")
         .arg(&pipeline)
+        .args(["--admin", &format!("127.0.0.1:{port}")])
         .env("SLUICE_CACHE_DIR", common::cache_dir())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn sluice");
-    // 400 messages × 40 lines of ~150 bytes: ~2.4 MB against a 64 KiB pipe.
+    // 400 messages × 400 lines of ~150 bytes against a 64 KiB pipe.
     let out = dir.path().join("out.log");
     let deadline = Instant::now() + Duration::from_secs(60);
     let count = || {
@@ -450,7 +454,11 @@ path = "dead.log"
         std::thread::sleep(Duration::from_millis(100));
     }
     let handled = count();
+    let (_, metrics) = http(port, "GET", "/metrics", None);
     // Unblock the pipe so the process can end either way.
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
     let mut stderr = child.stderr.take().unwrap();
     let reader = std::thread::spawn(move || {
         let mut s = String::new();
@@ -463,6 +471,12 @@ path = "dead.log"
         handled, lines,
         "handled {handled} of {lines} while stderr was not read"
     );
+    let v = |s: &str| metric(&metrics, s).unwrap_or_else(|| panic!("{s} missing from\n{metrics}"));
+    let guest_dropped = v("sluice_guest_log_dropped_total{pipeline=\"loud\"}");
+    let process_dropped = v("sluice_log_lines_dropped_total");
+    println!("guest lines dropped {guest_dropped}, process log lines dropped {process_dropped}");
+    assert!(guest_dropped >= (lines * 200) as f64, "{guest_dropped}");
+    assert!(process_dropped > 0.0, "{process_dropped}");
     let tail: Vec<&str> = log.lines().rev().take(5).collect();
     assert!(status.success(), "{status}; log tail: {tail:?}");
 }

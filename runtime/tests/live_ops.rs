@@ -575,6 +575,8 @@ fn admin_api_metrics_pipelines_and_reload() {
         203.0
     );
     assert!(v("sluice_fuel_used_total{pipeline=\"m\"}") > 0.0);
+    assert_eq!(v("sluice_guest_log_dropped_total{pipeline=\"m\"}"), 0.0);
+    assert_eq!(v("sluice_log_lines_dropped_total"), 0.0);
     assert_eq!(v("sluice_in_flight{pipeline=\"m\"}"), 0.0);
     assert_eq!(v("sluice_breaker_state{pipeline=\"m\"}"), 0.0);
     assert_eq!(v("sluice_pipeline_up{pipeline=\"m\"}"), 1.0);
