@@ -1,7 +1,7 @@
 //! Compiling a plugin, bounded: a `.wasm` file is untrusted input, and the
 //! time and memory `wit-component` and Cranelift spend on it grow with what
-//! the bytes ask for (a 54 KB module built against the register allocator
-//! took 177 s and 6.3 GiB). So the `sluice` binary compiles in a child
+//! the bytes ask for (a small module built against the register allocator
+//! can take minutes and gigabytes). So the `sluice` binary compiles in a child
 //! process of itself (`sluice __compile`, [`child_main`]) under a memory
 //! rlimit (`RLIMIT_DATA` = `handler.compile_memory`) and kills it past a deadline
 //! (`handler.compile_timeout`); the child converts core modules, compiles
