@@ -166,6 +166,29 @@ fn handler_limits() {
     assert!(key_of("memory = \"64KiB\"").is_empty());
     assert!(key_of("memory = \"4GiB\"").is_empty());
     assert!(key_of("concurrency = 1\nfuel = 1").is_empty());
+    assert_eq!(key_of("concurrency = 1000000000"), ["handler.concurrency"]);
+    assert!(key_of("concurrency = 64").is_empty());
+    assert_eq!(
+        key_of("publish_window = 100000000"),
+        ["handler.publish_window"]
+    );
+    assert_eq!(key_of("max_outputs = 0"), ["handler.max_outputs"]);
+    assert_eq!(key_of("max_outputs = 100001"), ["handler.max_outputs"]);
+    assert_eq!(key_of("retry_after = 1").len(), 1, "unknown key");
+}
+
+#[test]
+fn absurd_durations_are_refused_with_their_key() {
+    for line in [
+        "timeout = \"92233720368547758s\"",
+        "timeout = \"300000000000y\"",
+    ] {
+        assert_eq!(errors(&handler_with(line)).len(), 1, "{line}");
+    }
+    let e = keys_with("[retry]\nmax = \"300000000000y\"\n");
+    assert_eq!(e, ["retry.max"]);
+    let e = keys_with("[circuit_breaker]\nopen_for = \"1000y\"\n");
+    assert_eq!(e, ["circuit_breaker.open_for"]);
 }
 
 #[test]

@@ -6,7 +6,16 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
-/// A duration written as `"250ms"`, `"30s"`, `"1m 30s"` (humantime syntax).
+/// The longest duration any key takes: a year. Longer ones are refused where
+/// they are written, so no deadline or backoff computed from them overflows
+/// the clock.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The largest size any key takes: 1 TiB.
+pub const MAX_SIZE: u64 = 1 << 40;
+
+/// A duration written as `"250ms"`, `"30s"`, `"1m 30s"` (humantime syntax),
+/// at most [`MAX_DURATION`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Dur(pub Duration);
 
@@ -19,11 +28,17 @@ impl<'de> Deserialize<'de> for Dur {
                 f.write_str("a duration such as \"250ms\", \"30s\" or \"2m\"")
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<Dur, E> {
-                humantime::parse_duration(s.trim()).map(Dur).map_err(|e| {
+                let d = humantime::parse_duration(s.trim()).map_err(|e| {
                     E::custom(format!(
                         "invalid duration {s:?}: {e}; expected a duration such as \"250ms\", \"30s\" or \"2m\""
                     ))
-                })
+                })?;
+                if d > MAX_DURATION {
+                    return Err(E::custom(format!(
+                        "duration {s:?} is too long: at most 365 days (\"365d\")"
+                    )));
+                }
+                Ok(Dur(d))
             }
         }
         d.deserialize_str(V)
@@ -42,7 +57,8 @@ impl From<Dur> for Duration {
     }
 }
 
-/// A size in bytes written as `"16MiB"`, `"512KiB"`, `"1GB"` or a plain integer.
+/// A size in bytes written as `"16MiB"`, `"512KiB"`, `"1GB"` or a plain
+/// integer, at most [`MAX_SIZE`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Size(pub u64);
 
@@ -60,21 +76,29 @@ impl<'de> Deserialize<'de> for Size {
                     .map_err(|_| E::custom(format!("invalid size {v}: a size cannot be negative")))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Size, E> {
-                Ok(Size(v))
+                bounded(v, &v.to_string())
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<Size, E> {
-                s.trim()
-                    .parse::<bytesize::ByteSize>()
-                    .map(|b| Size(b.as_u64()))
-                    .map_err(|e| {
-                        E::custom(format!(
-                            "invalid size {s:?}: {e}; expected a size such as \"16MiB\" or \"512KiB\""
-                        ))
-                    })
+                let b = s.trim().parse::<bytesize::ByteSize>().map_err(|e| {
+                    E::custom(format!(
+                        "invalid size {s:?}: {e}; expected a size such as \"16MiB\" or \"512KiB\""
+                    ))
+                })?;
+                bounded(b.as_u64(), &format!("{s:?}"))
             }
         }
         d.deserialize_any(V)
     }
+}
+
+/// `v` as a size, if it is at most [`MAX_SIZE`].
+fn bounded<E: de::Error>(v: u64, written: &str) -> Result<Size, E> {
+    if v > MAX_SIZE {
+        return Err(E::custom(format!(
+            "size {written} is too large: at most 1TiB"
+        )));
+    }
+    Ok(Size(v))
 }
 
 /// The largest binary unit that divides the size evenly: `2GiB`, `640MiB`,
@@ -138,5 +162,26 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.to_string().contains("invalid size"), "{e}");
+    }
+
+    #[test]
+    fn refuses_absurd_durations_and_sizes() {
+        for d in ["300000000000y", "92233720368547758s", "366d"] {
+            let e = toml::from_str::<T>(&format!("d = \"{d}\"\ns = 1"))
+                .err()
+                .unwrap_or_else(|| panic!("{d} accepted"));
+            assert!(e.to_string().contains("at most 365 days"), "{e}");
+        }
+        let t: T = toml::from_str("d = \"365d\"\ns = \"1TiB\"").unwrap();
+        assert_eq!(t.d.0, MAX_DURATION);
+        for s in ["\"2TiB\"", "18446744073709551615", "\"16EiB\""] {
+            let e = toml::from_str::<T>(&format!("d = \"1s\"\ns = {s}"))
+                .err()
+                .unwrap_or_else(|| panic!("{s} accepted"));
+            assert!(
+                e.to_string().contains("at most 1TiB") || e.to_string().contains("invalid size"),
+                "{e}"
+            );
+        }
     }
 }

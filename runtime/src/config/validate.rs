@@ -160,12 +160,34 @@ fn check_sink(c: &mut Check, keys: &[&str], s: &SinkConfig, source: Option<&Sour
 /// Most messages one handler call may take (`handler.batch`).
 const MAX_BATCH: usize = 1024;
 
+/// Most workers of one pipeline (`handler.concurrency`): each holds a
+/// handler instance from a pool the whole process shares.
+const MAX_CONCURRENCY: usize = 64;
+
+/// Most messages one worker may have published and not yet acknowledged.
+const MAX_PUBLISH_WINDOW: usize = 65_536;
+
 /// Most outputs one message may have (`handler.max_outputs`).
 const MAX_OUTPUTS: u32 = 100_000;
 
 fn check_handler(c: &mut Check, h: &HandlerConfig) {
     c.at_least_one(&["handler", "concurrency"], h.concurrency as u64);
+    if h.concurrency > MAX_CONCURRENCY {
+        c.fail(
+            &["handler", "concurrency"],
+            format!("must be at most {MAX_CONCURRENCY}, found {}", h.concurrency),
+        );
+    }
     c.at_least_one(&["handler", "publish_window"], h.publish_window as u64);
+    if h.publish_window > MAX_PUBLISH_WINDOW {
+        c.fail(
+            &["handler", "publish_window"],
+            format!(
+                "must be at most {MAX_PUBLISH_WINDOW}, found {}",
+                h.publish_window
+            ),
+        );
+    }
     c.at_least_one(&["handler", "batch"], h.batch as u64);
     if h.batch > MAX_BATCH {
         c.fail(
