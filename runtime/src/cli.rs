@@ -50,9 +50,15 @@ pub struct CallArgs {
 /// The engine of every subcommand: plugins are untrusted, so they are
 /// compiled by a child process of this binary, under their limits.
 fn engine() -> anyhow::Result<Engine> {
+    engine_with(EngineOptions::default().max_instances)
+}
+
+/// The engine with a pool of `max_instances` handler instances.
+fn engine_with(max_instances: u32) -> anyhow::Result<Engine> {
     let exe = std::env::current_exe().context("cannot find the sluice binary to compile with")?;
     Engine::new(EngineOptions {
         compiler: Compiler::Child { exe },
+        max_instances,
         ..EngineOptions::default()
     })
 }
@@ -112,6 +118,12 @@ pub struct RunArgs {
     /// must carry (default: `$SLUICE_ADMIN_TOKEN`, if set).
     #[arg(long, value_name = "PATH")]
     admin_token_file: Option<PathBuf>,
+    /// Handler instances the process may hold at once, across all pipelines
+    /// (each worker holds one; loading a plugin takes one for a moment). A
+    /// pipeline that would not fit is refused.
+    #[arg(long, value_name = "N", default_value_t = 128,
+          value_parser = clap::value_parser!(u32).range(2..=1024))]
+    max_instances: u32,
 }
 
 /// `sluice run`: all pipelines until they finish (only files given, every
@@ -129,7 +141,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     let token = sluice::admin::load_token(args.admin_token_file.as_deref())?;
-    let supervisor = sluice::supervisor::Supervisor::new(engine()?, args.pipelines);
+    let supervisor =
+        sluice::supervisor::Supervisor::new(engine_with(args.max_instances)?, args.pipelines);
     if let Some(addr) = args.admin {
         sluice::admin::serve(addr, supervisor.registry(), token).await?;
     }

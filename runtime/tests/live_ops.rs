@@ -863,3 +863,56 @@ path = "{d}/data/{name}.dlq"
     proc.signal("TERM");
     assert_eq!(proc.wait_timeout(Duration::from_secs(30)), Some(1));
 }
+
+/// A pipeline whose workers would not fit in the process's instance pool
+/// (`--max-instances`) is refused with the reason — it once started with
+/// workers waiting for an instance forever, and said it was ready — and
+/// starts once another pipeline leaves room.
+#[test]
+fn a_pipeline_that_does_not_fit_the_instance_pool_waits_for_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("data")).unwrap();
+    std::fs::create_dir_all(d.join("p")).unwrap();
+    let with = |name: &str, n: usize| {
+        file_pipeline(d, name, "tagger", name, "")
+            .replace("[handler]\n", &format!("[handler]\nconcurrency = {n}\n"))
+    };
+    std::fs::write(d.join("data/a.in"), "").unwrap();
+    std::fs::write(d.join("data/b.in"), "one\n").unwrap();
+    std::fs::write(d.join("p/a.toml"), with("a", 3)).unwrap();
+    std::fs::write(d.join("p/b.toml"), with("b", 2)).unwrap();
+    let port = common::free_port();
+    let log = d.join("sluice.log");
+    let proc = spawn(
+        &[d.join("p").to_str().unwrap(), "--max-instances", "4"],
+        port,
+        &log,
+    );
+    let mut errors = String::new();
+    wait_until(
+        "a to run and b to be refused",
+        Duration::from_secs(60),
+        || {
+            let all = pipelines(port);
+            errors = all["invalid_files"].to_string();
+            pipeline(port, "a").is_some_and(|p| p["state"] == "running")
+                && errors.contains("b.toml")
+        },
+    );
+    assert!(
+        errors.contains("handler.concurrency") && errors.contains("needs 2"),
+        "{errors}"
+    );
+    assert!(pipeline(port, "b").is_none(), "b must not run");
+    // a leaves: b fits now and starts.
+    std::fs::remove_file(d.join("p/a.toml")).unwrap();
+    wait_until("b to start", Duration::from_secs(60), || {
+        pipeline(port, "b").is_some_and(|p| p["state"] == "running")
+    });
+    wait_until("b's line handled", Duration::from_secs(30), || {
+        lines(&d.join("data/b.out")).len() == 1
+    });
+    assert_eq!(pipelines(port)["invalid_files"], serde_json::json!([]));
+    stop(proc, &log);
+}

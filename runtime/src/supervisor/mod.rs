@@ -43,6 +43,8 @@ struct Entry {
     handle: Arc<Handle>,
     /// The file's text this pipeline was built from.
     text: String,
+    /// Handler instances its workers hold (`handler.concurrency`).
+    instances: u32,
     stop: tokio_watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
 }
@@ -53,6 +55,8 @@ struct PendingLoad {
     id: u64,
     /// The file's text being validated.
     text: String,
+    /// Handler instances the pipeline will hold (`handler.concurrency`).
+    instances: u32,
     task: JoinHandle<()>,
 }
 
@@ -80,6 +84,9 @@ pub struct Supervisor {
     entries: BTreeMap<PathBuf, Entry>,
     /// Refused file texts: not validated again until they change.
     refused: BTreeMap<PathBuf, String>,
+    /// Files refused for want of handler instances: tried again once a
+    /// pipeline stops.
+    no_room: BTreeSet<PathBuf>,
     watcher: watch::Watcher,
     events: mpsc::UnboundedReceiver<()>,
     done_tx: mpsc::UnboundedSender<()>,
@@ -113,6 +120,7 @@ impl Supervisor {
             dirs,
             entries: BTreeMap::new(),
             refused: BTreeMap::new(),
+            no_room: BTreeSet::new(),
             watcher: watch::Watcher::new(tx),
             events,
             done_tx,
@@ -314,6 +322,11 @@ impl Supervisor {
         if let Err(e) = self.name_free(file, &cfg) {
             return self.refuse(file, text, e);
         }
+        if let Err(e) = self.fits(file, &cfg) {
+            self.no_room.insert(file.to_path_buf());
+            return self.refuse(file, text, e);
+        }
+        let wanted = instances_of(&cfg);
         self.next_load += 1;
         let id = self.next_load;
         let engine = self.engine.clone();
@@ -332,8 +345,15 @@ impl Supervisor {
                 result,
             });
         });
-        self.pending
-            .insert(file.to_path_buf(), PendingLoad { id, text, task });
+        self.pending.insert(
+            file.to_path_buf(),
+            PendingLoad {
+                id,
+                text,
+                instances: wanted,
+                task,
+            },
+        );
     }
 
     /// Aborts the pending load of `file`, if any (its compiler is killed).
@@ -357,8 +377,13 @@ impl Supervisor {
             Ok(x) => x,
             Err(errors) => return self.refuse(&file, text, errors),
         };
-        // Another file may have started a pipeline of this name meanwhile.
+        // Another file may have started a pipeline of this name, or taken
+        // the instances, meanwhile.
         if let Err(e) = self.name_free(&file, &cfg) {
+            return self.refuse(&file, text, e);
+        }
+        if let Err(e) = self.fits(&file, &cfg) {
+            self.no_room.insert(file.clone());
             return self.refuse(&file, text, e);
         }
         self.registry.set_invalid(&file, None);
@@ -376,6 +401,38 @@ impl Supervisor {
         tracing::error!(file = %file.display(), "pipeline file refused, nothing changed:\n{errors}");
         self.registry.set_invalid(file, Some(errors));
         self.refused.insert(file.to_path_buf(), text);
+    }
+
+    /// Whether the pipeline's workers fit in the engine's instance pool beside
+    /// the other files' pipelines (the one it replaces not counted), with
+    /// one instance kept free for loading plugins. A pipeline that started
+    /// without fitting would have workers waiting for an instance forever.
+    fn fits(&self, file: &Path, cfg: &PipelineConfig) -> Result<(), String> {
+        let max = self.engine.options().max_instances;
+        let running: u32 = self
+            .entries
+            .iter()
+            .filter(|(f, e)| f.as_path() != file && e.handle.state().is_active())
+            .map(|(_, e)| e.instances)
+            .sum();
+        let loading: u32 = self
+            .pending
+            .iter()
+            .filter(|(f, _)| f.as_path() != file)
+            .map(|(_, p)| p.instances)
+            .sum();
+        let used = running.saturating_add(loading);
+        let wanted = instances_of(cfg);
+        let free = max.saturating_sub(1).saturating_sub(used);
+        if wanted > free {
+            return Err(format!(
+                "{}: handler.concurrency: the pipeline needs {wanted} handler instance(s) and \
+                 {free} are free: the process holds at most {max} (--max-instances; one is kept \
+                 for loading plugins) and other pipelines hold {used}",
+                file.display()
+            ));
+        }
+        Ok(())
     }
 
     /// Whether no other file runs a pipeline of this name.
@@ -406,6 +463,7 @@ impl Supervisor {
         let mut entry = Entry {
             handle: handle.clone(),
             text,
+            instances: instances_of(&cfg),
             stop,
             task: None,
         };
@@ -481,6 +539,10 @@ impl Supervisor {
     /// flight are finished or handed back, sinks are flushed. `forget`
     /// removes it from the registry afterwards.
     async fn stop(&mut self, file: &Path, forget: bool) {
+        // Its instances come free: files that did not fit are tried again.
+        for f in std::mem::take(&mut self.no_room) {
+            self.refused.remove(&f);
+        }
         let Some(mut e) = self.entries.remove(file) else {
             return;
         };
@@ -513,4 +575,9 @@ async fn sleep_until(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
+}
+
+/// Handler instances a pipeline's workers hold.
+fn instances_of(cfg: &PipelineConfig) -> u32 {
+    u32::try_from(cfg.handler.concurrency).unwrap_or(u32::MAX)
 }
