@@ -916,3 +916,81 @@ fn a_pipeline_that_does_not_fit_the_instance_pool_waits_for_room() {
     assert_eq!(pipelines(port)["invalid_files"], serde_json::json!([]));
     stop(proc, &log);
 }
+
+/// Open descriptors of process `pid`.
+fn descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// Clients that connect to the admin API and never finish a request hold at
+/// most `MAX_CONNECTIONS` descriptors, each for at most the header timeout
+/// (once they held one each, for good); requests still get answers, and the
+/// bearer scheme is matched without regard to case.
+#[test]
+fn silent_admin_clients_cannot_hold_the_processs_descriptors() {
+    use std::io::{Read as _, Write as _};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("data")).unwrap();
+    std::fs::create_dir_all(d.join("p")).unwrap();
+    std::fs::write(d.join("data/a.in"), "").unwrap();
+    std::fs::write(d.join("p/a.toml"), file_pipeline(d, "a", "tagger", "a", "")).unwrap();
+    std::fs::write(d.join("token"), "s3cret\n").unwrap();
+    let port = common::free_port();
+    let log = d.join("sluice.log");
+    let proc = spawn(
+        &[
+            d.join("p").to_str().unwrap(),
+            "--admin-token-file",
+            d.join("token").to_str().unwrap(),
+        ],
+        port,
+        &log,
+    );
+    wait_until("a to run", Duration::from_secs(60), || {
+        pipeline(port, "a").is_some_and(|p| p["state"] == "running")
+    });
+    let base = descriptors(proc.pid());
+    // 200 clients: half send nothing, half half a request line.
+    let mut silent: Vec<std::net::TcpStream> = (0..200)
+        .map(|i| {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            if i % 2 == 1 {
+                let _ = s.write_all(b"GET /metr");
+            }
+            s
+        })
+        .collect();
+    let start = Instant::now();
+    let mut most = 0;
+    while start.elapsed() < Duration::from_secs(2) {
+        most = most.max(descriptors(proc.pid()));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!("descriptors: {base} before, at most {most} with 200 silent clients");
+    assert!(
+        most <= base + 64 + 8,
+        "{most} descriptors with 200 silent clients ({base} before)"
+    );
+    // The first 64 are closed by the server once their headers are late.
+    for s in silent.iter_mut().take(64) {
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let mut buf = [0u8; 256];
+        let n = s.read(&mut buf).unwrap_or(0);
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(n == 0 || text.starts_with("HTTP/1.1 408"), "{text}");
+    }
+    drop(silent);
+    // Served again, and `bearer` in any case.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "POST /pipelines/a/reload HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\nAuthorization: bearer s3cret\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    stop(proc, &log);
+}

@@ -2,9 +2,16 @@
 //! `/readyz`, `GET /pipelines`, `POST /pipelines/{name}/reload`. Requests
 //! that change anything need `Authorization: Bearer <token>` when a token is
 //! configured.
+//!
+//! A client is untrusted: at most [`MAX_CONNECTIONS`] connections are served
+//! at once (more wait in the listen backlog, holding no descriptor of ours),
+//! a request's headers must arrive within [`HEADER_TIMEOUT`], and a
+//! connection lasts at most [`CONNECTION_TIMEOUT`], so silent or slow
+//! clients cannot hold the process's descriptors.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
@@ -15,6 +22,14 @@ use axum::routing::{get, post};
 use serde_json::json;
 
 use crate::supervisor::Registry;
+
+/// Connections served at once.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Time a client has to send a request's headers (also while a kept-alive
+/// connection waits for its next request).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a connection is kept, whatever it does.
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 
 struct Admin {
     registry: Arc<Registry>,
@@ -38,13 +53,37 @@ pub async fn serve(
         );
     }
     let app = router(Arc::new(Admin { registry, token }));
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("admin API stopped: {e}");
-        }
-    });
+    tokio::spawn(accept(listener, app));
     tracing::info!("admin API on http://{bound}");
     Ok(bound)
+}
+
+/// Serves connections until the process ends, within the bounds above.
+async fn accept(listener: tokio::net::TcpListener, app: Router) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors, say: wait rather than spin.
+                tracing::warn!("admin API cannot accept a connection: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+            drop(permit);
+        });
+    }
 }
 
 fn router(state: Arc<Admin>) -> Router {
@@ -138,8 +177,10 @@ fn authorize(a: &Admin, headers: &HeaderMap) -> Result<(), Response> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        // The scheme is case-insensitive (RFC 9110); the token is not.
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim());
     match given {
         Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => Ok(()),
         _ => Err((
