@@ -30,6 +30,7 @@ pub mod connect;
 pub mod engine;
 pub mod envelope;
 pub mod failure;
+pub mod files;
 pub mod logging;
 pub mod message;
 pub mod metrics;

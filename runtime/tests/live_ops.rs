@@ -994,3 +994,79 @@ fn silent_admin_clients_cannot_hold_the_processs_descriptors() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     stop(proc, &log);
 }
+
+/// Files that never end or are not files: a FIFO or `/dev/zero` as a
+/// pipeline file or a plugin is refused at once with what it is (`check`
+/// once hung on a FIFO and read `/dev/zero` into gigabytes); in a watched
+/// folder, a `*.toml` that is a FIFO, a folder or a dangling link is listed
+/// in `invalid_files`, and a bad edit reverted leaves no stale entry.
+#[test]
+fn files_that_are_not_regular_files_are_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("data")).unwrap();
+    std::fs::create_dir_all(d.join("p")).unwrap();
+    let mkfifo = |p: &Path| {
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(p)
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    // `sluice check` on a FIFO, and on a pipeline whose plugin is /dev/zero.
+    mkfifo(&d.join("fifo-pipeline.toml"));
+    let zero = file_pipeline(d, "z", "tagger", "z", "")
+        .replace(&common::plugin("tagger").display().to_string(), "/dev/zero");
+    std::fs::write(d.join("zero.toml"), zero).unwrap();
+    let start = Instant::now();
+    for (file, what) in [("fifo-pipeline.toml", "a FIFO"), ("zero.toml", "a device")] {
+        let (code, _, err) = common::run_sluice(&["check", d.join(file).to_str().unwrap()]);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains(what), "{file}: {err}");
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        start.elapsed()
+    );
+
+    // A watched folder.
+    std::fs::write(d.join("data/a.in"), "").unwrap();
+    let good = file_pipeline(d, "a", "tagger", "a", "");
+    std::fs::write(d.join("p/a.toml"), &good).unwrap();
+    mkfifo(&d.join("p/fifo.toml"));
+    std::fs::create_dir(d.join("p/folder.toml")).unwrap();
+    std::os::unix::fs::symlink(d.join("nowhere"), d.join("p/dangling.toml")).unwrap();
+    let port = common::free_port();
+    let log = d.join("sluice.log");
+    let proc = spawn(&[d.join("p").to_str().unwrap()], port, &log);
+    let mut invalid = String::new();
+    wait_until("the three to be listed", Duration::from_secs(60), || {
+        invalid = pipelines(port)["invalid_files"].to_string();
+        ["fifo.toml", "folder.toml", "dangling.toml"]
+            .iter()
+            .all(|f| invalid.contains(f))
+            && pipeline(port, "a").is_some_and(|p| p["state"] == "running")
+    });
+    assert!(
+        invalid.contains("a FIFO") && invalid.contains("a folder"),
+        "{invalid}"
+    );
+    // A bad edit of a.toml, then the good text again: no stale entry.
+    std::fs::remove_file(d.join("p/fifo.toml")).unwrap();
+    std::fs::remove_dir(d.join("p/folder.toml")).unwrap();
+    std::fs::remove_file(d.join("p/dangling.toml")).unwrap();
+    std::fs::write(d.join("p/a.toml"), format!("{good}\ncolour = 1\n")).unwrap();
+    wait_until("the bad edit to be listed", Duration::from_secs(30), || {
+        pipelines(port)["invalid_files"]
+            .to_string()
+            .contains("colour")
+    });
+    std::fs::write(d.join("p/a.toml"), &good).unwrap();
+    wait_until("invalid_files to empty", Duration::from_secs(30), || {
+        pipelines(port)["invalid_files"] == serde_json::json!([])
+    });
+    stop(proc, &log);
+}

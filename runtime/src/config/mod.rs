@@ -32,15 +32,18 @@ use diagnostics::Diag;
 /// Reads, parses and validates a pipeline file. Relative paths inside it are
 /// resolved against the file's folder.
 pub fn load(path: &Path) -> Result<PipelineConfig, ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
-        file: path.to_path_buf(),
-        errors: vec![ConfigError {
-            line: None,
-            column: None,
-            key: None,
-            message: format!("cannot read the file: {e}"),
-        }],
-    })?;
+    let text =
+        crate::files::read_regular_text(path, crate::files::MAX_PIPELINE_BYTES).map_err(|e| {
+            ConfigErrors {
+                file: path.to_path_buf(),
+                errors: vec![ConfigError {
+                    line: None,
+                    column: None,
+                    key: None,
+                    message: format!("cannot read the file: {e}"),
+                }],
+            }
+        })?;
     parse(path, &text)
 }
 

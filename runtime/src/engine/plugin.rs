@@ -152,10 +152,13 @@ impl Plugin {
     /// instance to run `init`: a plugin that loads is known to work.
     pub async fn load(engine: &Engine, spec: PluginSpec) -> Result<Plugin, PluginError> {
         let file = resolve_file(&spec.path)?;
-        let bytes = std::fs::read(&file).map_err(|e| PluginError::Read {
-            path: file.clone(),
-            message: e.to_string(),
-        })?;
+        let bytes =
+            crate::files::read_regular(&file, crate::files::MAX_PLUGIN_BYTES).map_err(|e| {
+                PluginError::Read {
+                    path: file.clone(),
+                    message: e.to_string(),
+                }
+            })?;
         let digest = cache::digest(&bytes);
         // A core module implementing the world's canonical ABI is wrapped
         // into a component before compiling (in the compiler child when

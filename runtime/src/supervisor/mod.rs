@@ -225,7 +225,9 @@ impl Supervisor {
             };
             for e in rd.flatten() {
                 let p = e.path();
-                if p.extension().is_some_and(|x| x == "toml") && p.is_file() {
+                // Whatever it is (a FIFO, a folder, a dangling link): a
+                // `*.toml` that cannot be read is listed as invalid.
+                if p.extension().is_some_and(|x| x == "toml") {
                     out.insert(p);
                 }
             }
@@ -258,13 +260,25 @@ impl Supervisor {
             self.cancel_load(&f);
         }
         for f in wanted {
-            let Ok(text) = std::fs::read_to_string(&f) else {
-                continue;
+            let text = match crate::files::read_regular_text(&f, crate::files::MAX_PIPELINE_BYTES) {
+                Ok(text) => text,
+                Err(e) => {
+                    let error = format!("{}: cannot read the pipeline file: {e}", f.display());
+                    if self.registry.invalid(&f).as_deref() != Some(error.as_str()) {
+                        tracing::error!("{error}");
+                        self.registry.set_invalid(&f, Some(error));
+                    }
+                    continue;
+                }
             };
-            if self.entries.get(&f).is_some_and(|e| e.text == text)
-                || self.refused.get(&f).is_some_and(|t| *t == text)
-            {
-                // Back to what runs, or to a text already refused.
+            if self.entries.get(&f).is_some_and(|e| e.text == text) {
+                // Back to what runs: a refused edit in between is history.
+                self.cancel_load(&f);
+                self.refused.remove(&f);
+                self.registry.set_invalid(&f, None);
+                continue;
+            }
+            if self.refused.get(&f).is_some_and(|t| *t == text) {
                 self.cancel_load(&f);
                 continue;
             }
@@ -302,7 +316,7 @@ impl Supervisor {
                 .insert(f.clone(), PendingReload { digest, task });
         }
         for (f, _) in self.registry.invalid_files() {
-            if !f.exists() {
+            if std::fs::symlink_metadata(&f).is_err() {
                 self.registry.set_invalid(&f, None);
             }
         }

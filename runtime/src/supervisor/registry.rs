@@ -311,6 +311,11 @@ impl Registry {
             .collect()
     }
 
+    /// Why `file` was refused at its last change, if it was.
+    pub fn invalid(&self, file: &Path) -> Option<String> {
+        lock(&self.invalid).get(file).cloned()
+    }
+
     pub(crate) fn set_invalid(&self, file: &Path, errors: Option<String>) {
         let mut m = lock(&self.invalid);
         match errors {
