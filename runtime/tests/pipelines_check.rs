@@ -63,3 +63,56 @@ fn check_reports_every_error_with_file_line_and_key() {
         "{err}"
     );
 }
+
+/// A secret written where a user might put one is refused, and no error
+/// shows it: a literal password or token, credentials in a NATS or MQTT
+/// URL, a Kafka option that holds one; `{}` and `{ env, file }` together
+/// are refused too.
+#[test]
+fn secrets_in_the_file_are_refused_and_never_echoed() {
+    const SECRET: &str = "hunter2Zq";
+    let dir = tempfile::tempdir().unwrap();
+    let tail =
+        "[handler]\nplugin = \"x.wasm\"\n[dead_letter]\ntype = \"file\"\npath = \"d.jsonl\"\n";
+    let cases = [
+        (
+            "nats-password",
+            format!("[source]\ntype = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\nsubject = \"a\"\nusername = \"u\"\npassword = \"{SECRET}\"\n"),
+        ),
+        (
+            "nats-token",
+            format!("[source]\ntype = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\nsubject = \"a\"\ntoken = [\"{SECRET}\"]\n"),
+        ),
+        (
+            "nats-url",
+            format!("[source]\ntype = \"nats\"\nurl = \"nats://u:{SECRET}@127.0.0.1:4222\"\nsubject = \"a\"\n"),
+        ),
+        (
+            "mqtt-url",
+            format!("[source]\ntype = \"mqtt\"\nurl = \"mqtt://u:{SECRET}@127.0.0.1:1883\"\ntopics = [\"a\"]\n"),
+        ),
+        (
+            "mqtt-both",
+            format!("[source]\ntype = \"mqtt\"\nurl = \"mqtt://127.0.0.1:1883\"\ntopics = [\"a\"]\nusername = \"u\"\npassword = {{ env = \"X\", file = \"{SECRET}\" }}\n"),
+        ),
+        (
+            "mqtt-empty",
+            "[source]\ntype = \"mqtt\"\nurl = \"mqtt://127.0.0.1:1883\"\ntopics = [\"a\"]\nusername = \"u\"\npassword = {}\n".to_string(),
+        ),
+        (
+            "kafka-jaas",
+            format!("[source]\ntype = \"kafka\"\nbrokers = [\"127.0.0.1:9092\"]\ntopics = [\"a\"]\ngroup = \"g\"\noptions = {{ \"sasl.jaas.config\" = \"x password={SECRET}\" }}\n"),
+        ),
+    ];
+    for (name, source) in cases {
+        let f = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&f, format!("name = \"{name}\"\n{source}{tail}")).unwrap();
+        let (code, out, err) = common::run_sluice(&["check", f.to_str().unwrap()]);
+        assert_eq!(code, 1, "{name}: {out}{err}");
+        assert!(
+            !out.contains(SECRET) && !err.contains(SECRET),
+            "{name} echoed:\n{err}"
+        );
+        assert!(err.contains(&format!("{name}.toml:")), "{name}: {err}");
+    }
+}

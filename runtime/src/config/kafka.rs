@@ -435,7 +435,12 @@ fn check_options(
             continue;
         }
         let lower = k.to_ascii_lowercase();
-        if lower.contains("password") || lower.contains("secret") || lower.ends_with(".pem") {
+        if lower.contains("password")
+            || lower.contains("secret")
+            || lower.contains("jaas")
+            || lower == "sasl.oauthbearer.config"
+            || lower.ends_with(".pem")
+        {
             errs.push((
                 key,
                 format!(

@@ -200,9 +200,11 @@ pub struct BrokerAddr {
 }
 
 /// Parses `mqtt://host[:port]`, `mqtts://host[:port]` (also `tcp://`, `ssl://`).
-pub fn parse_url(url: &str) -> Result<BrokerAddr, String> {
+pub fn parse_url(raw: &str) -> Result<BrokerAddr, String> {
     let expected = "expected mqtt://host:port or mqtts://host:port";
-    let (scheme, rest) = url
+    // Every message shows the URL without the password of its userinfo.
+    let url = &*super::secret::redact_url(raw);
+    let (scheme, rest) = raw
         .split_once("://")
         .ok_or_else(|| format!("{url:?} has no scheme; {expected}"))?;
     let (tls, default_port) = match scheme {
@@ -213,7 +215,8 @@ pub fn parse_url(url: &str) -> Result<BrokerAddr, String> {
     let rest = rest.trim_end_matches('/');
     if rest.contains('/') || rest.contains('@') || rest.contains('?') {
         return Err(format!(
-            "{url:?} has a path, query or credentials; {expected} (credentials go in `username` / `password`)"
+            "{url:?} has a path, query or credentials; {expected} (credentials go in `username` and \
+             `password = {{ env = \"VAR\" }}`: secrets are never written in the TOML)"
         ));
     }
     let (host, port) = if let Some(h) = rest.strip_prefix('[') {

@@ -184,8 +184,16 @@ impl NatsConnection {
     }
 }
 
-fn check_url(u: &str) -> Result<(), String> {
-    let rest = match u.split_once("://") {
+fn check_url(url: &str) -> Result<(), String> {
+    // Shown without the password of its userinfo, if it has one.
+    let u = super::secret::redact_url(url);
+    if super::secret::has_credentials(url) {
+        return Err(format!(
+            "{u:?} holds credentials (not shown), and secrets are never written in the TOML; \
+             expected them in `username` with `password = {{ env = \"VAR\" }}`, or `token = {{ env = \"VAR\" }}`"
+        ));
+    }
+    let rest = match url.split_once("://") {
         Some((scheme, rest)) => {
             if !matches!(scheme, "nats" | "tls" | "ws" | "wss") {
                 return Err(format!(
@@ -194,7 +202,7 @@ fn check_url(u: &str) -> Result<(), String> {
             }
             rest
         }
-        None => u,
+        None => url,
     };
     if rest.is_empty() || rest.contains(char::is_whitespace) {
         return Err(format!(

@@ -43,8 +43,12 @@ pub async fn connect(
     let addrs: Vec<ServerAddr> = servers
         .iter()
         .map(|u| {
-            u.parse::<ServerAddr>()
-                .with_context(|| format!("{u:?} is not a NATS server address"))
+            u.parse::<ServerAddr>().with_context(|| {
+                format!(
+                    "{:?} is not a NATS server address",
+                    crate::config::secret::redact_url(u)
+                )
+            })
         })
         .collect::<anyhow::Result<_>>()?;
     let shown = servers.join(", ");
