@@ -28,6 +28,18 @@ pub const GUEST_TEXT_MAX: usize = 2048;
 /// lines past it are dropped and counted (`sluice_guest_log_dropped_total`).
 pub const LOG_BUDGET: usize = 16 * 1024;
 
+/// Bytes each log line counts against [`LOG_BUDGET`] beyond its own, so
+/// that empty lines are not free (at most 256 lines a message).
+pub const LOG_LINE_OVERHEAD: usize = 64;
+
+/// Most random bytes one WASI call may ask for: generating them is a host
+/// call that runs to its end, out of reach of the deadline.
+pub const MAX_RANDOM_BYTES: u64 = 64 * 1024;
+
+/// Most resource handles (WASI pollables, streams, ...) one instance may
+/// hold at once; each pins a little host memory.
+pub const MAX_HANDLES: usize = 10_000;
+
 /// The data of one store: one handler instance.
 pub struct HostState {
     /// Built on the guest's first WASI call: most handlers make none (a Rust
@@ -93,6 +105,7 @@ impl WasiView for HostState {
 /// inherited stdio.
 fn sealed_wasi() -> WasiCtx {
     wasmtime_wasi::WasiCtxBuilder::new()
+        .max_random_size(MAX_RANDOM_BYTES)
         .allow_tcp(false)
         .allow_udp(false)
         .allow_ip_name_lookup(false)
@@ -122,14 +135,15 @@ impl sluice::handler::host::Host for HostState {
     fn log(&mut self, level: Level, message: String) {
         let message = guest_text(&message);
         let pipeline = &*self.pipeline;
-        let over = self.log_used + message.len() > LOG_BUDGET;
+        let cost = message.len() + LOG_LINE_OVERHEAD;
+        let over = self.log_used + cost > LOG_BUDGET;
         if over {
             if self.log_dropped == 0 {
                 tracing::warn!(target: "sluice::guest", pipeline, "the handler logged more than {LOG_BUDGET} bytes for one message; its further lines for this message are dropped");
             }
             self.log_dropped = self.log_dropped.saturating_add(1);
         } else {
-            self.log_used += message.len();
+            self.log_used += cost;
             match level {
                 Level::Trace => tracing::trace!(target: "sluice::guest", pipeline, "{message}"),
                 Level::Debug => tracing::debug!(target: "sluice::guest", pipeline, "{message}"),

@@ -295,6 +295,7 @@ impl Plugin {
         let deadline = state.deadline.clone();
         let mut store = Store::new(p.engine.wasmtime(), state);
         store.limiter(|s| &mut s.limiter);
+        store.set_max_component_handles(super::host::MAX_HANDLES);
         store.set_hostcall_fuel(hostcall_budget(
             p.spec.max_output_bytes,
             p.spec.kv_max_bytes as u64,
