@@ -14,17 +14,6 @@ use sluice::engine::{Plugin, PluginSpec, Worker};
 use sluice::failure::FailureClass;
 use sluice::message::Message;
 
-/// Peak resident memory of this process, in bytes.
-fn peak_rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM");
-    kib << 10
-}
-
 #[tokio::test]
 async fn aliased_outputs_in_a_batch_do_not_grow_the_host() {
     // 127 outputs of the same 1 MiB: just under wasmtime's default of 128 MiB
@@ -56,14 +45,12 @@ async fn aliased_outputs_in_a_batch_do_not_grow_the_host() {
         .collect();
     let refs: Vec<&Message> = msgs.iter().collect();
 
-    // Start counting the peak from here (Linux: "5" resets VmHWM).
-    std::fs::write("/proc/self/clear_refs", "5").expect("reset the peak RSS");
-    let before = peak_rss();
+    let before = common::reset_peak_rss();
     let mut answers = w.handle_batch(&refs).await;
     for m in &msgs[answers.len()..] {
         answers.push(w.handle(m).await);
     }
-    let grew = peak_rss().saturating_sub(before);
+    let grew = common::peak_rss().saturating_sub(before);
     println!("peak RSS grew by {} MiB", grew >> 20);
     assert_eq!(answers.len(), 16);
     for (r, _) in &answers {

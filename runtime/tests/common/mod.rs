@@ -219,3 +219,31 @@ pub mod kafka;
 pub mod mqtt;
 pub mod nats;
 pub mod proxy;
+
+/// A `/proc/self/status` figure in bytes (`VmRSS`, `VmHWM`, ...).
+fn status_bytes(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/self/status"));
+    kib << 10
+}
+
+/// Resident memory of this process, in bytes.
+pub fn rss() -> u64 {
+    status_bytes("VmRSS")
+}
+
+/// Peak resident memory of this process, in bytes.
+pub fn peak_rss() -> u64 {
+    status_bytes("VmHWM")
+}
+
+/// Resets the peak resident memory to the current (Linux: "5" to
+/// `clear_refs`) and returns it: [`peak_rss`] counts from here on.
+pub fn reset_peak_rss() -> u64 {
+    std::fs::write("/proc/self/clear_refs", "5").expect("reset the peak RSS");
+    peak_rss()
+}
