@@ -30,9 +30,20 @@ pub fn record(
     digest: &str,
     id: String,
 ) -> Record {
-    // The message's headers, then up to nine of ours: one allocation.
+    // The message's headers, then up to nine of ours: one allocation. An
+    // incoming `sluice-*` header is kept as `original-sluice-*`, so that
+    // no message can bring its own error class or pipeline to the record.
     let mut h = Vec::with_capacity(msg.headers.len() + 9);
-    h.extend(msg.headers.iter().cloned());
+    h.extend(msg.headers.iter().map(|x| {
+        if x.key
+            .get(..7)
+            .is_some_and(|p| p.eq_ignore_ascii_case("sluice-"))
+        {
+            Header::new(format!("original-{}", x.key), x.value.clone())
+        } else {
+            x.clone()
+        }
+    }));
     let mut put = |k: &str, v: String| h.push(Header::new(k, v));
     put(headers::CLASS, failure.class.as_str().to_string());
     put(headers::MESSAGE, failure.message.clone());
@@ -86,5 +97,27 @@ mod tests {
         assert_eq!(get(headers::OFFSET).unwrap(), "42");
         assert!(get(headers::PARTITION).is_none());
         assert!(get(headers::FAILED_AT).is_some());
+    }
+
+    #[test]
+    fn incoming_sluice_headers_cannot_pass_for_ours() {
+        let mut m = Message::new("logs", "x");
+        m.headers
+            .push(Header::new("sluice-error-class", "retriable"));
+        m.headers.push(Header::new("Sluice-Pipeline", "other"));
+        m.headers.push(Header::new("sluicé", "kept"));
+        let f = Failure::new(FailureClass::Fatal, "malformed");
+        let r = record(&m, &f, 1, "p", "sha256:00", "id".into());
+        let values = |k: &str| -> Vec<String> {
+            r.headers
+                .iter()
+                .filter(|h| h.key.eq_ignore_ascii_case(k))
+                .map(|h| String::from_utf8_lossy(&h.value).into_owned())
+                .collect()
+        };
+        assert_eq!(values(headers::CLASS), ["fatal"]);
+        assert_eq!(values(headers::PIPELINE), ["p"]);
+        assert_eq!(values("original-sluice-error-class"), ["retriable"]);
+        assert_eq!(values("original-Sluice-Pipeline"), ["other"]);
     }
 }
