@@ -468,3 +468,199 @@ async fn a_checkpoint_that_does_not_fit_the_file_starts_over() {
     let mut src = open(&c).unwrap();
     assert_eq!(payload(&next(&mut src).await), b"yyy");
 }
+
+/// Waits (up to 5 s) until the checkpoint of `path` holds `want`.
+async fn checkpoint_reaches(path: &Path, want: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(default_checkpoint_path(path)).unwrap_or_default();
+        let at: Option<u64> = text.split_whitespace().next().and_then(|o| o.parse().ok());
+        if at == Some(want) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "checkpoint at {at:?}, want {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn checkpoint_on_an_interval_never_passes_an_unsettled_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("in.txt");
+    std::fs::write(&path, b"aa\nbb\ncc\n").unwrap();
+    let mut src = open(&FileSourceConfig {
+        checkpoint_every: Dur(Duration::from_millis(20)),
+        ..cfg(&path)
+    })
+    .unwrap();
+    let a = next(&mut src).await;
+    let b = next(&mut src).await;
+    let c = next(&mut src).await;
+    b.settle(Settlement::Ack).await.unwrap();
+    c.settle(Settlement::Ack).await.unwrap();
+    // Several intervals pass: the checkpoint stays before the unsettled line.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(checkpoint_offset(&path), 0);
+    a.settle(Settlement::Ack).await.unwrap();
+    checkpoint_reaches(&path, 9).await;
+    assert!(src.next().await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn close_and_drop_write_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("in.txt");
+    std::fs::write(&path, b"1\n2\n3\n").unwrap();
+    let mut src = open(&FileSourceConfig {
+        checkpoint_every: Dur(Duration::from_secs(3600)),
+        ..cfg(&path)
+    })
+    .unwrap();
+    let one = next(&mut src).await;
+    let two = next(&mut src).await;
+    // The first settle wakes the checkpoint thread; it then rests an hour.
+    one.settle(Settlement::Ack).await.unwrap();
+    checkpoint_reaches(&path, 2).await;
+    two.settle(Settlement::Ack).await.unwrap();
+    src.close().await;
+    assert_eq!(checkpoint_offset(&path), 4, "close writes it");
+    let three = next_after_reopen(&path).await;
+    assert_eq!(payload(&three), b"3");
+    three.settle(Settlement::Ack).await.unwrap();
+}
+
+/// Reopens the source of `path` (the last one dropped) and takes a line;
+/// the delivery outlives its source, as after a close.
+async fn next_after_reopen(path: &Path) -> Delivery {
+    let mut src = open(&cfg(path)).unwrap();
+    next(&mut src).await
+}
+
+#[tokio::test]
+async fn a_killed_source_repeats_at_most_twice_max_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("in.txt");
+    let text: String = (0..100).map(|i| format!("{i:02}\n")).collect();
+    std::fs::write(&path, &text).unwrap();
+    let mut src = open(&FileSourceConfig {
+        max_in_flight: 4,
+        checkpoint_every: Dur(Duration::from_secs(3600)),
+        ..cfg(&path)
+    })
+    .unwrap();
+    // Settle as fast as lines come: the source stops at 8 lines past the
+    // checkpoint until the checkpoint thread, woken after 4 settled, wrote it.
+    let mut handed = 0;
+    for _ in 0..40 {
+        next(&mut src).await.settle(Settlement::Ack).await.unwrap();
+        handed += 1;
+        let written = checkpoint_offset(&path) / 3;
+        assert!(
+            handed - written <= 8,
+            "{handed} handed out, checkpoint at line {written}"
+        );
+    }
+    // A kill: no drop handler runs, the checkpoint stays where it was written.
+    std::mem::forget(src);
+    let restart = checkpoint_offset(&path) / 3;
+    assert!(
+        40 - restart <= 8,
+        "a restart repeats {} lines",
+        40 - restart
+    );
+}
+
+#[tokio::test]
+async fn follow_sees_a_new_line_without_waiting_for_a_poll() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("in.txt");
+    std::fs::write(&path, b"").unwrap();
+    let mut src = open(&FileSourceConfig {
+        follow: true,
+        ..cfg(&path)
+    })
+    .unwrap();
+    pending(&mut src).await;
+    append(&path, b"now\n");
+    let t0 = std::time::Instant::now();
+    let d = next(&mut src).await;
+    assert_eq!(payload(&d), b"now");
+    // The change notice, not the 2 s fallback poll, brought it.
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    d.settle(Settlement::Ack).await.unwrap();
+}
+
+#[tokio::test]
+async fn follow_moves_to_the_new_file_after_a_rename_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.log");
+    std::fs::write(&path, b"a\nb\n").unwrap();
+    let mut src = open(&FileSourceConfig {
+        follow: true,
+        ..cfg(&path)
+    })
+    .unwrap();
+    let a = next(&mut src).await;
+    let b = next(&mut src).await;
+    pending(&mut src).await;
+    // Rotation: the file is renamed, the writer finishes a line in the old
+    // one, then a new file takes the path.
+    let old = dir.path().join("app.log.1");
+    std::fs::rename(&path, &old).unwrap();
+    append(&old, b"c\n");
+    std::fs::write(&path, b"d\n").unwrap();
+    let c = next(&mut src).await;
+    assert_eq!((payload(&c), c.message.offset), (&b"c"[..], Some(4)));
+    // The new file's lines wait until the old file's lines settled.
+    pending(&mut src).await;
+    for d in [a, b, c] {
+        d.settle(Settlement::Ack).await.unwrap();
+    }
+    let d = next(&mut src).await;
+    assert_eq!((payload(&d), d.message.offset), (&b"d"[..], Some(0)));
+    d.settle(Settlement::Ack).await.unwrap();
+    assert_eq!(checkpoint_offset(&path), 2);
+    append(&path, b"e\n");
+    let e = next(&mut src).await;
+    assert_eq!((payload(&e), e.message.offset), (&b"e"[..], Some(2)));
+    e.settle(Settlement::Ack).await.unwrap();
+    drop(src);
+    // The checkpoint belongs to the new file: a restart goes on there.
+    append(&path, b"f\n");
+    let mut src = open(&cfg(&path)).unwrap();
+    assert_eq!(payload(&next(&mut src).await), b"f");
+}
+
+#[tokio::test]
+async fn follow_reads_a_copy_truncated_file_from_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.log");
+    std::fs::write(&path, b"one\ntwo\n").unwrap();
+    let mut src = open(&FileSourceConfig {
+        follow: true,
+        ..cfg(&path)
+    })
+    .unwrap();
+    for want in [&b"one"[..], b"two"] {
+        let d = next(&mut src).await;
+        assert_eq!(payload(&d), want);
+        d.settle(Settlement::Ack).await.unwrap();
+    }
+    // copy-truncate: the content is copied away, the file emptied in place
+    // and written again by the same writer.
+    std::fs::copy(&path, dir.path().join("app.log.1")).unwrap();
+    OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    append(&path, b"3\n");
+    let d = next(&mut src).await;
+    assert_eq!((payload(&d), d.message.offset), (&b"3"[..], Some(0)));
+    d.settle(Settlement::Ack).await.unwrap();
+    assert_eq!(checkpoint_offset(&path), 2);
+}
