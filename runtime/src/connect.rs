@@ -11,6 +11,7 @@ use crate::pipeline::{DEFAULT_PUBLISH_TIMEOUT, Parts, Pipeline, Sinks};
 use crate::router::Policy;
 use crate::router::dedup::Dedup;
 use crate::sinks::Sink;
+use crate::sinks::file::SyncTarget;
 use crate::sources::Source;
 
 /// Opens the source a `[source]` table describes.
@@ -31,6 +32,18 @@ pub async fn open_sink(
     dead_letter: bool,
     pipeline: &str,
 ) -> anyhow::Result<Arc<dyn Sink>> {
+    open_sink_syncing(cfg, dead_letter, pipeline, None).await
+}
+
+/// [`open_sink`]; a `file` sink with `fsync = true` hands its syncing to
+/// `defer` when given (the pipeline's `file` source syncs it before each
+/// checkpoint instead of after each write).
+async fn open_sink_syncing(
+    cfg: &SinkConfig,
+    dead_letter: bool,
+    pipeline: &str,
+    defer: Option<&mut Vec<SyncTarget>>,
+) -> anyhow::Result<Arc<dyn Sink>> {
     use crate::sinks::{jetstream, kafka, mqtt, nats};
     Ok(match cfg {
         SinkConfig::File(f) => {
@@ -39,7 +52,11 @@ pub async fn open_sink(
             } else {
                 FileSinkFormat::Lines
             };
-            Arc::new(crate::sinks::file::open(f, format)?)
+            let sink = crate::sinks::file::open(f, format)?;
+            if let Some(defer) = defer {
+                defer.extend(sink.defer_sync());
+            }
+            Arc::new(sink)
         }
         SinkConfig::Kafka(c) => Arc::new(kafka::open(c, pipeline).await?),
         SinkConfig::Mqtt(c) => Arc::new(mqtt::open_with(c, pipeline, dead_letter).await?),
@@ -57,31 +74,44 @@ pub async fn build(cfg: &PipelineConfig, engine: &Engine) -> anyhow::Result<Pipe
 /// Opens everything a pipeline needs, with a plugin already loaded.
 pub async fn build_with_plugin(cfg: &PipelineConfig, plugin: Plugin) -> anyhow::Result<Pipeline> {
     let name = &cfg.name;
+    // Behind a `file` source (not standard input), file sinks with `fsync`
+    // leave syncing to the source's checkpoint.
+    let mut sync = Vec::new();
+    let mut defer = match &cfg.source {
+        SourceConfig::File(f) if f.path != std::path::Path::new("-") => Some(&mut sync),
+        _ => None,
+    };
     let mut sinks = Sinks::default();
     if let Some(s) = &cfg.sink {
         sinks.default = Some(
-            open_sink(s, false, name)
+            open_sink_syncing(s, false, name, defer.as_deref_mut())
                 .await
                 .with_context(|| format!("pipeline {name}: opening [sink]"))?,
         );
     }
     for (sink_name, s) in &cfg.sinks {
-        let sink = open_sink(s, false, name)
+        let sink = open_sink_syncing(s, false, name, defer.as_deref_mut())
             .await
             .with_context(|| format!("pipeline {name}: opening [sinks.{sink_name}]"))?;
         sinks.named.insert(sink_name.clone(), sink);
     }
     let dead_letter = match &cfg.dead_letter {
         Some(s) => Some(
-            open_sink(s, true, name)
+            open_sink_syncing(s, true, name, defer)
                 .await
                 .with_context(|| format!("pipeline {name}: opening [dead_letter]"))?,
         ),
         None => None,
     };
-    let source = open_source(&cfg.source, name)
-        .await
-        .with_context(|| format!("pipeline {name}: opening [source]"))?;
+    let source: Box<dyn Source> = match &cfg.source {
+        SourceConfig::File(f) => Box::new(
+            crate::sources::file::open_with(f, sync)
+                .with_context(|| format!("pipeline {name}: opening [source]"))?,
+        ),
+        other => open_source(other, name)
+            .await
+            .with_context(|| format!("pipeline {name}: opening [source]"))?,
+    };
     Ok(Pipeline::new(Parts {
         name: name.clone(),
         source,

@@ -64,6 +64,12 @@ impl Fixture for FileFixture {
         )
     }
 
+    /// The source hands out at most 2 × `max_in_flight` (1024) lines past
+    /// the checkpoint written last, and a kill repeats at most those.
+    fn duplicate_window(&self) -> usize {
+        2 * 1024
+    }
+
     fn sink_toml(&self, topic: &str) -> String {
         format!(
             "type = \"file\"\npath = \"{}\"\nformat = \"envelope\"",

@@ -5,24 +5,44 @@
 //!   `\n` therefore reads back as several lines; use `envelope` when that matters.
 //! * `envelope`: [`crate::envelope::encode`] then `\n` (the default for dead letters).
 //!
-//! A publish batch is encoded into one buffer and written with one `write_all`
-//! under a mutex, so lines of concurrent publishers never interleave; `publish`
-//! returns once the bytes reached the OS (and, with `fsync = true`, the disk).
+//! `send` encodes a publish's records into the sink's buffer under a mutex,
+//! so the lines of concurrent publishers never interleave, and returns an
+//! [`Accepted`] that resolves once a write covering them is done. The first
+//! send into an empty buffer starts a flush task: it waits [`LINGER`] (or
+//! until [`BIG`] bytes are waiting), then writes everything waiting with one
+//! `write` on the blocking pool — one system call and one thread hop for
+//! many records. With `fsync = true` each such write is followed by `fsync`
+//! before the records are accepted, unless the pipeline's `file` source took
+//! the syncing over ([`FileSink::defer_sync`]): it then syncs the file
+//! before each checkpoint that covers the records.
 //! Every I/O error is a [`FailureClass::Sink`] failure: a full disk is a
 //! transient condition from the pipeline's point of view.
 
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
+use std::future::Future;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::future::BoxFuture;
+use tokio::sync::Notify;
 
-use super::{Accepted, Record, Sink, done};
+use super::{Accepted, Record, Sink};
 use crate::config::{FileSinkConfig, FileSinkFormat};
 use crate::envelope;
 use crate::failure::{Failure, FailureClass};
+
+/// How long a flush waits for more records after the first ones arrived.
+pub const LINGER: Duration = Duration::from_millis(1);
+/// Waiting bytes that are written at once, without lingering.
+const BIG: usize = 256 << 10;
+/// Failed writes remembered for the sends they covered.
+const FAILURES_KEPT: usize = 256;
 
 /// Where the bytes go.
 enum Target {
@@ -32,11 +52,57 @@ enum Target {
 
 /// A `file` sink. Cheap to share: publishers serialise on an internal mutex.
 pub struct FileSink {
-    target: Arc<Mutex<Target>>,
+    inner: Arc<Inner>,
     format: FileSinkFormat,
-    fsync: bool,
+}
+
+struct Inner {
+    buf: Mutex<Buf>,
+    /// Where the bytes go; taken by the write in progress.
+    target: Mutex<Option<Target>>,
+    /// Cuts a flush's lingering short (many bytes waiting, or close).
+    hurry: Notify,
+    /// A duplicate of the file, for syncing outside the writer.
+    file: Option<File>,
     /// The path as configured, for error messages.
     path: PathBuf,
+    fsync: bool,
+}
+
+#[derive(Default)]
+struct Buf {
+    data: Vec<u8>,
+    /// Sends so far (numbered from 1); the bytes of sends up to `sent` are in
+    /// `data` or written.
+    sent: u64,
+    /// Sends whose bytes were written (and synced, when `sync_each`).
+    written: u64,
+    /// Sync after each write: `fsync = true` and no source took syncing over.
+    sync_each: bool,
+    /// Sends covered by a failed write: `(first, last, failure)`.
+    failures: VecDeque<(u64, u64, Failure)>,
+    waiters: Vec<Waker>,
+    /// A flush task is running (it looks at the buffer again before ending).
+    flushing: bool,
+}
+
+/// What a `file` source syncs before its checkpoint: a sink file whose
+/// `fsync` it took over.
+pub struct SyncTarget {
+    file: File,
+    path: PathBuf,
+}
+
+impl SyncTarget {
+    /// `fsync`s the file's data.
+    pub fn sync(&self) -> std::io::Result<()> {
+        self.file.sync_data()
+    }
+
+    /// The sink's path, for error messages.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
 }
 
 /// Opens (creating if missing, appending otherwise) the sink's file, or
@@ -59,11 +125,24 @@ pub fn open(cfg: &FileSinkConfig, default_format: FileSinkFormat) -> anyhow::Res
             .with_context(|| format!("opening file sink {}", cfg.path.display()))?;
         Target::File(file)
     };
-    Ok(FileSink {
-        target: Arc::new(Mutex::new(target)),
-        format: cfg.format.unwrap_or(default_format),
-        fsync: cfg.fsync,
+    let file = match &target {
+        Target::File(f) => Some(f.try_clone()?),
+        Target::Stdout => None,
+    };
+    let inner = Arc::new(Inner {
+        buf: Mutex::new(Buf {
+            sync_each: cfg.fsync,
+            ..Buf::default()
+        }),
+        target: Mutex::new(Some(target)),
+        hurry: Notify::new(),
+        file,
         path: cfg.path.clone(),
+        fsync: cfg.fsync,
+    });
+    Ok(FileSink {
+        inner,
+        format: cfg.format.unwrap_or(default_format),
     })
 }
 
@@ -73,21 +152,23 @@ impl FileSink {
         self.format
     }
 
-    fn encode(&self, records: &[Record]) -> Vec<u8> {
-        let mut buf = Vec::with_capacity(
-            records
-                .iter()
-                .map(|r| {
-                    r.payload.len()
-                        + 1
-                        + if self.format == FileSinkFormat::Lines {
-                            0
-                        } else {
-                            64
-                        }
-                })
-                .sum(),
-        );
+    /// With `fsync = true` on a file: stop syncing after each write and hand
+    /// the file to the caller, which promises to sync it before it commits
+    /// anything the records stand for (the `file` source's checkpoint).
+    pub fn defer_sync(&self) -> Option<SyncTarget> {
+        let file = self.inner.file.as_ref()?;
+        if !self.inner.fsync {
+            return None;
+        }
+        let file = file.try_clone().ok()?;
+        self.inner.lock().sync_each = false;
+        Some(SyncTarget {
+            file,
+            path: self.inner.path.clone(),
+        })
+    }
+
+    fn encode(&self, records: &[Record], buf: &mut Vec<u8>) {
         for r in records {
             match self.format {
                 FileSinkFormat::Lines => buf.extend_from_slice(&r.payload),
@@ -95,185 +176,183 @@ impl FileSink {
             }
             buf.push(b'\n');
         }
-        buf
     }
 
-    /// Writes `buf` (possibly empty) under the lock, flushes, and syncs when asked.
-    async fn write(&self, buf: Vec<u8>, sync: bool) -> Result<(), Failure> {
-        let target = Arc::clone(&self.target);
-        let path = self.path.clone();
-        let fail = move |what: &str, e: std::io::Error| {
-            Failure::new(
-                FailureClass::Sink,
-                format!("{what} file sink {}: {e}", path.display()),
-            )
-        };
-        tokio::task::spawn_blocking(move || {
-            // A poisoned lock only means another writer panicked mid-call; the
-            // file itself is still usable.
-            let mut target = target.lock().unwrap_or_else(|p| p.into_inner());
-            match &mut *target {
-                Target::File(f) => {
-                    f.write_all(&buf).map_err(|e| fail("writing to", e))?;
-                    if sync {
-                        f.sync_data().map_err(|e| fail("syncing", e))?;
-                    }
+    /// Waits until everything sent so far is written (and synced when asked).
+    async fn flush(&self) -> Result<(), Failure> {
+        let seq = self.inner.lock().sent;
+        self.inner.hurry.notify_one();
+        Written {
+            inner: Arc::clone(&self.inner),
+            seq,
+        }
+        .await
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, Buf> {
+        // A poisoned lock only means another publisher panicked mid-call;
+        // the buffer holds whole sends only.
+        self.buf.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn fail(&self, what: &str, e: &std::io::Error) -> Failure {
+        Failure::new(
+            FailureClass::Sink,
+            format!("{what} file sink {}: {e}", self.path.display()),
+        )
+    }
+
+    /// The flush task: lingers for more bytes, writes everything waiting
+    /// with one call on the blocking pool, marks those sends written and
+    /// wakes their waiters; ends once the buffer stayed empty.
+    async fn flush_task(self: Arc<Self>) {
+        let mut spare = Vec::new();
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(LINGER) => {}
+                () = self.hurry.notified() => {}
+            }
+            let (from, upto, sync) = {
+                let mut b = self.lock();
+                if b.data.is_empty() {
+                    b.flushing = false;
+                    return;
                 }
-                Target::Stdout => {
-                    let mut out = std::io::stdout().lock();
-                    out.write_all(&buf).map_err(|e| fail("writing to", e))?;
-                    out.flush().map_err(|e| fail("flushing", e))?;
+                spare.clear();
+                std::mem::swap(&mut b.data, &mut spare);
+                (b.written + 1, b.sent, b.sync_each)
+            };
+            let me = Arc::clone(&self);
+            let wrote = tokio::task::spawn_blocking(move || {
+                let result = me.write(&spare, sync);
+                (spare, result)
+            })
+            .await;
+            let result = match wrote {
+                Ok((buf, result)) => {
+                    spare = buf;
+                    result
+                }
+                Err(e) => {
+                    spare = Vec::new();
+                    Err(Failure::new(
+                        FailureClass::Sink,
+                        format!("file sink {} writer task: {e}", self.path.display()),
+                    ))
+                }
+            };
+            let mut b = self.lock();
+            b.written = upto;
+            if let Err(f) = result {
+                if b.failures.len() == FAILURES_KEPT {
+                    b.failures.pop_front();
+                }
+                b.failures.push_back((from, upto, f));
+            }
+            for w in b.waiters.drain(..) {
+                w.wake();
+            }
+        }
+    }
+
+    fn write(&self, bytes: &[u8], sync: bool) -> Result<(), Failure> {
+        let mut target = self.target.lock().unwrap_or_else(|p| p.into_inner());
+        match target.as_mut() {
+            Some(t) => self.write_to(t, bytes, sync),
+            None => Err(Failure::new(FailureClass::Sink, "file sink closed")),
+        }
+    }
+
+    fn write_to(&self, target: &mut Target, bytes: &[u8], sync: bool) -> Result<(), Failure> {
+        match target {
+            Target::File(f) => {
+                f.write_all(bytes)
+                    .map_err(|e| self.fail("writing to", &e))?;
+                if sync {
+                    f.sync_data().map_err(|e| self.fail("syncing", &e))?;
                 }
             }
-            Ok(())
-        })
-        .await
-        .map_err(|e| Failure::new(FailureClass::Sink, format!("file sink writer task: {e}")))?
+            Target::Stdout => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(bytes)
+                    .map_err(|e| self.fail("writing to", &e))?;
+                out.flush().map_err(|e| self.fail("flushing", &e))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Resolves once send `seq` was written.
+struct Written {
+    inner: Arc<Inner>,
+    seq: u64,
+}
+
+impl Future for Written {
+    type Output = Result<(), Failure>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut b = self.inner.lock();
+        if b.written >= self.seq {
+            let failed = b
+                .failures
+                .iter()
+                .find(|(first, last, _)| (*first..=*last).contains(&self.seq));
+            return Poll::Ready(match failed {
+                Some((_, _, f)) => Err(f.clone()),
+                None => Ok(()),
+            });
+        }
+        if !b.waiters.iter().any(|w| w.will_wake(cx.waker())) {
+            b.waiters.push(cx.waker().clone());
+        }
+        Poll::Pending
     }
 }
 
 impl Sink for FileSink {
     fn send<'a>(&'a self, records: &'a [Record]) -> BoxFuture<'a, Result<Accepted, Failure>> {
-        Box::pin(async move {
-            if !records.is_empty() {
-                let buf = self.encode(records);
-                self.write(buf, self.fsync).await?;
+        let accepted: Accepted = if records.is_empty() {
+            super::done()
+        } else {
+            let mut b = self.inner.lock();
+            let before = b.data.len();
+            self.encode(records, &mut b.data);
+            b.sent += 1;
+            let seq = b.sent;
+            let start = !b.flushing;
+            b.flushing = true;
+            let hurry = before < BIG && b.data.len() >= BIG;
+            drop(b);
+            if start {
+                tokio::spawn(Arc::clone(&self.inner).flush_task());
+            } else if hurry {
+                self.inner.hurry.notify_one();
             }
-            Ok(done())
-        })
+            Box::pin(Written {
+                inner: Arc::clone(&self.inner),
+                seq,
+            })
+        };
+        Box::pin(std::future::ready(Ok(accepted)))
     }
 
     fn close(&self) -> BoxFuture<'_, anyhow::Result<()>> {
         Box::pin(async move {
-            self.write(Vec::new(), self.fsync)
-                .await
-                .map_err(|f| anyhow::anyhow!(f.message))
+            self.flush().await.map_err(|f| anyhow::anyhow!(f.message))?;
+            if let Some(file) = self.inner.file.as_ref().filter(|_| self.inner.fsync) {
+                let file = file.try_clone()?;
+                tokio::task::spawn_blocking(move || file.sync_data())
+                    .await?
+                    .map_err(|e| anyhow::anyhow!(self.inner.fail("syncing", &e).message))?;
+            }
+            Ok(())
         })
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use bytes::Bytes;
-
-    fn rec(payload: &[u8]) -> Record {
-        Record {
-            topic: None,
-            key: None,
-            payload: Bytes::copy_from_slice(payload),
-            headers: Vec::new(),
-            id: String::new(),
-        }
-    }
-
-    fn cfg(path: &Path, format: Option<FileSinkFormat>) -> FileSinkConfig {
-        FileSinkConfig {
-            path: path.to_path_buf(),
-            format,
-            fsync: false,
-        }
-    }
-
-    #[tokio::test]
-    async fn appends_lines_and_creates_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("out.txt");
-        std::fs::write(&path, b"old\n").unwrap();
-        let sink = open(&cfg(&path, None), FileSinkFormat::Lines).unwrap();
-        sink.publish(&[rec(b"a"), rec(b"\xff b")]).await.unwrap();
-        sink.publish(&[]).await.unwrap();
-        sink.close().await.unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), b"old\na\n\xff b\n");
-
-        let path2 = dir.path().join("new.txt");
-        let sink = open(
-            &FileSinkConfig {
-                fsync: true,
-                ..cfg(&path2, None)
-            },
-            FileSinkFormat::Lines,
-        )
-        .unwrap();
-        sink.publish(&[rec(b"x")]).await.unwrap();
-        assert_eq!(std::fs::read(&path2).unwrap(), b"x\n");
-    }
-
-    #[tokio::test]
-    async fn default_format_applies_only_when_none_is_configured() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("dlq.jsonl");
-        let sink = open(&cfg(&path, None), FileSinkFormat::Envelope).unwrap();
-        assert_eq!(sink.format(), FileSinkFormat::Envelope);
-        sink.publish(&[rec(b"p")]).await.unwrap();
-        assert_eq!(
-            std::fs::read_to_string(&path).unwrap(),
-            "{\"payload\":\"p\",\"headers\":[]}\n"
-        );
-        let sink = open(
-            &cfg(&path, Some(FileSinkFormat::Lines)),
-            FileSinkFormat::Envelope,
-        )
-        .unwrap();
-        assert_eq!(sink.format(), FileSinkFormat::Lines);
-    }
-
-    #[tokio::test]
-    async fn missing_directories_are_created_but_a_file_in_the_way_is_an_error() {
-        let dir = tempfile::tempdir().unwrap();
-        open(
-            &cfg(&dir.path().join("no/such/file"), None),
-            FileSinkFormat::Lines,
-        )
-        .unwrap();
-        assert!(dir.path().join("no/such/file").exists());
-        std::fs::write(dir.path().join("plain"), "x").unwrap();
-        let err = open(
-            &cfg(&dir.path().join("plain/file"), None),
-            FileSinkFormat::Lines,
-        )
-        .err()
-        .unwrap();
-        assert!(format!("{err:#}").contains("file sink"), "{err:#}");
-    }
-
-    #[cfg(target_os = "linux")]
-    #[tokio::test]
-    async fn io_error_is_a_sink_failure() {
-        let sink = open(&cfg(Path::new("/dev/full"), None), FileSinkFormat::Lines).unwrap();
-        let err = sink.publish(&[rec(b"x")]).await.unwrap_err();
-        assert_eq!(err.class, FailureClass::Sink);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn concurrent_publishers_never_interleave() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("out.txt");
-        let sink = Arc::new(open(&cfg(&path, None), FileSinkFormat::Lines).unwrap());
-        let mut tasks = Vec::new();
-        for t in 0..8u8 {
-            let sink = Arc::clone(&sink);
-            tasks.push(tokio::spawn(async move {
-                for i in 0..50usize {
-                    // Long lines, several per batch, so a torn write would show.
-                    let line = vec![b'a' + t; 1000 + i * 37];
-                    let batch = [rec(&line), rec(&line), rec(&line)];
-                    sink.publish(&batch).await.unwrap();
-                }
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap();
-        }
-        let data = std::fs::read(&path).unwrap();
-        let lines: Vec<&[u8]> = data.split(|&b| b == b'\n').collect();
-        assert_eq!(lines.last(), Some(&&b""[..]));
-        let lines = &lines[..lines.len() - 1];
-        assert_eq!(lines.len(), 8 * 50 * 3);
-        for chunk in lines.chunks(3) {
-            // Each batch is written whole: three equal lines of one letter.
-            assert!(chunk.iter().all(|l| l == &chunk[0]));
-            assert!(chunk[0].iter().all(|&b| b == chunk[0][0]));
-        }
-    }
-}
+mod tests;
