@@ -664,3 +664,51 @@ async fn init_runs_under_fuel_and_memory() {
         .expect("refused");
     assert!(e.to_string().contains("memory limit exceeded"), "{e}");
 }
+
+/// SIGTERM while a handler sleeps for an hour in WASI: the call ends at its
+/// deadline, the message is handed back or settled, and the process exits
+/// (it once waited for the sleep, ignoring the signal).
+#[test]
+fn sigterm_ends_the_process_while_a_handler_sleeps() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in.log"), "sleep-3600000\n").unwrap();
+    let pipeline = dir.path().join("p.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"name = "sleepy"
+[source]
+type = "file"
+path = "in.log"
+follow = true
+[handler]
+plugin = "{}"
+timeout = "2s"
+[sink]
+type = "file"
+path = "out.log"
+[dead_letter]
+type = "file"
+path = "dead.log"
+[retry]
+max_attempts = 100
+initial = "10ms"
+"#,
+            common::plugin("hostile").display()
+        ),
+    )
+    .unwrap();
+    let mut proc = common::spawn_sluice(&pipeline);
+    // Let the sleep start, then ask the process to stop.
+    std::thread::sleep(Duration::from_millis(1500));
+    proc.signal("TERM");
+    let start = Instant::now();
+    let code = proc.wait_timeout(Duration::from_secs(20));
+    let log = std::fs::read_to_string(pipeline.with_extension("log")).unwrap_or_default();
+    assert_eq!(code, Some(0), "log:\n{log}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "exited {:?} after SIGTERM",
+        start.elapsed()
+    );
+}
