@@ -142,6 +142,22 @@ pub struct FileSourceConfig {
 fn default_file_in_flight() -> usize {
     1024
 }
+impl FileSourceConfig {
+    /// The checkpoint file: `checkpoint`, else `<path>.sluice-checkpoint`.
+    pub fn checkpoint_path(&self) -> PathBuf {
+        self.checkpoint
+            .clone()
+            .unwrap_or_else(|| default_checkpoint_path(&self.path))
+    }
+}
+
+/// The default checkpoint path: `<path>.sluice-checkpoint`.
+pub fn default_checkpoint_path(path: &std::path::Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".sluice-checkpoint");
+    PathBuf::from(s)
+}
+
 fn default_checkpoint_every() -> Dur {
     Dur(Duration::from_millis(100))
 }

@@ -65,14 +65,6 @@ pub(crate) fn resolve_all(base: &Path, s: &mut Sections) {
     }
 }
 
-/// The file a source reads, for the types that read files.
-pub(crate) fn source_file(s: &SourceConfig) -> Option<&Path> {
-    match s {
-        SourceConfig::File(f) => Some(&f.path).filter(|p| p.as_os_str() != "-").map(|p| &**p),
-        _ => None,
-    }
-}
-
 /// The file a sink writes, for the types that write files.
 pub(crate) fn sink_file(s: &SinkConfig) -> Option<&Path> {
     match s {

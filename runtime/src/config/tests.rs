@@ -340,3 +340,57 @@ fn durations_and_sizes_are_parsed() {
     assert_eq!(c.handler.timeout.0, Duration::from_millis(250));
     assert_eq!(c.handler.memory.0, 1024 * 1024);
 }
+
+#[test]
+fn a_pipelines_files_must_differ_however_they_are_spelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("sub")).unwrap();
+    std::fs::write(d.join("in.log"), "x\n").unwrap();
+    std::os::unix::fs::symlink(d.join("in.log"), d.join("link.log")).unwrap();
+    let file = d.join("p.toml");
+    let keys = |extra: &str| -> Vec<String> {
+        let text = format!(
+            "name = \"t\"\n[source]\ntype = \"file\"\npath = \"in.log\"\n{extra}\n[handler]\nplugin = \"echo.wasm\"\n"
+        );
+        match parse(&file, &text) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.errors.into_iter().filter_map(|e| e.key).collect(),
+        }
+    };
+    // The checkpoint on the input, on the dead letter, a sink through `..`
+    // and through a link, a sink on the default checkpoint.
+    assert_eq!(
+        keys("checkpoint = \"in.log\"\n[dead_letter]\ntype = \"file\"\npath = \"d.log\""),
+        ["source.checkpoint"]
+    );
+    assert_eq!(
+        keys("checkpoint = \"cp\"\n[dead_letter]\ntype = \"file\"\npath = \"sub/../cp\""),
+        ["dead_letter.path"]
+    );
+    assert_eq!(
+        keys(
+            "[sink]\ntype = \"file\"\npath = \"sub/../in.log\"\n[dead_letter]\ntype = \"file\"\npath = \"d.log\""
+        ),
+        ["sink.path"]
+    );
+    assert_eq!(
+        keys(
+            "[sink]\ntype = \"file\"\npath = \"link.log\"\n[dead_letter]\ntype = \"file\"\npath = \"d.log\""
+        ),
+        ["sink.path"]
+    );
+    assert_eq!(
+        keys(
+            "[sink]\ntype = \"file\"\npath = \"in.log.sluice-checkpoint\"\n[dead_letter]\ntype = \"file\"\npath = \"d.log\""
+        ),
+        ["sink.path"]
+    );
+    assert_eq!(
+        keys(
+            "[sink]\ntype = \"file\"\npath = \"out.log\"\n[dead_letter]\ntype = \"file\"\npath = \"out.log\""
+        ),
+        ["dead_letter.path"]
+    );
+    assert!(keys("[sink]\ntype = \"file\"\npath = \"out.log\"\n[dead_letter]\ntype = \"file\"\npath = \"d.log\"").is_empty());
+}

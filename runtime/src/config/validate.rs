@@ -11,7 +11,7 @@ use super::model::{
     Action, BreakerConfig, DedupConfig, ErrorsConfig, HandlerConfig, RetryConfig, SinkConfig,
     SourceConfig,
 };
-use super::paths::{sink_file, source_file};
+use super::paths::sink_file;
 use super::sections::Sections;
 
 /// The smallest `handler.memory`: one WebAssembly page.
@@ -80,9 +80,22 @@ pub(crate) fn validate(d: &mut Diag<'_>, root: &Spanned<DeTable<'_>>, s: &Sectio
         .map(|k| (vec!["sink"], k))
         .chain(s.sinks.iter().map(|(n, k)| (vec!["sinks", n.as_str()], k)))
         .chain(s.dead_letter.iter().map(|k| (vec!["dead_letter"], k)));
-    for (keys, sink) in sinks {
-        check_sink(&mut c, &keys, sink, s.source.as_ref());
+    let mut files: Vec<(Vec<&str>, std::path::PathBuf)> = Vec::new();
+    if let Some(SourceConfig::File(f)) = &s.source
+        && f.path.as_os_str() != "-"
+    {
+        files.push((vec!["source", "path"], f.path.clone()));
+        files.push((vec!["source", "checkpoint"], f.checkpoint_path()));
     }
+    for (keys, sink) in sinks {
+        check_sink(&mut c, &keys, sink);
+        if let Some(out) = sink_file(sink) {
+            let mut k = keys.clone();
+            k.push("path");
+            files.push((k, out.to_path_buf()));
+        }
+    }
+    check_overlaps(&mut c, &files);
     if let Some(r) = &s.retry {
         check_retry(&mut c, r);
     }
@@ -135,7 +148,7 @@ fn broker(c: &mut Check, table: &[&str], problems: Vec<(String, String)>) {
     }
 }
 
-fn check_sink(c: &mut Check, keys: &[&str], s: &SinkConfig, source: Option<&SourceConfig>) {
+fn check_sink(c: &mut Check, keys: &[&str], s: &SinkConfig) {
     match s {
         SinkConfig::File(_) => {}
         SinkConfig::Kafka(k) => broker(c, keys, k.validate()),
@@ -143,17 +156,40 @@ fn check_sink(c: &mut Check, keys: &[&str], s: &SinkConfig, source: Option<&Sour
         SinkConfig::Nats(n) => broker(c, keys, n.validate()),
         SinkConfig::Jetstream(j) => broker(c, keys, j.validate()),
     }
-    let (Some(out), Some(input)) = (sink_file(s), source.and_then(source_file)) else {
-        return;
+}
+
+/// What a path names on disk as far as it exists: the file itself resolved
+/// (links, `..`) when it exists, else its folder resolved and its name.
+fn on_disk(p: &std::path::Path) -> std::path::PathBuf {
+    if let Ok(c) = std::fs::canonicalize(p) {
+        return c;
+    }
+    let dir = match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
     };
-    if out == input {
-        let mut path = keys.to_vec();
-        path.push("path");
-        c.fail(
-            &path,
-            "is the file `source.path` reads; a pipeline must not write to its own input, \
-             expected another file",
-        );
+    match (std::fs::canonicalize(dir), p.file_name()) {
+        (Ok(d), Some(name)) => d.join(name),
+        _ => p.to_path_buf(),
+    }
+}
+
+/// The files a pipeline reads and writes (its input, its checkpoint, every
+/// file sink and dead letter) must all be different files, however they are
+/// spelled (`..`, links): a sink or checkpoint on the input would truncate it.
+fn check_overlaps(c: &mut Check, files: &[(Vec<&str>, std::path::PathBuf)]) {
+    let resolved: Vec<std::path::PathBuf> = files.iter().map(|(_, p)| on_disk(p)).collect();
+    for (i, (keys, _)) in files.iter().enumerate() {
+        if let Some(j) = (0..i).find(|&j| resolved[j] == resolved[i]) {
+            c.fail(
+                keys,
+                format!(
+                    "is the same file as `{}`; a pipeline's input, checkpoint, sinks and \
+                     dead letter must be different files",
+                    files[j].0.join(".")
+                ),
+            );
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read as _};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,12 +27,7 @@ pub(super) struct Checkpoint {
     pub(super) written: u64,
 }
 
-/// The default checkpoint path: `<path>.sluice-checkpoint`.
-pub fn default_checkpoint_path(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(".sluice-checkpoint");
-    PathBuf::from(s)
-}
+pub use crate::config::default_checkpoint_path;
 
 /// Opens the data file and the checkpoint; returns where to start.
 pub(super) fn prepare(cfg: &FileSourceConfig) -> anyhow::Result<(File, u64, Checkpoint)> {
