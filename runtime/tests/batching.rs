@@ -7,12 +7,10 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice::config::BreakerConfig;
 use sluice::engine::{Plugin, PluginSpec, Worker};
 use sluice::failure::FailureClass;
 use sluice::message::Message;
-use sluice::pipeline::{Parts, Pipeline, Sinks};
-use sluice::router::Policy;
+use sluice::pipeline::Pipeline;
 use sluice::sinks::memory::MemorySink;
 use sluice::sources::memory::MemorySource;
 
@@ -39,8 +37,8 @@ fn payload(r: &Result<Vec<sluice::message::Output>, sluice::failure::Failure>) -
     }
 }
 
-/// A pipeline from an in-memory source to an in-memory sink: one worker,
-/// batches of 16, a window of 128, no breaker, the default policy.
+/// A pipeline from an in-memory source to an in-memory sink
+/// ([`common::memory_parts`]).
 fn memory_pipeline(
     name: &str,
     source: MemorySource,
@@ -48,29 +46,13 @@ fn memory_pipeline(
     sink: &Arc<MemorySink>,
     dead_letter: Option<Arc<MemorySink>>,
 ) -> Pipeline {
-    Pipeline::new(Parts {
-        name: name.into(),
-        source: Box::new(source),
+    Pipeline::new(common::memory_parts(
+        name,
+        source,
         plugin,
-        sinks: Sinks {
-            default: Some(sink.clone()),
-            named: Default::default(),
-        },
-        dead_letter: dead_letter.map(|d| d as Arc<dyn sluice::sinks::Sink>),
-        policy: Policy {
-            errors: Default::default(),
-            retry: Default::default(),
-        },
-        breaker: BreakerConfig {
-            enabled: false,
-            ..Default::default()
-        },
-        dedup: None,
-        concurrency: 1,
-        publish_window: 128,
-        batch: 16,
-        publish_timeout: Duration::from_secs(30),
-    })
+        sink,
+        dead_letter,
+    ))
 }
 
 /// A batch `[before, trigger, after]`: `before` answered, the trigger's

@@ -11,12 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::guest::{Guest, ONE_OUTPUT, OUTPUTS, PAYLOAD};
-use sluice::config::BreakerConfig;
 use sluice::engine::{Plugin, PluginError, PluginSpec, Worker};
 use sluice::failure::{Failure, FailureClass};
 use sluice::message::{Message, Output};
-use sluice::pipeline::{Parts, Pipeline, Sinks};
-use sluice::router::Policy;
+use sluice::pipeline::{Parts, Pipeline};
 use sluice::sinks::memory::MemorySink;
 use sluice::sources::memory::MemorySource;
 
@@ -360,29 +358,11 @@ async fn outputs_are_published_all_or_nothing() {
     let source = MemorySource::new((0..total).map(|i| Message::new("t", format!("m{i}"))));
     let sink = Arc::new(MemorySink::keeping());
     let dlq = Arc::new(MemorySink::keeping());
-    let policy = Policy {
-        errors: Default::default(),
-        retry: Default::default(),
-    };
     let p = Pipeline::new(Parts {
-        name: "all-or-nothing".into(),
-        source: Box::new(source),
-        plugin,
-        sinks: Sinks {
-            default: Some(sink.clone()),
-            named: Default::default(),
-        },
-        dead_letter: Some(dlq.clone()),
-        policy,
-        breaker: BreakerConfig {
-            enabled: false,
-            ..Default::default()
-        },
-        dedup: None,
-        concurrency: 1,
         publish_window: 16,
         batch: 1,
         publish_timeout: Duration::from_secs(5),
+        ..common::memory_parts("all-or-nothing", source, plugin, &sink, Some(dlq.clone()))
     });
     let stats = p.run(std::future::pending()).await.expect("run");
     assert_eq!(
@@ -408,29 +388,15 @@ fn a_stderr_nobody_reads_does_not_stop_the_handlers() {
     let dir = tempfile::tempdir().unwrap();
     let lines = 400;
     let input = "logflood-400\n".repeat(lines);
-    std::fs::write(dir.path().join("in.log"), input).unwrap();
-    let pipeline = dir.path().join("p.toml");
-    std::fs::write(
-        &pipeline,
-        format!(
-            r#"name = "loud"
-[source]
-type = "file"
-path = "in.log"
-follow = true
-[handler]
-plugin = "{}"
-[sink]
-type = "file"
-path = "out.log"
-[dead_letter]
-type = "file"
-path = "dead.log"
-"#,
-            common::plugin("hostile").display()
-        ),
-    )
-    .unwrap();
+    let pipeline = file_pipeline(
+        dir.path(),
+        "loud",
+        &input,
+        true,
+        &common::plugin("hostile"),
+        "",
+        FILE_SINK,
+    );
     let port = common::free_port();
     let mut child = Command::new(common::sluice_bin())
         .arg("run")
@@ -513,31 +479,11 @@ fn a_header_name_nats_cannot_carry_is_rejected() {
     .write(dir.path(), "tab-header");
     let lines = 5;
     let input: String = (0..lines).map(|i| format!("m{i}\n")).collect();
-    std::fs::write(dir.path().join("in.log"), input).unwrap();
-    let pipeline = dir.path().join("p.toml");
-    std::fs::write(
-        &pipeline,
-        format!(
-            r#"name = "tab-header"
-[source]
-type = "file"
-path = "in.log"
-follow = false
-[handler]
-plugin = "{}"
-[sink]
-type = "nats"
-url = "nats://127.0.0.1:4222"
-subject = "{}"
-[dead_letter]
-type = "file"
-path = "dead.log"
-"#,
-            plugin.display(),
-            common::unique("tab-header")
-        ),
-    )
-    .unwrap();
+    let sink = format!(
+        "[sink]\ntype = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\nsubject = \"{}\"\n",
+        common::unique("tab-header")
+    );
+    let pipeline = file_pipeline(dir.path(), "tab-header", &input, false, &plugin, "", &sink);
     let (code, _, stderr) = common::run_sluice(&["run", pipeline.to_str().unwrap()]);
     assert_eq!(code, 0, "{stderr}");
     let dead = std::fs::read_to_string(dir.path().join("dead.log")).unwrap_or_default();
@@ -571,27 +517,11 @@ async fn a_panicking_worker_fails_its_pipeline() {
     let settled = source.settled();
     let sink = Arc::new(MemorySink::keeping());
     let p = Pipeline::new(Parts {
-        name: "panics".into(),
-        source: Box::new(source),
-        plugin,
-        sinks: Sinks {
-            default: Some(sink.clone()),
-            named: Default::default(),
-        },
-        dead_letter: None,
-        policy: Policy {
-            errors: Default::default(),
-            retry: Default::default(),
-        },
-        breaker: BreakerConfig {
-            enabled: false,
-            ..Default::default()
-        },
-        dedup: None,
         concurrency: 2,
         publish_window: 16,
         batch: 1,
         publish_timeout: Duration::from_secs(5),
+        ..common::memory_parts("panics", source, plugin, &sink, None)
     });
     let e = tokio::time::timeout(Duration::from_secs(20), p.run(std::future::pending()))
         .await
@@ -671,33 +601,15 @@ async fn init_runs_under_fuel_and_memory() {
 #[test]
 fn sigterm_ends_the_process_while_a_handler_sleeps() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("in.log"), "sleep-3600000\n").unwrap();
-    let pipeline = dir.path().join("p.toml");
-    std::fs::write(
-        &pipeline,
-        format!(
-            r#"name = "sleepy"
-[source]
-type = "file"
-path = "in.log"
-follow = true
-[handler]
-plugin = "{}"
-timeout = "2s"
-[sink]
-type = "file"
-path = "out.log"
-[dead_letter]
-type = "file"
-path = "dead.log"
-[retry]
-max_attempts = 100
-initial = "10ms"
-"#,
-            common::plugin("hostile").display()
-        ),
-    )
-    .unwrap();
+    let pipeline = file_pipeline(
+        dir.path(),
+        "sleepy",
+        "sleep-3600000\n",
+        true,
+        &common::plugin("hostile"),
+        "timeout = \"2s\"\n",
+        &format!("{FILE_SINK}[retry]\nmax_attempts = 100\ninitial = \"10ms\"\n"),
+    );
     let mut proc = common::spawn_sluice(&pipeline);
     // Let the sleep start, then ask the process to stop.
     std::thread::sleep(Duration::from_millis(1500));
@@ -711,4 +623,33 @@ initial = "10ms"
         "exited {:?} after SIGTERM",
         start.elapsed()
     );
+}
+
+/// A file sink to `out.log`, for [`file_pipeline`].
+const FILE_SINK: &str = "[sink]\ntype = \"file\"\npath = \"out.log\"\n";
+
+/// Writes `input` to `dir/in.log` and a pipeline `dir/p.toml` that reads
+/// it (to its end, or following it) through `plugin` (with `handler` lines added to `[handler]`) into
+/// `sink` (TOML sections), dead-lettering to `dead.log`.
+fn file_pipeline(
+    dir: &std::path::Path,
+    name: &str,
+    input: &str,
+    follow: bool,
+    plugin: &std::path::Path,
+    handler: &str,
+    sink: &str,
+) -> std::path::PathBuf {
+    std::fs::write(dir.join("in.log"), input).unwrap();
+    let pipeline = dir.join("p.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "name = \"{name}\"\n[source]\ntype = \"file\"\npath = \"in.log\"\nfollow = {follow}\n\
+             [handler]\nplugin = \"{}\"\n{handler}[dead_letter]\ntype = \"file\"\npath = \"dead.log\"\n{sink}",
+            plugin.display()
+        ),
+    )
+    .unwrap();
+    pipeline
 }

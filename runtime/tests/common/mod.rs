@@ -247,3 +247,38 @@ pub fn reset_peak_rss() -> u64 {
     std::fs::write("/proc/self/clear_refs", "5").expect("reset the peak RSS");
     peak_rss()
 }
+
+/// The parts of a pipeline from `source` through `plugin` to the in-memory
+/// `sink` (and `dead_letter`): one worker, batches of 16, a window of 128,
+/// no breaker, the default policy. Tests change the fields they are about.
+pub fn memory_parts(
+    name: &str,
+    source: sluice::sources::memory::MemorySource,
+    plugin: sluice::engine::Plugin,
+    sink: &std::sync::Arc<sluice::sinks::memory::MemorySink>,
+    dead_letter: Option<std::sync::Arc<sluice::sinks::memory::MemorySink>>,
+) -> sluice::pipeline::Parts {
+    sluice::pipeline::Parts {
+        name: name.into(),
+        source: Box::new(source),
+        plugin,
+        sinks: sluice::pipeline::Sinks {
+            default: Some(sink.clone()),
+            named: Default::default(),
+        },
+        dead_letter: dead_letter.map(|d| d as std::sync::Arc<dyn sluice::sinks::Sink>),
+        policy: sluice::router::Policy {
+            errors: Default::default(),
+            retry: Default::default(),
+        },
+        breaker: sluice::config::BreakerConfig {
+            enabled: false,
+            ..Default::default()
+        },
+        dedup: None,
+        concurrency: 1,
+        publish_window: 128,
+        batch: 16,
+        publish_timeout: Duration::from_secs(30),
+    }
+}
