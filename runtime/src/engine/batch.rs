@@ -110,11 +110,7 @@ impl Instance {
             .zip(&headers)
             .map(|(m, h)| wit_message(m, h))
             .collect();
-        let budget = Budget {
-            fuel: spec.fuel,
-            ticks: inner.engine.ticks(spec.timeout),
-            timeout: spec.timeout,
-        };
+        let budget = Budget::of(&inner.engine, spec);
         let started = Instant::now();
         arm_with(&mut self.store, &budget, started);
         self.store.data_mut().batch = Some(BatchCall {

@@ -300,7 +300,7 @@ impl Plugin {
             p.spec.max_output_bytes,
             p.spec.kv_max_bytes as u64,
         ));
-        arm(&mut store, &p.engine, &p.spec);
+        arm(&mut store, &p.engine, &p.spec, Instant::now());
         let made = match &p.batch_pre {
             Some(pre) => watched(pre.instantiate_async(&mut store), &deadline)
                 .await
@@ -313,7 +313,7 @@ impl Plugin {
             Ok(b) => b,
             Err(e) => return Err(classify(e, &store, &p.spec, "instantiation")),
         };
-        arm(&mut store, &p.engine, &p.spec);
+        arm(&mut store, &p.engine, &p.spec, Instant::now());
         let config: Vec<(&str, &str)> = p
             .config
             .iter()
@@ -426,14 +426,10 @@ fn check_exports(
     }
 }
 
-/// Sets the budgets for the next call: fuel and the wall-clock deadline.
-pub(super) fn arm(store: &mut Store<HostState>, engine: &Engine, spec: &PluginSpec) {
-    let budget = Budget {
-        fuel: spec.fuel,
-        ticks: engine.ticks(spec.timeout),
-        timeout: spec.timeout,
-    };
-    arm_with(store, &budget, Instant::now());
+/// Sets the budgets for the next call, starting `now`: fuel and the
+/// wall-clock deadline.
+pub(super) fn arm(store: &mut Store<HostState>, engine: &Engine, spec: &PluginSpec, now: Instant) {
+    arm_with(store, &Budget::of(engine, spec), now);
 }
 
 /// One message's budgets, re-armed for each message of a batch.
@@ -444,6 +440,17 @@ pub(super) struct Budget {
     pub ticks: u64,
     /// The deadline as a duration (for the watchdog of host calls).
     pub timeout: Duration,
+}
+
+impl Budget {
+    /// One message's budgets as the plugin's spec sets them.
+    pub(super) fn of(engine: &Engine, spec: &PluginSpec) -> Budget {
+        Budget {
+            fuel: spec.fuel,
+            ticks: engine.ticks(spec.timeout),
+            timeout: spec.timeout,
+        }
+    }
 }
 
 /// Sets the budgets for the next message, starting `now`: fuel, the
@@ -661,10 +668,10 @@ impl Instance {
     /// Runs `handle` on one message under all three budgets.
     pub async fn handle(&mut self, msg: &Message) -> Handled {
         let spec = &self.plugin.inner.spec;
-        arm(&mut self.store, &self.plugin.inner.engine, spec);
         let headers = wit_headers(msg);
         let wit = wit_message(msg, &headers);
         let start = Instant::now();
+        arm(&mut self.store, &self.plugin.inner.engine, spec, start);
         let result = watched(
             self.bindings.call_handle(&mut self.store, wit),
             &self.deadline,
