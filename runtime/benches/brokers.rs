@@ -69,7 +69,7 @@ const KAFKA_IN_FLIGHT: usize = 1000;
 const CONCURRENCY: [usize; 2] = [1, 8];
 
 /// Message `i`: its number in 100 ASCII digits, zero-padded (the 100-byte
-/// messages issue 7's targets are stated for). Written digit by digit:
+/// messages the performance targets are stated for). Written digit by digit:
 /// `format!("{i:0100}")` pads one `write_char` at a time, ~4,580 instructions
 /// a message (callgrind, session 15) that the bench's own producer spent
 /// beside either side.

@@ -1,4 +1,4 @@
-//! The plot bench's judge of issue 7's targets (`benches/plot/targets.rs`),
+//! The plot bench's judge of the performance targets (`benches/plot/targets.rs`),
 //! fed hand-made bench files: a bound is met or missed on the right side of
 //! it, the best configuration is the one compared, and a bench that did not
 //! run (or a soak shorter than ten minutes) is never reported as met.

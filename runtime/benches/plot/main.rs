@@ -1,7 +1,7 @@
 //! Plots and the targets table: reads the figures the other benches wrote
 //! (`target/bench/*.json`), draws them as SVG into `docs/bench/` for the
 //! README — plain SVG written here, no plotting dependency — and prints
-//! issue 7's targets as a Markdown table, also written to
+//! the performance targets as a Markdown table, also written to
 //! `target/bench/targets.json`.
 //!
 //! Run after the benches: `cargo bench -p sluice --bench plot`.
@@ -350,7 +350,7 @@ fn main() {
     }
     let rows = targets::judge(read);
     println!(
-        "\nIssue 7's targets, from these files:\n\n{}",
+        "\nPerformance targets, from these files:\n\n{}",
         targets::markdown(&rows)
     );
     let file = bench_dir().join("targets.json");

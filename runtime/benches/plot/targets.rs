@@ -1,4 +1,4 @@
-//! Issue 7's five targets, judged from the figures the benches wrote: one
+//! The five performance targets, judged from the figures the benches wrote: one
 //! row per target with what was measured, the bound and whether it holds,
 //! printed as the README's Markdown table and written to
 //! `target/bench/targets.json`. A target whose bench has not run is shown
