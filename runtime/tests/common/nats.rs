@@ -162,6 +162,102 @@ impl Drop for NatsServer {
     }
 }
 
+/// A raw frame: subject, header block (`HPUB` when given), payload.
+pub type Frame = (Vec<u8>, Option<Vec<u8>>, Vec<u8>);
+
+/// Publishes raw protocol frames on a connection of its own, bypassing every
+/// check a client makes: `frames` are `(subject, header block, payload)`,
+/// sent as `HPUB` when a header block is given and `PUB` otherwise. Returns
+/// once the server has answered a `PING` after the last frame (it has taken
+/// them all).
+pub fn raw_publish(port: u16, frames: &[Frame]) {
+    use std::io::{BufRead, BufReader, Write};
+    let conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("INFO");
+    assert!(line.starts_with("INFO"), "server said {line:?}");
+    let mut out = std::io::BufWriter::new(conn);
+    out.write_all(
+        b"CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true,\"protocol\":1}\r\n",
+    )
+    .expect("CONNECT");
+    for (subject, header, payload) in frames {
+        match header {
+            Some(h) => {
+                out.write_all(b"HPUB ").expect("write");
+                out.write_all(subject).expect("write");
+                write!(out, " {} {}\r\n", h.len(), h.len() + payload.len()).expect("write");
+                out.write_all(h).expect("write");
+            }
+            None => {
+                out.write_all(b"PUB ").expect("write");
+                out.write_all(subject).expect("write");
+                write!(out, " {}\r\n", payload.len()).expect("write");
+            }
+        }
+        out.write_all(payload).expect("write");
+        out.write_all(b"\r\n").expect("write");
+    }
+    out.write_all(b"PING\r\n").expect("PING");
+    out.flush().expect("flush");
+    loop {
+        line.clear();
+        let n = reader.read_line(&mut line).expect("reply");
+        assert!(n > 0, "server closed the connection");
+        assert!(!line.starts_with("-ERR"), "server refused: {line}");
+        if line.starts_with("PONG") {
+            return;
+        }
+    }
+}
+
+/// Header blocks and subjects the client cannot parse, as a hostile
+/// publisher sends them: `(subject suffix, header block)`.
+pub fn unreadable_frames() -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    vec![
+        (
+            b"".to_vec(),
+            Some(b"NATS/1.0\r\nNo colon here\r\n\r\n".to_vec()),
+        ),
+        (
+            b"".to_vec(),
+            Some(b"NATS/1.0\r\nBad Name: x\r\n\r\n".to_vec()),
+        ),
+        (
+            b"".to_vec(),
+            Some(b"NATS/1.0\r\nName: \xff\xfe\r\n\r\n".to_vec()),
+        ),
+        (b"".to_vec(), Some(b"NATS/1.0\r\n\xc3: v\r\n\r\n".to_vec())),
+        (b".\xff".to_vec(), None),
+    ]
+}
+
+/// The good and the unreadable frames of the bad-input tests, interleaved:
+/// `good` messages `good-N` on `<prefix>.ok`, and each frame the client
+/// cannot parse (`bad-K`) on `<prefix>.bad` or its own odd subject.
+pub fn mixed_frames(prefix: &str, good: usize) -> Vec<Frame> {
+    let bad = unreadable_frames();
+    let every = good / bad.len();
+    let mut frames = Vec::new();
+    for i in 0..good {
+        frames.push((
+            format!("{prefix}.ok").into_bytes(),
+            None,
+            format!("good-{i}").into_bytes(),
+        ));
+        if i % every == every / 2 {
+            let (suffix, header) = bad[i / every].clone();
+            let mut subject = prefix.as_bytes().to_vec();
+            subject.extend_from_slice(if suffix.is_empty() { b".bad" } else { &suffix });
+            frames.push((subject, header, format!("bad-{}", i / every).into_bytes()));
+        }
+    }
+    frames
+}
+
 /// Builds and runs pipelines in-process for the NATS tests.
 pub mod run {
     use std::collections::HashMap;
@@ -197,6 +293,17 @@ pub mod run {
                 .expect("pipeline stops in time")
                 .expect("pipeline task")
                 .expect("pipeline result")
+        }
+
+        /// Waits (at most `timeout`) for the pipeline to end by itself.
+        pub async fn ended(
+            self,
+            timeout: Duration,
+        ) -> Result<Snapshot, sluice::pipeline::PipelineError> {
+            tokio::time::timeout(timeout, self.task)
+                .await
+                .expect("pipeline ends in time")
+                .expect("pipeline task")
         }
 
         /// Waits until `f(stats)` holds, at most `timeout`.

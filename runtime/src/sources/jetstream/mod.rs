@@ -162,6 +162,7 @@ impl JetStreamSource {
             Err(_) => (1, None, None),
         };
         let (msg, acker) = m.split();
+        let fault = connect::unreadable(&msg);
         let (headers, key) = connect::from_nats_headers(msg.headers.as_ref());
         let mut message = Message::new(msg.subject.to_string(), msg.payload);
         message.headers = headers;
@@ -174,7 +175,11 @@ impl JetStreamSource {
             .keepalive
             .as_ref()
             .map(|k| (k.clone(), k.add(acker.clone())));
-        Delivery::new(message, Box::new(JetStreamSettle { acker, keepalive }))
+        let settle = Box::new(JetStreamSettle { acker, keepalive });
+        match fault {
+            Some(why) => Delivery::undecodable(message, why, settle),
+            None => Delivery::new(message, settle),
+        }
     }
 
     /// Sleeps before the next pull after `errors` consecutive failures.

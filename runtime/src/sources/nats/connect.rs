@@ -183,6 +183,18 @@ pub fn header_text(v: &[u8]) -> String {
     String::from_utf8_lossy(v).replace(['\r', '\n'], " ")
 }
 
+/// Why the client could not read a message (a subject that is not UTF-8, a
+/// header block it cannot parse), or `None` for a message read whole. The
+/// client delivers such a message without headers and without a status, its
+/// description naming the fault (see `vendor/async-nats/SLUICE.md`); the
+/// pipeline routes it as `decode`.
+pub fn unreadable(m: &async_nats::Message) -> Option<String> {
+    match (&m.status, &m.description) {
+        (None, Some(why)) => Some(why.clone()),
+        _ => None,
+    }
+}
+
 /// NATS headers as ours, and the key the `sluice-key*` headers carry.
 pub fn from_nats_headers(map: Option<&HeaderMap>) -> (Vec<Header>, Option<Bytes>) {
     let Some(map) = map else {

@@ -193,6 +193,7 @@ impl NatsSource {
     }
 
     fn delivery(&self, m: async_nats::Message) -> Delivery {
+        let fault = connect::unreadable(&m);
         let (headers, key) = connect::from_nats_headers(m.headers.as_ref());
         let mut message = Message::new(m.subject.as_str().to_owned(), m.payload);
         message.headers = headers;
@@ -208,7 +209,10 @@ impl NatsSource {
             _ => None,
         };
         let settle = NatsSettle::new(reply, self.pipeline.clone());
-        Delivery::new(message, Box::new(settle))
+        match fault {
+            Some(why) => Delivery::undecodable(message, why, Box::new(settle)),
+            None => Delivery::new(message, Box::new(settle)),
+        }
     }
 }
 
