@@ -14,8 +14,11 @@ use futures::StreamExt as _;
 use sluice::config::ErrorsConfig;
 use sluice::config::nats::{JetStreamSinkConfig, JetStreamSourceConfig};
 use sluice::message::Header;
+use sluice::message::Message;
+use sluice::sinks::memory::MemorySink;
 use sluice::sinks::{Record, Sink};
 use sluice::sources::Source;
+use sluice::sources::memory::MemorySource;
 
 const URL: &str = "nats://127.0.0.1:4222";
 
@@ -466,4 +469,135 @@ async fn source_lag_reports_the_pending_count() {
     );
     assert_eq!(done.dropped, n, "every message handled");
     assert_eq!(s.source_lag, Some(0), "caught up");
+}
+
+/// Stored messages the client cannot parse (a header line without `:`, a
+/// space in a header name, header bytes that are not UTF-8, a subject that
+/// is not UTF-8) among good ones: each is dead-lettered as `decode` and
+/// acknowledged, the consumer moves past them, and every good one is handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_messages_are_dead_lettered_and_the_consumer_moves_on() {
+    let (stream, sub) = names();
+    let js = js().await;
+    let cfg = source_cfg(&stream, &format!("{sub}.>"), "worker", "ack_wait = \"5s\"");
+    let source = sluice::sources::jetstream::open(&cfg, "t").await.unwrap();
+    let out = Arc::new(MemorySink::counting());
+    let dead = Arc::new(MemorySink::keeping());
+    let plugin = run::plugin(&common::plugin("echo"), &[], Duration::from_secs(1)).await;
+    let p = run::start(
+        Box::new(source),
+        plugin,
+        Some(out.clone()),
+        Some(dead.clone()),
+        ErrorsConfig::default(),
+        run::retry(1, Duration::from_millis(10)),
+    );
+    let frames = common::nats::mixed_frames(&sub, 1000);
+    let sent = frames.len() as u64;
+    tokio::task::spawn_blocking(move || common::nats::raw_publish(4222, &frames))
+        .await
+        .unwrap();
+    let snap = p
+        .wait_for(Duration::from_secs(30), |s| {
+            s.succeeded + s.dead_lettered >= sent
+        })
+        .await;
+    eprintln!("[jetstream unreadable] sent {sent}: {snap:?}");
+    let snap = p.stop().await;
+    assert_eq!(snap.received, sent, "nothing redelivered or lost: {snap:?}");
+    assert_eq!(snap.succeeded, 1000, "{snap:?}");
+    assert_eq!(snap.dead_lettered, sent - 1000, "{snap:?}");
+    let records = dead.kept();
+    assert_eq!(records.len() as u64, sent - 1000);
+    for r in &records {
+        assert!(r.payload.starts_with(b"bad-"), "{r:?}");
+        let class = r.headers.iter().find(|h| h.key == "sluice-error-class");
+        assert_eq!(class.map(|h| &h.value[..]), Some(&b"decode"[..]), "{r:?}");
+    }
+    let info = consumer_info(&js, &stream, "worker").await;
+    assert_eq!(info.num_ack_pending, 0, "{info:?}");
+    assert_eq!(info.num_redelivered, 0, "{info:?}");
+    let _ = js.delete_stream(&stream).await;
+}
+
+/// Dead-letter records the sink refuses for good. One over the server's
+/// `max_payload` is sent cut down (its payload's first KiB, its length in a
+/// header) rather than retried for ever; and when the dead-letter stream
+/// refuses every record (sealed), the pipeline stops with an error naming
+/// why instead of spinning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_the_sink_refuses_are_cut_down_or_stop_the_pipeline() {
+    let (stream, sub) = names();
+    let dlq_stream = format!("{stream}_DLQ");
+    let js = js().await;
+    let dead = capture(&js, &dlq_stream, &format!("{sub}.dlq")).await;
+    let dlq = || async {
+        let sink =
+            sluice::sinks::jetstream::open(&sink_cfg(&format!("{sub}.dlq"), &dlq_stream), "t")
+                .await
+                .unwrap();
+        Some(Arc::new(sink) as Arc<dyn Sink>)
+    };
+    let fatal_on = common::plugin("fatal-on");
+    let fatal = || run::plugin(&fatal_on, &[], Duration::from_secs(5));
+    let mut big = b"bad ".to_vec();
+    big.resize(2 << 20, b'x');
+    let p = run::start(
+        Box::new(MemorySource::new([Message::new("in", big)])),
+        fatal().await,
+        None,
+        dlq().await,
+        ErrorsConfig::default(),
+        run::retry(1, Duration::from_millis(10)),
+    );
+    let snap = p
+        .ended(Duration::from_secs(30))
+        .await
+        .expect("pipeline ends");
+    assert_eq!(snap.dead_lettered, 1, "{snap:?}");
+    let got = drain(&dead, 1, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].payload.len(), 1024);
+    assert!(got[0].payload.starts_with(b"bad xxx"));
+    assert_eq!(
+        header(&got[0], "sluice-payload-length").as_deref(),
+        Some("2097152")
+    );
+    assert_eq!(
+        header(&got[0], "sluice-error-class").as_deref(),
+        Some("fatal")
+    );
+
+    // A sealed stream takes nothing: the pipeline stops, naming the refusal.
+    let mut config = js
+        .get_stream(&dlq_stream)
+        .await
+        .unwrap()
+        .cached_info()
+        .config
+        .clone();
+    config.sealed = true;
+    js.update_stream(config).await.unwrap();
+    let source = MemorySource::new([Message::new("in", "bad apple")]);
+    let settled = source.settled();
+    let p = run::start(
+        Box::new(source),
+        fatal().await,
+        None,
+        dlq().await,
+        ErrorsConfig::default(),
+        run::retry(1, Duration::from_millis(10)),
+    );
+    let err = p
+        .ended(Duration::from_secs(30))
+        .await
+        .expect_err("the pipeline stops");
+    let text = err.to_string();
+    assert!(text.contains("dead-letter sink refuses"), "{text}");
+    assert!(text.contains("bad apple"), "{text}");
+    // Handed back to the source unsettled as dead-lettered: a restart, once
+    // the dead letter takes records again, sends it there.
+    let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(count(&settled.terminated) + count(&settled.acked), 0);
+    let _ = js.delete_stream(&dlq_stream).await;
 }

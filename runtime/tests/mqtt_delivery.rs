@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::mqtt::{Mosquitto, Opts, client, create_session};
+use common::nats::run;
 use sluice::config::mqtt::{MqttSinkConfig, MqttSourceConfig};
 use sluice::failure::FailureClass;
 use sluice::message::Header;
@@ -434,5 +435,59 @@ async fn session_made_in_advance() {
     .unwrap();
     let d = next(&mut src, Duration::from_secs(5)).await.expect("early");
     assert_eq!(&d.message.payload[..], b"early");
+    d.settle(Settlement::Ack).await.unwrap();
+}
+
+/// A dead-letter record with a header MQTT 5 cannot carry (a value that is
+/// not UTF-8) is sent with that header encoded (`sluice-encoded-header`:
+/// base64 name `=` base64 value) instead of being refused for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_with_a_binary_header_is_sent_encoded() {
+    use std::sync::Arc;
+    let b = Mosquitto::start(Opts::default());
+    let topic = common::unique("mqtt-dlq");
+    let mut src = sluice::sources::mqtt::open(
+        &source_cfg(&format!(
+            "url = \"{}\"\ntopics = [\"{topic}\"]\nqos = 1\nclean_session = true",
+            b.url()
+        )),
+        "dlq-reader",
+    )
+    .await
+    .unwrap();
+    let dlq = sluice::sinks::mqtt::open(
+        &sink_cfg(&format!(
+            "url = \"{}\"\ntopic = \"{topic}\"\nqos = 1",
+            b.url()
+        )),
+        "dlq",
+    )
+    .await
+    .unwrap();
+    let mut m = sluice::message::Message::new("in", "bad apple");
+    m.headers.push(Header::new("bin", vec![0xffu8, 0]));
+    m.headers.push(Header::new("trace", "abc"));
+    let plugin = run::plugin(&common::plugin("fatal-on"), &[], Duration::from_secs(5)).await;
+    let p = run::start(
+        Box::new(sluice::sources::memory::MemorySource::new([m])),
+        plugin,
+        None,
+        Some(Arc::new(dlq)),
+        sluice::config::ErrorsConfig::default(),
+        run::retry(1, Duration::from_millis(10)),
+    );
+    let snap = p
+        .ended(Duration::from_secs(30))
+        .await
+        .expect("pipeline ends");
+    assert_eq!(snap.dead_lettered, 1, "{snap:?}");
+    let d = next(&mut src, Duration::from_secs(10))
+        .await
+        .expect("the dead letter arrives");
+    assert_eq!(&d.message.payload[..], b"bad apple");
+    let get = |k: &str| d.message.header(k).map(|v| v.to_vec());
+    assert_eq!(get("trace"), Some(b"abc".to_vec()));
+    assert_eq!(get("sluice-encoded-header"), Some(b"Ymlu=/wA=".to_vec()));
+    assert_eq!(get("sluice-error-class"), Some(b"fatal".to_vec()));
     d.settle(Settlement::Ack).await.unwrap();
 }

@@ -731,11 +731,22 @@ async fn process(
                     &digest,
                     format!("{}:dlq", ids.base(sh, &msg)),
                 );
-                match timed_publish(sh, dlq.as_ref(), std::slice::from_ref(&record)).await {
+                match publish_dead_letter(sh, dlq.as_ref(), &record).await {
                     Ok(()) => {
                         sh.stats.dead_lettered.fetch_add(1, Relaxed);
                         remember(sh, &msg);
                         settle(sh, handle, Settlement::Terminated).await;
+                    }
+                    Err(e) if e.class == FailureClass::Rejected => {
+                        // No form of the record fits the sink: trying again
+                        // would only spin. Stop; the message stays unsettled.
+                        hand_back(sh, handle).await;
+                        return Err(Failure::new(
+                            FailureClass::Rejected,
+                            format!(
+                                "the dead-letter sink refuses even the bare record of a message that failed with {failure} ({e}); the pipeline stops"
+                            ),
+                        ));
                     }
                     Err(e) => {
                         // Not settled: the source delivers it again later.
@@ -829,6 +840,30 @@ impl Ids {
         }
         id
     }
+}
+
+/// Publishes a dead-letter record; when the sink refuses it for good
+/// (`rejected`), publishes it cut down step by step
+/// ([`dead_letter::cut_down`]) until one fits. The last failure otherwise.
+async fn publish_dead_letter(sh: &Shared, dlq: &dyn Sink, record: &Record) -> Result<(), Failure> {
+    let mut failed = match timed_publish(sh, dlq, std::slice::from_ref(record)).await {
+        Ok(()) => return Ok(()),
+        Err(e) => e,
+    };
+    for step in 1.. {
+        if failed.class != FailureClass::Rejected {
+            break;
+        }
+        let Some((cut, how)) = dead_letter::cut_down(record, step) else {
+            break;
+        };
+        tracing::warn!(pipeline = %sh.name, "the dead-letter sink refused a record ({failed}); sending it {how}");
+        match timed_publish(sh, dlq, std::slice::from_ref(&cut)).await {
+            Ok(()) => return Ok(()),
+            Err(e) => failed = e,
+        }
+    }
+    Err(failed)
 }
 
 async fn timed_publish(sh: &Shared, sink: &dyn Sink, records: &[Record]) -> Result<(), Failure> {
