@@ -12,16 +12,24 @@ use anyhow::Context as _;
 use super::state::Shared;
 use crate::config::FileSourceConfig;
 
-/// How many leading bytes of the file the checkpoint fingerprints.
+/// How many leading bytes of the file the checkpoint fingerprints, and how
+/// many of the bytes just before the checkpointed offset.
 const HEAD_LEN: usize = 1024;
-/// `"{offset:020} {prefix_len:04} {hash:016x}\n"`.
-pub(super) const RECORD_LEN: usize = 20 + 1 + 4 + 1 + 16 + 1;
+/// `"{offset:020} {head_len:04} {head_hash:016x} {device:016x} {inode:016x}
+/// {window_len:04} {window_hash:016x}\n"`: the offset, what identifies the
+/// file (a hash of its first bytes, its device and inode), and a hash of the
+/// bytes before the offset (so a file rewritten in place with the same head
+/// is told apart too). A record of the offset alone (written by hand) is
+/// honoured as long as it is at a line start.
+pub(super) const RECORD_LEN: usize = 20 + 1 + 4 + 1 + 16 + 1 + 16 + 1 + 16 + 1 + 4 + 1 + 16 + 1;
 
 /// The checkpoint file and what is needed to fingerprint the data file.
 pub(super) struct Checkpoint {
     file: File,
     pub(super) path: PathBuf,
     data: File,
+    /// The data file's device and inode.
+    identity: (u64, u64),
     head: Vec<u8>,
     /// The offset last written.
     pub(super) written: u64,
@@ -56,7 +64,7 @@ pub(super) fn prepare(cfg: &FileSourceConfig) -> anyhow::Result<(File, u64, Chec
                 "unreadable checkpoint; starting at byte 0");
             0
         }
-        Ok(_) => match validate(&text, &data, len) {
+        Ok(_) => match validate(&text, &data, len, identity(&data)?) {
             Ok(offset) => offset,
             Err(why) => {
                 tracing::warn!(checkpoint = %cp_path.display(), file = %cfg.path.display(),
@@ -69,6 +77,7 @@ pub(super) fn prepare(cfg: &FileSourceConfig) -> anyhow::Result<(File, u64, Chec
         file: cp_file,
         path: cp_path,
         data: data.try_clone()?,
+        identity: identity(&data)?,
         head: read_head(&data)?,
         written: start,
     };
@@ -79,8 +88,9 @@ pub(super) fn prepare(cfg: &FileSourceConfig) -> anyhow::Result<(File, u64, Chec
     Ok((data, start, checkpoint))
 }
 
-/// The checkpointed offset, if the checkpoint fits this file.
-fn validate(text: &str, data: &File, len: u64) -> Result<u64, String> {
+/// The checkpointed offset, if the checkpoint fits this file; why not
+/// otherwise (the caller starts over and says so).
+fn validate(text: &str, data: &File, len: u64, identity: (u64, u64)) -> Result<u64, String> {
     let mut fields = text.split_whitespace();
     let Some(first) = fields.next() else {
         return Ok(0); // new (or never written) checkpoint
@@ -93,20 +103,36 @@ fn validate(text: &str, data: &File, len: u64) -> Result<u64, String> {
             "checkpoint offset {offset} is past the end of the file ({len} bytes): replaced or truncated?"
         ));
     }
-    if let (Some(prefix), Some(hash)) = (fields.next(), fields.next()) {
-        let prefix: u64 = prefix
-            .parse()
-            .map_err(|_| format!("bad checkpoint prefix length {prefix:?}"))?;
-        let hash = u64::from_str_radix(hash, 16)
-            .map_err(|_| format!("bad checkpoint fingerprint {hash:?}"))?;
-        if prefix > len || prefix > HEAD_LEN as u64 {
-            return Err("the file is shorter than the checkpoint's fingerprint: replaced?".into());
+    let rest: Vec<&str> = fields.collect();
+    match rest[..] {
+        [] => {}
+        [head_len, head_hash, ref more @ ..] => {
+            let (head_len, head_hash) = (number(head_len, 10)?, number(head_hash, 16)?);
+            if head_len > HEAD_LEN as u64 || !hash_matches(data, 0, head_len, head_hash, len)? {
+                return Err(
+                    "the file's first bytes differ from the checkpoint's: replaced?".into(),
+                );
+            }
+            if let [device, inode, window_len, window_hash] = more[..] {
+                if (number(device, 16)?, number(inode, 16)?) != identity {
+                    return Err(
+                        "the file is not the one checkpointed (another inode): replaced?".into(),
+                    );
+                }
+                let (window_len, window_hash) = (number(window_len, 10)?, number(window_hash, 16)?);
+                if window_len > HEAD_LEN as u64
+                    || window_len > offset
+                    || !hash_matches(data, offset - window_len, window_len, window_hash, len)?
+                {
+                    return Err(format!(
+                        "the bytes before checkpoint offset {offset} differ from the checkpoint's: rewritten?"
+                    ));
+                }
+            } else if !more.is_empty() {
+                return Err(format!("malformed checkpoint record {text:?}"));
+            }
         }
-        let mut head = vec![0; prefix as usize];
-        read_exact_at(data, &mut head, 0).map_err(|e| format!("reading the file: {e}"))?;
-        if fnv1a(&head) != hash {
-            return Err("the file's first bytes differ from the checkpoint's: replaced?".into());
-        }
+        _ => return Err(format!("malformed checkpoint record {text:?}")),
     }
     if offset > 0 && offset < len {
         let mut b = [0u8];
@@ -118,6 +144,36 @@ fn validate(text: &str, data: &File, len: u64) -> Result<u64, String> {
         }
     }
     Ok(offset)
+}
+
+/// A field of the checkpoint record.
+fn number(field: &str, radix: u32) -> Result<u64, String> {
+    u64::from_str_radix(field, radix).map_err(|_| format!("bad checkpoint field {field:?}"))
+}
+
+/// Whether the `n` bytes of `data` at `pos` hash to `hash`.
+fn hash_matches(data: &File, pos: u64, n: u64, hash: u64, len: u64) -> Result<bool, String> {
+    if pos + n > len {
+        return Ok(false);
+    }
+    let mut bytes = vec![0; n as usize];
+    read_exact_at(data, &mut bytes, pos).map_err(|e| format!("reading the file: {e}"))?;
+    Ok(fnv1a(&bytes) == hash)
+}
+
+/// The device and inode of a file (zero where the platform has none).
+fn identity(f: &File) -> io::Result<(u64, u64)> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        let m = f.metadata()?;
+        Ok((m.dev(), m.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = f;
+        Ok((0, 0))
+    }
 }
 
 fn read_head(data: &File) -> io::Result<Vec<u8>> {
@@ -189,7 +245,18 @@ impl Checkpoint {
         }
         let prefix = (offset as usize).min(self.head.len());
         let hash = fnv1a(&self.head[..prefix]);
-        let rec = format!("{offset:020} {prefix:04} {hash:016x}\n");
+        let mut window = offset.min(HEAD_LEN as u64);
+        let mut bytes = [0u8; HEAD_LEN];
+        if read_exact_at(&self.data, &mut bytes[..window as usize], offset - window).is_err() {
+            // Truncated under the reader (it starts over when it sees it): a
+            // record without the window still names the offset and the file.
+            window = 0;
+        }
+        let window_hash = fnv1a(&bytes[..window as usize]);
+        let (device, inode) = self.identity;
+        let rec = format!(
+            "{offset:020} {prefix:04} {hash:016x} {device:016x} {inode:016x} {window:04} {window_hash:016x}\n"
+        );
         debug_assert_eq!(rec.len(), RECORD_LEN);
         write_record(&self.file, rec.as_bytes())?;
         self.written = offset;
@@ -205,6 +272,7 @@ impl Checkpoint {
     /// checkpoint points at its byte 0.
     pub(super) fn reset(&mut self, data: Option<File>) -> io::Result<()> {
         if let Some(data) = data {
+            self.identity = identity(&data)?;
             self.data = data;
         }
         self.head.clear();

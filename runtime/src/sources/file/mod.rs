@@ -353,7 +353,15 @@ impl FileSource {
         match self.format {
             FileSourceFormat::Lines => message.payload = bytes,
             FileSourceFormat::Json => {
-                if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+                // JSON text is UTF-8; serde_json skips a string it ignores
+                // without checking, so check the whole line first.
+                let checked = std::str::from_utf8(&bytes)
+                    .map_err(|e| e.to_string())
+                    .and_then(|text| {
+                        serde_json::from_str::<serde::de::IgnoredAny>(text)
+                            .map_err(|e| e.to_string())
+                    });
+                if let Err(e) = checked {
                     decode_error = Some(format!("line at byte {start} is not JSON: {e}"));
                 }
                 message.payload = bytes;

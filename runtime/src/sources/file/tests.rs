@@ -266,7 +266,11 @@ async fn follow_starts_over_after_truncation() {
 async fn bad_json_is_undecodable_with_its_raw_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("in.jsonl");
-    std::fs::write(&path, b"{\"a\":1}\r\nnot json\xff\n\n  \n[1, 2]").unwrap();
+    std::fs::write(
+        &path,
+        b"{\"a\":1}\r\nnot json\xff\n\n  \n[1, 2]\n{\"s\":\"\xff\"}",
+    )
+    .unwrap();
     let mut src = open(&FileSourceConfig {
         format: FileSourceFormat::Json,
         ..cfg(&path)
@@ -287,6 +291,8 @@ async fn bad_json_is_undecodable_with_its_raw_bytes() {
             (0, b"{\"a\":1}\r".to_vec(), false),
             (9, b"not json\xff".to_vec(), true),
             (23, b"[1, 2]".to_vec(), false),
+            // JSON text is UTF-8, inside strings too.
+            (30, b"{\"s\":\"\xff\"}".to_vec(), true),
         ]
     );
 }
@@ -467,6 +473,52 @@ async fn a_checkpoint_that_does_not_fit_the_file_starts_over() {
     std::fs::write(&cp, "4\n").unwrap();
     let mut src = open(&c).unwrap();
     assert_eq!(payload(&next(&mut src).await), b"yyy");
+}
+
+/// A file replaced by one with the same first KiB (a constant banner), or
+/// rewritten in place with it, is not resumed mid-file: the checkpoint
+/// fingerprints the file's inode and the bytes before its offset, and the
+/// source starts over. The same file is resumed.
+#[tokio::test]
+async fn a_file_with_the_same_head_but_other_lines_starts_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("in.txt");
+    let banner = format!("{}\n", "#".repeat(2047));
+    let body = |tag: &str| format!("{banner}{tag}-1\n{tag}-2\n{tag}-3\n{tag}-4\n");
+    // Settles the banner and two lines; returns the next line on reopening.
+    async fn settle_three(path: &Path) {
+        let mut src = open(&cfg(path)).unwrap();
+        for _ in 0..3 {
+            next(&mut src).await.settle(Settlement::Ack).await.unwrap();
+        }
+    }
+    async fn first_line(path: &Path) -> Vec<u8> {
+        let mut src = open(&cfg(path)).unwrap();
+        let d = next(&mut src).await;
+        let p = payload(&d).to_vec();
+        std::mem::forget(d);
+        p
+    }
+    std::fs::write(&path, body("old")).unwrap();
+    settle_three(&path).await;
+    assert_eq!(first_line(&path).await, b"old-3", "the same file resumes");
+
+    // Replaced through a rename (another inode), same banner, same length.
+    let new = dir.path().join("new.txt");
+    std::fs::write(&new, body("new")).unwrap();
+    std::fs::rename(&new, &path).unwrap();
+    assert_eq!(first_line(&path).await, banner.trim_end().as_bytes());
+
+    // Rewritten in place (same inode), same banner, same length.
+    settle_three(&path).await;
+    std::fs::write(&path, body("cpy")).unwrap();
+    assert_eq!(first_line(&path).await, banner.trim_end().as_bytes());
+
+    // The same bytes under another inode (a copy): in doubt, start over.
+    settle_three(&path).await;
+    std::fs::copy(&path, &new).unwrap();
+    std::fs::rename(&new, &path).unwrap();
+    assert_eq!(first_line(&path).await, banner.trim_end().as_bytes());
 }
 
 /// Waits (up to 5 s) until the checkpoint of `path` holds `want`.
