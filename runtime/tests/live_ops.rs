@@ -1070,3 +1070,43 @@ fn files_that_are_not_regular_files_are_refused_at_once() {
     });
     stop(proc, &log);
 }
+
+/// A pipeline that cannot load or start because the process is out of file
+/// descriptors (EMFILE) is tried again, backing off, and runs once
+/// descriptors are free again (it stayed failed until its file changed).
+#[test]
+fn a_pipeline_short_of_descriptors_starts_once_they_are_free() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("data")).unwrap();
+    std::fs::create_dir_all(d.join("p")).unwrap();
+    std::fs::write(d.join("data/b.in"), "one\n").unwrap();
+    let port = common::free_port();
+    let log = d.join("sluice.log");
+    let proc = spawn(&[d.join("p").to_str().unwrap()], port, &log);
+    let pid = proc.pid().to_string();
+    let prlimit = |soft: &str| {
+        let out = std::process::Command::new("prlimit")
+            .args(["--pid", &pid, &format!("--nofile={soft}:")])
+            .output()
+            .expect("prlimit (util-linux)");
+        assert!(out.status.success(), "{out:?}");
+    };
+    // Room for the pipeline file's text, not for its plugin's compiler or
+    // its files.
+    prlimit(&(descriptors(proc.pid()) + 2).to_string());
+    std::fs::write(d.join("p/b.toml"), file_pipeline(d, "b", "tagger", "b", "")).unwrap();
+    wait_until(
+        "the pipeline to run out of descriptors",
+        Duration::from_secs(30),
+        || std::fs::read_to_string(&log).is_ok_and(|l| l.contains("Too many open files")),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(lines(&d.join("data/b.out")).is_empty(), "b ran while short");
+    prlimit("4096");
+    wait_until("b's line handled", Duration::from_secs(90), || {
+        lines(&d.join("data/b.out")).len() == 1
+    });
+    assert_eq!(pipelines(port)["invalid_files"], serde_json::json!([]));
+    stop(proc, &log);
+}

@@ -13,6 +13,7 @@
 //! aborts every pending load.
 
 mod registry;
+mod retry;
 mod watch;
 
 pub use registry::{Handle, Registry, State};
@@ -87,6 +88,9 @@ pub struct Supervisor {
     /// Files refused for want of handler instances: tried again once a
     /// pipeline stops.
     no_room: BTreeSet<PathBuf>,
+    /// Files whose load or start failed for want of a resource (descriptors,
+    /// memory, disk): tried again, backing off, while their text stays.
+    retries: BTreeMap<PathBuf, retry::Retry>,
     watcher: watch::Watcher,
     events: mpsc::UnboundedReceiver<()>,
     done_tx: mpsc::UnboundedSender<()>,
@@ -121,6 +125,7 @@ impl Supervisor {
             entries: BTreeMap::new(),
             refused: BTreeMap::new(),
             no_room: BTreeSet::new(),
+            retries: BTreeMap::new(),
             watcher: watch::Watcher::new(tx),
             events,
             done_tx,
@@ -159,11 +164,13 @@ impl Supervisor {
         loop {
             if self.dirs.is_empty()
                 && self.pending.is_empty()
+                && self.retries.is_empty()
                 && !self.entries.values().any(|e| e.handle.state().is_active())
             {
                 break;
             }
             let rescan_at = self.rescan_at;
+            let retry_at = self.retries.values().map(|r| r.at).min();
             tokio::select! {
                 _ = &mut shutdown => {
                     tracing::info!("shutting down: intake stopped, finishing messages in flight");
@@ -177,6 +184,7 @@ impl Supervisor {
                 }
                 Some(loaded) = self.loaded_rx.recv() => self.finish_load(loaded).await,
                 Some(()) = self.done_rx.recv() => {}
+                _ = sleep_until(retry_at), if retry_at.is_some() => self.rescan().await,
                 _ = poll.tick() => self.rescan().await,
             }
         }
@@ -250,6 +258,7 @@ impl Supervisor {
             self.stop(&f, true).await;
         }
         self.refused.retain(|f, _| wanted.contains(f));
+        self.retries.retain(|f, _| wanted.contains(f));
         let stale: Vec<PathBuf> = self
             .pending
             .keys()
@@ -271,6 +280,19 @@ impl Supervisor {
                     continue;
                 }
             };
+            match self.retries.get(&f) {
+                Some(r) if r.text != text => {
+                    self.retries.remove(&f);
+                }
+                Some(r) if r.at <= Instant::now() && !self.pending.contains_key(&f) => {
+                    tracing::info!(file = %f.display(), "trying the pipeline file again");
+                    self.refused.remove(&f);
+                    self.begin_load(&f, text);
+                    continue;
+                }
+                Some(_) => continue,
+                None => {}
+            }
             if self.entries.get(&f).is_some_and(|e| e.text == text) {
                 // Back to what runs: a refused edit in between is history.
                 self.cancel_load(&f);
@@ -389,6 +411,10 @@ impl Supervisor {
         };
         let (cfg, plugin) = match loaded.result {
             Ok(x) => x,
+            Err(errors) if retry::short_of_resources(&errors) => {
+                let errors = self.retry_later(&file, &text, errors);
+                return self.refuse(&file, text, errors);
+            }
             Err(errors) => return self.refuse(&file, text, errors),
         };
         // Another file may have started a pipeline of this name, or taken
@@ -407,6 +433,19 @@ impl Supervisor {
             self.stop(&file, true).await;
         }
         self.start(&file, text, cfg, plugin).await;
+    }
+
+    /// Schedules another try of `file`'s `text`, which failed with `error`
+    /// for want of a resource; the error, saying when.
+    fn retry_later(&mut self, file: &Path, text: &str, error: String) -> String {
+        let failures = self.retries.get(file).map_or(0, |r| r.failures) + 1;
+        let r = retry::Retry::after(text.to_string(), failures);
+        let error = format!(
+            "{error} (short of a resource: trying again in {:.0?})",
+            r.delay()
+        );
+        self.retries.insert(file.to_path_buf(), r);
+        error
     }
 
     /// Remembers a refused text (not validated again until it changes) and
@@ -484,7 +523,11 @@ impl Supervisor {
         let pipeline = match crate::connect::build_with_plugin(&cfg, plugin).await {
             Ok(p) => p,
             Err(e) => {
-                let e = format!("{e:#}");
+                let mut e = format!("{e:#}");
+                if retry::short_of_resources(&e) {
+                    let text = entry.text.clone();
+                    e = self.retry_later(file, &text, e);
+                }
                 tracing::error!(pipeline = %cfg.name, "cannot start: {e}");
                 handle.set_error(e);
                 handle.set_state(State::Failed);
@@ -493,6 +536,7 @@ impl Supervisor {
                 return;
             }
         };
+        self.retries.remove(file);
         handle.attach(&pipeline);
         handle.set_state(State::Running);
         if let Some(f) = handle.plugin_file() {
