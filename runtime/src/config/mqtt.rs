@@ -247,6 +247,12 @@ pub fn parse_url(raw: &str) -> Result<BrokerAddr, String> {
 
 /// Problems with a topic filter (wildcards allowed), or `None`.
 pub fn filter_problem(filter: &str) -> Option<String> {
+    if filter.len() > MAX_STRING_BYTES {
+        return Some(format!(
+            "a topic filter is at most {MAX_STRING_BYTES} bytes long, found {}",
+            filter.len()
+        ));
+    }
     let f = match filter.strip_prefix("$share/") {
         Some(rest) => match rest.split_once('/') {
             Some((group, f)) if !group.is_empty() && !group.contains(['+', '#']) => f,
@@ -278,14 +284,34 @@ pub fn filter_problem(filter: &str) -> Option<String> {
     None
 }
 
+/// The longest string MQTT carries (a two-byte length prefix): topics,
+/// topic filters, client ids.
+pub const MAX_STRING_BYTES: usize = 65535;
+
+/// Problems with a `client_id`, or `None`; `what` says what it is for.
+fn client_id_problem(id: &str, what: &str) -> Option<String> {
+    if id.is_empty() {
+        Some(format!("cannot be empty ({what})"))
+    } else if id.len() > MAX_STRING_BYTES {
+        Some(format!(
+            "is at most {MAX_STRING_BYTES} bytes long, found {}",
+            id.len()
+        ))
+    } else if id.chars().any(char::is_control) {
+        Some("cannot contain control characters (NUL, line breaks, ...)".into())
+    } else {
+        None
+    }
+}
+
 /// Problems with a topic name to publish to (no wildcards), or `None`.
 /// The topic itself is not echoed (it may be long, or a handler's).
 pub fn topic_problem(topic: &str) -> Option<String> {
     if topic.is_empty() {
         Some("a topic cannot be empty".into())
-    } else if topic.len() > 65535 {
+    } else if topic.len() > MAX_STRING_BYTES {
         Some(format!(
-            "a topic is at most 65535 bytes long, found {}",
+            "a topic is at most {MAX_STRING_BYTES} bytes long, found {}",
             topic.len()
         ))
     } else if topic.contains(['+', '#']) {
@@ -425,13 +451,12 @@ impl MqttSourceConfig {
                 out.push(("topics".into(), p));
             }
         }
-        if let Some(id) = &self.client_id
-            && id.is_empty()
+        if let Some(p) = self
+            .client_id
+            .as_deref()
+            .and_then(|id| client_id_problem(id, "a persistent session needs a name"))
         {
-            out.push((
-                "client_id".into(),
-                "cannot be empty (a persistent session needs a name)".into(),
-            ));
+            out.push(("client_id".into(), p));
         }
         if self.version == MqttVersion::V5 && self.session_expiry.0.as_secs() > u64::from(u32::MAX)
         {
@@ -480,10 +505,12 @@ impl MqttSinkConfig {
         {
             out.push(("topic".into(), p));
         }
-        if let Some(id) = &self.client_id
-            && id.is_empty()
+        if let Some(p) = self
+            .client_id
+            .as_deref()
+            .and_then(|id| client_id_problem(id, "the broker names the connection by it"))
         {
-            out.push(("client_id".into(), "cannot be empty".into()));
+            out.push(("client_id".into(), p));
         }
         if self.timeout.0.is_zero() {
             out.push((
@@ -510,6 +537,33 @@ impl MqttSinkConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Strings past MQTT's two-byte length (client ids, topic filters) and
+    /// control characters in a client id are refused by validation.
+    #[test]
+    fn strings_mqtt_cannot_carry_are_refused() {
+        let long = "x".repeat(MAX_STRING_BYTES + 1);
+        let source = |extra: &str| -> Vec<(String, String)> {
+            let c: MqttSourceConfig =
+                toml::from_str(&format!("url = \"mqtt://127.0.0.1:1883\"\n{extra}")).unwrap();
+            c.validate()
+        };
+        let e = source(&format!("topics = [\"a\"]\nclient_id = \"{long}\""));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].0, "client_id");
+        assert_eq!(
+            source("topics = [\"a\"]\nclient_id = \"a\\u0000\"")[0].0,
+            "client_id"
+        );
+        let e = source(&format!("topics = [\"{long}\"]"));
+        assert_eq!(e[0].0, "topics");
+        assert!(e[0].1.len() < 200, "the filter is not echoed");
+        let sink: MqttSinkConfig = toml::from_str(&format!(
+            "url = \"mqtt://127.0.0.1:1883\"\ntopic = \"o\"\nclient_id = \"{long}\""
+        ))
+        .unwrap();
+        assert_eq!(sink.validate()[0].0, "client_id");
+    }
 
     #[test]
     fn urls_parse() {

@@ -204,19 +204,40 @@ fn check_url(url: &str) -> Result<(), String> {
         }
         None => url,
     };
-    if rest.is_empty() || rest.contains(char::is_whitespace) {
+    let expected = "expected e.g. \"nats://127.0.0.1:4222\"";
+    if rest.is_empty() || rest.contains(|c: char| c.is_whitespace() || c.is_control()) {
+        return Err(format!("{u:?} is not a server address; {expected}"));
+    }
+    // host[:port], the host possibly an [IPv6] literal; a path may follow (ws).
+    let authority = rest.split('/').next().unwrap_or_default();
+    let port = match authority.rsplit_once(':') {
+        Some((host, port))
+            if !host.ends_with(':') && (!host.starts_with('[') || host.ends_with(']')) =>
+        {
+            Some(port)
+        }
+        _ => None,
+    };
+    if let Some(port) = port
+        && !port.parse::<u16>().is_ok_and(|p| p > 0)
+    {
         return Err(format!(
-            "{u:?} is not a server address; expected e.g. \"nats://127.0.0.1:4222\""
+            "{u:?} has the port {port:?}; a port is a number from 1 to 65535, {expected}"
         ));
     }
     Ok(())
 }
+
+/// The longest subject or queue group accepted: the server reads a
+/// protocol line of at most 4 KiB, which also holds the other arguments.
+pub const MAX_SUBJECT_BYTES: usize = 2048;
 
 /// Whether `s` is no subject NATS accepts (to publish to, when
 /// `wildcards` is false): empty, with spaces or control characters, an
 /// empty token, or wildcards.
 pub fn bad_subject(s: &str, wildcards: bool) -> bool {
     s.is_empty()
+        || s.len() > MAX_SUBJECT_BYTES
         || s.contains(|c: char| c.is_whitespace() || c.is_control())
         || s.split('.').any(str::is_empty)
         || (!wildcards && s.split('.').any(|t| t == "*" || t == ">"))
@@ -232,7 +253,10 @@ fn check_subject(key: &str, s: &str, wildcards: bool, e: &mut Vec<(String, Strin
         };
         e.push((
             key.into(),
-            format!("{s:?} is not a valid subject; expected {what}"),
+            format!(
+                "{:?} is not a valid subject; expected {what}, at most {MAX_SUBJECT_BYTES} bytes",
+                shown(s)
+            ),
         ));
     } else if wildcards {
         let tokens: Vec<&str> = s.split('.').collect();
@@ -242,15 +266,32 @@ fn check_subject(key: &str, s: &str, wildcards: bool, e: &mut Vec<(String, Strin
     }
 }
 
+/// The longest stream or consumer name JetStream accepts.
+const MAX_NAME_BYTES: usize = 255;
+
 /// Problems with a stream or consumer name.
 fn check_name(key: &str, s: &str, e: &mut Vec<(String, String)>) {
     if s.is_empty()
-        || s.contains(|c: char| c.is_whitespace() || matches!(c, '.' | '*' | '>' | '/' | '\\'))
+        || s.len() > MAX_NAME_BYTES
+        || s.contains(|c: char| {
+            c.is_whitespace() || c.is_control() || matches!(c, '.' | '*' | '>' | '/' | '\\')
+        })
     {
         e.push((
             key.into(),
-            format!("{s:?} is not a valid name; expected letters, digits, `-` or `_` (no `.`, `*`, `>`, spaces)"),
+            format!(
+                "{:?} is not a valid name; expected letters, digits, `-` or `_` (no `.`, `*`, `>`, spaces), at most {MAX_NAME_BYTES} bytes",
+                shown(s)
+            ),
         ));
+    }
+}
+
+/// A name or subject as an error shows it: cut to its first 64 characters.
+fn shown(s: &str) -> String {
+    match s.char_indices().nth(64) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
     }
 }
 
@@ -308,11 +349,16 @@ impl NatsSourceConfig {
         let mut e = self.connection.validate();
         check_subject("subject", &self.subject, true, &mut e);
         if let Some(q) = &self.queue_group
-            && (q.is_empty() || q.contains(char::is_whitespace))
+            && (q.is_empty()
+                || q.len() > MAX_SUBJECT_BYTES
+                || q.contains(|c: char| c.is_whitespace() || c.is_control()))
         {
             e.push((
                 "queue_group".into(),
-                format!("{q:?} is not a valid queue group; expected a name without spaces"),
+                format!(
+                    "{:?} is not a valid queue group; expected a name without spaces or control characters, at most {MAX_SUBJECT_BYTES} bytes",
+                    shown(q)
+                ),
             ));
         }
         if self.pending_messages == 0 {
@@ -521,6 +567,60 @@ impl JetStreamSinkConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the server would refuse at run time (a port past 65535, NUL in
+    /// a queue group or a stream name, a subject past the protocol line) is
+    /// refused by validation, without echoing a long value whole.
+    #[test]
+    fn ports_names_and_lengths_the_server_refuses() {
+        let source = |extra: &str| -> Vec<(String, String)> {
+            let c: NatsSourceConfig =
+                toml::from_str(&format!("subject = \"a.b\"\n{extra}")).unwrap();
+            c.validate()
+        };
+        for url in [
+            "nats://h:99999",
+            "nats://h:0",
+            "nats://h:x",
+            "nats://[::1]:70000",
+        ] {
+            let e = source(&format!("url = \"{url}\""));
+            assert!(
+                e.iter().any(|(k, m)| k == "url" && m.contains("port")),
+                "{url}: {e:?}"
+            );
+        }
+        for url in [
+            "nats://h",
+            "nats://h:4222",
+            "nats://[::1]:4222",
+            "ws://h:80/path",
+            "h:4222",
+        ] {
+            assert!(source(&format!("url = \"{url}\"")).is_empty(), "{url}");
+        }
+        let e = source("queue_group = \"q\\u0000\"");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].0, "queue_group");
+        let long = "x".repeat(MAX_SUBJECT_BYTES);
+        let e = source(&format!("queue_group = \"{long}x\""));
+        assert_eq!(e[0].0, "queue_group");
+        assert!(e[0].1.len() < 300, "the value is not echoed whole");
+        let c: NatsSourceConfig = toml::from_str(&format!("subject = \"a.{long}\"")).unwrap();
+        let e = c.validate();
+        assert_eq!(e[0].0, "subject");
+        assert!(e[0].1.len() < 300);
+        let js = |stream: &str| -> Vec<(String, String)> {
+            let c: JetStreamSourceConfig = toml::from_str(&format!(
+                "stream = \"{stream}\"\ndurable = \"d\"\nsubjects = [\"a.>\"]"
+            ))
+            .unwrap();
+            c.validate()
+        };
+        assert!(js("ORDERS").is_empty());
+        assert_eq!(js("OR\\u0000D")[0].0, "stream");
+        assert_eq!(js(&"S".repeat(256))[0].0, "stream");
+    }
 
     #[test]
     fn flattened_connection_and_defaults() {
