@@ -91,7 +91,13 @@ pub async fn check(files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
                     ),
                     Err(e) => {
                         bad += 1;
-                        eprintln!("{}: handler.plugin: {e}", file.display());
+                        let at = sluice::files::read_regular_text(
+                            file,
+                            sluice::files::MAX_PIPELINE_BYTES,
+                        )
+                        .map(|text| config::position_of(&text, &["handler", "plugin"]))
+                        .unwrap_or_default();
+                        eprintln!("{}{at}: handler.plugin: {e}", file.display());
                     }
                 }
             }

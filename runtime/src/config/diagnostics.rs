@@ -181,6 +181,49 @@ pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
+/// `:line:column` of the value at `keys` in a pipeline file's `text` (or of
+/// the nearest table written, when the key is not), for a problem found
+/// after parsing (loading the plugin it names); empty when unknown.
+pub fn position_of(text: &str, keys: &[&str]) -> String {
+    let (root, _) = DeTable::parse_recoverable(text);
+    span_at(&root, &KeyPath::of(keys))
+        .map(|s| {
+            let (line, column) = line_col(text, s.start);
+            format!(":{line}:{column}")
+        })
+        .unwrap_or_default()
+}
+
+/// The first line nested deepest (dotted keys, table headers, arrays and
+/// inline tables), as a span: where a "recursion limit" error, which the
+/// TOML reader gives without a position, comes from.
+pub(crate) fn deepest_line(text: &str) -> Option<Range<usize>> {
+    let mut best: Option<(usize, Range<usize>)> = None;
+    let mut start = 0;
+    for line in text.split_inclusive('\n') {
+        let (mut depth, mut most, mut quoted) = (0usize, 0usize, None);
+        for c in line.chars() {
+            match (quoted, c) {
+                (Some(q), c) if c == q => quoted = None,
+                (Some(_), _) => {}
+                (None, '"' | '\'') => quoted = Some(c),
+                (None, '#') => break,
+                (None, '.' | '[' | '{') => {
+                    depth += 1;
+                    most = most.max(depth);
+                }
+                (None, ']' | '}') => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        if best.as_ref().is_none_or(|(d, _)| most > *d) {
+            best = Some((most, start..start + line.len().min(1)));
+        }
+        start += line.len();
+    }
+    best.map(|(_, span)| span)
+}
+
 /// The path, relative to `value`, of the key or value whose span is exactly
 /// `span` (the deepest one): where a deserialization error happened.
 pub(crate) fn find_path(value: &Spanned<DeValue<'_>>, span: &Range<usize>) -> Option<Vec<Seg>> {
@@ -270,6 +313,10 @@ pub(crate) fn syntax_message(text: &str, e: &toml::de::Error) -> String {
     let key = e.span().and_then(|s| text.get(s)).filter(|k| !k.is_empty());
     match key {
         Some(key) if message == "duplicate key" => format!("duplicate key `{key}`"),
+        _ if message.contains("recursion limit") => {
+            "keys, arrays or inline tables nested too deeply for the TOML reader (recursion limit)"
+                .to_string()
+        }
         _ => message.to_string(),
     }
 }

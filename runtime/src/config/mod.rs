@@ -19,9 +19,11 @@ pub mod units;
 mod validate;
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;
 
-pub use diagnostics::{ConfigError, ConfigErrors};
+pub use diagnostics::{ConfigError, ConfigErrors, position_of};
 pub use model::*;
 pub use validate::{MAX_MEMORY, MIN_COMPILE_MEMORY, MIN_MEMORY};
 
@@ -56,7 +58,13 @@ pub fn parse(path: &Path, text: &str) -> Result<PipelineConfig, ConfigErrors> {
     if !syntax.is_empty() {
         for e in syntax {
             let message = diagnostics::syntax_message(text, &e);
-            d.error(None, e.span(), message);
+            let span = e.span().or_else(|| {
+                message
+                    .contains("recursion")
+                    .then(|| diagnostics::deepest_line(text))
+                    .flatten()
+            });
+            d.error(None, span, message);
         }
         return Err(d.finish(path));
     }

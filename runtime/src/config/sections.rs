@@ -157,7 +157,12 @@ pub(crate) fn read(d: &mut Diag<'_>, root: &Spanned<DeTable<'_>>) -> Sections {
     ];
     for (key, what) in required {
         if !root.get_ref().contains_key(key) {
-            d.error(None, None, format!("missing key `{key}`: expected {what}"));
+            // At the top of the file, where the document (and so the key) begins.
+            d.error(
+                None,
+                Some(0..0),
+                format!("missing key `{key}`: expected {what}"),
+            );
         }
     }
     s

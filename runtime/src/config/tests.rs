@@ -394,3 +394,18 @@ fn a_pipelines_files_must_differ_however_they_are_spelled() {
     );
     assert!(keys("[sink]\ntype = \"file\"\npath = \"out.log\"\n[dead_letter]\ntype = \"file\"\npath = \"d.log\"").is_empty());
 }
+
+#[test]
+fn errors_found_without_a_position_get_one() {
+    // The TOML reader's recursion limit has no span: the deepest line is named.
+    let deep = format!("name = \"t\"\na{} = 1\n", ".a".repeat(200));
+    let e = errors(&deep);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(e[0].0, Some(2), "{e:?}");
+    assert!(e[0].2.contains("nested too deeply"), "{e:?}");
+    // A problem with the plugin, found when loading it after parsing.
+    assert_eq!(position_of(BASE, &["handler", "plugin"]), ":8:10");
+    // A key not written: the table it belongs to.
+    assert_eq!(position_of(BASE, &["handler", "timeout"]), ":7:1");
+    assert_eq!(position_of("not toml [", &["handler", "plugin"]), "");
+}

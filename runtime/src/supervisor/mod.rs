@@ -368,12 +368,13 @@ impl Supervisor {
         let engine = self.engine.clone();
         let tx = self.loaded_tx.clone();
         let path = file.to_path_buf();
+        let at = config::position_of(&text, &["handler", "plugin"]);
         tracing::info!(file = %file.display(), pipeline = %cfg.name, "pipeline file new or changed: loading its plugin");
         let task = tokio::spawn(async move {
             let spec = PluginSpec::from_config(&cfg.name, &cfg.handler);
             let result = match Plugin::load(&engine, spec).await {
                 Ok(plugin) => Ok((cfg, plugin)),
-                Err(e) => Err(format!("{}: handler.plugin: {e}", path.display())),
+                Err(e) => Err(format!("{}{at}: handler.plugin: {e}", path.display())),
             };
             let _ = tx.send(Loaded {
                 file: path,
