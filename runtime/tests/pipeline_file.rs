@@ -692,3 +692,126 @@ fn sigkill_mid_stream_loses_nothing_and_repeats_a_bounded_number() {
         "{dups} lines repeated, more than 2 × max_in_flight"
     );
 }
+
+/// With `fsync = true` on the sink, each checkpoint is written only after the
+/// sink's bytes for every line it covers were synced, and is itself synced
+/// before the next: watched with `strace` on `sluice run` (every write,
+/// positioned write and sync of the sink and the checkpoint, in order).
+/// Echo writes each line back as it came, so a checkpoint at byte X covers
+/// exactly X bytes of output.
+#[test]
+fn with_fsync_the_checkpoint_never_covers_an_unsynced_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let n = 60_000;
+    let input: String = (0..n).map(|i| format!("line-{i:06}\n")).collect();
+    std::fs::write(d.join("in.txt"), &input).unwrap();
+    let toml = base_toml(d, "echo", "")
+        .replace(
+            &format!("path = \"{}/in.txt\"", d.display()),
+            &format!(
+                "path = \"{}/in.txt\"\nmax_in_flight = 512\ncheckpoint_every = \"10ms\"",
+                d.display()
+            ),
+        )
+        .replace(
+            &format!("path = \"{}/out.txt\"", d.display()),
+            &format!("path = \"{}/out.txt\"\nfsync = true", d.display()),
+        );
+    assert!(toml.contains("fsync = true") && toml.contains("checkpoint_every"));
+    let file = d.join("p.toml");
+    std::fs::write(&file, toml).unwrap();
+    let trace = d.join("trace.txt");
+    let status = std::process::Command::new("strace")
+        .args(["-f", "-qq", "-y", "-s", "24", "-o"])
+        .arg(&trace)
+        .args(["-e", "trace=write,writev,pwrite64,fsync,fdatasync"])
+        .arg(common::sluice_bin())
+        .args(["run", file.to_str().unwrap()])
+        .env("SLUICE_CACHE_DIR", common::cache_dir())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("strace (install it: apt-get install strace)");
+    assert!(status.success(), "{status:?}");
+    assert_eq!(std::fs::read(d.join("out.txt")).unwrap().len(), input.len());
+
+    let out = format!("{}/out.txt>", d.display());
+    let cp = ".sluice-checkpoint>";
+    let text = std::fs::read_to_string(&trace).unwrap();
+    // A call cut in two by another thread's: its start names the fd, its
+    // end (`<... resumed>`) carries the result.
+    let mut open: std::collections::HashMap<&str, &str> = Default::default();
+    let (mut written, mut synced, mut syncing) = (0u64, 0u64, Vec::<(String, u64)>::new());
+    let (mut checkpoints, mut last_cp, mut cp_unsynced) = (0, 0u64, false);
+    for line in text.lines() {
+        let Some((pid, call)) = line.split_once(' ') else {
+            continue;
+        };
+        let call = call.trim_start();
+        let (start, end) = if let Some(head) = call.strip_suffix(" <unfinished ...>") {
+            open.insert(pid, head);
+            (Some(head), None)
+        } else if call.starts_with("<... ") {
+            (None, open.remove(pid).map(|head| (head, call)))
+        } else {
+            (Some(call), Some((call, call)))
+        };
+        if let Some(head) = start {
+            if head.starts_with("fdatasync(") || head.starts_with("fsync(") {
+                if head.contains(&out) {
+                    syncing.push((pid.to_string(), written));
+                } else if head.contains(cp) {
+                    cp_unsynced = false;
+                }
+            } else if head.starts_with("pwrite64(") && head.contains(cp) {
+                let offset: u64 = head
+                    .split('"')
+                    .nth(1)
+                    .and_then(|r| r.get(..20))
+                    .and_then(|o| o.parse().ok())
+                    .unwrap_or_else(|| panic!("a checkpoint record in {line}"));
+                if offset > last_cp {
+                    assert!(
+                        !cp_unsynced,
+                        "checkpoint {offset} written before the last one was synced"
+                    );
+                    assert!(
+                        offset <= synced,
+                        "checkpoint at byte {offset} written with {synced} output bytes synced"
+                    );
+                    checkpoints += 1;
+                    cp_unsynced = true;
+                    last_cp = offset;
+                }
+            }
+        }
+        if let Some((head, tail)) = end {
+            let result: Option<u64> = tail.rsplit(" = ").next().and_then(|r| r.parse().ok());
+            if (head.starts_with("write(") || head.starts_with("writev(")) && head.contains(&out) {
+                written += result.unwrap_or(0);
+            } else if (head.starts_with("fdatasync(") || head.starts_with("fsync("))
+                && head.contains(&out)
+                && let Some(i) = syncing.iter().position(|(p, _)| p == pid)
+            {
+                synced = synced.max(syncing.remove(i).1);
+            }
+        }
+    }
+    assert_eq!(
+        written,
+        input.len() as u64,
+        "the trace saw every output byte"
+    );
+    assert!(!cp_unsynced, "the last checkpoint was never synced");
+    assert_eq!(
+        last_cp,
+        input.len() as u64,
+        "the last checkpoint is the end"
+    );
+    assert!(
+        checkpoints >= 3,
+        "only {checkpoints} checkpoints: nothing shown"
+    );
+    eprintln!("[file fsync order] {checkpoints} checkpoints, each after its outputs were synced");
+}
