@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-#: Sluice against its WASM peers (issue 7, target 3), in one run: builds the three
+#: Sluice against its WASM peers, in one run: builds the three
 #: guests (bench/peers/guests), then the bench binary (Sluice, Extism and Fluvio's
 #: SmartModule engine linked into one process), and runs it.
 #:
