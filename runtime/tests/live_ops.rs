@@ -628,6 +628,12 @@ fn admin_api_metrics_pipelines_and_reload() {
         Duration::from_secs(30),
         || pipeline(port, "m").is_some_and(|p| count(&p, "succeeded") == 201),
     );
+    // A good version again: the old failure no longer describes what runs.
+    std::fs::copy(common::plugin("fatal-on"), &plugin).unwrap();
+    let (status, body) = http(port, "POST", "/pipelines/m/reload", Some("s3cret"));
+    assert_eq!(status, 200, "{body}");
+    let p = pipeline(port, "m").unwrap();
+    assert!(p["last_reload_error"].is_null(), "{p}");
     let (_, m) = http(port, "GET", "/metrics", None);
     assert!(
         metric(

@@ -155,6 +155,7 @@ impl Handle {
         )
     }
 
+    /// Why the last reload failed, while no reload succeeded since.
     pub fn last_reload_error(&self) -> Option<String> {
         lock(&self.last_reload_error).clone()
     }
@@ -181,6 +182,9 @@ impl Handle {
                 live.slot.swap(p.clone());
                 self.reloads_ok.fetch_add(1, Relaxed);
                 *lock(&self.failed_digest) = None;
+                // The running version is the one just loaded: an earlier
+                // failure no longer describes it.
+                *lock(&self.last_reload_error) = None;
                 tracing::info!(pipeline = %self.name, from = %old.digest(), to = %p.digest(), "plugin reloaded");
                 Ok(p)
             }
