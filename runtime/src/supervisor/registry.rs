@@ -234,6 +234,8 @@ impl Handle {
                 "fuel_used": s.fuel_used,
                 "batched": s.batched,
                 "guest_log_dropped": s.guest_log_dropped,
+                "shed": s.shed,
+                "slow_consumer": s.slow_consumer,
             })
         });
         let failures: BTreeMap<&str, u64> = stats

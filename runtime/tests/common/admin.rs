@@ -11,10 +11,16 @@ use serde_json::Value;
 
 /// Starts `sluice run <args>` with an admin port; stderr into `log`.
 pub fn spawn(args: &[&str], admin: u16, log: &Path) -> super::Proc {
+    spawn_env(args, admin, log, &[])
+}
+
+/// [`spawn`] with these environment variables set.
+pub fn spawn_env(args: &[&str], admin: u16, log: &Path, env: &[(&str, &str)]) -> super::Proc {
     let log = std::fs::File::create(log).expect("log file");
     let child = Command::new(super::sluice_bin())
         .arg("run")
         .args(args)
+        .envs(env.iter().copied())
         .arg("--admin")
         .arg(format!("127.0.0.1:{admin}"))
         .env("SLUICE_CACHE_DIR", super::cache_dir())
