@@ -39,6 +39,31 @@ pub struct Stats {
     pub shed: AtomicU64,
     /// What the source dropped before the pipeline took it.
     pub source_drops: SourceDrops,
+    /// Whether the source is consuming, as it tells.
+    pub source_health: SourceHealth,
+}
+
+/// Whether a source is consuming, and if not why: written by the source
+/// (a Kafka member holding no partition), read by readiness and the admin
+/// API. Consuming unless the source says otherwise.
+#[derive(Debug, Clone, Default)]
+pub struct SourceHealth(Arc<Mutex<Option<String>>>);
+
+impl SourceHealth {
+    /// The source consumes again.
+    pub fn consuming(&self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// The source consumes nothing, for this reason.
+    pub fn idle(&self, why: String) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+    }
+
+    /// Why the source consumes nothing; `None` while it consumes.
+    pub fn idle_reason(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 /// Messages a source dropped before the pipeline took them.
@@ -94,6 +119,12 @@ impl LagGauge {
     pub fn set(&self, lag: u64) {
         self.0
             .store(i64::try_from(lag).unwrap_or(i64::MAX), Relaxed);
+    }
+
+    /// The lag is not known (e.g. no partition is assigned): it reads
+    /// `None`, never 0.
+    pub fn clear(&self) {
+        self.0.store(-1, Relaxed);
     }
 
     /// The latest lag; `None` until the source reported one.

@@ -139,6 +139,7 @@ impl Pipeline {
         let stats = Arc::new(Stats::default());
         parts.source.report_lag(stats.source_lag.clone());
         parts.source.report_drops(stats.source_drops.clone());
+        parts.source.report_health(stats.source_health.clone());
         Pipeline {
             source: parts.source,
             concurrency: parts.concurrency.max(1),

@@ -18,7 +18,7 @@ use futures::future::BoxFuture;
 
 use crate::failure::Failure;
 use crate::message::{Message, Output};
-use crate::stats::{LagGauge, SourceDrops};
+use crate::stats::{LagGauge, SourceDrops, SourceHealth};
 
 /// What a request is answered with (NATS request/reply): see [`Settle::answer`].
 #[derive(Debug, Clone)]
@@ -187,6 +187,10 @@ pub trait Source: Send {
     /// it is (Kafka consumer lag, JetStream pending). Default: the broker does
     /// not tell (MQTT, NATS core, files), and the gauge stays unknown.
     fn report_lag(&mut self, _gauge: LagGauge) {}
+
+    /// Hands the source where it says whether it is consuming (a Kafka
+    /// member holding no partition is not). Default: always consuming.
+    fn report_health(&mut self, _health: SourceHealth) {}
 
     /// Hands the source where it reports what it drops before the pipeline
     /// takes it (NATS core past its pending limits). Default: it drops nothing.
