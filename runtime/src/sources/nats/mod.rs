@@ -318,7 +318,7 @@ impl Source for NatsSource {
                 // Requests still queued get an answer rather than silence.
                 while let Some(m) = self.queue.pop() {
                     if let (true, Some(to)) = (self.request_reply, m.reply) {
-                        reply::unavailable(&self.client, to).await;
+                        reply::unavailable(&self.client, to, self.fallback.as_ref()).await;
                     }
                 }
                 let _ =

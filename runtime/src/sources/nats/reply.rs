@@ -152,8 +152,8 @@ pub(super) async fn overloaded(client: &Client, to: Subject, fallback: Option<&B
 }
 
 /// Answers a request that will not be handled (shutdown).
-pub(super) async fn unavailable(client: &Client, to: Subject) {
-    let (p, h) = error_reply("unavailable", "shutting down", 503);
+pub(super) async fn unavailable(client: &Client, to: Subject, fallback: Option<&Bytes>) {
+    let (p, h) = unavailable_reply(fallback, "shutting down");
     if let Err(e) = send(client, to, p, h).await {
         tracing::debug!("replying to a request at shutdown: {e:#}");
     }
