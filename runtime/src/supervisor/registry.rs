@@ -368,7 +368,7 @@ impl Registry {
         self.scanned.store(true, Relaxed);
     }
 
-    /// Ready: every file and folder was looked at, no pipeline file is
+    /// Ready: every file and folder was looked at, no new pipeline file is
     /// still being loaded, every file named on the command line runs a
     /// pipeline, and every pipeline runs with its source consuming
     /// (finished batch pipelines count as ready; failed ones do not). A
@@ -386,8 +386,10 @@ impl Registry {
             return vec![json!({ "reason": "the pipeline files are being read" })];
         }
         let pipelines = self.pipelines();
+        // A changed file whose old pipeline runs meanwhile does not count.
         let mut out: Vec<serde_json::Value> = lock(&self.loading)
             .iter()
+            .filter(|f| !pipelines.iter().any(|h| h.file == **f))
             .map(|f| json!({ "file": f, "reason": "loading its plugin" }))
             .collect();
         for f in lock(&self.given).iter() {
