@@ -58,8 +58,9 @@ impl FailureClass {
         }
     }
 
-    /// Whether the failure is about the circumstances rather than the message:
-    /// these are the classes the circuit breaker counts.
+    /// Whether the failure may be about the circumstances rather than the
+    /// message: the classes the circuit breaker may count (see
+    /// `Policy::counts_for_breaker`).
     pub fn is_transient(self) -> bool {
         matches!(
             self,

@@ -61,7 +61,12 @@ pub fn render(registry: &Registry) -> String {
     let mut messages = Family::new(
         "sluice_messages_total",
         "counter",
-        "Messages by how they ended (succeeded, dead_lettered, dropped, deduplicated) or were handed back (redelivered).",
+        "Messages by how they ended (succeeded, dead_lettered, dropped, deduplicated, shed: let go unhandled) or were handed back (redelivered).",
+    );
+    let mut slow_consumer = Family::new(
+        "sluice_slow_consumer_total",
+        "counter",
+        "NATS core messages dropped as a slow consumer: at the pending limits (requests answered unavailable) or by the client itself.",
     );
     let mut failures = Family::new(
         "sluice_failures_total",
@@ -141,6 +146,7 @@ pub fn render(registry: &Registry) -> String {
             ("dropped", s.dropped),
             ("deduplicated", s.deduplicated),
             ("redelivered", s.redelivered),
+            ("shed", s.shed),
         ] {
             messages.add("", &format!("{p},outcome=\"{outcome}\""), n);
         }
@@ -158,6 +164,7 @@ pub fn render(registry: &Registry) -> String {
         fuel.add("", &p, s.fuel_used);
         batched.add("", &p, s.batched);
         guest_log_dropped.add("", &p, s.guest_log_dropped);
+        slow_consumer.add("", &p, s.slow_consumer);
         in_flight.add("", &p, s.in_flight);
         if let Some(n) = s.source_lag {
             lag.add("", &p, n);
@@ -192,6 +199,7 @@ pub fn render(registry: &Registry) -> String {
         &fuel,
         &batched,
         &guest_log_dropped,
+        &slow_consumer,
         &in_flight,
         &breaker,
         &lag,

@@ -1,7 +1,7 @@
 //! Counters of one pipeline: what the summary, the metrics and the admin API report.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -34,6 +34,72 @@ pub struct Stats {
     pub handler_latency: Histogram,
     /// How far the pipeline is behind its source, as the broker reports it.
     pub source_lag: LagGauge,
+    /// Requests answered `unavailable` unhandled because the circuit
+    /// breaker was open (request/reply sources).
+    pub shed: AtomicU64,
+    /// What the source dropped before the pipeline took it.
+    pub source_drops: SourceDrops,
+    /// Whether the source is consuming, as it tells.
+    pub source_health: SourceHealth,
+}
+
+/// Whether a source is consuming, and if not why: written by the source
+/// (a Kafka member holding no partition), read by readiness and the admin
+/// API. Consuming unless the source says otherwise.
+#[derive(Debug, Clone, Default)]
+pub struct SourceHealth(Arc<Mutex<Option<String>>>);
+
+impl SourceHealth {
+    /// The source consumes again.
+    pub fn consuming(&self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// The source consumes nothing, for this reason.
+    pub fn idle(&self, why: String) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+    }
+
+    /// Why the source consumes nothing; `None` while it consumes.
+    pub fn idle_reason(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Messages a source dropped before the pipeline took them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DropCounts {
+    /// Dropped at the source's pending limits (NATS core `pending_messages`,
+    /// `pending_bytes`); a request among them was answered `unavailable`.
+    pub shed: u64,
+    /// NATS slow-consumer drops: `shed` plus those the client itself made
+    /// before Sluice's queue (those requests got no answer).
+    pub slow_consumer: u64,
+}
+
+/// Where a source lets the pipeline read its [`DropCounts`]: the source
+/// installs a reader of its own counters once, the stats read it on demand.
+#[derive(Clone, Default)]
+pub struct SourceDrops(Arc<OnceLock<DropReader>>);
+
+type DropReader = Box<dyn Fn() -> DropCounts + Send + Sync>;
+
+impl SourceDrops {
+    /// Installs the reader (the first one stays).
+    pub fn set(&self, read: impl Fn() -> DropCounts + Send + Sync + 'static) {
+        let _ = self.0.set(Box::new(read));
+    }
+
+    /// The counts now; zero when the source drops nothing.
+    pub fn get(&self) -> DropCounts {
+        self.0.get().map(|read| read()).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for SourceDrops {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.get().fmt(f)
+    }
 }
 
 /// Messages waiting in the broker for this pipeline: Kafka consumer lag
@@ -53,6 +119,12 @@ impl LagGauge {
     pub fn set(&self, lag: u64) {
         self.0
             .store(i64::try_from(lag).unwrap_or(i64::MAX), Relaxed);
+    }
+
+    /// The lag is not known (e.g. no partition is assigned): it reads
+    /// `None`, never 0.
+    pub fn clear(&self) {
+        self.0.store(-1, Relaxed);
     }
 
     /// The latest lag; `None` until the source reported one.
@@ -118,6 +190,7 @@ impl Stats {
     }
 
     pub fn snapshot(&self) -> Snapshot {
+        let drops = self.source_drops.get();
         Snapshot {
             received: self.received.load(Relaxed),
             succeeded: self.succeeded.load(Relaxed),
@@ -139,6 +212,8 @@ impl Stats {
                 .collect(),
             last_error: self.last_error.lock().ok().and_then(|l| l.clone()),
             source_lag: self.source_lag.get(),
+            shed: self.shed.load(Relaxed) + drops.shed,
+            slow_consumer: drops.slow_consumer,
         }
     }
 }
@@ -166,4 +241,9 @@ pub struct Snapshot {
     /// Messages waiting in the broker (Kafka consumer lag, JetStream pending),
     /// when the broker tells it.
     pub source_lag: Option<u64>,
+    /// Messages let go unhandled: dropped at the source's pending limits, or
+    /// requests answered `unavailable` while the circuit breaker was open.
+    pub shed: u64,
+    /// NATS core slow-consumer drops (see [`DropCounts::slow_consumer`]).
+    pub slow_consumer: u64,
 }

@@ -628,6 +628,12 @@ fn admin_api_metrics_pipelines_and_reload() {
         Duration::from_secs(30),
         || pipeline(port, "m").is_some_and(|p| count(&p, "succeeded") == 201),
     );
+    // A good version again: the old failure no longer describes what runs.
+    std::fs::copy(common::plugin("fatal-on"), &plugin).unwrap();
+    let (status, body) = http(port, "POST", "/pipelines/m/reload", Some("s3cret"));
+    assert_eq!(status, 200, "{body}");
+    let p = pipeline(port, "m").unwrap();
+    assert!(p["last_reload_error"].is_null(), "{p}");
     let (_, m) = http(port, "GET", "/metrics", None);
     assert!(
         metric(
@@ -1109,4 +1115,68 @@ fn a_pipeline_short_of_descriptors_starts_once_they_are_free() {
     });
     assert_eq!(pipelines(port)["invalid_files"], serde_json::json!([]));
     stop(proc, &log);
+}
+
+/// `/readyz` answers 200 only once every pipeline given runs and consumes:
+/// never while `/pipelines` is still empty or a plugin still compiles
+/// (an empty compile cache makes that last a while), for a file named on
+/// the command line and for a watched folder alike.
+#[test]
+fn ready_only_once_every_pipeline_given_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("data")).unwrap();
+    std::fs::create_dir_all(d.join("folder")).unwrap();
+    std::fs::write(d.join("data/given.in"), "a\n").unwrap();
+    std::fs::write(d.join("data/watched.in"), "a\n").unwrap();
+    std::fs::write(
+        d.join("given.toml"),
+        file_pipeline(d, "given", "tagger", "g", ""),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("folder/watched.toml"),
+        file_pipeline(d, "watched", "tagger", "w", ""),
+    )
+    .unwrap();
+    for (args, names) in [
+        (vec![d.join("given.toml")], vec!["given"]),
+        (vec![d.join("folder")], vec!["watched"]),
+    ] {
+        let args: Vec<&str> = args.iter().map(|p| p.to_str().unwrap()).collect();
+        let cache = tempfile::tempdir().unwrap();
+        let port = common::free_port();
+        let log = d.join("sluice.log");
+        let proc = common::admin::spawn_env(
+            &args,
+            port,
+            &log,
+            &[("SLUICE_CACHE_DIR", cache.path().to_str().unwrap())],
+        );
+        let (mut early, start) = (0, Instant::now());
+        loop {
+            let (status, body) = http(port, "GET", "/readyz", None);
+            if status == 200 {
+                for name in &names {
+                    let p = pipeline(port, name);
+                    assert!(
+                        p.as_ref()
+                            .is_some_and(|p| p["state"] == "running" && p["ready"] == true),
+                        "{args:?}: /readyz said ready while {name} is {p:?}"
+                    );
+                }
+                break;
+            }
+            assert_eq!(status, 503, "{body}");
+            early += 1;
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "never ready: {body}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        eprintln!("[readyz] {args:?}: 503 {early} times, then ready with its pipelines running");
+        assert!(early > 0, "the plugin compiled before the first probe");
+        stop(proc, &log);
+    }
 }

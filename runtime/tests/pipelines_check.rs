@@ -116,3 +116,82 @@ fn secrets_in_the_file_are_refused_and_never_echoed() {
         assert!(err.contains(&format!("{name}.toml:")), "{name}: {err}");
     }
 }
+
+/// `${NAME:-default}` in a string value comes from the environment: the
+/// default when unset, the variable when set, a problem with file, line and
+/// key when neither; a value from the environment is never echoed, and a
+/// secret key still takes no string.
+#[test]
+fn pipeline_files_take_values_from_the_environment() {
+    const SECRET: &str = "hunter2Zq";
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = common::plugin("echo");
+    let file = |name: &str, body: &str| {
+        let f = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &f,
+            format!(
+                "name = \"{name}\"\n[source]\n{body}\n[handler]\nplugin = \"{}\"\n\
+                 [dead_letter]\ntype = \"file\"\npath = \"d.jsonl\"\n",
+                plugin.display()
+            ),
+        )
+        .unwrap();
+        f.to_str().unwrap().to_string()
+    };
+    let nats = file(
+        "env-url",
+        "type = \"nats\"\nurl = \"${SLUICE_T_URL:-nats://127.0.0.1:4222}\"\nsubject = \"a\"",
+    );
+    let (code, out, err) = common::run_sluice_env(&["check", &nats], &[]);
+    assert_eq!(code, 0, "the default applies: {out}{err}");
+    let (code, out, err) =
+        common::run_sluice_env(&["check", &nats], &[("SLUICE_T_URL", "http://elsewhere:1")]);
+    assert_eq!(code, 1, "the variable applies: {out}{err}");
+    assert!(
+        err.contains("env-url.toml:4:") && err.contains("source.url"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("elsewhere"),
+        "a value from the environment is echoed: {err}"
+    );
+
+    let unset = file(
+        "env-unset",
+        "type = \"file\"\npath = \"${SLUICE_T_NOPE}/in.txt\"",
+    );
+    let (code, _, err) = common::run_sluice_env(&["check", &unset], &[]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("env-unset.toml:4:")
+            && err.contains("source.path")
+            && err.contains("`SLUICE_T_NOPE` is not set"),
+        "{err}"
+    );
+
+    let env = [("SLUICE_T_SECRET", SECRET)];
+    for (name, body) in [
+        (
+            "env-cred-url",
+            "type = \"nats\"\nurl = \"nats://u:${SLUICE_T_SECRET}@127.0.0.1:4222\"\nsubject = \"a\"",
+        ),
+        (
+            "env-password",
+            "type = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\nsubject = \"a\"\nusername = \"u\"\npassword = \"${SLUICE_T_SECRET}\"",
+        ),
+        (
+            "env-subject",
+            "type = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\nsubject = \"a ${SLUICE_T_SECRET}\"",
+        ),
+    ] {
+        let f = file(name, body);
+        let (code, out, err) = common::run_sluice_env(&["check", &f], &env);
+        assert_eq!(code, 1, "{name}: {out}{err}");
+        assert!(err.contains(&format!("{name}.toml:")), "{name}: {err}");
+        assert!(
+            !out.contains(SECRET) && !err.contains(SECRET),
+            "{name} echoed:\n{err}"
+        );
+    }
+}

@@ -109,13 +109,7 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(a): State<Arc<Admin>>) -> Response {
-    let not_ready: Vec<serde_json::Value> = a
-        .registry
-        .pipelines()
-        .iter()
-        .filter(|h| !h.is_ready() && h.state() != crate::supervisor::State::Finished)
-        .map(|h| json!({"name": h.name, "state": h.state(), "error": h.error()}))
-        .collect();
+    let not_ready = a.registry.not_ready();
     if not_ready.is_empty() {
         (StatusCode::OK, "ready\n").into_response()
     } else {

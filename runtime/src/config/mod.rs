@@ -2,12 +2,14 @@
 //! every problem (file, line, key, what was expected) instead of stopping at the first.
 //!
 //! The steps: the TOML syntax is parsed into a table that remembers where each
-//! key and value is ([`sections`] reads each top-level section on its own and
+//! key and value is, `${NAME:-default}` in string values is taken from the
+//! environment ([`interpolate`]), [`sections`] reads each top-level section on its own and
 //! keeps going after a bad key), relative paths are made relative to the
 //! file's folder ([`paths`]), and the rules the types cannot express are
 //! checked ([`validate`]). [`diagnostics`] turns positions into lines.
 
 mod diagnostics;
+mod interpolate;
 pub mod kafka;
 pub mod model;
 pub mod mqtt;
@@ -54,7 +56,7 @@ pub fn load(path: &Path) -> Result<PipelineConfig, ConfigErrors> {
 /// problem found is returned, not only the first.
 pub fn parse(path: &Path, text: &str) -> Result<PipelineConfig, ConfigErrors> {
     let mut d = Diag::new(text);
-    let (root, syntax) = toml::de::DeTable::parse_recoverable(text);
+    let (mut root, syntax) = toml::de::DeTable::parse_recoverable(text);
     if !syntax.is_empty() {
         for e in syntax {
             let message = diagnostics::syntax_message(text, &e);
@@ -68,6 +70,7 @@ pub fn parse(path: &Path, text: &str) -> Result<PipelineConfig, ConfigErrors> {
         }
         return Err(d.finish(path));
     }
+    let substituted = interpolate::expand(&mut d, &mut root, &|name| std::env::var(name).ok());
     let mut sections = sections::read(&mut d, &root);
     paths::resolve_all(path.parent().unwrap_or(Path::new(".")), &mut sections);
     validate::validate(&mut d, &root, &sections);
@@ -77,5 +80,7 @@ pub fn parse(path: &Path, text: &str) -> Result<PipelineConfig, ConfigErrors> {
         }
         d.error(None, None, "the pipeline is incomplete");
     }
-    Err(d.finish(path))
+    let mut errors = d.finish(path);
+    substituted.redact(&mut errors.errors);
+    Err(errors)
 }

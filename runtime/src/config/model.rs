@@ -478,8 +478,9 @@ impl ErrorsConfig {
     }
 }
 
-/// The `[circuit_breaker]` table. It counts only transient failures
-/// (`retriable`, `timeout`, `sink`): a poison message does not open it.
+/// The `[circuit_breaker]` table. It counts `sink` failures, and `retriable`
+/// and `timeout` where `[errors]` retries them: a poison message, or one the
+/// policy dead-letters or drops at once, does not open it.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BreakerConfig {

@@ -457,9 +457,9 @@ pub struct JetStreamSourceConfig {
     /// While a message is handed out and not settled, tell the server every
     /// this often that it is still being worked on (`in_progress`), so a
     /// long handler or a slow sink does not make it redeliver. Must be shorter
-    /// than `ack_wait`; `"0s"` turns it off.
-    #[serde(default = "default_in_progress_every")]
-    pub in_progress_every: Dur,
+    /// than `ack_wait`; `"0s"` turns it off. Default: a third of `ack_wait`.
+    #[serde(default)]
+    pub in_progress_every: Option<Dur>,
 }
 
 fn default_ack_wait() -> Dur {
@@ -471,11 +471,15 @@ fn default_max_ack_pending() -> i64 {
 fn default_batch() -> usize {
     64
 }
-fn default_in_progress_every() -> Dur {
-    Dur(Duration::from_secs(10))
-}
 
 impl JetStreamSourceConfig {
+    /// How often a message still out is reported in progress (zero: never):
+    /// as written, else a third of `ack_wait`, so a user who only lowers
+    /// `ack_wait` never meets a key they did not write.
+    pub fn in_progress_every(&self) -> Duration {
+        self.in_progress_every.map_or(self.ack_wait.0 / 3, |d| d.0)
+    }
+
     /// Problems with this table: (key, what is wrong and what is expected).
     pub fn validate(&self) -> Vec<(String, String)> {
         let mut e = self.connection.validate();
@@ -505,7 +509,8 @@ impl JetStreamSourceConfig {
         if !(1..=10_000).contains(&self.batch) {
             e.push(("batch".into(), "must be between 1 and 10000".into()));
         }
-        if !self.in_progress_every.0.is_zero() && self.in_progress_every.0 >= self.ack_wait.0 {
+        let every = self.in_progress_every();
+        if !every.is_zero() && every >= self.ack_wait.0 {
             e.push((
                 "in_progress_every".into(),
                 format!(
@@ -683,6 +688,21 @@ mod tests {
         ] {
             assert!(keys.iter().any(|x| x == k), "{k} missing from {keys:?}");
         }
+    }
+
+    #[test]
+    fn in_progress_every_follows_ack_wait_unless_written() {
+        let c: JetStreamSourceConfig =
+            toml::from_str("stream = \"S\"\ndurable = \"d\"\nack_wait = \"3s\"").unwrap();
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
+        assert_eq!(c.in_progress_every(), Duration::from_secs(1));
+        let c: JetStreamSourceConfig = toml::from_str("stream = \"S\"\ndurable = \"d\"").unwrap();
+        assert_eq!(c.in_progress_every(), Duration::from_secs(10));
+        let c: JetStreamSourceConfig = toml::from_str(
+            "stream = \"S\"\ndurable = \"d\"\nack_wait = \"3s\"\nin_progress_every = \"0s\"",
+        )
+        .unwrap();
+        assert_eq!(c.in_progress_every(), Duration::ZERO);
     }
 
     #[test]

@@ -368,7 +368,12 @@ fn check_errors(c: &mut Check, e: &ErrorsConfig, has_dead_letter: bool) {
          `path = \"dead-letters.jsonl\"`) or map them to `drop` (or `stop`) in `[errors]`"
     );
     let path = KeyPath::of(&["errors"]);
-    let span = span_at(c.root, &KeyPath::of(&at));
+    // Where the problem is written: the first key that maps to
+    // `dead-letter`, else the `[errors]` table; when only the defaults ask
+    // for it, the `[handler]` whose failures they route, else the top.
+    let span = span_at(c.root, &KeyPath::of(&at))
+        .or_else(|| span_at(c.root, &KeyPath::of(&["handler"])))
+        .or(Some(0..0));
     c.d.error(Some(&path), span, message);
 }
 

@@ -138,6 +138,8 @@ impl Pipeline {
         let redelivers = parts.source.redelivers();
         let stats = Arc::new(Stats::default());
         parts.source.report_lag(stats.source_lag.clone());
+        parts.source.report_drops(stats.source_drops.clone());
+        parts.source.report_health(stats.source_health.clone());
         Pipeline {
             source: parts.source,
             concurrency: parts.concurrency.max(1),
@@ -262,11 +264,14 @@ async fn dispatch(
     tokio::pin!(shutdown);
     let mut round_robin = 0usize;
     let mut source_error = None;
+    // A request/reply source is not paused by the breaker: its requests are
+    // taken and answered `unavailable` while it admits nothing.
+    let answers_requests = source.answers_requests();
     loop {
         if sh.stopping.load(Relaxed) {
             break;
         }
-        if sh.breaker.state() != BreakerState::Closed {
+        if !answers_requests && sh.breaker.state() != BreakerState::Closed {
             source.pause();
             tokio::select! {
                 biased;
@@ -320,6 +325,26 @@ async fn dispatch(
                 continue;
             }
         }
+        if answers_requests && sh.breaker.state() != BreakerState::Closed && !sh.breaker.try_admit()
+        {
+            if delivery.wants_answer() {
+                shed(
+                    sh,
+                    delivery,
+                    "circuit breaker open: the request was not handled",
+                );
+                continue;
+            }
+            // A plain message on the subject waits for the breaker.
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => {
+                    hand_back(sh, delivery.into_parts().2).await;
+                    break;
+                }
+                _ = sh.breaker.admit() => {}
+            }
+        }
         let shard = shard_of(&delivery.message, senders.len(), &mut round_robin);
         // A full queue (a worker holding a message for the breaker, a
         // slow handler) must not keep shutdown from being seen.
@@ -342,6 +367,22 @@ async fn dispatch(
     drop(senders);
     source.close().await;
     source_error
+}
+
+/// Answers a request the pipeline will not handle (`unavailable`, `why`)
+/// and counts it as shed. The reply is sent from a task of its own, so a
+/// burst of shed requests does not hold intake for a flush each.
+fn shed(sh: &Shared, delivery: Delivery, why: &str) {
+    let (_, _, mut handle) = delivery.into_parts();
+    handle.answer(Answer::Unavailable(why.to_string()));
+    sh.stats.shed.fetch_add(1, Relaxed);
+    let reply = handle.settle(Settlement::Terminated);
+    let name = sh.name.clone();
+    tokio::spawn(async move {
+        if let Err(e) = reply.await {
+            tracing::warn!(pipeline = %name, "answering a shed request failed: {e:#}");
+        }
+    });
 }
 
 async fn close_sinks(sh: &Shared) {
@@ -675,7 +716,8 @@ async fn process(
         }
         sh.stats.failure(failure.class, &failure.message);
         tracing::debug!(pipeline = %sh.name, topic = %msg.topic, offset = ?msg.offset, attempt = msg.attempt, "{failure}");
-        if failure.class.is_transient() {
+        let counts_for_breaker = sh.policy.counts_for_breaker(failure.class);
+        if counts_for_breaker {
             sh.breaker.failure();
         }
         match sh.policy.decide(failure.class, msg.attempt) {
@@ -709,7 +751,7 @@ async fn process(
                 msg.attempt += 1;
             }
             Decision::DeadLetter { .. } => {
-                if !failure.class.is_transient() {
+                if !counts_for_breaker {
                     sh.breaker.neutral();
                 }
                 let Some(dlq) = &sh.dead_letter else {
@@ -758,7 +800,7 @@ async fn process(
                 return Ok(());
             }
             Decision::Drop { .. } => {
-                if !failure.class.is_transient() {
+                if !counts_for_breaker {
                     sh.breaker.neutral();
                 }
                 sh.stats.dropped.fetch_add(1, Relaxed);

@@ -1,5 +1,7 @@
-//! The circuit breaker (closed → open → half-open). It counts transient
-//! failures only; while open, the pipeline takes nothing from the source.
+//! The circuit breaker (closed → open → half-open). It counts the failures
+//! [`Policy::counts_for_breaker`](super::Policy::counts_for_breaker) names;
+//! while open, the pipeline takes nothing from the source (a request/reply
+//! source's requests are taken and answered `unavailable`).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -108,42 +110,57 @@ impl Breaker {
         self.acquire(true).await
     }
 
+    /// Lets one more message in now if [`Breaker::admit`] would (taking
+    /// the probe's place when half-open); false when it would wait. A
+    /// request/reply pipeline asks this for each request it takes while
+    /// the breaker is not closed, and answers those it may not handle.
+    pub fn try_admit(&self) -> bool {
+        !self.cfg.enabled || self.poll_acquire(false).is_ok()
+    }
+
+    /// One look at the state: `Ok` when a message may go in now (the probe
+    /// is taken), else how long to wait (`None`: until the state changes).
+    fn poll_acquire(&self, held: bool) -> Result<(), Option<Duration>> {
+        let mut s = self.lock();
+        // New intake waits while held messages are the probes.
+        let yield_to_held = !held && self.held.load(Ordering::Relaxed) > 0;
+        match *s {
+            State::Closed { .. } => Ok(()),
+            State::Open { .. } if yield_to_held => Err(None),
+            State::HalfOpen { .. } if yield_to_held => Err(None),
+            State::Open { until } => {
+                let now = Instant::now();
+                if now >= until {
+                    tracing::info!(pipeline = %self.pipeline, "circuit breaker half-open: letting one probe message through");
+                    *s = State::HalfOpen {
+                        successes: 0,
+                        probing: true,
+                    };
+                    return Ok(());
+                }
+                Err(Some(until - now))
+            }
+            State::HalfOpen {
+                ref mut probing, ..
+            } => {
+                if !*probing {
+                    *probing = true;
+                    return Ok(());
+                }
+                Err(None)
+            }
+        }
+    }
+
     async fn acquire(&self, held: bool) {
         if !self.cfg.enabled {
             return;
         }
         loop {
             let notified = self.changed.notified();
-            let wait: Option<Duration> = {
-                let mut s = self.lock();
-                // New intake waits while held messages are the probes.
-                let yield_to_held = !held && self.held.load(Ordering::Relaxed) > 0;
-                match *s {
-                    State::Closed { .. } => return,
-                    State::Open { .. } if yield_to_held => None,
-                    State::HalfOpen { .. } if yield_to_held => None,
-                    State::Open { until } => {
-                        let now = Instant::now();
-                        if now >= until {
-                            tracing::info!(pipeline = %self.pipeline, "circuit breaker half-open: letting one probe message through");
-                            *s = State::HalfOpen {
-                                successes: 0,
-                                probing: true,
-                            };
-                            return;
-                        }
-                        Some(until - now)
-                    }
-                    State::HalfOpen {
-                        ref mut probing, ..
-                    } => {
-                        if !*probing {
-                            *probing = true;
-                            return;
-                        }
-                        None
-                    }
-                }
+            let wait = match self.poll_acquire(held) {
+                Ok(()) => return,
+                Err(wait) => wait,
             };
             match wait {
                 Some(d) => {
@@ -320,6 +337,19 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(60), b.admit())
             .await
             .expect("admit after open_for");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn try_admit_takes_the_probe_without_waiting() {
+        let b = breaker();
+        assert!(b.try_admit(), "closed");
+        b.trip();
+        assert!(!b.try_admit(), "open");
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(b.try_admit(), "the probe after open_for");
+        assert!(!b.try_admit(), "one probe at a time");
+        b.success();
+        assert!(b.try_admit(), "the next probe");
     }
 
     #[tokio::test(start_paused = true)]

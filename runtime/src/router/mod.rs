@@ -33,6 +33,22 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// Whether a failure of `class` counts toward the circuit breaker. The
+    /// breaker guards against an outage of what the pipeline depends on: a
+    /// `sink` failure always counts; a handler-side transient class
+    /// (`retriable`, `timeout`) counts only where `[errors]` retries it,
+    /// i.e. where the user says it is about the circumstances. A failure the
+    /// policy dead-letters or drops at once belongs to its message, and
+    /// opening the breaker for it would stop every other message (a slow
+    /// request would silence a request/reply service).
+    pub fn counts_for_breaker(&self, class: FailureClass) -> bool {
+        match class {
+            FailureClass::Sink => true,
+            c if c.is_transient() => self.errors.action(c) == Action::Retry,
+            _ => false,
+        }
+    }
+
     /// The decision for a message that failed with `class` on attempt `attempt` (1-based).
     pub fn decide(&self, class: FailureClass, attempt: u32) -> Decision {
         match self.errors.action(class) {
@@ -98,6 +114,24 @@ mod tests {
         assert_eq!(
             p2.decide(FailureClass::Timeout, 3),
             Decision::Drop { exhausted: true }
+        );
+        assert!(p.counts_for_breaker(FailureClass::Timeout));
+        assert!(p.counts_for_breaker(FailureClass::Sink));
+        assert!(!p.counts_for_breaker(FailureClass::Fatal));
+        p2.errors.timeout = Action::DeadLetter;
+        p2.errors.retriable = Action::Drop;
+        p2.errors.sink = Action::DeadLetter;
+        assert!(
+            !p2.counts_for_breaker(FailureClass::Timeout),
+            "dead-lettered at once"
+        );
+        assert!(
+            !p2.counts_for_breaker(FailureClass::Retriable),
+            "dropped at once"
+        );
+        assert!(
+            p2.counts_for_breaker(FailureClass::Sink),
+            "an outage whatever the action"
         );
     }
 }

@@ -18,7 +18,7 @@ use futures::future::BoxFuture;
 
 use crate::failure::Failure;
 use crate::message::{Message, Output};
-use crate::stats::LagGauge;
+use crate::stats::{LagGauge, SourceDrops, SourceHealth};
 
 /// What a request is answered with (NATS request/reply): see [`Settle::answer`].
 #[derive(Debug, Clone)]
@@ -27,6 +27,8 @@ pub enum Answer {
     Reply(Output),
     /// The message failed; this is its last failure.
     Failed(Failure),
+    /// The pipeline could not take the message (it was shed): why.
+    Unavailable(String),
 }
 
 /// How a delivery ends. Sent to the source exactly once per delivery.
@@ -117,6 +119,12 @@ impl Delivery {
         }
     }
 
+    /// Whether the source wants the outcome handed to [`Settle::answer`]
+    /// (a request that must get a reply).
+    pub fn wants_answer(&self) -> bool {
+        self.settle.as_ref().is_some_and(|s| s.wants_answer())
+    }
+
     /// Splits the delivery into its message and its settle handle.
     pub fn into_parts(mut self) -> (Message, Option<String>, Box<dyn Settle>) {
         let settle = self
@@ -179,6 +187,23 @@ pub trait Source: Send {
     /// it is (Kafka consumer lag, JetStream pending). Default: the broker does
     /// not tell (MQTT, NATS core, files), and the gauge stays unknown.
     fn report_lag(&mut self, _gauge: LagGauge) {}
+
+    /// Hands the source where it says whether it is consuming (a Kafka
+    /// member holding no partition is not). Default: always consuming.
+    fn report_health(&mut self, _health: SourceHealth) {}
+
+    /// Hands the source where it reports what it drops before the pipeline
+    /// takes it (NATS core past its pending limits). Default: it drops nothing.
+    fn report_drops(&mut self, _drops: SourceDrops) {}
+
+    /// True when its deliveries are requests whose callers wait for a reply
+    /// (NATS request/reply). While the circuit breaker is open, the pipeline
+    /// then keeps taking them and answers each `unavailable` (the fallback,
+    /// or an error reply naming why) instead of pausing: a paused request
+    /// would wait unanswered until its caller gave up.
+    fn answers_requests(&self) -> bool {
+        false
+    }
 
     /// Stops taking new messages from the broker (circuit breaker open).
     /// Messages already handed out stay valid.

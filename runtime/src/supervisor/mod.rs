@@ -116,10 +116,13 @@ impl Supervisor {
         let (tx, events) = mpsc::unbounded_channel();
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let (loaded_tx, loaded_rx) = mpsc::unbounded_channel();
-        let (dirs, files) = targets.into_iter().partition(|p| p.is_dir());
+        let (dirs, files): (Vec<PathBuf>, Vec<PathBuf>) =
+            targets.into_iter().partition(|p| p.is_dir());
+        let registry = Arc::new(Registry::default());
+        registry.set_given(files.clone());
         Supervisor {
             engine,
-            registry: Arc::new(Registry::default()),
+            registry,
             files,
             dirs,
             entries: BTreeMap::new(),
@@ -158,6 +161,7 @@ impl Supervisor {
             self.watcher.watch_dir(f.parent().unwrap_or(Path::new(".")));
         }
         self.rescan().await;
+        self.registry.set_scanned();
         tokio::pin!(shutdown);
         let mut poll = tokio::time::interval(POLL);
         poll.reset();
@@ -382,6 +386,7 @@ impl Supervisor {
                 result,
             });
         });
+        self.registry.set_loading(file, true);
         self.pending.insert(
             file.to_path_buf(),
             PendingLoad {
@@ -397,6 +402,7 @@ impl Supervisor {
     fn cancel_load(&mut self, file: &Path) {
         if let Some(p) = self.pending.remove(file) {
             p.task.abort();
+            self.registry.set_loading(file, false);
         }
     }
 
@@ -410,6 +416,7 @@ impl Supervisor {
         let Some(PendingLoad { text, .. }) = self.pending.remove(&file) else {
             return;
         };
+        self.registry.set_loading(&file, false);
         let (cfg, plugin) = match loaded.result {
             Ok(x) => x,
             Err(errors) if retry::short_of_resources(&errors) => {

@@ -1,7 +1,7 @@
 //! What the supervisor knows about each pipeline, shared with the admin API
 //! and the metrics: state, plugin version, counters, errors, reloads.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
@@ -122,7 +122,13 @@ impl Handle {
 
     /// Running with its source open and consuming.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Relaxed)
+        self.ready.load(Relaxed) && self.source_status().is_none()
+    }
+
+    /// Why its source consumes nothing (a Kafka member without partitions);
+    /// `None` while it consumes.
+    pub fn source_status(&self) -> Option<String> {
+        self.stats()?.source_health.idle_reason()
     }
 
     /// Why the pipeline failed, if it did.
@@ -155,6 +161,7 @@ impl Handle {
         )
     }
 
+    /// Why the last reload failed, while no reload succeeded since.
     pub fn last_reload_error(&self) -> Option<String> {
         lock(&self.last_reload_error).clone()
     }
@@ -181,6 +188,9 @@ impl Handle {
                 live.slot.swap(p.clone());
                 self.reloads_ok.fetch_add(1, Relaxed);
                 *lock(&self.failed_digest) = None;
+                // The running version is the one just loaded: an earlier
+                // failure no longer describes it.
+                *lock(&self.last_reload_error) = None;
                 tracing::info!(pipeline = %self.name, from = %old.digest(), to = %p.digest(), "plugin reloaded");
                 Ok(p)
             }
@@ -230,6 +240,8 @@ impl Handle {
                 "fuel_used": s.fuel_used,
                 "batched": s.batched,
                 "guest_log_dropped": s.guest_log_dropped,
+                "shed": s.shed,
+                "slow_consumer": s.slow_consumer,
             })
         });
         let failures: BTreeMap<&str, u64> = stats
@@ -248,6 +260,7 @@ impl Handle {
             "failures": failures,
             "in_flight": stats.as_ref().map_or(0, |s| s.in_flight),
             "source_lag": stats.as_ref().and_then(|s| s.source_lag),
+            "source_idle": self.source_status(),
             "last_error": stats.and_then(|s| s.last_error),
             "error": self.error(),
             "reloads": { "ok": ok, "failed": failed },
@@ -267,6 +280,13 @@ fn unix_ms(t: SystemTime) -> u64 {
 pub struct Registry {
     pipelines: RwLock<BTreeMap<String, Arc<Handle>>>,
     invalid: Mutex<BTreeMap<PathBuf, String>>,
+    /// Pipeline files named on the command line: each must run for the
+    /// process to be ready.
+    given: Mutex<Vec<PathBuf>>,
+    /// Files whose plugin is being loaded (new or changed).
+    loading: Mutex<BTreeSet<PathBuf>>,
+    /// The supervisor looked at every file and folder once.
+    scanned: AtomicBool,
 }
 
 impl Registry {
@@ -328,11 +348,68 @@ impl Registry {
         }
     }
 
-    /// Every pipeline running with its source consuming (finished batch
-    /// pipelines do not count against readiness; failed ones do).
+    /// Records the pipeline files named on the command line.
+    pub(crate) fn set_given(&self, files: Vec<PathBuf>) {
+        *lock(&self.given) = files;
+    }
+
+    /// Marks `file`'s plugin as being loaded, or no longer.
+    pub(crate) fn set_loading(&self, file: &Path, loading: bool) {
+        let mut l = lock(&self.loading);
+        if loading {
+            l.insert(file.to_path_buf());
+        } else {
+            l.remove(file);
+        }
+    }
+
+    /// The supervisor has looked at every file and folder once.
+    pub(crate) fn set_scanned(&self) {
+        self.scanned.store(true, Relaxed);
+    }
+
+    /// Ready: every file and folder was looked at, no new pipeline file is
+    /// still being loaded, every file named on the command line runs a
+    /// pipeline, and every pipeline runs with its source consuming
+    /// (finished batch pipelines count as ready; failed ones do not). A
+    /// file of a watched folder that was refused does not hold readiness
+    /// (it is listed in `invalid_files`); a refused file named on the
+    /// command line does.
     pub fn ready(&self) -> bool {
-        self.pipelines()
+        self.not_ready().is_empty()
+    }
+
+    /// Why the process is not ready: one JSON object per reason.
+    pub fn not_ready(&self) -> Vec<serde_json::Value> {
+        use serde_json::json;
+        if !self.scanned.load(Relaxed) {
+            return vec![json!({ "reason": "the pipeline files are being read" })];
+        }
+        let pipelines = self.pipelines();
+        // A changed file whose old pipeline runs meanwhile does not count.
+        let mut out: Vec<serde_json::Value> = lock(&self.loading)
             .iter()
-            .all(|h| h.is_ready() || h.state() == State::Finished)
+            .filter(|f| !pipelines.iter().any(|h| h.file == **f))
+            .map(|f| json!({ "file": f, "reason": "loading its plugin" }))
+            .collect();
+        for f in lock(&self.given).iter() {
+            if !pipelines.iter().any(|h| h.file == *f) {
+                let why = self
+                    .invalid(f)
+                    .unwrap_or_else(|| "no pipeline runs from it".to_string());
+                out.push(json!({ "file": f, "reason": why }));
+            }
+        }
+        for h in &pipelines {
+            if !h.is_ready() && h.state() != State::Finished {
+                out.push(json!({
+                    "name": h.name,
+                    "state": h.state(),
+                    "error": h.error(),
+                    "source": h.source_status(),
+                }));
+            }
+        }
+        out
     }
 }

@@ -11,6 +11,11 @@ use serde_json::Value;
 
 /// Starts `sluice run <args>` with an admin port; stderr into `log`.
 pub fn spawn(args: &[&str], admin: u16, log: &Path) -> super::Proc {
+    spawn_env(args, admin, log, &[])
+}
+
+/// [`spawn`] with these environment variables set.
+pub fn spawn_env(args: &[&str], admin: u16, log: &Path, env: &[(&str, &str)]) -> super::Proc {
     let log = std::fs::File::create(log).expect("log file");
     let child = Command::new(super::sluice_bin())
         .arg("run")
@@ -19,6 +24,7 @@ pub fn spawn(args: &[&str], admin: u16, log: &Path) -> super::Proc {
         .arg(format!("127.0.0.1:{admin}"))
         .env("SLUICE_CACHE_DIR", super::cache_dir())
         .env_remove("SLUICE_ADMIN_TOKEN")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)

@@ -137,9 +137,15 @@ pub const RUN_LIMIT: std::time::Duration = std::time::Duration::from_secs(180);
 /// Runs `sluice <args>` to completion: (exit code, stdout, stderr). Killed
 /// after [`RUN_LIMIT`] (exit code -1, "killed" in stderr).
 pub fn run_sluice(args: &[&str]) -> (i32, String, String) {
+    run_sluice_env(args, &[])
+}
+
+/// [`run_sluice`] with these environment variables set.
+pub fn run_sluice_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     use std::io::Read;
     let mut child = Command::new(sluice_bin())
         .args(args)
+        .envs(env.iter().copied())
         .env("SLUICE_CACHE_DIR", cache_dir())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -85,8 +85,8 @@ pub async fn open(cfg: &JetStreamSourceConfig, pipeline: &str) -> anyhow::Result
         paused: false,
         closed: false,
         lag: LagGauge::default(),
-        keepalive: (!cfg.in_progress_every.0.is_zero())
-            .then(|| Keepalive::start(cfg.in_progress_every.0)),
+        keepalive: (!cfg.in_progress_every().is_zero())
+            .then(|| Keepalive::start(cfg.in_progress_every())),
     })
 }
 

@@ -67,14 +67,19 @@ impl ClientContext for Ctx {
         let Some(gauge) = self.shared.lag() else {
             return;
         };
-        let lag: i64 = statistics
+        let known: Vec<i64> = statistics
             .topics
             .values()
             .flat_map(|t| t.partitions.values())
             .filter(|p| p.partition >= 0 && p.desired && p.consumer_lag >= 0)
             .map(|p| p.consumer_lag)
-            .sum();
-        gauge.set(lag.unsigned_abs());
+            .collect();
+        // No partition (or none whose lag the client knows): unknown, not 0.
+        if known.is_empty() {
+            gauge.clear();
+        } else {
+            gauge.set(known.iter().sum::<i64>().unsigned_abs());
+        }
     }
 
     fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {

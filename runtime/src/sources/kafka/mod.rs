@@ -39,7 +39,7 @@ mod context;
 pub mod tracker;
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BinaryHeap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -58,7 +58,7 @@ use tokio::time::Instant;
 use super::{Delivery, Settle, Settlement, Source, SourceError};
 use crate::config::kafka::{KafkaSourceConfig, KafkaStart, client_config};
 use crate::message::{Header, Message};
-use crate::stats::LagGauge;
+use crate::stats::{LagGauge, SourceHealth};
 use context::{Ctx, classify};
 use tracker::{Tp, Tracker};
 
@@ -99,6 +99,11 @@ pub(crate) struct Shared {
     pipeline: String,
     /// Where the statistics callback reports the consumer lag.
     lag: std::sync::OnceLock<LagGauge>,
+    /// Where the source says whether it consumes (holds partitions).
+    health: std::sync::OnceLock<SourceHealth>,
+    /// `session.timeout.ms`: how long the member may hold no partition
+    /// before it says so.
+    session_timeout: Duration,
 }
 
 #[derive(Default)]
@@ -117,6 +122,15 @@ pub(crate) struct State {
     applied_pause: bool,
     closed: bool,
     fatal: Option<String>,
+    /// Partitions the group assigned to this member.
+    assigned: HashSet<Tp>,
+    /// Since when the member holds no partition (`open`, or the revoke
+    /// that took its last); `None` while it holds some.
+    unassigned_since: Option<Instant>,
+    /// It held a partition once.
+    ever_assigned: bool,
+    /// The time without partitions past the session timeout was logged.
+    warned_unassigned: bool,
 }
 
 struct Queued {
@@ -174,6 +188,12 @@ impl Shared {
             .collect();
         st.queue.retain(|q| !tps.contains(&q.tp));
         st.redeliveries.retain(|p| !tps.contains(&p.item.tp));
+        for tp in tps {
+            st.assigned.remove(tp);
+        }
+        if st.assigned.is_empty() && st.unassigned_since.is_none() {
+            st.unassigned_since = Some(Instant::now());
+        }
         drop(st);
         self.wake.notify_one();
         commits
@@ -183,9 +203,59 @@ impl Shared {
     pub(crate) fn assign(&self, tps: Vec<Tp>) -> bool {
         let mut st = self.lock();
         for tp in tps {
+            st.assigned.insert(tp.clone());
             st.tracker.assign(tp);
         }
-        st.applied_pause
+        if !st.assigned.is_empty() {
+            if st.warned_unassigned {
+                tracing::info!(pipeline = %self.pipeline, partitions = st.assigned.len(),
+                    "kafka source: partitions assigned again; consuming");
+            }
+            st.unassigned_since = None;
+            st.ever_assigned = true;
+            st.warned_unassigned = false;
+        }
+        let paused = st.applied_pause;
+        self.check_assignment(&mut st);
+        paused
+    }
+
+    /// Tells the health (hence readiness and `/pipelines`) whether the
+    /// member consumes: it does once it holds a partition; before its first
+    /// assignment it does not; after a revoke left it none it still counts
+    /// as consuming (a rebalance under way) until the session timeout, and
+    /// then says so, once in the log.
+    pub(crate) fn check_assignment(&self, st: &mut State) {
+        let Some(health) = self.health.get() else {
+            return;
+        };
+        let Some(since) = st.unassigned_since else {
+            health.consuming();
+            return;
+        };
+        let idle = since.elapsed();
+        if idle >= self.session_timeout {
+            let why = format!(
+                "no partitions assigned for {}s (longer than session_timeout {}s): consuming nothing",
+                idle.as_secs(),
+                self.session_timeout.as_secs()
+            );
+            if !st.warned_unassigned {
+                st.warned_unassigned = true;
+                tracing::warn!(pipeline = %self.pipeline,
+                    "kafka source: {why} (more members in the group than partitions, or the group coordinator does not rebalance)");
+            }
+            health.idle(why);
+        } else if !st.ever_assigned {
+            health.idle("waiting for the group to assign partitions".into());
+        } else {
+            health.consuming();
+        }
+        if st.assigned.is_empty()
+            && let Some(lag) = self.lag.get()
+        {
+            lag.clear();
+        }
     }
 
     /// A commit failed: try these positions again at the next tick.
@@ -256,7 +326,10 @@ pub async fn open(cfg: &KafkaSourceConfig, pipeline: &str) -> anyhow::Result<Kaf
         max_in_flight: cfg.max_in_flight.max(1),
         pipeline: pipeline.to_string(),
         lag: std::sync::OnceLock::new(),
+        health: std::sync::OnceLock::new(),
+        session_timeout: cfg.session_timeout.0,
     });
+    shared.lock().unassigned_since = Some(Instant::now());
     let ctx = Ctx::new(shared.clone());
     let last_error = ctx.last_error.clone();
     let consumer: StreamConsumer<Ctx> = c
@@ -352,7 +425,10 @@ async fn poll_task(
                     commit(&consumer, &shared, CommitMode::Async);
                 }
             }
-            _ = tick.tick() => commit(&consumer, &shared, CommitMode::Async),
+            _ = tick.tick() => {
+                commit(&consumer, &shared, CommitMode::Async);
+                shared.check_assignment(&mut shared.lock());
+            }
             _ = tokio::time::sleep_until(pause_at), if holding => {}
             r = stream.next(), if !holding => {
                 let mut next = r;
@@ -533,6 +609,11 @@ fn commit(consumer: &StreamConsumer<Ctx>, shared: &Shared, mode: CommitMode) {
 impl Source for KafkaSource {
     fn report_lag(&mut self, gauge: LagGauge) {
         let _ = self.shared.lag.set(gauge);
+    }
+
+    fn report_health(&mut self, health: SourceHealth) {
+        let _ = self.shared.health.set(health);
+        self.shared.check_assignment(&mut self.shared.lock());
     }
 
     fn next(&mut self) -> BoxFuture<'_, Result<Option<Delivery>, SourceError>> {

@@ -8,10 +8,12 @@
 //!
 //! Messages wait between the client and the pipeline in a queue bounded by
 //! `pending_messages` and `pending_bytes`; beyond that they are dropped and
-//! counted as slow-consumer events ([`NatsSource::slow_consumer_events`]),
-//! and a dropped request gets an error reply at once. Memory stays bounded.
-//! While paused (circuit breaker open) the queue keeps filling up to its
-//! limits, then drops.
+//! counted as slow-consumer events ([`NatsSource::slow_consumer_events`],
+//! the pipeline's `shed` and `slow_consumer` counts), and a dropped request
+//! is answered at once with the fallback or an `unavailable` error reply.
+//! Memory stays bounded. A request/reply source is never paused (requests
+//! are answered `unavailable` while the circuit breaker is open); a plain
+//! one, while paused, keeps filling its queue up to its limits, then drops.
 
 pub mod connect;
 pub mod reply;
@@ -19,7 +21,7 @@ pub mod reply;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use async_nats::Client;
@@ -142,21 +144,28 @@ pub async fn open(cfg: &NatsSourceConfig, pipeline: &str) -> anyhow::Result<Nats
     let c = client.clone();
     let name = pipeline.to_string();
     let request_reply = cfg.request_reply;
+    let fallback = cfg.fallback.clone().map(Bytes::from);
     let forwarder = tokio::spawn(async move {
-        let mut last_warn: Option<Instant> = None;
-        while let Some(m) = sub.next().await {
+        let mut log = DropLog::default();
+        let mut tick = tokio::time::interval(DROP_LOG_EVERY);
+        loop {
+            let m = tokio::select! {
+                m = sub.next() => m,
+                _ = tick.tick() => {
+                    log.catch_up(&name, q.dropped.load(Relaxed));
+                    continue;
+                }
+            };
+            let Some(m) = m else { break };
             if let Some(m) = q.push(m) {
                 let n = q.dropped.fetch_add(1, Relaxed) + 1;
-                if last_warn.is_none_or(|t| t.elapsed().as_secs() >= 5) {
-                    last_warn = Some(Instant::now());
-                    tracing::warn!(pipeline = %name, subject = %m.subject, total = n,
-                        "NATS slow consumer: pending limits reached, message dropped (at most once)");
-                }
+                log.dropped(&name, &m.subject, n);
                 if let (true, Some(to)) = (request_reply, m.reply) {
-                    reply::overloaded(&c, to).await;
+                    reply::overloaded(&c, to, fallback.as_ref()).await;
                 }
             }
         }
+        log.catch_up(&name, q.dropped.load(Relaxed));
         q.ended.store(true, Relaxed);
         q.notify.notify_one();
     });
@@ -172,18 +181,52 @@ pub async fn open(cfg: &NatsSourceConfig, pipeline: &str) -> anyhow::Result<Nats
     })
 }
 
+/// How often dropped messages are logged at most.
+const DROP_LOG_EVERY: Duration = Duration::from_secs(5);
+
+/// Logs drops at the pending limits: the first at once, then at most one
+/// line every [`DROP_LOG_EVERY`] saying how many since the last line and in
+/// all, so a burst's total reaches the log even when it ends between lines.
+#[derive(Default)]
+struct DropLog {
+    last_line: Option<Instant>,
+    /// The total the last line reported.
+    reported: u64,
+}
+
+impl DropLog {
+    fn dropped(&mut self, pipeline: &str, subject: &str, total: u64) {
+        if self.last_line.is_none_or(|t| t.elapsed() >= DROP_LOG_EVERY) {
+            self.line(pipeline, Some(subject), total);
+        }
+    }
+
+    /// Reports drops not logged yet.
+    fn catch_up(&mut self, pipeline: &str, total: u64) {
+        if total > self.reported {
+            self.line(pipeline, None, total);
+        }
+    }
+
+    fn line(&mut self, pipeline: &str, subject: Option<&str>, total: u64) {
+        let dropped = total - self.reported;
+        self.last_line = Some(Instant::now());
+        self.reported = total;
+        tracing::warn!(
+            pipeline,
+            subject,
+            dropped,
+            total,
+            "NATS slow consumer: pending limits reached, messages dropped (at most once; requests answered `unavailable`)"
+        );
+    }
+}
+
 impl NatsSource {
     /// Messages dropped because the pending limits were reached (ours plus
     /// the client's own slow-consumer events). Also logged, at most every 5 s.
     pub fn slow_consumer_events(&self) -> u64 {
         self.queue.dropped.load(Relaxed) + self.conn_stats.slow_consumer.load(Relaxed)
-    }
-
-    /// A shared counter view for metrics: call it to read the current value.
-    pub fn slow_consumer_counter(&self) -> impl Fn() -> u64 + Send + Sync + 'static {
-        let q = self.queue.clone();
-        let c = self.conn_stats.clone();
-        move || q.dropped.load(Relaxed) + c.slow_consumer.load(Relaxed)
     }
 
     /// Messages waiting to be handed out.
@@ -224,6 +267,22 @@ fn now_ms() -> u64 {
 }
 
 impl Source for NatsSource {
+    fn report_drops(&mut self, drops: crate::stats::SourceDrops) {
+        let q = self.queue.clone();
+        let c = self.conn_stats.clone();
+        drops.set(move || {
+            let shed = q.dropped.load(Relaxed);
+            crate::stats::DropCounts {
+                shed,
+                slow_consumer: shed + c.slow_consumer.load(Relaxed),
+            }
+        });
+    }
+
+    fn answers_requests(&self) -> bool {
+        self.request_reply
+    }
+
     fn next(&mut self) -> BoxFuture<'_, Result<Option<Delivery>, SourceError>> {
         Box::pin(async move {
             loop {
@@ -259,7 +318,7 @@ impl Source for NatsSource {
                 // Requests still queued get an answer rather than silence.
                 while let Some(m) = self.queue.pop() {
                     if let (true, Some(to)) = (self.request_reply, m.reply) {
-                        reply::unavailable(&self.client, to).await;
+                        reply::unavailable(&self.client, to, self.fallback.as_ref()).await;
                     }
                 }
                 let _ =

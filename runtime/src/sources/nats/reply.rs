@@ -11,7 +11,11 @@
 //! | the first output | `Ack` | its payload and headers |
 //! | none | `Ack` | empty payload (the handler returned no output) |
 //! | a failure | any | `fallback` (header `sluice-error-class`), else an error reply |
-//! | none | `Terminated` / `Redeliver` | error reply (`unavailable`) |
+//! | unavailable (shed: breaker open) | any | `fallback` (class `unavailable`), else an error reply (`503`) |
+//! | none | `Terminated` / `Redeliver` | `fallback` (class `unavailable`), else an error reply (`503`) |
+//!
+//! A request dropped at the pending limits never reaches the pipeline; the
+//! source answers it the same way ([`overloaded`]).
 //!
 //! An error reply has an empty payload and the headers `Nats-Service-Error`
 //! (class and message), `Nats-Service-Error-Code` (`500`, or `503` when
@@ -76,6 +80,7 @@ impl NatsSettle {
                 to_nats_headers(&o.headers, o.key.as_ref()),
             ),
             (None, Settlement::Ack) => (Bytes::new(), HeaderMap::new()),
+            (Some(Answer::Unavailable(why)), _) => unavailable_reply(fallback, why),
             (Some(Answer::Failed(f)), _) => match fallback {
                 Some(fb) => {
                     let mut h = HeaderMap::new();
@@ -84,19 +89,23 @@ impl NatsSettle {
                 }
                 None => error_reply(f.class.as_str(), &f.message, 500),
             },
-            (_, Settlement::Terminated | Settlement::Redeliver { .. }) => match fallback {
-                Some(fb) => {
-                    let mut h = HeaderMap::new();
-                    h.insert(CLASS_HEADER, "unavailable");
-                    (fb.clone(), h)
-                }
-                None => error_reply(
-                    "unavailable",
-                    "the request was not handled (pipeline stopping)",
-                    503,
-                ),
-            },
+            (_, Settlement::Terminated | Settlement::Redeliver { .. }) => {
+                unavailable_reply(fallback, "the request was not handled (pipeline stopping)")
+            }
         }
+    }
+}
+
+/// The answer to a request Sluice did not handle (shed, shutting down): the
+/// fallback with the class header `unavailable`, else a `503` error reply.
+fn unavailable_reply(fallback: Option<&Bytes>, why: &str) -> (Bytes, HeaderMap) {
+    match fallback {
+        Some(fb) => {
+            let mut h = HeaderMap::new();
+            h.insert(CLASS_HEADER, "unavailable");
+            (fb.clone(), h)
+        }
+        None => error_reply("unavailable", why, 503),
     }
 }
 
@@ -135,16 +144,16 @@ async fn send(
 
 /// Answers a request dropped because the pending limits were reached
 /// (queued without a flush: the forwarder must not wait on the server).
-pub(super) async fn overloaded(client: &Client, to: Subject) {
-    let (p, h) = error_reply("unavailable", "overloaded: pending limits reached", 503);
+pub(super) async fn overloaded(client: &Client, to: Subject, fallback: Option<&Bytes>) {
+    let (p, h) = unavailable_reply(fallback, "overloaded: pending limits reached");
     if let Err(e) = client.publish_with_headers(to, h, p).await {
         tracing::debug!("replying to a dropped request: {e}");
     }
 }
 
 /// Answers a request that will not be handled (shutdown).
-pub(super) async fn unavailable(client: &Client, to: Subject) {
-    let (p, h) = error_reply("unavailable", "shutting down", 503);
+pub(super) async fn unavailable(client: &Client, to: Subject, fallback: Option<&Bytes>) {
+    let (p, h) = unavailable_reply(fallback, "shutting down");
     if let Err(e) = send(client, to, p, h).await {
         tracing::debug!("replying to a request at shutdown: {e:#}");
     }
@@ -219,5 +228,17 @@ mod tests {
             },
         );
         assert_eq!(text(&h, SERVICE_ERROR_CODE).as_deref(), Some("503"));
+        let mut s = settle();
+        s.answer(Answer::Unavailable("circuit breaker open".into()));
+        let (p, h) = s.reply(None, Settlement::Terminated);
+        assert!(p.is_empty());
+        assert_eq!(text(&h, SERVICE_ERROR_CODE).as_deref(), Some("503"));
+        assert_eq!(
+            text(&h, SERVICE_ERROR).as_deref(),
+            Some("unavailable: circuit breaker open")
+        );
+        let (p, h) = s.reply(fallback.as_ref(), Settlement::Terminated);
+        assert_eq!(p, Bytes::from_static(b"busy"));
+        assert_eq!(text(&h, CLASS_HEADER).as_deref(), Some("unavailable"));
     }
 }
