@@ -3,7 +3,8 @@
 //! pipeline with `fsync = true` on the sink.
 //!
 //! Run: `bash plugins/build.sh && cargo bench -p sluice --bench file`
-//! (`BENCH_FILE_LINES=N`: N lines instead of 1,000,000). Each line is 100
+//! (`BENCH_FILE_LINES=N`: N lines instead of 1,000,000; `BENCH_PROFILE=file`
+//! or `memory`: that side alone, for callgrind). Each line is 100
 //! bytes plus its newline; `batch = 16`, `max_in_flight = 4096`, `follow = false`.
 //! Writes `target/bench/file.json`.
 
@@ -151,6 +152,18 @@ async fn bench() {
     }
     let msgs: Vec<Message> = (0..n).map(|i| Message::new("bench", line(i))).collect();
 
+    // For instruction counts (callgrind at two run lengths): one side only.
+    match std::env::var("BENCH_PROFILE").as_deref() {
+        Ok("memory") => {
+            memory_rate(&plugin, &msgs, window).await;
+            return;
+        }
+        Ok("file") => {
+            file_rate(&plugin, &input, n, false).await;
+            return;
+        }
+        _ => {}
+    }
     // Memory first and last, so a machine that speeds up or slows down
     // during the run shows as a spread; the best of each is compared.
     let mem1 = memory_rate(&plugin, &msgs, window).await;

@@ -40,7 +40,11 @@ use crate::failure::{Failure, FailureClass};
 /// How long a flush waits for more records after the first ones arrived.
 pub const LINGER: Duration = Duration::from_millis(1);
 /// Waiting bytes that are written at once, without lingering.
-const BIG: usize = 256 << 10;
+const BIG: usize = 64 << 10;
+/// Waiting sends that are written at once, without lingering: half of a
+/// worker's default `publish_window`, so that a worker sending small records
+/// finds the oldest of its window written instead of waiting out the linger.
+const MANY: u64 = 512;
 /// Failed writes remembered for the sends they covered.
 const FAILURES_KEPT: usize = 256;
 
@@ -325,7 +329,8 @@ impl Sink for FileSink {
             let seq = b.sent;
             let start = !b.flushing;
             b.flushing = true;
-            let hurry = before < BIG && b.data.len() >= BIG;
+            let hurry =
+                (before < BIG && b.data.len() >= BIG) || b.sent.saturating_sub(b.written) == MANY;
             drop(b);
             if start {
                 tokio::spawn(Arc::clone(&self.inner).flush_task());
