@@ -162,3 +162,67 @@ impl Answer {
         self.ends.push(self.bytes.len() as u32);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MessageHeader;
+
+    #[test]
+    fn a_batch_is_read_as_views_into_its_columns() {
+        // Message 0: topic "t", key "k", payload "p", header h=v, timestamp 7, attempt 2.
+        // Message 1: topic "u", no key, payload "q", no headers.
+        let batch = Batch {
+            bytes: b"tkphvuq".to_vec(),
+            ends: vec![1, 2, 3, 4, 5, 6, 6, 7],
+            shapes: vec![1 << 2 | 2 | 1, 0],
+            timestamps: vec![7, 0],
+            attempts: vec![2, 1],
+        };
+        let mut reader = Reader {
+            batch: &batch,
+            field: 0,
+            start: 0,
+        };
+        let m = reader.message(0, batch.shapes[0]);
+        assert_eq!(
+            (m.topic, m.key, m.payload),
+            ("t", Some(&b"k"[..]), &b"p"[..])
+        );
+        assert_eq!((m.timestamp_ms, m.attempt), (Some(7), 2));
+        let headers: Vec<MessageHeader<'_>> = m.headers.iter().collect();
+        assert_eq!(
+            headers,
+            [MessageHeader {
+                key: "h",
+                value: b"v"
+            }]
+        );
+        assert_eq!(m.header("h"), Some(&b"v"[..]));
+        let m = reader.message(1, batch.shapes[1]);
+        assert_eq!((m.topic, m.key, m.payload), ("u", None, &b"q"[..]));
+        assert_eq!((m.timestamp_ms, m.headers.len()), (None, 0));
+    }
+
+    #[test]
+    fn outputs_are_written_as_columns() {
+        let mut answer = Answer::default();
+        let outputs = [
+            Output::new("p")
+                .to_sink("s")
+                .with_key("k")
+                .with_header("h", "v"),
+            Output::new("").with_topic("t"),
+        ];
+        answer.write(&outputs);
+        assert_eq!(answer.bytes, b"skphvt");
+        assert_eq!(answer.ends, [1, 1, 2, 3, 4, 5, 5, 6, 6, 6]);
+        assert_eq!(answer.shapes, [1 << 3 | 4 | 1, 2]);
+        // Reused: the next answer replaces this one.
+        answer.write(&[Output::new("x")]);
+        assert_eq!(
+            (&answer.bytes[..], &answer.ends[..]),
+            (&b"x"[..], &[0, 0, 0, 1][..])
+        );
+    }
+}
