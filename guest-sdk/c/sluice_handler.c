@@ -337,25 +337,26 @@ static void put(buffer *b, const void *data, size_t len) {
 static void put_u32(buffer *b, uint32_t v) { put(b, &v, sizeof v); }
 
 /* One answer as columns (see `columns.answer` in handler.wit). */
-static buffer ans_bytes, ans_ends, ans_shapes;
+static buffer ans_bytes, ans_layout;
 /* The headers of the message being handled. */
 static buffer msg_headers;
 
 /* Appends a field of an output to the answer and ends it. */
 static void put_field(const abi_list *f) {
     put(&ans_bytes, (const void *)(uintptr_t)f->ptr, f->len);
-    put_u32(&ans_ends, (uint32_t)ans_bytes.len);
+    put_u32(&ans_layout, (uint32_t)ans_bytes.len);
 }
 
 /* The emitted outputs as answer columns. */
 static void write_answer(void) {
-    ans_bytes.len = ans_ends.len = ans_shapes.len = 0;
+    ans_bytes.len = ans_layout.len = 0;
     static const abi_list none = {0, 0};
     for (size_t i = 0; i < outs_len; i++) {
         const sluice_output *o = outs[i];
         uint32_t shape = (uint32_t)o->headers_len << 3;
         shape |= (uint32_t)o->abi.sink.is_some | (uint32_t)o->abi.topic.is_some << 1 |
                  (uint32_t)o->abi.key.is_some << 2;
+        put_u32(&ans_layout, shape);
         put_field(o->abi.sink.is_some ? &o->abi.sink.v : &none);
         put_field(o->abi.topic.is_some ? &o->abi.topic.v : &none);
         put_field(o->abi.key.is_some ? &o->abi.key.v : &none);
@@ -364,16 +365,15 @@ static void write_answer(void) {
             put_field(&o->headers[h].key);
             put_field(&o->headers[h].value);
         }
-        put_u32(&ans_shapes, shape);
     }
 }
 
 /* `sluice:handler/columns@0.1.0`.`answer`: message `position`'s status (0 ok, 1 retriable,
- * 2 fatal), then three lists as (pointer, length): bytes, ends, shapes. The host reads
- * them before returning. */
+ * 2 fatal), then two lists as (pointer, length): bytes and layout. The host reads them
+ * before returning. */
 __attribute__((import_module("sluice:handler/columns@0.1.0"), import_name("answer")))
 extern void host_answer(int32_t position, int32_t status, uint32_t bytes, uint32_t bytes_len,
-                        uint32_t ends, uint32_t ends_len, uint32_t shapes, uint32_t shapes_len);
+                        uint32_t layout, uint32_t layout_len);
 
 /* Reads the batch's fields in order (the host's columns: see `columns.batch`). */
 typedef struct {
@@ -431,11 +431,10 @@ void export_handle_batch(uint32_t bytes, uint32_t bytes_len, uint32_t ends, uint
         if (st == SLUICE_OK) {
             write_answer();
             host_answer((int32_t)i, 0, (uint32_t)(uintptr_t)ans_bytes.p, (uint32_t)ans_bytes.len,
-                        (uint32_t)(uintptr_t)ans_ends.p, (uint32_t)(ans_ends.len / 4),
-                        (uint32_t)(uintptr_t)ans_shapes.p, (uint32_t)(ans_shapes.len / 4));
+                        (uint32_t)(uintptr_t)ans_layout.p, (uint32_t)(ans_layout.len / 4));
         } else {
             host_answer((int32_t)i, st == SLUICE_RETRIABLE ? 1 : 2,
-                        (uint32_t)(uintptr_t)error_msg.ptr, (uint32_t)error_msg.len, 0, 0, 0, 0);
+                        (uint32_t)(uintptr_t)error_msg.ptr, (uint32_t)error_msg.len, 0, 0);
         }
         outs_len = 0;
         free_owned();

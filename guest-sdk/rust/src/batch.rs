@@ -13,8 +13,7 @@ use crate::{HandlerError, Message, Output};
 #[derive(Default)]
 struct Answer {
     bytes: Vec<u8>,
-    ends: Vec<u32>,
-    shapes: Vec<u32>,
+    layout: Vec<u32>,
 }
 
 thread_local! {
@@ -99,23 +98,29 @@ pub fn __run_batch(
         let msg = reader.message(i, shape);
         let position = i as u32;
         match handle(msg) {
-            Ok(outputs) => {
-                answer.write(&outputs);
-                drop(outputs);
-                columns::answer(
-                    position,
-                    Status::Ok,
-                    &answer.bytes,
-                    &answer.ends,
-                    &answer.shapes,
-                );
-            }
+            // The common answer, one output of a payload alone, is handed over from the
+            // output itself.
+            Ok(outputs) => match outputs.as_slice() {
+                [o] if o.sink.is_none()
+                    && o.topic.is_none()
+                    && o.key.is_none()
+                    && o.headers.is_empty() =>
+                {
+                    let layout = [0, 0, 0, 0, o.payload.len() as u32];
+                    columns::answer(position, Status::Ok, &o.payload, &layout);
+                }
+                _ => {
+                    answer.write(&outputs);
+                    drop(outputs);
+                    columns::answer(position, Status::Ok, &answer.bytes, &answer.layout);
+                }
+            },
             Err(e) => {
                 let status = match e {
                     HandlerError::Retriable(_) => Status::Retriable,
                     HandlerError::Fatal(_) => Status::Fatal,
                 };
-                columns::answer(position, status, e.reason().as_bytes(), &[], &[]);
+                columns::answer(position, status, e.reason().as_bytes(), &[]);
             }
         }
     }
@@ -126,10 +131,11 @@ impl Answer {
     /// Lays `outputs` out as columns, replacing the last answer.
     fn write(&mut self, outputs: &[Output]) {
         self.bytes.clear();
-        self.ends.clear();
-        self.shapes.clear();
+        self.layout.clear();
         for o in outputs {
+            let at = self.layout.len();
             let mut shape = (o.headers.len() as u32) << 3;
+            self.layout.push(0);
             if let Some(sink) = &o.sink {
                 self.bytes.extend_from_slice(sink.as_bytes());
                 shape |= 1;
@@ -153,13 +159,13 @@ impl Answer {
                 self.bytes.extend_from_slice(&h.value);
                 self.end();
             }
-            self.shapes.push(shape);
+            self.layout[at] = shape;
         }
     }
 
     /// Ends the field written last.
     fn end(&mut self) {
-        self.ends.push(self.bytes.len() as u32);
+        self.layout.push(self.bytes.len() as u32);
     }
 }
 
@@ -216,13 +222,15 @@ mod tests {
         ];
         answer.write(&outputs);
         assert_eq!(answer.bytes, b"skphvt");
-        assert_eq!(answer.ends, [1, 1, 2, 3, 4, 5, 5, 6, 6, 6]);
-        assert_eq!(answer.shapes, [1 << 3 | 4 | 1, 2]);
+        assert_eq!(
+            answer.layout,
+            [1 << 3 | 4 | 1, 1, 1, 2, 3, 4, 5, 2, 5, 6, 6, 6]
+        );
         // Reused: the next answer replaces this one.
         answer.write(&[Output::new("x")]);
         assert_eq!(
-            (&answer.bytes[..], &answer.ends[..]),
-            (&b"x"[..], &[0, 0, 0, 1][..])
+            (&answer.bytes[..], &answer.layout[..]),
+            (&b"x"[..], &[0, 0, 0, 0, 1][..])
         );
     }
 }

@@ -59,13 +59,7 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
     linker.instance(COLUMNS_INTERFACE)?.func_wrap(
         "answer",
         |mut store: StoreContextMut<'_, HostState>,
-         (position, status, bytes, ends, shapes): (
-            u32,
-            WitStatus,
-            WasmList<u8>,
-            WasmList<u32>,
-            WasmList<u32>,
-        )| {
+         (position, status, bytes, layout): (u32, WitStatus, WasmList<u8>, WasmList<u32>)| {
             let left = store.get_fuel().unwrap_or(0);
             let now = Instant::now();
             let limits = {
@@ -91,8 +85,7 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             let answer = read_answer(
                 status,
                 bytes.as_le_slice(&store),
-                ends.as_le_slice(&store),
-                shapes.as_le_slice(&store),
+                layout.as_le_slice(&store),
                 &limits,
             )
             .map_err(|what| {
@@ -124,16 +117,15 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
 fn read_answer(
     status: WitStatus,
     bytes: &[u8],
-    ends: &[u32],
-    shapes: &[u32],
+    layout: &[u32],
     limits: &OutputLimits,
 ) -> Result<Result<Vec<Output>, Failure>, &'static str> {
     let class = match status {
-        WitStatus::Ok => return read_outputs(bytes, ends, shapes, limits),
+        WitStatus::Ok => return read_outputs(bytes, layout, limits),
         WitStatus::Retriable => FailureClass::Retriable,
         WitStatus::Fatal => FailureClass::Fatal,
     };
-    if !ends.is_empty() || !shapes.is_empty() {
+    if !layout.is_empty() {
         return Err("an error with outputs");
     }
     // Only the start of a long reason is read: it is cut to GUEST_TEXT_MAX.
@@ -144,40 +136,73 @@ fn read_answer(
     )))
 }
 
+/// What an answer's layout says, checked: every end in order and within
+/// `bytes`, each output's shape followed by its ends.
+struct Shape {
+    outputs: usize,
+    headers: u64,
+    /// Where the last field ends.
+    end: u32,
+}
+
+/// Walks `layout` without copying anything; stops early once there are
+/// more outputs than `max_outputs`.
+fn shape_of(layout: &[u32], bytes: usize, max_outputs: u32) -> Result<Shape, &'static str> {
+    let mut shape = Shape {
+        outputs: 0,
+        headers: 0,
+        end: 0,
+    };
+    let mut at = 0;
+    while at < layout.len() && shape.outputs <= max_outputs as usize {
+        let headers = layout[at] >> 3;
+        let fields = 4 + 2 * headers as usize;
+        let Some(ends) = layout.get(at + 1..at + 1 + fields) else {
+            return Err("an output whose ends are cut short");
+        };
+        for &end in ends {
+            if end < shape.end {
+                return Err("an end before the one preceding it");
+            }
+            shape.end = end;
+        }
+        shape.outputs += 1;
+        shape.headers += u64::from(headers);
+        at += 1 + fields;
+    }
+    if shape.end as usize > bytes {
+        return Err("an end past `bytes`");
+    }
+    Ok(shape)
+}
+
 /// The outputs of an `ok` answer, checked against the limits first.
 fn read_outputs(
     bytes: &[u8],
-    ends: &[u32],
-    shapes: &[u32],
+    layout: &[u32],
     limits: &OutputLimits,
 ) -> Result<Result<Vec<Output>, Failure>, &'static str> {
-    if shapes.len() > limits.max_outputs as usize {
+    // The common answer, one output of a payload alone: no walk.
+    if let [0, 0, 0, 0, n] = *layout
+        && n as usize == bytes.len()
+        && limits.max_outputs >= 1
+        && bytes.len() as u64 + OUTPUT_OVERHEAD <= limits.max_output_bytes
+    {
+        return Ok(Ok(vec![Output::new(Bytes::copy_from_slice(bytes))]));
+    }
+    let shape = shape_of(layout, bytes.len(), limits.max_outputs)?;
+    if shape.outputs > limits.max_outputs as usize {
         return Ok(Err(Failure::new(
             FailureClass::Trap,
             format!(
-                "bad output: {} outputs, more than max_outputs = {}",
-                shapes.len(),
+                "bad output: more than max_outputs = {} outputs",
                 limits.max_outputs
             ),
         )));
     }
-    let headers: u64 = shapes.iter().map(|s| u64::from(s >> 3)).sum();
-    let fields = 4 * shapes.len() as u64 + 2 * headers;
-    if fields != ends.len() as u64 {
-        return Err("`ends` does not hold 4 entries per output and 2 per header");
-    }
-    let mut start = 0u32;
-    for &end in ends {
-        if end < start {
-            return Err("an end before the one preceding it");
-        }
-        start = end;
-    }
-    if start as usize > bytes.len() {
-        return Err("an end past `bytes`");
-    }
-    let total =
-        u64::from(start) + OUTPUT_OVERHEAD * shapes.len() as u64 + HEADER_OVERHEAD * headers;
+    let total = u64::from(shape.end)
+        + OUTPUT_OVERHEAD * shape.outputs as u64
+        + HEADER_OVERHEAD * shape.headers;
     let max = limits.max_output_bytes;
     if total > max {
         return Ok(Err(Failure::new(
@@ -185,18 +210,20 @@ fn read_outputs(
             format!(
                 "bad output: {} output(s) of {total} bytes in all (with {OUTPUT_OVERHEAD} bytes \
                  counted per output and {HEADER_OVERHEAD} per header), more than max_output_bytes = {max}",
-                shapes.len()
+                shape.outputs
             ),
         )));
     }
     let mut fields = Fields {
         bytes,
-        ends,
+        layout,
         next: 0,
         start: 0,
     };
-    let mut outputs = Vec::with_capacity(shapes.len());
-    for &shape in shapes {
+    let mut outputs = Vec::with_capacity(shape.outputs);
+    while fields.next < layout.len() {
+        let shape = layout[fields.next];
+        fields.next += 1;
         let sink = fields.text(shape & 1 != 0)?;
         let topic = fields.text(shape & 2 != 0)?;
         let key = fields.optional(shape & 4 != 0)?.map(Bytes::copy_from_slice);
@@ -218,18 +245,22 @@ fn read_outputs(
     Ok(Ok(outputs))
 }
 
-/// The fields of an answer in order (its ends already checked: in order and
-/// within `bytes`).
+/// The fields of an answer in order (its layout already checked by
+/// [`shape_of`]).
 struct Fields<'a> {
     bytes: &'a [u8],
-    ends: &'a [u32],
+    layout: &'a [u32],
+    /// The next entry of `layout`.
     next: usize,
     start: usize,
 }
 
 impl<'a> Fields<'a> {
     fn next(&mut self) -> &'a [u8] {
-        let end = self.ends.get(self.next).map_or(self.start, |&e| e as usize);
+        let end = self
+            .layout
+            .get(self.next)
+            .map_or(self.start, |&e| e as usize);
         let field = self.bytes.get(self.start..end).unwrap_or_default();
         self.next += 1;
         self.start = end;
@@ -400,8 +431,8 @@ mod tests {
         max_output_bytes: 1000,
     };
 
-    fn ok(bytes: &[u8], ends: &[u32], shapes: &[u32]) -> Result<Vec<Output>, Failure> {
-        read_answer(WitStatus::Ok, bytes, ends, shapes, &LIMITS).expect("well formed")
+    fn ok(bytes: &[u8], layout: &[u32]) -> Result<Vec<Output>, Failure> {
+        read_answer(WitStatus::Ok, bytes, layout, &LIMITS).expect("well formed")
     }
 
     #[test]
@@ -409,9 +440,8 @@ mod tests {
         // Output 0: sink "s", no topic, key "k", payload "p", header h=v.
         // Output 1: no sink, topic "t", no key, empty payload.
         let bytes = b"skphvt";
-        let ends = [1, 1, 2, 3, 4, 5, 5, 6, 6, 6];
-        let shapes = [1 << 3 | 4 | 1, 2];
-        let out = ok(bytes, &ends, &shapes).expect("answered");
+        let layout = [1 << 3 | 4 | 1, 1, 1, 2, 3, 4, 5, 2, 5, 6, 6, 6];
+        let out = ok(bytes, &layout).expect("answered");
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].sink.as_deref(), Some("s"));
         assert_eq!(out[0].topic, None);
@@ -426,39 +456,44 @@ mod tests {
             (out[1].key.as_deref(), &out[1].payload[..]),
             (None, &b""[..])
         );
+        let one = ok(b"payload", &[0, 0, 0, 0, 7]).expect("answered");
+        assert_eq!(one, vec![Output::new("payload")]);
     }
 
     #[test]
     fn limits_are_checked_on_the_columns() {
-        let f = ok(b"", &[0; 20], &[0; 5]).expect_err("5 outputs");
+        let f = ok(b"", &[0; 25]).expect_err("5 outputs");
         assert!(f.message.contains("more than max_outputs = 4"), "{f}");
         // One output claiming 2,000 bytes: refused before anything is read.
         let big = vec![0u8; 2000];
-        let f = ok(&big, &[0, 0, 0, 2000], &[0]).expect_err("too big");
-        assert!(
-            f.message
-                .starts_with("bad output: 1 output(s) of 2064 bytes"),
-            "{f}"
-        );
+        for layout in [[0, 0, 0, 0, 2000], [0, 0, 0, 1, 2000]] {
+            let f = ok(&big, &layout).expect_err("too big");
+            assert!(
+                f.message
+                    .starts_with("bad output: 1 output(s) of 2064 bytes"),
+                "{f}"
+            );
+        }
     }
 
     #[test]
     fn contradicting_columns_are_refused() {
-        let bad = |bytes: &[u8], ends: &[u32], shapes: &[u32]| {
-            read_answer(WitStatus::Ok, bytes, ends, shapes, &LIMITS).expect_err("malformed")
+        let bad = |bytes: &[u8], layout: &[u32]| {
+            read_answer(WitStatus::Ok, bytes, layout, &LIMITS).expect_err("malformed")
         };
-        assert!(bad(b"ab", &[0, 0, 0], &[0]).contains("4 entries"));
-        assert!(bad(b"ab", &[0, 2, 1, 2], &[0]).contains("before"));
-        assert!(bad(b"ab", &[0, 0, 0, 3], &[0]).contains("past"));
-        assert!(bad(b"ab", &[1, 1, 1, 2], &[0]).contains("absent"));
-        assert!(bad(b"\xff", &[1, 1, 1, 1], &[1]).contains("UTF-8"));
-        let e = read_answer(WitStatus::Fatal, b"no", &[0], &[], &LIMITS);
+        assert!(bad(b"ab", &[0, 0, 0, 0]).contains("cut short"));
+        assert!(bad(b"ab", &[1 << 3, 0, 0, 0, 1, 2]).contains("cut short"));
+        assert!(bad(b"ab", &[0, 0, 2, 1, 2]).contains("before"));
+        assert!(bad(b"ab", &[0, 0, 0, 0, 3]).contains("past"));
+        assert!(bad(b"ab", &[0, 1, 1, 1, 2]).contains("absent"));
+        assert!(bad(b"\xff", &[1, 1, 1, 1, 1]).contains("UTF-8"));
+        let e = read_answer(WitStatus::Fatal, b"no", &[0], &LIMITS);
         assert!(matches!(e, Err("an error with outputs")));
     }
 
     #[test]
     fn an_error_carries_its_reason_escaped() {
-        let r = read_answer(WitStatus::Retriable, b"later\nnow", &[], &[], &LIMITS);
+        let r = read_answer(WitStatus::Retriable, b"later\nnow", &[], &LIMITS);
         let f = r.expect("well formed").expect_err("an error");
         assert_eq!(
             (f.class, f.message.as_str()),

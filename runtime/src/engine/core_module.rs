@@ -309,7 +309,7 @@ mod tests {
         names
     }
 
-    const ANSWER: &str = r#"(import "sluice:handler/columns@0.1.0" "answer" (func (param i32 i32 i32 i32 i32 i32 i32 i32)))"#;
+    const ANSWER: &str = r#"(import "sluice:handler/columns@0.1.0" "answer" (func (param i32 i32 i32 i32 i32 i32)))"#;
     const HANDLE_BATCH: &str =
         r#"(func (export "handle-batch") (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32))"#;
 
@@ -333,7 +333,7 @@ mod tests {
 
     #[test]
     fn the_newer_import_naming_of_answer_counts_as_the_batch_import() {
-        let answer = r#"(import "cm32p2|sluice:handler/columns@0.1" "answer" (func (param i32 i32 i32 i32 i32 i32 i32 i32)))"#;
+        let answer = r#"(import "cm32p2|sluice:handler/columns@0.1" "answer" (func (param i32 i32 i32 i32 i32 i32)))"#;
         let shape = Shape::read(&minimal(answer, HANDLE_BATCH)).expect("a module");
         assert!(shape.imports_batch_answer && shape.foreign_imports.is_empty());
         assert_eq!(shape.check(), Ok(()));

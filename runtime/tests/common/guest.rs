@@ -5,9 +5,8 @@
 //!
 //! Memory layout of every guest: the answer (`result<list<output>, …>`) at
 //! [`RET`], a 1 MiB payload region at [`PAYLOAD`] (all outputs of `handle`
-//! alias it), the output records at [`OUTPUTS`], a batch answer's `ends` at
-//! [`ENDS`] and `shapes` at [`SHAPES`], and a bump heap for `cabi_realloc`
-//! from 8 MiB.
+//! alias it), the output records at [`OUTPUTS`], a batch answer's `layout`
+//! at [`LAYOUT`], and a bump heap for `cabi_realloc` from 8 MiB.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -18,10 +17,8 @@ pub const RET: u32 = 16;
 pub const PAYLOAD: u32 = 1 << 20;
 /// The output records (52 bytes each).
 pub const OUTPUTS: u32 = 2 << 20;
-/// A batch answer's `ends` (16 bytes per output).
-pub const ENDS: u32 = 5 << 20;
-/// A batch answer's `shapes` (4 bytes per output).
-pub const SHAPES: u32 = 6 << 20;
+/// A batch answer's `layout` (20 bytes per output).
+pub const LAYOUT: u32 = 5 << 20;
 
 /// The parts of a guest; `None` leaves the default.
 #[derive(Default)]
@@ -54,7 +51,7 @@ impl Guest<'_> {
         let (batch_import, batch_export) = match self.batch {
             Some(body) => (
                 format!(
-                    r#"(import "sluice:handler/columns@0.1.0" "answer" (func $answer (param i32 i32 i32 i32 i32 i32 i32 i32)))
+                    r#"(import "sluice:handler/columns@0.1.0" "answer" (func $answer (param i32 i32 i32 i32 i32 i32)))
   ;; The old `done(position, result<list<output>, handler-error>)`, flattened,
   ;; as columns: ok ($err = 0) with $b outputs of the payload length
   ;; `$outputs` last set, their payloads back to back from PAYLOAD; an error
@@ -63,23 +60,22 @@ impl Guest<'_> {
     (local $i i32) (local $e i32) (local $at i32)
     (if (local.get $err) (then
       (call $answer (local.get $pos) (i32.add (local.get $a) (i32.const 1))
-        (local.get $b) (local.get $c) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0))
+        (local.get $b) (local.get $c) (i32.const 0) (i32.const 0))
       (return)))
     (block $end (loop $next
       (br_if $end (i32.ge_u (local.get $i) (local.get $b)))
-      (local.set $e (i32.add (i32.const {ENDS}) (i32.mul (local.get $i) (i32.const 16))))
+      (local.set $e (i32.add (i32.const {LAYOUT}) (i32.mul (local.get $i) (i32.const 20))))
       (local.set $at (i32.mul (local.get $i) (global.get $out_len)))
-      (i32.store offset=0 (local.get $e) (local.get $at))
+      (i32.store offset=0 (local.get $e) (i32.const 0))
       (i32.store offset=4 (local.get $e) (local.get $at))
       (i32.store offset=8 (local.get $e) (local.get $at))
-      (i32.store offset=12 (local.get $e) (i32.add (local.get $at) (global.get $out_len)))
-      (i32.store (i32.add (i32.const {SHAPES}) (i32.shl (local.get $i) (i32.const 2))) (i32.const 0))
+      (i32.store offset=12 (local.get $e) (local.get $at))
+      (i32.store offset=16 (local.get $e) (i32.add (local.get $at) (global.get $out_len)))
       (local.set $i (i32.add (local.get $i) (i32.const 1)))
       (br $next)))
     (call $answer (local.get $pos) (i32.const 0)
       (i32.const {PAYLOAD}) (i32.mul (local.get $b) (global.get $out_len))
-      (i32.const {ENDS}) (i32.shl (local.get $b) (i32.const 2))
-      (i32.const {SHAPES}) (local.get $b)))"#
+      (i32.const {LAYOUT}) (i32.mul (local.get $b) (i32.const 5))))"#
                 ),
                 format!(
                     r#"(func (export "handle-batch")
