@@ -2,7 +2,7 @@
  * The canonical-ABI glue of the `sluice:handler@0.1.0` world `batch-handler`, written by
  * hand (no wit-bindgen needed): the exports `init`, `handle`, `handle-batch`, their
  * `cabi_post_*`, `cabi_realloc`, and the imports of `sluice:handler/host@0.1.0` and
- * `sluice:handler/batch@0.1.0`. Layouts follow the component model's
+ * `sluice:handler/columns@0.1.0`. Layouts follow the component model's
  * canonical ABI for wasm32 (pointers and lengths are 32-bit; a record is aligned to its
  * widest field: 4 for most here, 8 for `message`, whose timestamp is a u64).
  */
@@ -209,8 +209,8 @@ void post_init(void *ret) {
     free_owned();
 }
 
-/* A message as the canonical ABI lays it out in memory (an element of `handle-batch`'s
- * list): record alignment 8 (the u64 of option<u64>), 64 bytes. */
+/* A message as the canonical ABI lays it out for `handle` (flattened into its parameters):
+ * record alignment 8 (the u64 of option<u64>), 64 bytes. */
 typedef struct {
     abi_list topic;      /* 0 */
     abi_opt_list key;    /* 8 */
@@ -313,31 +313,137 @@ void *export_handle(uint32_t topic_ptr, uint32_t topic_len, int32_t has_key, uin
     return &handle_ret;
 }
 
-/* `sluice:handler/batch@0.1.0`.`done`: the result of message `position` of the batch,
- * flattened (position, then result<list<output>, handler-error>: discriminant, then the ok
- * list's pointer and length, or the error's variant tag and string). The host copies it
- * before returning. */
-__attribute__((import_module("sluice:handler/batch@0.1.0"), import_name("done")))
-extern void host_batch_done(int32_t position, int32_t is_err, int32_t a, int32_t b, int32_t c);
+/* ---- several messages per call: `handle-batch` and `columns.answer` ---- */
 
-/* Several messages per call (world `batch-handler`): each message in turn through
- * sluice_handle, its result reported through `done` before the next one starts (the host
- * re-arms fuel and the deadline there, so each message keeps its own budgets). */
-EXPORT("handle-batch")
-void export_handle_batch(uint32_t ptr, uint32_t len) {
-    abi_message *msgs = (abi_message *)(uintptr_t)ptr;
-    for (uint32_t i = 0; i < len; i++) {
-        run_handle(&msgs[i]);
-        if (handle_ret.is_err) {
-            host_batch_done((int32_t)i, 1, handle_ret.u.err.tag, (int32_t)handle_ret.u.err.msg.ptr,
-                            (int32_t)handle_ret.u.err.msg.len);
-        } else {
-            host_batch_done((int32_t)i, 0, (int32_t)handle_ret.u.ok.ptr,
-                            (int32_t)handle_ret.u.ok.len, 0);
+/* A growable buffer, kept from message to message and batch to batch. */
+typedef struct {
+    uint8_t *p;
+    size_t len, cap;
+} buffer;
+
+static void put(buffer *b, const void *data, size_t len) {
+    if (b->len + len > b->cap) {
+        size_t cap = b->cap ? b->cap : 64;
+        while (cap < b->len + len) cap *= 2;
+        uint8_t *n = realloc(b->p, cap);
+        if (!n) __builtin_trap();
+        b->p = n;
+        b->cap = cap;
+    }
+    if (len) memcpy(b->p + b->len, data, len);
+    b->len += len;
+}
+
+static void put_u32(buffer *b, uint32_t v) { put(b, &v, sizeof v); }
+
+/* One answer as columns (see `columns.answer` in handler.wit). */
+static buffer ans_bytes, ans_layout;
+/* The headers of the message being handled. */
+static buffer msg_headers;
+
+/* Appends a field of an output to the answer and ends it. */
+static void put_field(const abi_list *f) {
+    put(&ans_bytes, (const void *)(uintptr_t)f->ptr, f->len);
+    put_u32(&ans_layout, (uint32_t)ans_bytes.len);
+}
+
+/* The emitted outputs as answer columns. */
+static void write_answer(void) {
+    ans_bytes.len = ans_layout.len = 0;
+    static const abi_list none = {0, 0};
+    for (size_t i = 0; i < outs_len; i++) {
+        const sluice_output *o = outs[i];
+        uint32_t shape = (uint32_t)o->headers_len << 3;
+        shape |= (uint32_t)o->abi.sink.is_some | (uint32_t)o->abi.topic.is_some << 1 |
+                 (uint32_t)o->abi.key.is_some << 2;
+        put_u32(&ans_layout, shape);
+        put_field(o->abi.sink.is_some ? &o->abi.sink.v : &none);
+        put_field(o->abi.topic.is_some ? &o->abi.topic.v : &none);
+        put_field(o->abi.key.is_some ? &o->abi.key.v : &none);
+        put_field(&o->abi.payload);
+        for (size_t h = 0; h < o->headers_len; h++) {
+            put_field(&o->headers[h].key);
+            put_field(&o->headers[h].value);
         }
+    }
+}
+
+/* `sluice:handler/columns@0.1.0`.`answer`: message `position`'s status (0 ok, 1 retriable,
+ * 2 fatal), then two lists as (pointer, length): bytes and layout. The host reads them
+ * before returning. */
+__attribute__((import_module("sluice:handler/columns@0.1.0"), import_name("answer")))
+extern void host_answer(int32_t position, int32_t status, uint32_t bytes, uint32_t bytes_len,
+                        uint32_t layout, uint32_t layout_len);
+
+/* Reads the batch's fields in order (the host's columns: see `columns.batch`). */
+typedef struct {
+    const uint8_t *bytes;
+    size_t bytes_len;
+    const uint32_t *ends;
+    size_t ends_len, next;
+    uint32_t start;
+} reader;
+
+static sluice_bytes next_field(reader *r) {
+    if (r->next >= r->ends_len) __builtin_trap(); /* malformed: fewer ends than fields */
+    uint32_t end = r->ends[r->next++];
+    if (end < r->start || end > r->bytes_len) __builtin_trap();
+    sluice_bytes f = {r->bytes + r->start, end - r->start};
+    r->start = end;
+    return f;
+}
+
+/* Several messages per call (world `batch-handler`): each message in turn, read in place
+ * from the batch's columns, through sluice_handle; its answer reported through `answer`
+ * before the next one starts (the host re-arms fuel and the deadline there, so each message
+ * keeps its own budgets). */
+EXPORT("handle-batch")
+void export_handle_batch(uint32_t bytes, uint32_t bytes_len, uint32_t ends, uint32_t ends_len,
+                         uint32_t shapes, uint32_t shapes_len, uint32_t ts, uint32_t ts_len,
+                         uint32_t attempts, uint32_t attempts_len) {
+    reader r = {(const uint8_t *)(uintptr_t)bytes, bytes_len,
+                (const uint32_t *)(uintptr_t)ends, ends_len, 0, 0};
+    const uint32_t *shape = (const uint32_t *)(uintptr_t)shapes;
+    const uint64_t *stamp = (const uint64_t *)(uintptr_t)ts;
+    const uint32_t *attempt = (const uint32_t *)(uintptr_t)attempts;
+    for (uint32_t i = 0; i < shapes_len; i++) {
+        sluice_message msg = {0};
+        msg.topic = next_field(&r);
+        msg.has_key = (shape[i] & 1) != 0;
+        msg.key = next_field(&r);
+        msg.payload = next_field(&r);
+        msg.headers_len = shape[i] >> 2;
+        msg_headers.len = 0;
+        for (size_t h = 0; h < msg.headers_len; h++) {
+            sluice_header hd;
+            hd.key = next_field(&r);
+            hd.value = next_field(&r);
+            put(&msg_headers, &hd, sizeof hd);
+        }
+        msg.headers = (const sluice_header *)msg_headers.p;
+        msg.has_timestamp = (shape[i] & 2) != 0 && i < ts_len;
+        msg.timestamp_ms = i < ts_len ? stamp[i] : 0;
+        msg.attempt = i < attempts_len ? attempt[i] : 1;
+
+        outs_len = 0;
+        error_msg = (sluice_bytes){0};
+        sluice_status st = sluice_handle(&msg);
+        if (st == SLUICE_OK) {
+            write_answer();
+            host_answer((int32_t)i, 0, (uint32_t)(uintptr_t)ans_bytes.p, (uint32_t)ans_bytes.len,
+                        (uint32_t)(uintptr_t)ans_layout.p, (uint32_t)(ans_layout.len / 4));
+        } else {
+            host_answer((int32_t)i, st == SLUICE_RETRIABLE ? 1 : 2,
+                        (uint32_t)(uintptr_t)error_msg.ptr, (uint32_t)error_msg.len, 0, 0);
+        }
+        outs_len = 0;
         free_owned();
     }
-    free_arg(msgs, len);
+    free_arg((void *)(uintptr_t)bytes, bytes_len);
+    free_arg((void *)(uintptr_t)ends, ends_len);
+    free_arg((void *)(uintptr_t)shapes, shapes_len);
+    free_arg((void *)(uintptr_t)ts, ts_len);
+    free_arg((void *)(uintptr_t)attempts, attempts_len);
 }
 
 EXPORT("cabi_post_handle")

@@ -207,7 +207,7 @@ async fn random_get_does_not_allocate_past_the_guest_memory_cap() {
     );
 }
 
-/// `batch.done` called from `init` (not in a batch) is a protocol
+/// `columns.answer` called from `init` (not in a batch) is a protocol
 /// violation: the plugin is refused, the host does not panic.
 #[tokio::test]
 async fn done_from_init_is_refused() {
@@ -232,7 +232,7 @@ async fn done_from_init_is_refused() {
     assert!(e.to_string().contains("outside `handle-batch`"), "{e}");
 }
 
-/// `batch.done` called from `handle` (a single-message call of a batch
+/// `columns.answer` called from `handle` (a single-message call of a batch
 /// handler): a trap of that message, not a panic or an answer.
 #[tokio::test]
 async fn done_from_handle_is_a_trap() {

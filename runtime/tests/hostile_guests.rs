@@ -195,7 +195,7 @@ async fn outputs_are_capped_in_number_and_empty_ones_are_not_free() {
     assert!(f.message.starts_with("bad output"), "{f}");
 }
 
-/// A batch guest that answers through `done` as `body` says.
+/// A batch guest that answers through `$done` (`columns.answer`) as `body` says.
 fn batch_guest(dir: &std::path::Path, name: &str, body: &str) -> std::path::PathBuf {
     Guest {
         batch: Some(body),
@@ -233,7 +233,7 @@ async fn an_answer_for_the_wrong_message_is_a_protocol_violation() {
     assert_eq!(f.class, FailureClass::Trap);
     assert!(
         f.message
-            .contains("protocol violation during handle: `batch.done` answered message 0 where message 1 was next"),
+            .contains("protocol violation during handle: `columns.answer` answered message 0 where message 1 was next"),
         "{f}"
     );
 
@@ -255,7 +255,7 @@ async fn a_batch_that_fails_before_its_first_answer_blames_no_message() {
     let refs: Vec<&Message> = msgs.iter().collect();
     assert!(
         w.handle_batch(&refs).await.is_empty(),
-        "a trap before the first `done` is pinned on no message"
+        "a trap before the first answer is pinned on no message"
     );
     for m in &msgs {
         let (r, _) = w.handle(m).await;

@@ -15,7 +15,10 @@
 //!
 //! Layout:
 //! - [`bindings`]: the raw `wit-bindgen` output (types, host imports, the export glue).
-//! - `types`: helpers on [`Message`], [`Output`], [`Header`], [`HandlerError`].
+//! - [`Message`]: a message as a view into the host's buffers (no copy, no allocation).
+//! - `types`: helpers on [`Output`], [`Header`], [`HandlerError`].
+//! - `batch`: `handle-batch`, the batch's columns read as messages and each answer written
+//!   into reused columns.
 //! - [`config`]: the `init` config as a [`Config`] map, and [`config::parse_or`].
 //! - [`log`]: `trace`/`debug`/`info`/`warn`/`error` through the host's log.
 //! - [`kv`]: the plugin's small key/value store.
@@ -28,19 +31,24 @@
 // resolve inside the crate too.
 extern crate self as sluice_guest;
 
+mod batch;
 pub mod config;
 pub mod kv;
 pub mod log;
+mod message;
 mod types;
 
 #[doc(hidden)]
 pub use wit_bindgen as __wit_bindgen;
 
-pub use bindings::sluice::handler::types::{HandlerError, Header, Message, Output};
+#[doc(hidden)]
+pub use batch::__run_batch;
+pub use bindings::sluice::handler::types::{HandlerError, Header, Output};
 pub use config::Config;
+pub use message::{Headers, Message, MessageHeader};
 
 /// Raw bindings generated from `guest-sdk/wit` (world `batch-handler`: the `handler` world
-/// plus `handle-batch`). Prefer the re-exports.
+/// plus the `columns` interface and `handle-batch`). Prefer the re-exports.
 #[allow(clippy::too_many_arguments)] // generated ABI glue
 pub mod bindings {
     wit_bindgen::generate!({
@@ -58,12 +66,14 @@ pub mod bindings {
 
 /// Exports `handle` (and optionally `init`) as the component's implementation of the world.
 ///
-/// The component also exports `handle-batch`, which runs `handle` on each message of a batch
-/// in turn and hands every result to the host before the next message starts, so the host
-/// pays its per-call cost once per batch while each message keeps its own budgets and its own
-/// failure. Nothing about it shows in the handler.
+/// The component also exports `handle-batch`, which reads the batch's columns as one
+/// [`Message`] view after another, runs `handle` on each in turn and hands every result to the
+/// host before the next message starts, so the host pays its per-call cost once per batch
+/// while each message keeps its own budgets and its own failure. Nothing about it shows in the
+/// handler.
 ///
-/// - `export_handler!(handle);` where `fn handle(Message) -> Result<Vec<Output>, HandlerError>`.
+/// - `export_handler!(handle);` where `fn handle(Message) -> Result<Vec<Output>, HandlerError>`
+///   (`Message` borrows the host's buffers for the call: copy what you keep).
 /// - `export_handler!(handle, init = setup);` where `fn setup(Config) -> Result<(), String>`;
 ///   an `Err` refuses the plugin (the host will not load it).
 ///
@@ -84,12 +94,12 @@ macro_rules! export_handler {
                     $crate::__run_init(config, $init)
                 }
                 fn handle(
-                    msg: $crate::Message,
+                    msg: $crate::bindings::sluice::handler::types::Message,
                 ) -> ::core::result::Result<::std::vec::Vec<$crate::Output>, $crate::HandlerError>
                 {
-                    $handle(msg)
+                    $handle($crate::Message::of_record(&msg))
                 }
-                fn handle_batch(msgs: ::std::vec::Vec<$crate::Message>) {
+                fn handle_batch(msgs: $crate::bindings::sluice::handler::columns::Batch) {
                     $crate::__run_batch(msgs, $handle)
                 }
             }
@@ -106,19 +116,6 @@ pub fn __run_init(
 ) -> Result<(), String> {
     install_panic_hook();
     init(pairs.into_iter().collect())
-}
-
-/// What the generated `handle-batch` export runs: each message in order, its result reported
-/// before the next one starts (the host re-arms the budgets on each report).
-#[doc(hidden)]
-pub fn __run_batch(
-    msgs: Vec<Message>,
-    mut handle: impl FnMut(Message) -> Result<Vec<Output>, HandlerError>,
-) {
-    for (position, msg) in (0u32..).zip(msgs) {
-        let result = handle(msg);
-        bindings::sluice::handler::batch::done(position, result.as_deref());
-    }
 }
 
 /// A panic traps the instance (the host classes it `trap` and discards the instance); first

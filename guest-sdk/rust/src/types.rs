@@ -1,5 +1,5 @@
-//! Ergonomic helpers on the WIT records: builders for outputs, accessors for messages.
-use crate::{HandlerError, Header, Message, Output};
+//! Ergonomic helpers on the WIT records: builders for outputs, headers and errors.
+use crate::{HandlerError, Header, Output};
 use std::fmt::Display;
 
 impl Header {
@@ -42,38 +42,6 @@ impl Output {
     pub fn to_sink(mut self, sink: impl Into<String>) -> Self {
         self.sink = Some(sink.into());
         self
-    }
-}
-
-impl Message {
-    /// A first-delivery message with this payload and nothing else: for handler unit tests.
-    pub fn new(payload: impl Into<Vec<u8>>) -> Self {
-        Message {
-            topic: String::new(),
-            key: None,
-            payload: payload.into(),
-            headers: Vec::new(),
-            timestamp_ms: None,
-            attempt: 1,
-        }
-    }
-    /// The payload as UTF-8, or a `Fatal` error saying where it is not (retrying cannot help).
-    pub fn payload_str(&self) -> Result<&str, HandlerError> {
-        std::str::from_utf8(&self.payload)
-            .map_err(|e| HandlerError::fatal(format_args!("payload is not valid UTF-8: {e}")))
-    }
-    /// The key as UTF-8, if there is a key and it is UTF-8.
-    pub fn key_str(&self) -> Option<&str> {
-        self.key
-            .as_deref()
-            .and_then(|k| std::str::from_utf8(k).ok())
-    }
-    /// The value of the first header named exactly `key`.
-    pub fn header(&self, key: &str) -> Option<&[u8]> {
-        self.headers
-            .iter()
-            .find(|h| h.key == key)
-            .map(|h| h.value.as_slice())
     }
 }
 

@@ -114,7 +114,7 @@ fn descend(depth: u64) -> u64 {
 }
 
 fn handle(msg: Message) -> Result<Vec<Output>, HandlerError> {
-    let p = msg.payload.as_slice();
+    let p = msg.payload;
     if p.starts_with(b"crash") {
         panic!("{}\nover two lines", String::from_utf8_lossy(p));
     } else if p.starts_with(b"panic") {

@@ -27,7 +27,7 @@ mod tests {
         assert_eq!(out(Message::new("a")), "a=1");
         assert_eq!(out(Message::new("a")), "a=2");
         let mut keyed = Message::new("x");
-        keyed.key = Some(b"k".to_vec());
+        keyed.key = Some(b"k");
         assert_eq!(out(keyed), "k=1");
     }
 }

@@ -11,9 +11,10 @@ wasmtime::component::bindgen!({
 });
 
 /// Bindings of the `batch-handler` world. Its types and `host` interface are
-/// the ones above; its `batch.done` import is linked by hand in `batch.rs`,
-/// since it re-arms the store's budgets and a generated import sees only the
-/// store's data.
+/// the ones above; its `columns.answer` import is linked by hand in
+/// `batch.rs`, since it reads the answer's lists in place in the guest's
+/// memory and re-arms the store's budgets, and a generated import sees only
+/// the store's data and owned copies of the lists.
 pub mod batch {
     wasmtime::component::bindgen!({
         world: "batch-handler",
@@ -27,6 +28,7 @@ pub mod batch {
     });
 }
 
+pub use self::batch::sluice::handler::columns::{Batch as WitBatch, Status as WitStatus};
 pub use self::batch::{BatchHandler, BatchHandlerPre};
 pub use self::sluice::handler::host::Level;
 pub use self::sluice::handler::types::{

@@ -6,7 +6,7 @@
 //! `handle`, `memory` and `cabi_realloc` and import the host functions from
 //! `sluice:handler/host@0.1.0`, exactly as `wit-bindgen` lays them out; a
 //! module that also exports `handle-batch` and imports
-//! `sluice:handler/batch@0.1.0`.`done` implements the `batch-handler` world.
+//! `sluice:handler/columns@0.1.0`.`answer` implements the `batch-handler` world.
 //! Here the world's WIT (compiled into the runtime from `guest-sdk/wit`) is
 //! embedded when the module does not carry its own `component-type` section,
 //! the `wasi_snapshot_preview1` reactor adapter is added when the module
@@ -29,8 +29,8 @@ const HOST_MODULE: &str = "sluice:handler/host@0.1.0";
 /// The host functions a module may import from [`HOST_MODULE`].
 const HOST_FUNCS: [&str; 3] = ["log", "kv-get", "kv-set"];
 
-/// The import module of the `batch-handler` world's `batch` interface.
-const BATCH_MODULE: &str = "sluice:handler/batch@0.1.0";
+/// The import module of the `batch-handler` world's `columns` interface.
+const BATCH_MODULE: &str = "sluice:handler/columns@0.1.0";
 
 /// WASI preview 1, which the reactor adapter maps onto WASI preview 2.
 const WASI_P1: &str = "wasi_snapshot_preview1";
@@ -46,7 +46,7 @@ pub enum ConvertError {
 
 /// Bumped whenever [`to_component`] builds a different component from the
 /// same module (part of the compile cache's key).
-pub(crate) const CONVERSION_VERSION: u32 = 4;
+pub(crate) const CONVERSION_VERSION: u32 = 5;
 
 /// Turns a core module implementing the handler world into a component.
 pub fn to_component(module: &[u8]) -> Result<Vec<u8>, ConvertError> {
@@ -104,8 +104,8 @@ struct Shape {
     /// `module`.`name` of every import the host does not provide.
     foreign_imports: Vec<String>,
     imports_wasi_p1: bool,
-    /// Imports `done` from [`BATCH_MODULE`].
-    imports_batch_done: bool,
+    /// Imports `answer` from [`BATCH_MODULE`].
+    imports_batch_answer: bool,
     has_component_type: bool,
 }
 
@@ -148,10 +148,10 @@ impl Shape {
             self.imports_wasi_p1 = true;
             return;
         }
-        // Under its legacy name or the newer `cm32p2|sluice:handler/batch@0.1` style.
-        let batch = module == BATCH_MODULE || module.contains("|sluice:handler/batch@");
-        if batch && name == "done" && matches!(ty, TypeRef::Func(_)) {
-            self.imports_batch_done = true;
+        // Under its legacy name or the newer `cm32p2|sluice:handler/columns@0.1` style.
+        let batch = module == BATCH_MODULE || module.contains("|sluice:handler/columns@");
+        if batch && name == "answer" && matches!(ty, TypeRef::Func(_)) {
+            self.imports_batch_answer = true;
             return;
         }
         // Legacy names (`sluice:handler/host@0.1.0`.`log`) and the newer
@@ -194,22 +194,22 @@ impl Shape {
         if !self.exports("cabi_realloc") && !self.exported_funcs.contains("cabi_realloc") {
             missing.push("missing export `cabi_realloc`".into());
         }
-        // A batch handler reports each message's result through `done`;
+        // A batch handler reports each message's result through `answer`;
         // one without the other is half of the `batch-handler` world.
-        match (self.exports("handle-batch"), self.imports_batch_done) {
+        match (self.exports("handle-batch"), self.imports_batch_answer) {
             (true, false) => missing.push(format!(
-                "exports `handle-batch` but does not import `{BATCH_MODULE}`.`done`, \
+                "exports `handle-batch` but does not import `{BATCH_MODULE}`.`answer`, \
                  through which it must report each message's result"
             )),
             (false, true) => missing.push(format!(
-                "imports `{BATCH_MODULE}`.`done` but does not export `handle-batch`"
+                "imports `{BATCH_MODULE}`.`answer` but does not export `handle-batch`"
             )),
             _ => {}
         }
         if !self.foreign_imports.is_empty() {
             missing.push(format!(
                 "imports {} (the host provides only {HOST_MODULE} ({}), \
-                 {BATCH_MODULE} (done) and {WASI_P1})",
+                 {BATCH_MODULE} (answer) and {WASI_P1})",
                 self.foreign_imports.join(", "),
                 HOST_FUNCS.join(", ")
             ));
@@ -309,9 +309,9 @@ mod tests {
         names
     }
 
-    const DONE: &str =
-        r#"(import "sluice:handler/batch@0.1.0" "done" (func (param i32 i32 i32 i32 i32)))"#;
-    const HANDLE_BATCH: &str = r#"(func (export "handle-batch") (param i32 i32))"#;
+    const ANSWER: &str = r#"(import "sluice:handler/columns@0.1.0" "answer" (func (param i32 i32 i32 i32 i32 i32)))"#;
+    const HANDLE_BATCH: &str =
+        r#"(func (export "handle-batch") (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32))"#;
 
     #[test]
     fn a_minimal_module_becomes_a_component() {
@@ -323,8 +323,8 @@ mod tests {
     }
 
     #[test]
-    fn a_module_with_handle_batch_and_done_becomes_a_batch_handler() {
-        let c = to_component(&minimal(DONE, HANDLE_BATCH)).unwrap_or_else(|e| panic!("{e:?}"));
+    fn a_module_with_handle_batch_and_answer_becomes_a_batch_handler() {
+        let c = to_component(&minimal(ANSWER, HANDLE_BATCH)).unwrap_or_else(|e| panic!("{e:?}"));
         let exports = component_exports(&c);
         for name in ["init", "handle", "handle-batch"] {
             assert!(exports.iter().any(|e| e == name), "{name}: {exports:?}");
@@ -332,30 +332,30 @@ mod tests {
     }
 
     #[test]
-    fn the_newer_import_naming_of_done_counts_as_the_batch_import() {
-        let done = r#"(import "cm32p2|sluice:handler/batch@0.1" "done" (func (param i32 i32 i32 i32 i32)))"#;
-        let shape = Shape::read(&minimal(done, HANDLE_BATCH)).expect("a module");
-        assert!(shape.imports_batch_done && shape.foreign_imports.is_empty());
+    fn the_newer_import_naming_of_answer_counts_as_the_batch_import() {
+        let answer = r#"(import "cm32p2|sluice:handler/columns@0.1" "answer" (func (param i32 i32 i32 i32 i32 i32)))"#;
+        let shape = Shape::read(&minimal(answer, HANDLE_BATCH)).expect("a module");
+        assert!(shape.imports_batch_answer && shape.foreign_imports.is_empty());
         assert_eq!(shape.check(), Ok(()));
     }
 
     #[test]
     fn half_of_the_batch_world_is_refused_with_what_is_missing() {
         let Err(ConvertError::World(msg)) = to_component(&minimal("", HANDLE_BATCH)) else {
-            panic!("handle-batch without done was accepted");
+            panic!("handle-batch without answer was accepted");
         };
         assert!(
             msg.contains(
-                "exports `handle-batch` but does not import `sluice:handler/batch@0.1.0`.`done`"
+                "exports `handle-batch` but does not import `sluice:handler/columns@0.1.0`.`answer`"
             ),
             "{msg}"
         );
-        let Err(ConvertError::World(msg)) = to_component(&minimal(DONE, "")) else {
-            panic!("done without handle-batch was accepted");
+        let Err(ConvertError::World(msg)) = to_component(&minimal(ANSWER, "")) else {
+            panic!("answer without handle-batch was accepted");
         };
         assert!(
             msg.contains(
-                "imports `sluice:handler/batch@0.1.0`.`done` but does not export `handle-batch`"
+                "imports `sluice:handler/columns@0.1.0`.`answer` but does not export `handle-batch`"
             ),
             "{msg}"
         );

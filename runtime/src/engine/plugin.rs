@@ -335,6 +335,7 @@ impl Plugin {
             deadline,
             plugin: self.clone(),
             poisoned: false,
+            columns: Default::default(),
             _permit: permit,
         })
     }
@@ -455,7 +456,7 @@ impl Budget {
 
 /// Sets the budgets for the next message, starting `now`: fuel, the
 /// deadline (epoch ticks for wasm code, an instant for the watchdog) and the
-/// log budget (also from inside a call: `batch.done`).
+/// log budget (also from inside a call: `columns.answer`).
 pub(super) fn arm_with(
     mut store: impl AsContextMut<Data = HostState>,
     budget: &Budget,
@@ -507,7 +508,7 @@ pub(super) async fn watched<T>(
             }
             match t.as_mut().poll(cx) {
                 Poll::Pending => return Poll::Pending,
-                // `batch.done` may have moved the deadline meanwhile.
+                // `columns.answer` may have moved the deadline meanwhile.
                 Poll::Ready(()) if tokio::time::Instant::now() >= at => {
                     return Poll::Ready(Err(wasmtime::Error::new(HostWaitTimeout)));
                 }
@@ -621,6 +622,8 @@ pub struct Instance {
     pub(super) deadline: Arc<Deadline>,
     pub(super) plugin: Plugin,
     pub(super) poisoned: bool,
+    /// The buffers a batch is laid out in for `handle-batch`, reused.
+    pub(super) columns: super::batch::Columns,
     _permit: OwnedSemaphorePermit,
 }
 
