@@ -60,7 +60,7 @@ fn check_refuses_a_plugin_slower_to_compile_than_compile_timeout() {
     let (code, stderr, took) = check(&bomb::component(bomb::SLOW), r#"compile_timeout = "1s""#);
     assert_eq!(code, 1, "{stderr}");
     assert!(
-        stderr.contains("p.toml: handler.plugin: plugin ")
+        stderr.contains("p.toml:7:10: handler.plugin: plugin ")
             && stderr.contains(
                 "refused: compiling the plugin took longer than handler.compile_timeout = 1s"
             ),
