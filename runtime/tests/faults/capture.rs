@@ -178,17 +178,9 @@ pub async fn nats_capture(client: &async_nats::Client, subject: &str) -> Capture
     Capture { seen, task }
 }
 
-/// Creates the stream of `subject` (file storage, so it survives a restart).
-pub async fn ensure_stream(js: &jetstream::Context, subject: &str) -> stream::Stream {
-    ensure_stream_r(js, subject, 1).await
-}
-
-/// [`ensure_stream`] with `replicas` copies (a clustered server).
-async fn ensure_stream_r(
-    js: &jetstream::Context,
-    subject: &str,
-    replicas: usize,
-) -> stream::Stream {
+/// Creates the stream of `subject` (file storage, so it survives a
+/// restart) with `replicas` copies (more than 1 on a clustered server).
+async fn ensure_stream(js: &jetstream::Context, subject: &str, replicas: usize) -> stream::Stream {
     js.get_or_create_stream(stream::Config {
         name: stream_of(subject),
         subjects: vec![subject.to_string()],
@@ -250,14 +242,14 @@ pub async fn js_topics_r(js: &jetstream::Context, prefix: &str, replicas: usize)
         js_capture(js, &name, replicas).await
     })
     .await;
-    ensure_stream_r(js, &t.input, replicas).await;
+    ensure_stream(js, &t.input, replicas).await;
     t
 }
 
 /// Reads a stream (made with `replicas` copies if missing) through a
 /// durable pull consumer; keeps pulling across server restarts.
 pub async fn js_capture(js: &jetstream::Context, subject: &str, replicas: usize) -> Capture {
-    let s = ensure_stream_r(js, subject, replicas).await;
+    let s = ensure_stream(js, subject, replicas).await;
     let name = format!("capture_{}", stream_of(subject));
     let consumer: consumer::PullConsumer = s
         .get_or_create_consumer(
