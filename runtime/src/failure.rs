@@ -81,6 +81,10 @@ impl fmt::Display for FailureClass {
 pub struct Failure {
     pub class: FailureClass,
     pub message: String,
+    /// The broker refused the record because it is full (a stream or
+    /// account at its limits, its store out of space): a `sink` failure
+    /// that `/metrics` counts on its own (`sluice_broker_full_total`).
+    pub broker_full: bool,
 }
 
 impl Failure {
@@ -88,6 +92,16 @@ impl Failure {
         Failure {
             class,
             message: message.into(),
+            broker_full: false,
+        }
+    }
+
+    /// A `sink` failure because the broker is full: transient, it passes
+    /// once the broker has room again.
+    pub fn broker_full(message: impl Into<String>) -> Self {
+        Failure {
+            broker_full: true,
+            ..Failure::new(FailureClass::Sink, message)
         }
     }
 }

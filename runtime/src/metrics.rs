@@ -73,6 +73,11 @@ pub fn render(registry: &Registry) -> String {
         "counter",
         "Failures by class (every attempt counts).",
     );
+    let mut broker_full = Family::new(
+        "sluice_broker_full_total",
+        "counter",
+        "Publishes (outputs and dead letters) refused because the broker was full: a stream or account at its limits, or its store out of space.",
+    );
     let mut retries = Family::new("sluice_retries_total", "counter", "Retries scheduled.");
     let mut dead = Family::new(
         "sluice_dead_letters_total",
@@ -158,6 +163,7 @@ pub fn render(registry: &Registry) -> String {
                 .map_or(0, |(_, n)| *n);
             failures.add("", &format!("{p},class=\"{class}\""), n);
         }
+        broker_full.add("", &p, s.broker_full);
         retries.add("", &p, s.retries);
         dead.add("", &p, s.dead_lettered);
         outputs.add("", &p, s.outputs);
@@ -192,6 +198,7 @@ pub fn render(registry: &Registry) -> String {
         &received,
         &messages,
         &failures,
+        &broker_full,
         &retries,
         &dead,
         &outputs,

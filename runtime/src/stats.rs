@@ -29,6 +29,9 @@ pub struct Stats {
     pub guest_log_dropped: AtomicU64,
     /// Failures by class, indexed like [`FailureClass::ALL`].
     pub failures: [AtomicU64; 9],
+    /// Publishes (outputs and dead letters) the broker refused because it
+    /// was full; each is also a `sink` failure or a failed dead-letter write.
+    pub broker_full: AtomicU64,
     pub last_error: Mutex<Option<String>>,
     /// Wall-clock time of each handler call.
     pub handler_latency: Histogram,
@@ -210,6 +213,7 @@ impl Stats {
                 .map(|(c, n)| (c.as_str(), n.load(Relaxed)))
                 .filter(|(_, n)| *n > 0)
                 .collect(),
+            broker_full: self.broker_full.load(Relaxed),
             last_error: self.last_error.lock().ok().and_then(|l| l.clone()),
             source_lag: self.source_lag.get(),
             shed: self.shed.load(Relaxed) + drops.shed,
@@ -237,6 +241,8 @@ pub struct Snapshot {
     pub guest_log_dropped: u64,
     /// Failures by class (classes with none left out).
     pub failures: Vec<(&'static str, u64)>,
+    /// Publishes refused because the broker was full.
+    pub broker_full: u64,
     pub last_error: Option<String>,
     /// Messages waiting in the broker (Kafka consumer lag, JetStream pending),
     /// when the broker tells it.

@@ -715,6 +715,9 @@ async fn process(
             handle.answer(Answer::Failed(failure.clone()));
         }
         sh.stats.failure(failure.class, &failure.message);
+        if failure.broker_full {
+            sh.stats.broker_full.fetch_add(1, Relaxed);
+        }
         tracing::debug!(pipeline = %sh.name, topic = %msg.topic, offset = ?msg.offset, attempt = msg.attempt, "{failure}");
         let counts_for_breaker = sh.policy.counts_for_breaker(failure.class);
         if counts_for_breaker {
@@ -740,7 +743,7 @@ async fn process(
                 // The sink is away, not the message at fault: do not burn the
                 // stream into the dead letter. Open the breaker and try this
                 // message again as the probe once it half-opens.
-                tracing::warn!(pipeline = %sh.name, "sink failing after {} attempts; holding the message", msg.attempt);
+                tracing::warn!(pipeline = %sh.name, "sink failing after {} attempts ({failure}); holding the message", msg.attempt);
                 tokio::select! {
                     _ = sh.breaker.hold() => {}
                     _ = wait_shutdown(sh) => {
@@ -792,6 +795,9 @@ async fn process(
                     }
                     Err(e) => {
                         // Not settled: the source delivers it again later.
+                        if e.broker_full {
+                            sh.stats.broker_full.fetch_add(1, Relaxed);
+                        }
                         let delay = backoff::delay(&sh.policy.retry, msg.attempt + 1);
                         tracing::error!(pipeline = %sh.name, "dead-letter write failed ({e}); the message stays unsettled and is redelivered in {delay:?}");
                         settle(sh, handle, Settlement::Redeliver { delay }).await;

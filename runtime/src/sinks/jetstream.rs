@@ -7,10 +7,13 @@
 //! published back to back and their acknowledgements awaited together.
 //!
 //! Errors: no stream listening ("no responders"), a timeout, the connection
-//! away, or a server error with a 5xx code → `sink` (transient, retried); a
-//! record over `max_payload`, an invalid subject, or the server refusing the
-//! record (message too large for the stream, stream sealed, wrong expected
-//! sequence, other 4xx errors) → `rejected`. Headers are carried (the key in
+//! away, or a server error with a 5xx code → `sink` (transient, retried); the
+//! broker full (a stream at its limits with discard `new`, the account past
+//! its JetStream storage limit, the server's store exhausted) → `sink` too,
+//! marked as broker full for the log and `/metrics`, whatever the HTTP-like
+//! code; a record over `max_payload`, an invalid subject, or the server
+//! refusing the record (message too large for the stream, stream sealed,
+//! wrong expected sequence, other 4xx errors) → `rejected`. Headers are carried (the key in
 //! `sluice-key`); `Nats-Msg-Id` and `Nats-Expected-*` headers of the record
 //! itself are replaced/removed, since they belong to the message it came from.
 
@@ -94,6 +97,33 @@ impl JetStreamSink {
     }
 }
 
+/// The server's error behind a failed publish or PubAck, if it answered one.
+fn server_error(e: &PublishError) -> Option<&jetstream::Error> {
+    std::error::Error::source(e).and_then(|s| s.downcast_ref::<jetstream::Error>())
+}
+
+/// Whether the server refused the record because it is full: the stream at
+/// `max_msgs`, `max_bytes` or `max_msgs_per_subject` with discard `new`
+/// (10077, "maximum ... exceeded"), the account past its JetStream storage
+/// or memory limit (10002), or the server's own store or memory exhausted
+/// (10047, 10028, 10023). Servers that send no `err_code` are recognised by
+/// their description.
+fn is_full(j: &jetstream::Error) -> bool {
+    let code = j.error_code();
+    let text = j.to_string().to_ascii_lowercase();
+    let limit_text = text.contains("maximum messages")
+        || text.contains("maximum bytes")
+        || text.contains("resource limits exceeded")
+        || text.contains("insufficient storage")
+        || text.contains("insufficient memory");
+    code == ErrorCode::ACCOUNT_RESOURCES_EXCEEDED
+        || code == ErrorCode::STORAGE_RESOURCES_EXCEEDED
+        || code == ErrorCode::MEMORY_RESOURCES_EXCEEDED
+        || code == ErrorCode::INSUFFICIENT_RESOURCES
+        || (code == ErrorCode::STREAM_STORE_FAILED && text.contains("exceeded"))
+        || (code.0 == 0 && limit_text)
+}
+
 /// The class of a failed publish or PubAck.
 fn classify(e: &PublishError) -> FailureClass {
     match e.kind() {
@@ -104,19 +134,17 @@ fn classify(e: &PublishError) -> FailureClass {
         | PublishErrorKind::TimedOut
         | PublishErrorKind::BrokenPipe
         | PublishErrorKind::MaxAckPending => FailureClass::Sink,
-        PublishErrorKind::Other => {
-            let server =
-                std::error::Error::source(e).and_then(|s| s.downcast_ref::<jetstream::Error>());
-            match server {
-                // 503: JetStream temporarily unavailable (no quorum, restarting).
-                Some(j) if j.code() >= 500 => FailureClass::Sink,
-                Some(j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND => FailureClass::Sink,
-                // 4xx: the server refuses this very record.
-                Some(_) => FailureClass::Rejected,
-                None if e.to_string().contains("subject") => FailureClass::Rejected,
-                None => FailureClass::Sink,
-            }
-        }
+        PublishErrorKind::Other => match server_error(e) {
+            // A full stream or account passes once it has room again.
+            Some(j) if is_full(j) => FailureClass::Sink,
+            // 503: JetStream temporarily unavailable (no quorum, restarting).
+            Some(j) if j.code() >= 500 => FailureClass::Sink,
+            Some(j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND => FailureClass::Sink,
+            // 4xx: the server refuses this very record.
+            Some(_) => FailureClass::Rejected,
+            None if e.to_string().contains("subject") => FailureClass::Rejected,
+            None => FailureClass::Sink,
+        },
     }
 }
 
@@ -124,6 +152,12 @@ fn failure(e: &PublishError, subject: &str) -> Failure {
     let detail = std::error::Error::source(e)
         .map(|s| format!("{e}: {s}"))
         .unwrap_or_else(|| e.to_string());
+    if server_error(e).is_some_and(is_full) {
+        return Failure::broker_full(format!(
+            "JetStream broker full: publish to {subject:?} refused ({detail}); waiting until \
+             the stream or account has room (raise its limits, purge or consume it)"
+        ));
+    }
     Failure::new(
         classify(e),
         format!("JetStream publish to {subject:?}: {detail}"),
@@ -188,5 +222,75 @@ impl Sink for JetStreamSink {
                 .map_err(|_| anyhow::anyhow!("NATS flush at close timed out"))??;
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A publish that failed with the server's error `{code, err_code, description}`.
+    fn refused(code: usize, err_code: u64, description: &str) -> PublishError {
+        let j: jetstream::Error = serde_json::from_value(serde_json::json!({
+            "code": code,
+            "err_code": err_code,
+            "description": description,
+        }))
+        .expect("a JetStream error");
+        PublishError::with_source(PublishErrorKind::Other, j)
+    }
+
+    #[test]
+    fn a_full_broker_is_a_transient_sink_failure() {
+        for (code, err_code, text) in [
+            (503, 10077, "maximum messages exceeded"),
+            (503, 10077, "maximum bytes exceeded"),
+            (503, 10077, "maximum messages per subject exceeded"),
+            (400, 10002, "resource limits exceeded for account"),
+            (500, 10047, "insufficient storage resources available"),
+            (500, 10028, "insufficient memory resources available"),
+            (503, 10023, "insufficient resources"),
+            // A server that sends no err_code.
+            (400, 0, "maximum bytes exceeded"),
+        ] {
+            let f = failure(&refused(code, err_code, text), "out");
+            assert_eq!(f.class, FailureClass::Sink, "{text}");
+            assert!(f.broker_full, "{text}");
+            assert!(f.message.contains("broker full"), "{}", f.message);
+        }
+    }
+
+    #[test]
+    fn other_server_errors_keep_their_class() {
+        for (code, err_code, text, class) in [
+            (
+                400,
+                10054,
+                "message size exceeds maximum allowed",
+                FailureClass::Rejected,
+            ),
+            (
+                400,
+                10109,
+                "invalid operation on sealed stream",
+                FailureClass::Rejected,
+            ),
+            (
+                503,
+                10077,
+                "error opening msg block file",
+                FailureClass::Sink,
+            ),
+            (
+                503,
+                10008,
+                "JetStream system temporarily unavailable",
+                FailureClass::Sink,
+            ),
+        ] {
+            let f = failure(&refused(code, err_code, text), "out");
+            assert_eq!(f.class, class, "{text}");
+            assert!(!f.broker_full, "{text}");
+        }
     }
 }

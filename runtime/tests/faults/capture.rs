@@ -178,12 +178,14 @@ pub async fn nats_capture(client: &async_nats::Client, subject: &str) -> Capture
     Capture { seen, task }
 }
 
-/// Creates the stream of `subject` (file storage, so it survives a restart).
-pub async fn ensure_stream(js: &jetstream::Context, subject: &str) -> stream::Stream {
+/// Creates the stream of `subject` (file storage, so it survives a
+/// restart) with `replicas` copies (more than 1 on a clustered server).
+async fn ensure_stream(js: &jetstream::Context, subject: &str, replicas: usize) -> stream::Stream {
     js.get_or_create_stream(stream::Config {
         name: stream_of(subject),
         subjects: vec![subject.to_string()],
         storage: stream::StorageType::File,
+        num_replicas: replicas,
         ..Default::default()
     })
     .await
@@ -231,20 +233,23 @@ impl Topics {
 
 /// JetStream subjects (`<base>.in`, ...), the input's stream made.
 pub async fn js_topics(js: &jetstream::Context, prefix: &str) -> Topics {
-    let t = Topics::new(
-        prefix,
-        '.',
-        |name| async move { js_capture(js, &name).await },
-    )
+    js_topics_r(js, prefix, 1).await
+}
+
+/// [`js_topics`] with every stream in `replicas` copies (a clustered server).
+pub async fn js_topics_r(js: &jetstream::Context, prefix: &str, replicas: usize) -> Topics {
+    let t = Topics::new(prefix, '.', |name| async move {
+        js_capture(js, &name, replicas).await
+    })
     .await;
-    ensure_stream(js, &t.input).await;
+    ensure_stream(js, &t.input, replicas).await;
     t
 }
 
-/// Reads a stream through a durable pull consumer; keeps pulling across
-/// server restarts.
-pub async fn js_capture(js: &jetstream::Context, subject: &str) -> Capture {
-    let s = ensure_stream(js, subject).await;
+/// Reads a stream (made with `replicas` copies if missing) through a
+/// durable pull consumer; keeps pulling across server restarts.
+pub async fn js_capture(js: &jetstream::Context, subject: &str, replicas: usize) -> Capture {
+    let s = ensure_stream(js, subject, replicas).await;
     let name = format!("capture_{}", stream_of(subject));
     let consumer: consumer::PullConsumer = s
         .get_or_create_consumer(

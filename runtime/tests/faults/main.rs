@@ -27,6 +27,10 @@ mod pipelines;
 
 /// A sink away for longer than the retry budget: the circuit breaker.
 mod breaker;
+/// A NATS cluster node killed: failover.
+mod cluster;
+/// A broker at its limits: a full JetStream stream.
+mod full;
 /// Poison mixed into good messages, and a burst beyond the handler's speed.
 mod load;
 /// A broker restarted, a connection cut or hung, mid-stream.
