@@ -272,12 +272,14 @@ fn longest_pause(out: &[Got], from: Instant) -> Duration {
 /// The node Sluice's source is connected to killed mid-stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jetstream_cluster_connected_node_killed() {
+    let _alone = crate::HEAVY.lock().await;
     jetstream_failover("jetstream-cluster-connected-killed", Victim::Connected).await;
 }
 
 /// The input stream's leader killed mid-stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jetstream_cluster_stream_leader_killed() {
+    let _alone = crate::HEAVY.lock().await;
     jetstream_failover("jetstream-cluster-leader-killed", Victim::StreamLeader).await;
 }
 
@@ -292,6 +294,7 @@ async fn jetstream_cluster_stream_leader_killed() {
 /// within 10 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_core_cluster_connected_node_killed() {
+    let _alone = crate::HEAVY.lock().await;
     let name = "nats-core-cluster-connected-killed";
     let mut cluster = Cluster::start();
     let base = common::unique("ncl");

@@ -210,6 +210,7 @@ fn rss_kib(pid: u32) -> Option<u64> {
 /// (stated cap: 24 MiB over the level before the burst) and nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn burst_beyond_handler_speed() {
+    let _alone = crate::HEAVY.lock().await;
     let name = "burst-10x";
     let server = NatsServer::start();
     let js = jetstream::new(nats_client(&server.url()).await);

@@ -35,3 +35,9 @@ mod full;
 mod load;
 /// A broker restarted, a connection cut or hung, mid-stream.
 mod outages;
+
+/// Held by the test that measures the `sluice` process's resident memory and
+/// by the three-node cluster tests, so that the measurement never runs beside
+/// the heaviest tests of the suite (whose load it would count).
+static HEAVY: std::sync::LazyLock<tokio::sync::Mutex<()>> =
+    std::sync::LazyLock::new(|| tokio::sync::Mutex::new(()));
