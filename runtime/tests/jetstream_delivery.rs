@@ -15,7 +15,6 @@ use sluice::config::ErrorsConfig;
 use sluice::config::nats::{JetStreamSinkConfig, JetStreamSourceConfig};
 use sluice::message::Header;
 use sluice::message::Message;
-use sluice::sinks::memory::MemorySink;
 use sluice::sinks::{Record, Sink};
 use sluice::sources::Source;
 use sluice::sources::memory::MemorySource;
@@ -481,39 +480,7 @@ async fn unreadable_messages_are_dead_lettered_and_the_consumer_moves_on() {
     let js = js().await;
     let cfg = source_cfg(&stream, &format!("{sub}.>"), "worker", "ack_wait = \"5s\"");
     let source = sluice::sources::jetstream::open(&cfg, "t").await.unwrap();
-    let out = Arc::new(MemorySink::counting());
-    let dead = Arc::new(MemorySink::keeping());
-    let plugin = run::plugin(&common::plugin("echo"), &[], Duration::from_secs(1)).await;
-    let p = run::start(
-        Box::new(source),
-        plugin,
-        Some(out.clone()),
-        Some(dead.clone()),
-        ErrorsConfig::default(),
-        run::retry(1, Duration::from_millis(10)),
-    );
-    let frames = common::nats::mixed_frames(&sub, 1000);
-    let sent = frames.len() as u64;
-    tokio::task::spawn_blocking(move || common::nats::raw_publish(4222, &frames))
-        .await
-        .unwrap();
-    let snap = p
-        .wait_for(Duration::from_secs(30), |s| {
-            s.succeeded + s.dead_lettered >= sent
-        })
-        .await;
-    eprintln!("[jetstream unreadable] sent {sent}: {snap:?}");
-    let snap = p.stop().await;
-    assert_eq!(snap.received, sent, "nothing redelivered or lost: {snap:?}");
-    assert_eq!(snap.succeeded, 1000, "{snap:?}");
-    assert_eq!(snap.dead_lettered, sent - 1000, "{snap:?}");
-    let records = dead.kept();
-    assert_eq!(records.len() as u64, sent - 1000);
-    for r in &records {
-        assert!(r.payload.starts_with(b"bad-"), "{r:?}");
-        let class = r.headers.iter().find(|h| h.key == "sluice-error-class");
-        assert_eq!(class.map(|h| &h.value[..]), Some(&b"decode"[..]), "{r:?}");
-    }
+    common::nats::handle_mixed(Box::new(source), &sub, 1000).await;
     let info = consumer_info(&js, &stream, "worker").await;
     assert_eq!(info.num_ack_pending, 0, "{info:?}");
     assert_eq!(info.num_redelivered, 0, "{info:?}");

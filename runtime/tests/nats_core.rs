@@ -13,7 +13,6 @@ use futures::StreamExt as _;
 use sluice::config::nats::{NatsSinkConfig, NatsSourceConfig};
 use sluice::config::{Action, ErrorsConfig};
 use sluice::message::Header;
-use sluice::sinks::memory::MemorySink;
 use sluice::sinks::{Record, Sink};
 use sluice::sources::Source;
 
@@ -553,37 +552,5 @@ async fn unreadable_messages_are_decode_failures_and_cost_no_other() {
     )
     .await
     .unwrap();
-    let out = Arc::new(MemorySink::counting());
-    let dead = Arc::new(MemorySink::keeping());
-    let plugin = run::plugin(&common::plugin("echo"), &[], Duration::from_secs(1)).await;
-    let p = run::start(
-        Box::new(source),
-        plugin,
-        Some(out.clone()),
-        Some(dead.clone()),
-        ErrorsConfig::default(),
-        run::retry(1, Duration::from_millis(10)),
-    );
-    let frames = common::nats::mixed_frames(&subject, 3000);
-    let sent = frames.len() as u64;
-    tokio::task::spawn_blocking(move || common::nats::raw_publish(4222, &frames))
-        .await
-        .unwrap();
-    let snap = p
-        .wait_for(Duration::from_secs(30), |s| {
-            s.succeeded + s.dead_lettered >= sent
-        })
-        .await;
-    let snap2 = p.stop().await;
-    eprintln!("[nats unreadable] sent {sent}: {snap:?}");
-    assert_eq!(snap2.received, sent, "every message received: {snap2:?}");
-    assert_eq!(snap2.succeeded, 3000, "{snap2:?}");
-    assert_eq!(snap2.dead_lettered, sent - 3000, "{snap2:?}");
-    let records = dead.kept();
-    assert_eq!(records.len() as u64, sent - 3000);
-    for r in &records {
-        assert!(r.payload.starts_with(b"bad-"), "{r:?}");
-        let class = r.headers.iter().find(|h| h.key == "sluice-error-class");
-        assert_eq!(class.map(|h| &h.value[..]), Some(&b"decode"[..]), "{r:?}");
-    }
+    common::nats::handle_mixed(Box::new(source), &subject, 3000).await;
 }

@@ -258,6 +258,48 @@ pub fn mixed_frames(prefix: &str, good: usize) -> Vec<Frame> {
     frames
 }
 
+/// Runs the echo handler over `source` while `good` good messages and the
+/// unreadable frames among them ([`mixed_frames`]) are published raw under
+/// `prefix`; asserts every good message handled, every bad one
+/// dead-lettered as `decode`, and nothing received twice or lost.
+pub async fn handle_mixed(source: Box<dyn sluice::sources::Source>, prefix: &str, good: u64) {
+    use sluice::sinks::memory::MemorySink;
+    use std::sync::Arc;
+    use std::time::Duration;
+    let out = Arc::new(MemorySink::counting());
+    let dead = Arc::new(MemorySink::keeping());
+    let plugin = run::plugin(&super::plugin("echo"), &[], Duration::from_secs(1)).await;
+    let p = run::start(
+        source,
+        plugin,
+        Some(out),
+        Some(dead.clone()),
+        sluice::config::ErrorsConfig::default(),
+        run::retry(1, Duration::from_millis(10)),
+    );
+    let frames = mixed_frames(prefix, good as usize);
+    let sent = frames.len() as u64;
+    tokio::task::spawn_blocking(move || raw_publish(4222, &frames))
+        .await
+        .expect("raw publisher");
+    p.wait_for(Duration::from_secs(30), |s| {
+        s.succeeded + s.dead_lettered >= sent
+    })
+    .await;
+    let snap = p.stop().await;
+    eprintln!("[unreadable] sent {sent}: {snap:?}");
+    assert_eq!(snap.received, sent, "nothing redelivered or lost: {snap:?}");
+    assert_eq!(snap.succeeded, good, "{snap:?}");
+    assert_eq!(snap.dead_lettered, sent - good, "{snap:?}");
+    let records = dead.kept();
+    assert_eq!(records.len() as u64, sent - good);
+    for r in &records {
+        assert!(r.payload.starts_with(b"bad-"), "{r:?}");
+        let class = r.headers.iter().find(|h| h.key == "sluice-error-class");
+        assert_eq!(class.map(|h| &h.value[..]), Some(&b"decode"[..]), "{r:?}");
+    }
+}
+
 /// Builds and runs pipelines in-process for the NATS tests.
 pub mod run {
     use std::collections::HashMap;
