@@ -71,7 +71,7 @@ const CONCURRENCY: [usize; 2] = [1, 8];
 /// Message `i`: its number in 100 ASCII digits, zero-padded (the 100-byte
 /// messages the performance targets are stated for). Written digit by digit:
 /// `format!("{i:0100}")` pads one `write_char` at a time, ~4,580 instructions
-/// a message (callgrind, session 15) that the bench's own producer spent
+/// a message (callgrind) that the bench's own producer would spend
 /// beside either side.
 fn payload(i: u64) -> Bytes {
     let mut digits = [b'0'; 100];

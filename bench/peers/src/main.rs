@@ -1,4 +1,4 @@
-//! Sluice against its WASM peers (issue 7, target 3), all three in one process:
+//! Sluice against its WASM peers (the README's CPU targets), all three in one process:
 //! the same map (ASCII uppercase of a 100-byte payload, one record per call)
 //! run by Sluice's engine (wasmtime 48), Extism (wasmtime 43) and Fluvio's
 //! SmartModule engine (wasmtime 34), each with its guards armed.
@@ -421,7 +421,7 @@ fn main() -> anyhow::Result<()> {
                 0.25,
             ),
         ];
-        println!("\n| ratio | CPU | wall | issue 7 target (CPU) | met |");
+        println!("\n| ratio | CPU | wall | target (CPU) | met |");
         println!("|---|---|---|---|---|");
         let mut ratios = serde_json::Map::new();
         for (name, cpu, wall, target) in rows {
