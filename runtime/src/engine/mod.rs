@@ -120,7 +120,7 @@ impl Engine {
         };
         let stop_ticker = Arc::new(AtomicBool::new(false));
         // One ticker per engine, never one per store or per call: a ticker per
-        // call once cost wasmtime users two orders of magnitude (issue 11814).
+        // call costs two orders of magnitude (a known wasmtime pitfall).
         let ticker_engine = wasmtime.clone();
         let stop = stop_ticker.clone();
         let tick = options.epoch_tick;

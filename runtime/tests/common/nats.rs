@@ -3,7 +3,7 @@
 //! killed by PID on drop. Self-contained so it can be included on its own.
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -160,6 +160,20 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Starts `nats-server -c conf`, its log into `log` (tests that need a
+/// configuration file: clusters, account limits); the caller kills it.
+pub fn spawn_with_config(conf: &Path, log: &Path) -> Child {
+    let log = std::fs::File::create(log).expect("nats-server log file");
+    Command::new("nats-server")
+        .arg("-c")
+        .arg(conf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn nats-server (apt-get install nats-server)")
 }
 
 /// A raw frame: subject, header block (`HPUB` when given), payload.

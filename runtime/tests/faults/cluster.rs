@@ -11,7 +11,7 @@
 //! published around the kill (at most once).
 
 use std::io::{Read as _, Write as _};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, stream};
@@ -63,15 +63,8 @@ impl Cluster {
                 ),
             )
             .expect("write node conf");
-            let log = std::fs::File::create(dir.path().join(format!("{name}.log"))).expect("log");
-            let child = Command::new("nats-server")
-                .arg("-c")
-                .arg(&conf)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("spawn nats-server (apt-get install nats-server)");
+            let child =
+                common::nats::spawn_with_config(&conf, &dir.path().join(format!("{name}.log")));
             nodes.push(Node {
                 name,
                 port,

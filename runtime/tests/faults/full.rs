@@ -7,7 +7,7 @@
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, stream};
@@ -55,15 +55,7 @@ impl AccountServer {
             ),
         )
         .expect("write nats.conf");
-        let log = std::fs::File::create(dir.path().join("server.log")).expect("log file");
-        let child = Command::new("nats-server")
-            .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn nats-server (apt-get install nats-server)");
+        let child = common::nats::spawn_with_config(&conf, &dir.path().join("server.log"));
         assert!(
             common::wait_for_port(port, Duration::from_secs(10)),
             "nats-server did not start on port {port}"
