@@ -10,7 +10,7 @@
 //!
 //! Runs in the default (debug) test run: the workspace optimises the compiler
 //! crates in the dev profile, so compiling the large Python/JS components
-//! takes seconds, not minutes. The README's table comes from the ignored test
+//! takes seconds, not minutes. The table in `docs/handlers.md` comes from the ignored test
 //! at the end:
 //! `cargo test --release -p sluice --test languages -- --ignored --nocapture languages_table`.
 
@@ -508,7 +508,7 @@ async fn every_language_runs_under_fuel_and_memory_caps() {
     }
 }
 
-/// Prints the README's table: size, cold start (convert + compile), warm start
+/// Prints the table of `docs/handlers.md`: size, cold start (convert + compile), warm start
 /// (compiled artifact from the disk cache) and messages/s through one pipeline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement: run with --release --ignored --nocapture"]

@@ -1,4 +1,4 @@
-//! Sluice against its WASM peers (the README's CPU targets), all three in one process:
+//! Sluice against its WASM peers (the CPU targets of `docs/performance.md`), all three in one process:
 //! the same map (ASCII uppercase of a 100-byte payload, one record per call)
 //! run by Sluice's engine (wasmtime 48), Extism (wasmtime 43) and Fluvio's
 //! SmartModule engine (wasmtime 34), each with its guards armed.
@@ -206,7 +206,7 @@ impl Peer for FluvioPeer {
     }
 
     /// A new chain instance: the 0.50.1 engine's guest memory grows with every
-    /// call (see README), so one instance trips the 64 MiB cap after a few
+    /// call (see this crate's README), so one instance trips the 64 MiB cap after a few
     /// hundred thousand calls.
     fn fresh(&mut self) -> anyhow::Result<()> {
         self.chain = Self::chain(&self.engine, &self.wasm)?;

@@ -1,7 +1,7 @@
 //! Plots and the targets table: reads the figures the other benches wrote
-//! (`target/bench/*.json`), draws them as SVG into `docs/bench/` for the
-//! README — plain SVG written here, no plotting dependency — and prints
-//! the performance targets as a Markdown table, also written to
+//! (`target/bench/*.json`), draws them as SVG into `docs/bench/` for
+//! `docs/performance.md` — plain SVG written here, no plotting dependency —
+//! and prints the performance targets as a Markdown table, also written to
 //! `target/bench/targets.json`.
 //!
 //! Run after the benches: `cargo bench -p sluice --bench plot`.

@@ -1,6 +1,6 @@
 //! The five performance targets, judged from the figures the benches wrote: one
 //! row per target with what was measured, the bound and whether it holds,
-//! printed as the README's Markdown table and written to
+//! printed as the Markdown table of `docs/performance.md` and written to
 //! `target/bench/targets.json`. A target whose bench has not run is shown
 //! as not measured, never as met.
 
