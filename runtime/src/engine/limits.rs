@@ -10,18 +10,47 @@ use wasmtime::ResourceLimiter;
 
 /// The guest tried to grow its linear memory past its cap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("memory limit exceeded: growing from {current} to {desired} bytes, the cap is {max} bytes")]
+#[error(
+    "memory limit exceeded: growing the instance's memories from {current} to {desired} bytes in all, the cap is {max} bytes"
+)]
 pub struct MemoryExceeded {
+    /// Bytes of all the instance's memories before the growth.
     pub current: usize,
+    /// Bytes they would have after it.
     pub desired: usize,
+    /// `handler.memory`.
     pub max: usize,
 }
 
-/// Per-store limiter. Tables are capped too, so a guest cannot exhaust host
-/// memory through them either.
+/// Most table elements one instance may hold, all its tables together
+/// (each element is a pointer of host memory).
+pub const MAX_TABLE_ELEMENTS: usize = 1_000_000;
+
+/// Per-store limiter. The caps hold for all of an instance's memories (and
+/// tables) together: a component may hold several core instances, each
+/// with memories of its own, and a cap per memory would let it take that
+/// many times `handler.memory` of host memory.
 pub struct Limiter {
     pub max_memory: usize,
     pub max_table_elements: usize,
+    /// Bytes of every memory of the store together.
+    memory: usize,
+    /// Elements of every table of the store together.
+    table_elements: usize,
+    /// The last growth granted, taken back when it then fails.
+    granted: usize,
+}
+
+impl Limiter {
+    pub fn new(max_memory: usize, max_table_elements: usize) -> Self {
+        Limiter {
+            max_memory,
+            max_table_elements,
+            memory: 0,
+            table_elements: 0,
+            granted: 0,
+        }
+    }
 }
 
 impl ResourceLimiter for Limiter {
@@ -31,23 +60,48 @@ impl ResourceLimiter for Limiter {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.max_memory {
+        let grow = desired.saturating_sub(current);
+        let total = self.memory.saturating_add(grow);
+        if total > self.max_memory {
             return Err(wasmtime::Error::new(MemoryExceeded {
-                current,
-                desired,
+                current: self.memory,
+                desired: total,
                 max: self.max_memory,
             }));
         }
+        self.memory = total;
+        self.granted = grow;
         Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.memory = self
+            .memory
+            .saturating_sub(std::mem::take(&mut self.granted));
+        Ok(())
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= self.max_table_elements)
+        let grow = desired.saturating_sub(current);
+        let total = self.table_elements.saturating_add(grow);
+        if total > self.max_table_elements {
+            return Ok(false);
+        }
+        self.table_elements = total;
+        self.granted = grow;
+        Ok(true)
+    }
+
+    fn table_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.table_elements = self
+            .table_elements
+            .saturating_sub(std::mem::take(&mut self.granted));
+        Ok(())
     }
 }
 
@@ -123,5 +177,29 @@ impl Deadline {
 impl Default for Deadline {
     fn default() -> Self {
         Deadline::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_memory_cap_holds_for_all_memories_together() {
+        let mut l = Limiter::new(100, 10);
+        // Two memories of 40 bytes each fit; a third does not.
+        assert!(l.memory_growing(0, 40, None).unwrap());
+        assert!(l.memory_growing(0, 40, None).unwrap());
+        let e = l.memory_growing(0, 40, None).expect_err("over the cap");
+        let m = e.downcast_ref::<MemoryExceeded>().expect("typed");
+        assert_eq!((m.current, m.desired, m.max), (80, 120, 100));
+        // A growth granted and then failed is taken back.
+        assert!(l.memory_growing(40, 60, None).unwrap());
+        l.memory_grow_failed(wasmtime::format_err!("no")).unwrap();
+        assert!(l.memory_growing(40, 60, None).unwrap());
+        // Tables: the same, refused without a trap.
+        assert!(l.table_growing(0, 6, None).unwrap());
+        assert!(!l.table_growing(0, 6, None).unwrap());
+        assert!(l.table_growing(6, 10, None).unwrap());
     }
 }

@@ -21,8 +21,8 @@ use super::bindings::{
 use super::cache::{self, Origin};
 use super::host::{HostState, KvStore, guest_text};
 use super::limits::{
-    Deadline, HEADER_OVERHEAD, Limiter, MemoryExceeded, OUTPUT_OVERHEAD, OutputLimits,
-    hostcall_budget,
+    Deadline, HEADER_OVERHEAD, Limiter, MAX_TABLE_ELEMENTS, MemoryExceeded, OUTPUT_OVERHEAD,
+    OutputLimits, hostcall_budget,
 };
 use crate::config::HandlerConfig;
 use crate::failure::{Failure, FailureClass};
@@ -287,10 +287,10 @@ impl Plugin {
             .acquire_owned()
             .await
             .map_err(|_| Failure::new(FailureClass::Trap, "the engine is shutting down"))?;
-        let limiter = Limiter {
-            max_memory: usize::try_from(p.spec.memory).unwrap_or(usize::MAX),
-            max_table_elements: 1_000_000,
-        };
+        let limiter = Limiter::new(
+            usize::try_from(p.spec.memory).unwrap_or(usize::MAX),
+            MAX_TABLE_ELEMENTS,
+        );
         let state = HostState::new(p.pipeline.clone(), p.kv.clone(), limiter);
         let deadline = state.deadline.clone();
         let mut store = Store::new(p.engine.wasmtime(), state);
@@ -349,10 +349,7 @@ impl Plugin {
     #[doc(hidden)]
     pub async fn instantiate_bare(&self) -> anyhow::Result<()> {
         let p = &self.inner;
-        let limiter = Limiter {
-            max_memory: usize::MAX,
-            max_table_elements: usize::MAX,
-        };
+        let limiter = Limiter::new(usize::MAX, usize::MAX);
         let state = HostState::new(p.pipeline.clone(), p.kv.clone(), limiter);
         let mut store = Store::new(p.engine.wasmtime(), state);
         // Fuel and epochs are on in the engine: give plenty, check nothing.
