@@ -102,19 +102,23 @@ impl PluginSpec {
 }
 
 /// Why a plugin could not be loaded. The old version, if any, keeps running.
+///
+/// A message may quote the plugin's own names (its imports and exports, in
+/// the compiler's words): it is shown through [`guest_text`], one bounded
+/// line, like everything else a guest writes.
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
-    #[error("cannot read plugin {path}: {message}")]
+    #[error("cannot read plugin {path}: {}", guest_text(.message))]
     Read { path: PathBuf, message: String },
-    #[error("plugin {path} is not a WebAssembly component: {message}")]
+    #[error("plugin {path} is not a WebAssembly component: {}", guest_text(.message))]
     NotAComponent { path: PathBuf, message: String },
-    #[error("plugin {path} does not implement the sluice:handler world: {message}")]
+    #[error("plugin {path} does not implement the sluice:handler world: {}", guest_text(.message))]
     World { path: PathBuf, message: String },
-    #[error("plugin {path} failed to start: {message}")]
+    #[error("plugin {path} failed to start: {}", guest_text(.message))]
     Init { path: PathBuf, message: String },
     /// Compiling it ran past `handler.compile_timeout` or
     /// `handler.compile_memory`, or the compiler process failed.
-    #[error("plugin {path} refused: {message}")]
+    #[error("plugin {path} refused: {}", guest_text(.message))]
     Compile { path: PathBuf, message: String },
 }
 
