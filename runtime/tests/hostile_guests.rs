@@ -110,6 +110,31 @@ async fn a_sleep_in_a_batch_ends_at_that_messages_deadline() {
     assert!(took < bound, "the batch took {took:?}, bound {bound:?}");
 }
 
+/// A caller that gives up on a call (drops its future while the handler
+/// waits in a host call, one message or a batch) leaves no half-run
+/// instance behind: the next call gets a fresh one and succeeds.
+#[tokio::test]
+async fn a_call_its_caller_gave_up_on_leaves_no_broken_instance() {
+    let mut w = worker(spec(common::plugin("hostile"))).await;
+    let (warm, _) = w.handle(&Message::new("t", "warm")).await;
+    assert!(warm.is_ok());
+    let sleep = Message::new("t", "sleep-5000");
+    let gave_up = tokio::time::timeout(Duration::from_millis(50), w.handle(&sleep)).await;
+    assert!(gave_up.is_err(), "the caller gave up on the sleep");
+    let (r, _) = w.handle(&Message::new("t", "after")).await;
+    assert_eq!(payloads(&r), ["after"]);
+
+    let batch = [Message::new("t", "a"), Message::new("t", "sleep-5000")];
+    let refs: Vec<&Message> = batch.iter().collect();
+    let gave_up = tokio::time::timeout(Duration::from_millis(50), w.handle_batch(&refs)).await;
+    assert!(gave_up.is_err(), "the caller gave up on the batch");
+    let batch = [Message::new("t", "b"), Message::new("t", "c")];
+    let refs: Vec<&Message> = batch.iter().collect();
+    let answers = w.handle_batch(&refs).await;
+    let got: Vec<Vec<String>> = answers.iter().map(|(r, _)| payloads(r)).collect();
+    assert_eq!(got, [["b"], ["c"]]);
+}
+
 /// A core module sleeping through WASI preview 1 (`poll_oneoff` on the
 /// monotonic clock for u64::MAX ns, through the adapter Sluice adds).
 #[tokio::test]

@@ -383,18 +383,21 @@ impl Instance {
             started,
             done: Vec::with_capacity(msgs.len()),
         });
+        // Poisoned until the call returns: a caller that drops this future
+        // leaves an instance stopped in the middle of a call.
+        self.poisoned = true;
         let result = watched(
             bindings.call_handle_batch(&mut self.store, batch),
             &self.deadline,
         )
         .await;
+        self.poisoned = result.is_err();
         columns.trim();
         let Some(call) = self.store.data_mut().batch.take() else {
             return Vec::new();
         };
         let mut out = call.done;
         if let Err(e) = result {
-            self.poisoned = true;
             let failure: Failure = classify(e, &self.store, spec, "handle");
             let stats = CallStats {
                 fuel_used: spec.fuel.saturating_sub(self.store.get_fuel().unwrap_or(0)),

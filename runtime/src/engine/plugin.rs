@@ -676,11 +676,15 @@ impl Instance {
         let wit = wit_message(msg, &headers);
         let start = Instant::now();
         arm(&mut self.store, &self.plugin.inner.engine, spec, start);
+        // Poisoned until the call returns: a caller that drops this future
+        // leaves an instance stopped in the middle of a call.
+        self.poisoned = true;
         let result = watched(
             self.bindings.call_handle(&mut self.store, wit),
             &self.deadline,
         )
         .await;
+        self.poisoned = result.is_err();
         let stats = CallStats {
             fuel_used: spec.fuel.saturating_sub(self.store.get_fuel().unwrap_or(0)),
             elapsed: start.elapsed(),
@@ -688,10 +692,7 @@ impl Instance {
         };
         let result = match result {
             Ok(outcome) => outcome_of(outcome, &spec.output_limits()),
-            Err(e) => {
-                self.poisoned = true;
-                Err(classify(e, &self.store, spec, "handle"))
-            }
+            Err(e) => Err(classify(e, &self.store, spec, "handle")),
         };
         (result, stats)
     }

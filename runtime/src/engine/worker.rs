@@ -96,7 +96,12 @@ impl Worker {
     }
 
     /// The instance messages go to, made first when there is none.
+    /// An instance left poisoned by a call that never finished (its caller
+    /// dropped the call) is replaced too.
     async fn instance(&mut self) -> Result<&mut Instance, Failure> {
+        if self.instance.as_ref().is_some_and(Instance::is_poisoned) {
+            self.instance = None;
+        }
         if self.instance.is_none() {
             self.instance = Some(self.plugin.instantiate().await?);
         }
