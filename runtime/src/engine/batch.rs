@@ -16,8 +16,10 @@ use wasmtime::component::{Linker, WasmList};
 
 use super::bindings::WitStatus;
 use super::host::{GUEST_TEXT_MAX, HostState, guest_text};
+use super::instance::{
+    Bindings, Budget, CallStats, Handled, Instance, arm_with, classify, watched,
+};
 use super::limits::{HEADER_OVERHEAD, OUTPUT_OVERHEAD, OutputLimits};
-use super::plugin::{Bindings, Budget, CallStats, Handled, Instance, arm_with, classify, watched};
 use crate::failure::{Failure, FailureClass};
 use crate::message::{Header, Message, Output};
 

@@ -22,7 +22,7 @@ use wasmtime::component::Component;
 use super::Engine;
 use super::cache::{self, Origin};
 use super::core_module::{self, ConvertError};
-use super::plugin::{PluginError, PluginSpec};
+use super::instance::{PluginError, PluginSpec};
 use crate::config::units::Size;
 
 /// How an engine compiles a plugin that is not in the disk cache.

@@ -8,14 +8,14 @@ pub mod cache;
 mod compile;
 mod core_module;
 mod host;
+mod instance;
 mod limits;
-mod plugin;
 mod worker;
 
 pub use compile::{CHILD_ARG as COMPILE_CHILD_ARG, Compiler, child_main as compile_child_main};
 pub use host::{KvStore, guest_text};
+pub use instance::{CallStats, Handled, Instance, NativeFn, Plugin, PluginError, PluginSpec};
 pub use limits::{MemoryExceeded, OutputLimits};
-pub use plugin::{CallStats, Handled, Instance, NativeFn, Plugin, PluginError, PluginSpec};
 pub use worker::Worker;
 
 use std::path::PathBuf;

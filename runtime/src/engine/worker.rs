@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::plugin::{CallStats, Handled, Instance, Plugin};
+use super::instance::{CallStats, Handled, Instance, Plugin};
 use crate::failure::{Failure, FailureClass};
 use crate::message::Message;
 
