@@ -20,7 +20,7 @@ use wasmparser::{ExternalKind, Parser, Payload, TypeRef};
 use wit_component::{ComponentEncoder, StringEncoding};
 use wit_parser::Resolve;
 
-use super::host::guest_text;
+use super::limits::guest_text;
 
 /// The world every handler implements: the same file the host's bindings use.
 const HANDLER_WIT: &str = include_str!("../../../guest-sdk/wit/handler.wit");

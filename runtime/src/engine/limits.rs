@@ -1,12 +1,17 @@
-//! The budgets a handler runs under besides fuel: the memory cap (a
-//! `ResourceLimiter` refusing growth with a typed error, so the failure is
-//! classed `memory` and not `trap`), what its answers may cost the host, and
-//! the wall-clock deadline the watchdog holds it to inside host calls.
+//! The budgets a handler runs under and what it may cost the host: fuel and
+//! the wall-clock deadline of one message ([`Budget`]; the watchdog holds it
+//! to [`Deadline`] inside host calls), the memory cap (a `ResourceLimiter`
+//! refusing growth with a typed error, so the failure is classed `memory`
+//! and not `trap`), what its answers and its text may be, and what a call
+//! cost. The engine's leaf: it imports nothing else of it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use wasmtime::ResourceLimiter;
+
+use crate::failure::Failure;
+use crate::message::Output;
 
 /// The guest tried to grow its linear memory past its cap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -140,7 +145,7 @@ pub fn hostcall_budget(max_output_bytes: u64, kv_max_bytes: u64) -> usize {
 
 /// A call's wall-clock deadline, shared between the store (where `columns.answer`
 /// moves it to the next message) and the watchdog that ends a call waiting in
-/// a host call past it ([`super::instance::watched`]).
+/// a host call past it ([`super::plugin::watched`]).
 #[derive(Debug)]
 pub struct Deadline {
     base: Instant,
@@ -180,9 +185,73 @@ impl Default for Deadline {
     }
 }
 
+/// One message's budgets, re-armed for each message of a batch.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Budget {
+    pub fuel: u64,
+    /// The deadline in epoch ticks (for wasm code).
+    pub ticks: u64,
+    /// The deadline as a duration (for the watchdog of host calls).
+    pub timeout: Duration,
+}
+
+/// One message's answer and what handling it cost.
+pub type Handled = (Result<Vec<Output>, Failure>, CallStats);
+
+/// What one call cost.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallStats {
+    pub fuel_used: u64,
+    pub elapsed: Duration,
+    /// Guest log lines dropped past the per-message log budget.
+    pub log_dropped: u32,
+}
+
+/// Longest guest log line, error text or panic message kept, in bytes after
+/// escaping; longer ones are cut and say how much was cut.
+pub const GUEST_TEXT_MAX: usize = 2048;
+
+/// A guest's text as the host shows it: control characters (line breaks,
+/// escape sequences) escaped as `\n`, `\u{1b}`..., so it stays one line of
+/// the log that cannot pass for another; cut to [`GUEST_TEXT_MAX`] bytes.
+pub fn guest_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(GUEST_TEXT_MAX));
+    for (i, c) in text.char_indices() {
+        let before = out.len();
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+        if out.len() > GUEST_TEXT_MAX {
+            out.truncate(before);
+            out.push_str(&format!("… ({} more bytes cut)", text.len() - i));
+            break;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn guest_text_is_one_bounded_line() {
+        assert_eq!(guest_text("plain"), "plain");
+        assert_eq!(
+            guest_text("a\n2026-01-01 ERROR sluice: forged\r\u{1b}[31m"),
+            "a\\n2026-01-01 ERROR sluice: forged\\r\\u{1b}[31m"
+        );
+        let long = "é".repeat(GUEST_TEXT_MAX);
+        let cut = guest_text(&long);
+        assert!(cut.len() <= GUEST_TEXT_MAX + 40, "{}", cut.len());
+        assert!(
+            cut.ends_with(&format!("({} more bytes cut)", long.len() - GUEST_TEXT_MAX)),
+            "{cut}"
+        );
+        assert!(!guest_text(&"\n".repeat(5000)).contains('\n'));
+    }
 
     #[test]
     fn the_memory_cap_holds_for_all_memories_together() {

@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use super::instance::{CallStats, Handled, Instance, Plugin};
+use super::instance::{Instance, Plugin};
+use super::limits::{CallStats, Handled};
 use crate::failure::{Failure, FailureClass};
 use crate::message::Message;
 
