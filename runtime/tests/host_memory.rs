@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use common::guest::{Guest, ONE_OUTPUT, OUTPUTS};
@@ -16,11 +15,11 @@ use sluice::failure::FailureClass;
 use sluice::message::Message;
 
 /// The tests here measure the process's peak RSS: one at a time.
-static MEASURING: Mutex<()> = Mutex::new(());
+static MEASURING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[tokio::test]
 async fn aliased_outputs_in_a_batch_do_not_grow_the_host() {
-    let _one = MEASURING.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = MEASURING.lock().await;
     // One call: 127 outputs of the same 1 MiB, just under wasmtime's default
     // of 128 MiB copied per host call. A batch's answer cannot alias (every
     // output's bytes lie in one list): three outputs of 1 MiB each, 3 MiB
@@ -148,7 +147,7 @@ fn memory_hogs(hogs: usize, pages: u32) -> String {
 /// the host does not grow by what the guest asked for.
 #[tokio::test]
 async fn the_memory_cap_holds_for_all_of_an_instances_memories() {
-    let _one = MEASURING.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = MEASURING.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("hogs.wasm");
     let wasm = wat::parse_str(memory_hogs(7, 900)).expect("the component assembles");
@@ -189,7 +188,7 @@ async fn the_memory_cap_holds_for_all_of_an_instances_memories() {
 /// unavailable).
 #[tokio::test]
 async fn a_shared_memory_is_refused_rather_than_left_uncapped() {
-    let _one = MEASURING.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = MEASURING.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let handle = format!(
         "(drop (memory.grow $shared (i32.const 2000)))
