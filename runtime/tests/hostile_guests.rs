@@ -331,6 +331,41 @@ async fn guest_log_lines_are_escaped_and_bounded_per_message() {
     // The next message has its own budget.
     let (_, stats) = w.handle(&Message::new("t", "logflood-10")).await;
     assert_eq!(stats.log_dropped, 0);
+    // Sluice's warning about the drops is its own line: said once per
+    // instance, however many messages flood.
+    for _ in 0..3 {
+        let (_, stats) = w.handle(&Message::new("t", "logflood-1000")).await;
+        assert!(stats.log_dropped > 0);
+    }
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert_eq!(text.matches("logged more than").count(), 1, "{text}");
+}
+
+/// A batch handler that returns without answering: its messages go one
+/// per call, it is not handed a batch for every message, and Sluice says so
+/// once rather than once per batch.
+#[tokio::test]
+async fn a_batch_that_answers_nothing_is_neither_retried_nor_logged_per_batch() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = worker(spec(batch_guest(dir.path(), "silent", "nop"))).await;
+    let msgs = three();
+    let refs: Vec<&Message> = msgs.iter().collect();
+    for _ in 0..10 {
+        assert!(w.handle_batch(&refs).await.is_empty());
+        for m in &msgs {
+            let (r, _) = w.handle(m).await;
+            assert_eq!(payloads(&r), ["ok"]);
+        }
+    }
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert_eq!(text.matches("answered 0 of 3").count(), 1, "{text}");
 }
 
 #[tokio::test]

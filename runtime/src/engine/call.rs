@@ -108,10 +108,13 @@ impl Instance {
             } else if out.is_empty() {
                 tracing::debug!(pipeline = %spec.pipeline, "a batch failed before its first answer ({failure}); its messages run one per call");
             }
-        } else if out.len() < msgs.len() {
+        } else if out.len() < msgs.len() && !self.warned_short_batch {
+            // Once per instance: the guest decides how often this happens.
+            self.warned_short_batch = true;
             tracing::warn!(
                 pipeline = %inner.spec.pipeline,
-                "`handle-batch` answered {} of {} messages; the rest are handled one per call",
+                "`handle-batch` answered {} of {} messages; the rest are handled one per call \
+                 (said once per instance)",
                 out.len(),
                 msgs.len()
             );

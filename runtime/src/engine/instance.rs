@@ -141,6 +141,7 @@ impl Plugin {
             deadline,
             plugin: self.clone(),
             poisoned: false,
+            warned_short_batch: false,
             columns: Default::default(),
             _permit: permit,
         })
@@ -186,6 +187,8 @@ pub struct Instance {
     pub(super) deadline: Arc<Deadline>,
     pub(super) plugin: Plugin,
     pub(super) poisoned: bool,
+    /// Whether a batch that returned with messages unanswered was logged.
+    pub(super) warned_short_batch: bool,
     /// The buffers a batch is laid out in for `handle-batch`, reused.
     pub(super) columns: Columns,
     _permit: OwnedSemaphorePermit,

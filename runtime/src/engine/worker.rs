@@ -11,7 +11,8 @@ use crate::message::Message;
 
 /// Messages handled one per call after a batch failed in a way it could not
 /// pin on one message (any failure before the first answer: it may belong to
-/// the batch call itself, e.g. lowering the batch), before batches resume.
+/// the batch call itself, e.g. lowering the batch), or returned without
+/// answering every message, before batches resume.
 /// Failures that are pinned cost nothing extra: the messages before
 /// answered, the rest go one per call on a fresh instance.
 const SINGLES_AFTER_UNPINNED: u32 = 16;
@@ -71,8 +72,8 @@ impl Worker {
     /// up to and including the one that failed the sandbox (trap, timeout,
     /// fuel, memory), after which the instance is replaced. Returns none when
     /// the plugin takes no batches, or when a batch failed before its first
-    /// answer (and then for the next
-    /// [`SINGLES_AFTER_UNPINNED`] messages). The caller handles every message
+    /// answer (and then for the next [`SINGLES_AFTER_UNPINNED`] messages, as
+    /// after a batch that returned with messages unanswered). The caller handles every message
     /// it got no answer for with [`Worker::handle`], one at a time.
     pub async fn handle_batch(&mut self, msgs: &[&Message]) -> Vec<Handled> {
         if let Some(f) = &self.plugin.inner.native {
@@ -92,6 +93,10 @@ impl Worker {
             if out.is_empty() {
                 self.singles = SINGLES_AFTER_UNPINNED;
             }
+        } else if out.len() < msgs.len() {
+            // It returned without answering them all: its batches are not
+            // to be relied on, so they are not tried on every message.
+            self.singles = SINGLES_AFTER_UNPINNED;
         }
         out
     }

@@ -63,6 +63,8 @@ pub struct HostState {
     pub(crate) log_used: usize,
     /// Log lines dropped for the current message (past [`LOG_BUDGET`]).
     pub(crate) log_dropped: u32,
+    /// Whether this instance was already warned about for dropping lines.
+    log_warned: bool,
 }
 
 impl HostState {
@@ -78,6 +80,7 @@ impl HostState {
             deadline: Arc::new(Deadline::new()),
             log_used: 0,
             log_dropped: 0,
+            log_warned: false,
         }
     }
 
@@ -168,8 +171,11 @@ impl sluice::handler::host::Host for HostState {
         let cost = message.len() + LOG_LINE_OVERHEAD;
         let over = self.log_used + cost > LOG_BUDGET;
         if over {
-            if self.log_dropped == 0 {
-                tracing::warn!(target: "sluice::guest", pipeline, "the handler logged more than {LOG_BUDGET} bytes for one message; its further lines for this message are dropped");
+            // Once per instance: a warning per message would let the guest
+            // flood the log with Sluice's own lines instead of its own.
+            if !self.log_warned {
+                self.log_warned = true;
+                tracing::warn!(target: "sluice::guest", pipeline, "the handler logged more than {LOG_BUDGET} bytes for one message; lines past that are dropped and counted (sluice_guest_log_dropped_total), and this is said once per instance");
             }
             self.log_dropped = self.log_dropped.saturating_add(1);
         } else {
