@@ -145,7 +145,7 @@ pub fn hostcall_budget(max_output_bytes: u64, kv_max_bytes: u64) -> usize {
 
 /// A call's wall-clock deadline, shared between the store (where `columns.answer`
 /// moves it to the next message) and the watchdog that ends a call waiting in
-/// a host call past it ([`super::plugin::watched`]).
+/// a host call past it ([`super::watchdog::watched`]).
 #[derive(Debug)]
 pub struct Deadline {
     base: Instant,

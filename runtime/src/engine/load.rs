@@ -43,7 +43,7 @@ impl Plugin {
         let mut linker = Linker::<HostState>::new(engine.wasmtime());
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| world_err(e.to_string()))?;
-        // Our `exit` over wasmtime-wasi's (host.rs says why).
+        // Our `exit` over wasmtime-wasi's (host/mod.rs says why).
         linker.allow_shadowing(true);
         wasmtime_wasi::p2::bindings::cli::exit::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
             &mut linker,
