@@ -129,17 +129,34 @@ struct Shape {
     end: u32,
 }
 
-/// Walks `layout` without copying anything; stops early once there are
-/// more outputs than `max_outputs`.
-fn shape_of(layout: &[u32], bytes: usize, max_outputs: u32) -> Result<Shape, &'static str> {
+impl Shape {
+    /// What the outputs read so far cost against `max_output_bytes`.
+    fn charged(&self) -> u64 {
+        u64::from(self.end) + OUTPUT_OVERHEAD * self.outputs as u64 + HEADER_OVERHEAD * self.headers
+    }
+}
+
+/// Walks `layout` without copying anything. Stops early, with what it read,
+/// once that is past a limit (more outputs than `max_outputs`, more than
+/// `max_output_bytes` charged): what the host reads of an answer is bounded
+/// by the limits, not by the guest's memory.
+fn shape_of(layout: &[u32], bytes: usize, limits: &OutputLimits) -> Result<Shape, &'static str> {
     let mut shape = Shape {
         outputs: 0,
         headers: 0,
         end: 0,
     };
+    let over = |shape: &Shape| {
+        shape.outputs > limits.max_outputs as usize || shape.charged() > limits.max_output_bytes
+    };
     let mut at = 0;
-    while at < layout.len() && shape.outputs <= max_outputs as usize {
+    while at < layout.len() {
         let headers = layout[at] >> 3;
+        shape.outputs += 1;
+        shape.headers += u64::from(headers);
+        if over(&shape) {
+            return Ok(shape);
+        }
         let fields = 4 + 2 * headers as usize;
         let Some(ends) = layout.get(at + 1..at + 1 + fields) else {
             return Err("an output whose ends are cut short");
@@ -150,8 +167,9 @@ fn shape_of(layout: &[u32], bytes: usize, max_outputs: u32) -> Result<Shape, &'s
             }
             shape.end = end;
         }
-        shape.outputs += 1;
-        shape.headers += u64::from(headers);
+        if over(&shape) {
+            return Ok(shape);
+        }
         at += 1 + fields;
     }
     if shape.end as usize > bytes {
@@ -174,7 +192,7 @@ fn read_outputs(
     {
         return Ok(Ok(vec![Output::new(Bytes::copy_from_slice(bytes))]));
     }
-    let shape = shape_of(layout, bytes.len(), limits.max_outputs)?;
+    let shape = shape_of(layout, bytes.len(), limits)?;
     if shape.outputs > limits.max_outputs as usize {
         return Ok(Err(Failure::new(
             FailureClass::Trap,
@@ -184,9 +202,7 @@ fn read_outputs(
             ),
         )));
     }
-    let total = u64::from(shape.end)
-        + OUTPUT_OVERHEAD * shape.outputs as u64
-        + HEADER_OVERHEAD * shape.headers;
+    let total = shape.charged();
     let max = limits.max_output_bytes;
     if total > max {
         return Ok(Err(Failure::new(
@@ -324,6 +340,20 @@ mod tests {
                 "{f}"
             );
         }
+    }
+
+    #[test]
+    fn an_answer_over_the_limits_is_refused_before_the_rest_is_read() {
+        // One output claiming a million headers: refused on its shape
+        // alone, though its ends (which would be cut short) are never read.
+        let f = ok(b"", &[1_000_000 << 3]).expect_err("too many headers");
+        assert!(f.message.contains("max_output_bytes = 1000"), "{f}");
+        // Outputs past the byte budget, then a layout that contradicts
+        // itself: the walk stops at the budget.
+        let mut layout = vec![0, 0, 0, 0, 600, 0, 600, 600, 600, 1200];
+        layout.extend([0, 5, 4, 3, 2]);
+        let f = ok(&[0; 1200], &layout).expect_err("over max_output_bytes");
+        assert!(f.message.starts_with("bad output: 2 output(s)"), "{f}");
     }
 
     #[test]
