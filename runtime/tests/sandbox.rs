@@ -388,3 +388,39 @@ async fn host_calls_at_the_deepest_recursion_are_a_stack_overflow_trap() {
     let (r, _) = w.handle(&Message::new("t", "after")).await;
     assert_eq!(r.expect("a fresh instance")[0].payload, "ok");
 }
+
+/// Memory grown inside a host call: `kv-get` lowers its 1 MiB answer
+/// through the guest's allocator, which grows the memory past the cap. The
+/// failure is `memory`, as for a growth in wasm code, and the next message
+/// gets a fresh instance.
+#[tokio::test]
+async fn memory_grown_past_the_cap_inside_a_host_call_is_a_memory_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = common::guest::PAYLOAD;
+    // A 1 MiB value under key "ok"; then, for a 4-byte payload, the bump
+    // heap moved to just under the 64 MiB cap before reading it back.
+    let handle = format!(
+        r#"(call $kv_set (i32.const {p}) (i32.const 2) (i32.const 0) (i32.const 1048576) (i32.const 0) (i64.const 0))
+           (if (i32.eq (local.get 6) (i32.const 4)) (then
+             (drop (memory.grow (i32.const 750)))
+             (global.set $bump (i32.const 66060288))
+             (call $kv_get (i32.const {p}) (i32.const 2) (i32.const 96))))
+           {}"#,
+        common::guest::ONE_OUTPUT
+    );
+    let path = common::guest::Guest {
+        imports: r#"(import "sluice:handler/host@0.1.0" "kv-get" (func $kv_get (param i32 i32 i32)))
+            (import "sluice:handler/host@0.1.0" "kv-set" (func $kv_set (param i32 i32 i32 i32 i32 i64)))"#,
+        handle: Some(&handle),
+        ..Default::default()
+    }
+    .write(dir.path(), "grow-in-host-call");
+    let mut s = PluginSpec::new(&path);
+    s.memory = 64 << 20;
+    let mut w = Worker::new(Plugin::load(&common::engine(), s).await.expect("load"));
+    let (r, _) = w.handle(&Message::new("t", "grow")).await;
+    let f = r.expect_err("the answer does not fit under the cap");
+    assert_eq!(f.class, FailureClass::Memory, "{f}");
+    let (r, _) = w.handle(&Message::new("t", "after")).await;
+    assert_eq!(r.expect("a fresh instance")[0].payload, "ok");
+}
