@@ -110,6 +110,31 @@ async fn a_sleep_in_a_batch_ends_at_that_messages_deadline() {
     assert!(took < bound, "the batch took {took:?}, bound {bound:?}");
 }
 
+/// A caller that gives up on a call (drops its future while the handler
+/// waits in a host call, one message or a batch) leaves no half-run
+/// instance behind: the next call gets a fresh one and succeeds.
+#[tokio::test]
+async fn a_call_its_caller_gave_up_on_leaves_no_broken_instance() {
+    let mut w = worker(spec(common::plugin("hostile"))).await;
+    let (warm, _) = w.handle(&Message::new("t", "warm")).await;
+    assert!(warm.is_ok());
+    let sleep = Message::new("t", "sleep-5000");
+    let gave_up = tokio::time::timeout(Duration::from_millis(50), w.handle(&sleep)).await;
+    assert!(gave_up.is_err(), "the caller gave up on the sleep");
+    let (r, _) = w.handle(&Message::new("t", "after")).await;
+    assert_eq!(payloads(&r), ["after"]);
+
+    let batch = [Message::new("t", "a"), Message::new("t", "sleep-5000")];
+    let refs: Vec<&Message> = batch.iter().collect();
+    let gave_up = tokio::time::timeout(Duration::from_millis(50), w.handle_batch(&refs)).await;
+    assert!(gave_up.is_err(), "the caller gave up on the batch");
+    let batch = [Message::new("t", "b"), Message::new("t", "c")];
+    let refs: Vec<&Message> = batch.iter().collect();
+    let answers = w.handle_batch(&refs).await;
+    let got: Vec<Vec<String>> = answers.iter().map(|(r, _)| payloads(r)).collect();
+    assert_eq!(got, [["b"], ["c"]]);
+}
+
 /// A core module sleeping through WASI preview 1 (`poll_oneoff` on the
 /// monotonic clock for u64::MAX ns, through the adapter Sluice adds).
 #[tokio::test]
@@ -306,6 +331,41 @@ async fn guest_log_lines_are_escaped_and_bounded_per_message() {
     // The next message has its own budget.
     let (_, stats) = w.handle(&Message::new("t", "logflood-10")).await;
     assert_eq!(stats.log_dropped, 0);
+    // Sluice's warning about the drops is its own line: said once per
+    // instance, however many messages flood.
+    for _ in 0..3 {
+        let (_, stats) = w.handle(&Message::new("t", "logflood-1000")).await;
+        assert!(stats.log_dropped > 0);
+    }
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert_eq!(text.matches("logged more than").count(), 1, "{text}");
+}
+
+/// A batch handler that returns without answering: its messages go one
+/// per call, it is not handed a batch for every message, and Sluice says so
+/// once rather than once per batch.
+#[tokio::test]
+async fn a_batch_that_answers_nothing_is_neither_retried_nor_logged_per_batch() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = worker(spec(batch_guest(dir.path(), "silent", "nop"))).await;
+    let msgs = three();
+    let refs: Vec<&Message> = msgs.iter().collect();
+    for _ in 0..10 {
+        assert!(w.handle_batch(&refs).await.is_empty());
+        for m in &msgs {
+            let (r, _) = w.handle(m).await;
+            assert_eq!(payloads(&r), ["ok"]);
+        }
+    }
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert_eq!(text.matches("answered 0 of 3").count(), 1, "{text}");
 }
 
 #[tokio::test]

@@ -291,3 +291,136 @@ async fn compiled_components_come_from_the_disk_cache() {
     assert!(p2.from_cache(), "second engine loads the compiled artifact");
     assert_eq!(p1.digest(), p2.digest());
 }
+
+/// A plugin's names (imports, exports) are untrusted text too: a load error
+/// that names them escapes control characters and stays bounded, whatever
+/// the module calls its imports.
+#[tokio::test]
+async fn load_errors_neither_forge_log_lines_nor_flood_the_log() {
+    let forged = "\\0a2026-12-06T00:00:00.000000Z ERROR sluice::pipeline: pipeline=\\22prod\\22 forged\\1b[2J";
+    let mut imports = format!("(import \"evil{forged}\" \"x\" (func))\n");
+    for i in 0..5_000 {
+        imports.push_str(&format!("(import \"{i:0>200}\" \"y\" (func))\n"));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = common::guest::Guest {
+        imports: &imports,
+        funcs: &format!("(func (export \"shown{forged}\"))"),
+        ..Default::default()
+    }
+    .write(dir.path(), "names");
+    let e = Plugin::load(&common::engine(), PluginSpec::new(&path))
+        .await
+        .err()
+        .expect("refused: it imports what the host does not provide");
+    let text = e.to_string();
+    println!("{} bytes: {text}", text.len());
+    assert!(matches!(e, PluginError::World { .. }), "{e}");
+    assert!(text.contains("evil\\n2026"), "the import is named, escaped");
+    assert!(!text.chars().any(char::is_control), "{text}");
+    assert!(text.len() < 8 << 10, "a load error of {} bytes", text.len());
+}
+
+/// A core module's start function runs while the instance is made: under
+/// the handler's budgets, so one that never returns refuses the plugin.
+#[tokio::test]
+async fn a_start_function_that_never_returns_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = common::guest::Guest {
+        funcs: "(func $spin (loop $l (br $l))) (start $spin)",
+        ..Default::default()
+    }
+    .write(dir.path(), "start-spins");
+    let mut s = PluginSpec::new(&path);
+    s.timeout = Duration::from_millis(200);
+    let started = std::time::Instant::now();
+    let loaded = tokio::time::timeout(Duration::from_secs(20), Plugin::load(&common::engine(), s))
+        .await
+        .expect("loading ends");
+    let e = loaded.err().expect("refused");
+    println!("refused after {:?}: {e}", started.elapsed());
+    assert!(matches!(e, PluginError::Init { .. }), "{e}");
+    assert!(
+        e.to_string().contains("timeout") || e.to_string().contains("fuel"),
+        "{e}"
+    );
+}
+
+/// Host calls at the deepest recursion a guest reaches: `log`, a WASI
+/// clock read through the adapter, and `kv-get`, whose answer the host
+/// lowers by calling back into the guest's allocator there. The guest's
+/// stack runs out as a `trap`, never the host's.
+#[tokio::test]
+async fn host_calls_at_the_deepest_recursion_are_a_stack_overflow_trap() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = common::guest::PAYLOAD;
+    let funcs = format!(
+        r#"(func $deep
+             (call $log (i32.const 2) (i32.const {p}) (i32.const 2))
+             (drop (call $clock (i32.const 1) (i64.const 1) (i32.const 64)))
+             (call $kv_get (i32.const {p}) (i32.const 2) (i32.const 96))
+             (call $deep))"#
+    );
+    let handle = format!(
+        r#"(call $kv_set (i32.const {p}) (i32.const 2) (i32.const {p}) (i32.const 2) (i32.const 0) (i64.const 0))
+           (if (i32.eq (local.get 6) (i32.const 4)) (then (call $deep)))
+           {}"#,
+        common::guest::ONE_OUTPUT
+    );
+    let path = common::guest::Guest {
+        imports: r#"(import "sluice:handler/host@0.1.0" "kv-get" (func $kv_get (param i32 i32 i32)))
+            (import "sluice:handler/host@0.1.0" "kv-set" (func $kv_set (param i32 i32 i32 i32 i32 i64)))
+            (import "wasi_snapshot_preview1" "clock_time_get" (func $clock (param i32 i64 i32) (result i32)))"#,
+        handle: Some(&handle),
+        funcs: &funcs,
+        ..Default::default()
+    }
+    .write(dir.path(), "deep-host-calls");
+    let mut s = PluginSpec::new(&path);
+    s.timeout = Duration::from_secs(20);
+    s.fuel = u64::MAX / 4;
+    let mut w = Worker::new(Plugin::load(&common::engine(), s).await.expect("load"));
+    // A payload of 4 bytes recurses; the others answer.
+    let (r, _) = w.handle(&Message::new("t", "deep")).await;
+    let f = r.expect_err("the stack runs out");
+    assert_eq!(f.class, FailureClass::Trap, "{f}");
+    assert!(f.message.contains("stack overflow"), "{f}");
+    let (r, _) = w.handle(&Message::new("t", "after")).await;
+    assert_eq!(r.expect("a fresh instance")[0].payload, "ok");
+}
+
+/// Memory grown inside a host call: `kv-get` lowers its 1 MiB answer
+/// through the guest's allocator, which grows the memory past the cap. The
+/// failure is `memory`, as for a growth in wasm code, and the next message
+/// gets a fresh instance.
+#[tokio::test]
+async fn memory_grown_past_the_cap_inside_a_host_call_is_a_memory_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = common::guest::PAYLOAD;
+    // A 1 MiB value under key "ok"; then, for a 4-byte payload, the bump
+    // heap moved to just under the 64 MiB cap before reading it back.
+    let handle = format!(
+        r#"(call $kv_set (i32.const {p}) (i32.const 2) (i32.const 0) (i32.const 1048576) (i32.const 0) (i64.const 0))
+           (if (i32.eq (local.get 6) (i32.const 4)) (then
+             (drop (memory.grow (i32.const 750)))
+             (global.set $bump (i32.const 66060288))
+             (call $kv_get (i32.const {p}) (i32.const 2) (i32.const 96))))
+           {}"#,
+        common::guest::ONE_OUTPUT
+    );
+    let path = common::guest::Guest {
+        imports: r#"(import "sluice:handler/host@0.1.0" "kv-get" (func $kv_get (param i32 i32 i32)))
+            (import "sluice:handler/host@0.1.0" "kv-set" (func $kv_set (param i32 i32 i32 i32 i32 i64)))"#,
+        handle: Some(&handle),
+        ..Default::default()
+    }
+    .write(dir.path(), "grow-in-host-call");
+    let mut s = PluginSpec::new(&path);
+    s.memory = 64 << 20;
+    let mut w = Worker::new(Plugin::load(&common::engine(), s).await.expect("load"));
+    let (r, _) = w.handle(&Message::new("t", "grow")).await;
+    let f = r.expect_err("the answer does not fit under the cap");
+    assert_eq!(f.class, FailureClass::Memory, "{f}");
+    let (r, _) = w.handle(&Message::new("t", "after")).await;
+    assert_eq!(r.expect("a fresh instance")[0].payload, "ok");
+}

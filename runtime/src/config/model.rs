@@ -210,7 +210,7 @@ pub struct HandlerConfig {
     /// one epoch tick (5 ms) after it, never before.
     #[serde(default = "default_timeout")]
     pub timeout: Dur,
-    /// Linear memory one instance may grow to.
+    /// Linear memory one instance may grow to, all its memories together.
     #[serde(default = "default_memory")]
     pub memory: Size,
     /// Messages handled at once. Messages with the same key (or, without a

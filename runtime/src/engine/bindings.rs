@@ -12,7 +12,7 @@ wasmtime::component::bindgen!({
 
 /// Bindings of the `batch-handler` world. Its types and `host` interface are
 /// the ones above; its `columns.answer` import is linked by hand in
-/// `batch.rs`, since it reads the answer's lists in place in the guest's
+/// `host/columns.rs`, since it reads the answer's lists in place in the guest's
 /// memory and re-arms the store's budgets, and a generated import sees only
 /// the store's data and owned copies of the lists.
 pub mod batch {

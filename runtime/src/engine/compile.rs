@@ -5,37 +5,25 @@
 //! process of itself (`sluice __compile`, [`child_main`]) under a memory
 //! rlimit (`RLIMIT_DATA` = `handler.compile_memory`) and kills it past a deadline
 //! (`handler.compile_timeout`); the child converts core modules, compiles
-//! with the engine settings the parent uses ([`super::base_config`]) and
+//! with the engine settings the parent uses ([`super::setup::base_config`]) and
 //! writes the serialized component to stdout, which the parent
 //! deserializes and keeps in the disk cache. Tests and benchmarks, which
 //! link the library without a `sluice` binary and load only the project's
 //! own plugins, may compile in process ([`Compiler::InProcess`]).
 
 use std::io::{Read as _, Write as _};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{ExitCode, Stdio};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt as _;
 use wasmtime::component::Component;
 
-use super::Engine;
 use super::cache::{self, Origin};
 use super::core_module::{self, ConvertError};
-use super::plugin::{PluginError, PluginSpec};
+use super::setup::{Compiler, Engine};
+use super::spec::{PluginError, PluginSpec};
 use crate::config::units::Size;
-
-/// How an engine compiles a plugin that is not in the disk cache.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Compiler {
-    /// In this process, with no bound on time or memory. Only for trusted
-    /// plugins: tests and benchmarks that link the library.
-    InProcess,
-    /// In a child process, `exe __compile`, with `exe` the `sluice` binary
-    /// (`std::env::current_exe()`), under the plugin's
-    /// `handler.compile_memory` and killed past its `handler.compile_timeout`.
-    Child { exe: PathBuf },
-}
 
 /// The first argument that makes the `sluice` binary a compiler child.
 pub const CHILD_ARG: &str = "__compile";
@@ -293,7 +281,7 @@ pub fn child_main() -> ExitCode {
         Err(Refusal::Invalid(m)) => return fail(EXIT_INVALID, &m),
         Err(other) => return fail(1, &format!("{other:?}")),
     };
-    let engine = match wasmtime::Engine::new(&super::base_config()) {
+    let engine = match wasmtime::Engine::new(&super::setup::base_config()) {
         Ok(e) => e,
         Err(e) => return fail(1, &format!("cannot build the engine: {e:#}")),
     };

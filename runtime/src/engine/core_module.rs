@@ -20,6 +20,8 @@ use wasmparser::{ExternalKind, Parser, Payload, TypeRef};
 use wit_component::{ComponentEncoder, StringEncoding};
 use wit_parser::Resolve;
 
+use super::limits::guest_text;
+
 /// The world every handler implements: the same file the host's bindings use.
 const HANDLER_WIT: &str = include_str!("../../../guest-sdk/wit/handler.wit");
 
@@ -31,6 +33,10 @@ const HOST_FUNCS: [&str; 3] = ["log", "kv-get", "kv-set"];
 
 /// The import module of the `batch-handler` world's `columns` interface.
 const BATCH_MODULE: &str = "sluice:handler/columns@0.1.0";
+
+/// Most of a module's names one error lists (imports the host does not
+/// provide, exports found): a module may have millions.
+const SHOWN_NAMES: usize = 8;
 
 /// WASI preview 1, which the reactor adapter maps onto WASI preview 2.
 const WASI_P1: &str = "wasi_snapshot_preview1";
@@ -101,8 +107,11 @@ pub fn to_component(module: &[u8]) -> Result<Vec<u8>, ConvertError> {
 struct Shape {
     exported_funcs: BTreeSet<String>,
     exported_memory: bool,
-    /// `module`.`name` of every import the host does not provide.
+    /// `module`.`name` of the first [`SHOWN_NAMES`] imports the host does
+    /// not provide.
     foreign_imports: Vec<String>,
+    /// How many imports the host does not provide.
+    foreign_count: usize,
     imports_wasi_p1: bool,
     /// Imports `answer` from [`BATCH_MODULE`].
     imports_batch_answer: bool,
@@ -163,11 +172,21 @@ impl Shape {
             || module.starts_with("cm32p2");
         if host && matches!(ty, TypeRef::Func(_)) {
             if module == HOST_MODULE && !HOST_FUNCS.contains(&name) {
-                self.foreign_imports.push(format!("`{module}`.`{name}`"));
+                self.note_foreign(module, name);
             }
             return;
         }
-        self.foreign_imports.push(format!("`{module}`.`{name}`"));
+        self.note_foreign(module, name);
+    }
+
+    /// Keeps the first few imports the host does not provide, named as a
+    /// log may show them (the names are the guest's text); counts the rest.
+    fn note_foreign(&mut self, module: &str, name: &str) {
+        if self.foreign_imports.len() < SHOWN_NAMES {
+            self.foreign_imports
+                .push(format!("`{}`.`{}`", guest_text(module), guest_text(name)));
+        }
+        self.foreign_count += 1;
     }
 
     /// Whether an export of the world function `name` is present, under the
@@ -207,8 +226,14 @@ impl Shape {
             _ => {}
         }
         if !self.foreign_imports.is_empty() {
+            let more = self.foreign_count - self.foreign_imports.len();
+            let more = if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            };
             missing.push(format!(
-                "imports {} (the host provides only {HOST_MODULE} ({}), \
+                "imports {}{more} (the host provides only {HOST_MODULE} ({}), \
                  {BATCH_MODULE} (answer) and {WASI_P1})",
                 self.foreign_imports.join(", "),
                 HOST_FUNCS.join(", ")
@@ -217,12 +242,19 @@ impl Shape {
         if missing.is_empty() {
             return Ok(());
         }
-        let found: Vec<String> = self
+        let shown = self
             .exported_funcs
             .iter()
-            .filter(|f| !f.starts_with("__") && !f.starts_with("cabi_post"))
-            .map(|f| format!("`{f}`"))
+            .filter(|f| !f.starts_with("__") && !f.starts_with("cabi_post"));
+        let mut found: Vec<String> = shown
+            .clone()
+            .take(SHOWN_NAMES)
+            .map(|f| format!("`{}`", guest_text(f)))
             .collect();
+        let more = shown.count().saturating_sub(SHOWN_NAMES);
+        if more > 0 {
+            found.push(format!("and {more} more"));
+        }
         Err(format!(
             "core module: {} (it exports the functions: {})",
             missing.join(", "),

@@ -4,13 +4,15 @@
 
 use std::sync::Arc;
 
-use super::plugin::{CallStats, Handled, Instance, Plugin};
+use super::instance::{Instance, Plugin};
+use super::limits::{CallStats, Handled};
 use crate::failure::{Failure, FailureClass};
 use crate::message::Message;
 
 /// Messages handled one per call after a batch failed in a way it could not
 /// pin on one message (any failure before the first answer: it may belong to
-/// the batch call itself, e.g. lowering the batch), before batches resume.
+/// the batch call itself, e.g. lowering the batch), or returned without
+/// answering every message, before batches resume.
 /// Failures that are pinned cost nothing extra: the messages before
 /// answered, the rest go one per call on a fresh instance.
 const SINGLES_AFTER_UNPINNED: u32 = 16;
@@ -70,8 +72,8 @@ impl Worker {
     /// up to and including the one that failed the sandbox (trap, timeout,
     /// fuel, memory), after which the instance is replaced. Returns none when
     /// the plugin takes no batches, or when a batch failed before its first
-    /// answer (and then for the next
-    /// [`SINGLES_AFTER_UNPINNED`] messages). The caller handles every message
+    /// answer (and then for the next [`SINGLES_AFTER_UNPINNED`] messages, as
+    /// after a batch that returned with messages unanswered). The caller handles every message
     /// it got no answer for with [`Worker::handle`], one at a time.
     pub async fn handle_batch(&mut self, msgs: &[&Message]) -> Vec<Handled> {
         if let Some(f) = &self.plugin.inner.native {
@@ -91,12 +93,21 @@ impl Worker {
             if out.is_empty() {
                 self.singles = SINGLES_AFTER_UNPINNED;
             }
+        } else if out.len() < msgs.len() {
+            // It returned without answering them all: its batches are not
+            // to be relied on, so they are not tried on every message.
+            self.singles = SINGLES_AFTER_UNPINNED;
         }
         out
     }
 
     /// The instance messages go to, made first when there is none.
+    /// An instance left poisoned by a call that never finished (its caller
+    /// dropped the call) is replaced too.
     async fn instance(&mut self) -> Result<&mut Instance, Failure> {
+        if self.instance.as_ref().is_some_and(Instance::is_poisoned) {
+            self.instance = None;
+        }
         if self.instance.is_none() {
             self.instance = Some(self.plugin.instantiate().await?);
         }

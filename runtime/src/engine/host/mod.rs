@@ -1,5 +1,6 @@
-//! What a handler may ask of the host: `log` and a small bounded key/value
-//! store. WASI is linked but grants nothing: no files, env, network or stdio
+//! What a handler may ask of the host, and the store data its calls
+//! see: `log`, a small bounded key/value store (`kv.rs`) and, for batch
+//! handlers, `columns.answer` (`columns.rs`). WASI is linked but grants nothing: no files, env, network or stdio
 //! (stdout and stderr are discarded; a guest that fills a captured pipe
 //! could otherwise turn a harmless `eprintln!` into a panic). A WASI sleep or
 //! poll is allowed but counts toward the call's deadline.
@@ -10,19 +11,20 @@
 //! the length bounded. Log lines have a byte budget per message; lines past
 //! it are dropped and counted.
 
-use std::collections::{BTreeMap, HashMap};
+pub(crate) mod columns;
+mod kv;
+
+pub use kv::KvStore;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use wasmtime::AsContextMut;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{Level, sluice};
-use super::limits::{Deadline, Limiter};
-
-/// Longest guest log line, error text or panic message kept, in bytes after
-/// escaping; longer ones are cut and say how much was cut.
-pub const GUEST_TEXT_MAX: usize = 2048;
+use super::limits::{Budget, Deadline, Handled, Limiter, OutputLimits, guest_text};
 
 /// Bytes of log lines a handler may write per message (or per `init`);
 /// lines past it are dropped and counted (`sluice_guest_log_dropped_total`).
@@ -54,13 +56,15 @@ pub struct HostState {
     /// (the Rust SDK logs panic messages this way), for failure messages.
     pub(crate) last_error: Option<String>,
     /// Set while a `handle-batch` call runs.
-    pub(crate) batch: Option<super::batch::BatchCall>,
+    pub(crate) batch: Option<BatchCall>,
     /// The current message's wall-clock deadline, also read by the watchdog.
     pub(crate) deadline: Arc<Deadline>,
     /// Log bytes written for the current message.
     pub(crate) log_used: usize,
     /// Log lines dropped for the current message (past [`LOG_BUDGET`]).
     pub(crate) log_dropped: u32,
+    /// Whether this instance was already warned about for dropping lines.
+    log_warned: bool,
 }
 
 impl HostState {
@@ -76,6 +80,7 @@ impl HostState {
             deadline: Arc::new(Deadline::new()),
             log_used: 0,
             log_dropped: 0,
+            log_warned: false,
         }
     }
 
@@ -90,6 +95,34 @@ impl HostState {
     pub fn stderr_text(&self) -> String {
         self.last_error.clone().unwrap_or_default()
     }
+}
+
+/// The state of one `handle-batch` call, kept in the store while it runs
+/// (`columns.rs` takes each answer into it).
+pub(crate) struct BatchCall {
+    /// Messages in the call.
+    pub(crate) expected: usize,
+    /// One message's budgets, re-armed at each answer.
+    pub(crate) budget: Budget,
+    /// What the answers are checked against.
+    pub(crate) limits: OutputLimits,
+    /// When the current message started.
+    pub(crate) started: Instant,
+    /// The answers reported so far, in order, already checked.
+    pub(crate) done: Vec<Handled>,
+}
+
+/// Sets the budgets for the next message, starting `now`: fuel, the
+/// deadline (epoch ticks for wasm code, an instant for the watchdog) and the
+/// log budget (also from inside a call: `columns.answer`).
+pub(crate) fn arm(mut store: impl AsContextMut<Data = HostState>, budget: &Budget, now: Instant) {
+    let mut store = store.as_context_mut();
+    let data = store.data_mut();
+    data.reset_log();
+    data.deadline.set(now, budget.timeout);
+    // set_fuel fails only when fuel is not enabled, and it always is here.
+    let _ = store.set_fuel(budget.fuel);
+    store.set_epoch_deadline(budget.ticks);
 }
 
 impl WasiView for HostState {
@@ -138,8 +171,11 @@ impl sluice::handler::host::Host for HostState {
         let cost = message.len() + LOG_LINE_OVERHEAD;
         let over = self.log_used + cost > LOG_BUDGET;
         if over {
-            if self.log_dropped == 0 {
-                tracing::warn!(target: "sluice::guest", pipeline, "the handler logged more than {LOG_BUDGET} bytes for one message; its further lines for this message are dropped");
+            // Once per instance: a warning per message would let the guest
+            // flood the log with Sluice's own lines instead of its own.
+            if !self.log_warned {
+                self.log_warned = true;
+                tracing::warn!(target: "sluice::guest", pipeline, "the handler logged more than {LOG_BUDGET} bytes for one message; lines past that are dropped and counted (sluice_guest_log_dropped_total), and this is said once per instance");
             }
             self.log_dropped = self.log_dropped.saturating_add(1);
         } else {
@@ -171,165 +207,5 @@ impl sluice::handler::host::Host for HostState {
                 Instant::now(),
             );
         }
-    }
-}
-
-/// A guest's text as the host shows it: control characters (line breaks,
-/// escape sequences) escaped as `\n`, `\u{1b}`..., so it stays one line of
-/// the log that cannot pass for another; cut to [`GUEST_TEXT_MAX`] bytes.
-pub fn guest_text(text: &str) -> String {
-    let mut out = String::with_capacity(text.len().min(GUEST_TEXT_MAX));
-    for (i, c) in text.char_indices() {
-        let before = out.len();
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-        if out.len() > GUEST_TEXT_MAX {
-            out.truncate(before);
-            out.push_str(&format!("… ({} more bytes cut)", text.len() - i));
-            break;
-        }
-    }
-    out
-}
-
-/// A plugin's key/value store: shared by all instances of one pipeline's
-/// handler and kept across instance recycling. Bounded in entries and bytes;
-/// past a bound the least recently written entries are evicted.
-#[derive(Debug)]
-pub struct KvStore {
-    max_entries: usize,
-    max_bytes: usize,
-    bytes: usize,
-    seq: u64,
-    entries: HashMap<String, KvEntry>,
-    /// Write order, oldest first: `seq → key`.
-    order: BTreeMap<u64, String>,
-}
-
-#[derive(Debug)]
-struct KvEntry {
-    value: Vec<u8>,
-    expires: Option<Instant>,
-    seq: u64,
-}
-
-impl KvStore {
-    pub fn new(max_entries: usize, max_bytes: usize) -> Self {
-        KvStore {
-            max_entries,
-            max_bytes,
-            bytes: 0,
-            seq: 0,
-            entries: HashMap::new(),
-            order: BTreeMap::new(),
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    pub fn get(&mut self, key: &str, now: Instant) -> Option<Vec<u8>> {
-        let expired = match self.entries.get(key) {
-            None => return None,
-            Some(e) => e.expires.is_some_and(|t| t <= now),
-        };
-        if expired {
-            self.remove(key);
-            return None;
-        }
-        self.entries.get(key).map(|e| e.value.clone())
-    }
-
-    pub fn set(&mut self, key: String, value: Vec<u8>, ttl: Option<Duration>, now: Instant) {
-        self.remove(&key);
-        let size = key.len() + value.len();
-        if size > self.max_bytes || self.max_entries == 0 {
-            return;
-        }
-        while self.entries.len() >= self.max_entries || self.bytes + size > self.max_bytes {
-            let Some((_, oldest)) = self.order.pop_first() else {
-                break;
-            };
-            if let Some(e) = self.entries.remove(&oldest) {
-                self.bytes -= oldest.len() + e.value.len();
-            }
-        }
-        self.seq += 1;
-        self.order.insert(self.seq, key.clone());
-        self.bytes += size;
-        self.entries.insert(
-            key,
-            KvEntry {
-                value,
-                // A ttl too long to represent never expires (a guest may pass u64::MAX ms).
-                expires: ttl.and_then(|t| now.checked_add(t)),
-                seq: self.seq,
-            },
-        );
-    }
-
-    fn remove(&mut self, key: &str) {
-        if let Some(e) = self.entries.remove(key) {
-            self.order.remove(&e.seq);
-            self.bytes -= key.len() + e.value.len();
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn guest_text_is_one_bounded_line() {
-        assert_eq!(guest_text("plain"), "plain");
-        assert_eq!(
-            guest_text("a\n2026-01-01 ERROR sluice: forged\r\u{1b}[31m"),
-            "a\\n2026-01-01 ERROR sluice: forged\\r\\u{1b}[31m"
-        );
-        let long = "é".repeat(GUEST_TEXT_MAX);
-        let cut = guest_text(&long);
-        assert!(cut.len() <= GUEST_TEXT_MAX + 40, "{}", cut.len());
-        assert!(
-            cut.ends_with(&format!("({} more bytes cut)", long.len() - GUEST_TEXT_MAX)),
-            "{cut}"
-        );
-        assert!(!guest_text(&"\n".repeat(5000)).contains('\n'));
-    }
-
-    #[test]
-    fn kv_is_bounded_and_expires() {
-        let now = Instant::now();
-        let mut kv = KvStore::new(2, 1024);
-        kv.set("a".into(), b"1".to_vec(), None, now);
-        kv.set("b".into(), b"2".to_vec(), None, now);
-        kv.set("c".into(), b"3".to_vec(), None, now);
-        assert_eq!(kv.len(), 2);
-        assert_eq!(kv.get("a", now), None, "oldest evicted");
-        assert_eq!(kv.get("c", now), Some(b"3".to_vec()));
-        kv.set(
-            "t".into(),
-            b"x".to_vec(),
-            Some(Duration::from_millis(10)),
-            now,
-        );
-        assert_eq!(kv.get("t", now), Some(b"x".to_vec()));
-        assert_eq!(kv.get("t", now + Duration::from_millis(11)), None);
-
-        let mut kv = KvStore::new(100, 10);
-        kv.set("k".into(), vec![0; 20], None, now);
-        assert!(kv.is_empty(), "an entry larger than the store is refused");
-        kv.set("k1".into(), vec![0; 4], None, now);
-        kv.set("k2".into(), vec![0; 4], None, now);
-        assert_eq!(kv.len(), 1, "bytes bound evicts the oldest");
-        assert_eq!(kv.bytes, 6);
     }
 }
