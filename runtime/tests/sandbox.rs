@@ -292,6 +292,52 @@ async fn compiled_components_come_from_the_disk_cache() {
     assert_eq!(p1.digest(), p2.digest());
 }
 
+/// A cache entry is native code run as it is: one that another user could
+/// have written (a folder or file others may write) is not read; the plugin
+/// is compiled again instead.
+#[tokio::test]
+async fn a_cache_others_can_write_is_not_trusted() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let opts = sluice::engine::EngineOptions {
+        cache_dir: Some(cache.clone()),
+        ..Default::default()
+    };
+    let load = || async {
+        let e = sluice::engine::Engine::new(opts.clone()).unwrap();
+        Plugin::load(&e, spec("echo")).await.unwrap().from_cache()
+    };
+    assert!(!load().await, "the first load compiles");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&cache), 0o700, "the cache folder is private");
+    let entry = std::fs::read_dir(&cache)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert_eq!(mode(&entry), 0o600, "a cache entry is private");
+    assert!(load().await, "a private cache is read");
+
+    let chmod = |p: &std::path::Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+    };
+    chmod(&entry, 0o666);
+    assert!(!load().await, "an entry anyone may write is not read");
+    chmod(&entry, 0o600);
+    chmod(&cache, 0o777);
+    assert!(!load().await, "a folder anyone may write is not read");
+    chmod(&cache, 0o700);
+    let elsewhere = dir.path().join("elsewhere.cwasm");
+    std::fs::rename(&entry, &elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &entry).unwrap();
+    assert!(
+        !load().await,
+        "a symbolic link is not followed into native code"
+    );
+}
+
 /// A plugin's names (imports, exports) are untrusted text too: a load error
 /// that names them escapes control characters and stays bounded, whatever
 /// the module calls its imports.

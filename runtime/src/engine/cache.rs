@@ -56,9 +56,17 @@ pub(crate) fn lookup(engine: &wasmtime::Engine, dir: &Path, digest: &str) -> Opt
     if !path.exists() {
         return None;
     }
+    // A cache entry is native code run without checks: whoever can write it
+    // runs code inside Sluice. Only a folder and file this user owns and no
+    // one else can write are read.
+    if let Err(why) = private(dir, false).and_then(|()| private(&path, true)) {
+        tracing::warn!(path = %path.display(), "ignoring the compile cache: {why}");
+        return None;
+    }
     // SAFETY: the file was written by `Component::serialize` (or the compiler
     // child's `Engine::precompile_component`) of an engine with the same
-    // compatibility hash, into a folder only Sluice writes.
+    // compatibility hash, into a folder only this user can write (checked
+    // above).
     match unsafe { Component::deserialize_file(engine, &path) } {
         Ok(c) => Some(c),
         Err(e) => {
@@ -73,12 +81,57 @@ pub(crate) fn lookup(engine: &wasmtime::Engine, dir: &Path, digest: &str) -> Opt
 pub(crate) fn store(engine: &wasmtime::Engine, dir: &Path, digest: &str, artifact: &[u8]) {
     let path = entry(dir, engine, digest);
     let write = || -> std::io::Result<()> {
-        std::fs::create_dir_all(dir)?;
+        use std::io::Write as _;
+        use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        private(dir, false).map_err(std::io::Error::other)?;
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&tmp, artifact)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(artifact)?;
         std::fs::rename(&tmp, &path)
     };
     if let Err(e) = write() {
         tracing::warn!(dir = %dir.display(), "cannot write the compile cache: {e}");
     }
+}
+
+/// `Ok` when `path` belongs to this process's user and no one else may write
+/// it; a file must also not be a symbolic link (the folder may be one: its
+/// target is what is checked).
+fn private(path: &Path, file: bool) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = if file {
+        std::fs::symlink_metadata(path)
+    } else {
+        std::fs::metadata(path)
+    }
+    .map_err(|e| format!("{}: {e}", path.display()))?;
+    if m.file_type().is_symlink() {
+        return Err(format!("{} is a symbolic link", path.display()));
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if m.uid() != me {
+        return Err(format!(
+            "{} belongs to uid {}, not to this user ({me})",
+            path.display(),
+            m.uid()
+        ));
+    }
+    if m.mode() & 0o022 != 0 {
+        return Err(format!(
+            "{} may be written by others (mode {:o})",
+            path.display(),
+            m.mode() & 0o777
+        ));
+    }
+    Ok(())
 }
