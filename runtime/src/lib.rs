@@ -9,7 +9,8 @@
 //! - [`engine`]: wasmtime: the guest contract, the three budgets, traps → classes.
 //! - [`sources`]: one module per broker, each yielding deliveries with a settle handle.
 //! - [`sinks`]: one module per broker.
-//! - [`router`]: the `[errors]` table, retry backoff, dead-letter records, circuit breaker.
+//! - [`brokers`]: what a broker's source and sink share: connection, TLS, auth, reconnect.
+//! - [`policy`]: the `[errors]` table, retry backoff, dead-letter records, circuit breaker.
 //! - [`pipeline`]: source → handler → sinks → settle, for one pipeline.
 //! - [`supervisor`]: `sluice run`: pipelines from files and folders, live changes, hot swap.
 //! - [`admin`], [`metrics`]: the admin HTTP API and its Prometheus text.
@@ -25,6 +26,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub mod admin;
+pub mod brokers;
 pub mod config;
 pub mod connect;
 pub mod engine;
@@ -35,8 +37,12 @@ pub mod logging;
 pub mod message;
 pub mod metrics;
 pub mod pipeline;
-pub mod router;
+pub mod policy;
+/// [`policy`] under the name code outside the crate may still use.
+#[doc(hidden)]
+pub use policy as router;
 pub mod sinks;
 pub mod sources;
 pub mod stats;
 pub mod supervisor;
+pub mod wait;

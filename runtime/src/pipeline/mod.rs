@@ -15,9 +15,9 @@ use tokio::time::Instant;
 use crate::engine::{Handled, Plugin, Worker};
 use crate::failure::{Failure, FailureClass};
 use crate::message::{Message, Output};
-use crate::router::breaker::{Breaker, BreakerState};
-use crate::router::dedup::Dedup;
-use crate::router::{Decision, Policy, backoff, dead_letter};
+use crate::policy::breaker::{Breaker, BreakerState};
+use crate::policy::dedup::Dedup;
+use crate::policy::{Decision, Policy, backoff, dead_letter};
 use crate::sinks::{Accepted, Record, Sink};
 use crate::sources::{Answer, Delivery, Settle, Settlement, Source, SourceError};
 use crate::stats::{Snapshot, Stats};
@@ -973,10 +973,10 @@ async fn send(
                 i += 1;
                 records.push(record(o, base, i));
             }
-            crate::sinks::within(deadline, sink.send(&records)).await
+            crate::wait::within(deadline, sink.send(&records)).await
         } else {
             // One record for this sink (the common case) needs no Vec.
-            crate::sinks::within(deadline, sink.send(std::slice::from_ref(&head))).await
+            crate::wait::within(deadline, sink.send(std::slice::from_ref(&head))).await
         };
         let wait = sending.map_err(|_| publish_timed_out(sh.publish_timeout))??;
         match first_wait {

@@ -1,5 +1,5 @@
-//! The router: the `[errors]` table as a lookup, retry backoff, dead-letter
-//! records, the circuit breaker and dedup.
+//! The failure policy: the `[errors]` table as a lookup, retry backoff,
+//! dead-letter records, the circuit breaker and dedup.
 
 pub mod backoff;
 pub mod breaker;

@@ -39,10 +39,10 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::{Accepted, Record, Sink};
+use crate::brokers::mqtt::{self as conn, AckKind, Backoff, Client, ConnError, Ev, Loop, Spec};
 use crate::config::mqtt::{MqttSinkConfig, MqttVersion, topic_problem};
 use crate::envelope;
 use crate::failure::{Failure, FailureClass};
-use crate::sources::mqtt::conn::{self, AckKind, Backoff, Client, ConnError, Ev, Loop, Spec};
 
 type Outcome = Result<(), Failure>;
 

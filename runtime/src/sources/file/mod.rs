@@ -93,8 +93,8 @@ use state::{FileSettle, LineRef, Shared};
 use super::{Delivery, Source, SourceError};
 use crate::config::{FileSourceConfig, FileSourceFormat};
 use crate::envelope;
+use crate::files::SyncTarget;
 use crate::message::Message;
-use crate::sinks::file::SyncTarget;
 
 /// The longest line handed out whole; longer lines are `decode` failures.
 pub const MAX_LINE: usize = 64 << 20;

@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::checkpoint::Checkpoint;
-use crate::sinks::file::SyncTarget;
+use crate::files::SyncTarget;
 use crate::sources::{Settle, Settlement};
 
 /// State shared between the source, its settle handles and the checkpoint thread.

@@ -37,8 +37,8 @@ use futures::StreamExt as _;
 use futures::future::BoxFuture;
 use rand::RngExt;
 
-use super::nats::connect;
 use super::{Delivery, Settle, Settlement, Source, SourceError};
+use crate::brokers::nats as connect;
 use crate::config::nats::JetStreamSourceConfig;
 use crate::message::Message;
 use crate::stats::LagGauge;
@@ -311,7 +311,7 @@ impl Settle for JetStreamSettle {
         let acker = self.acker.clone();
         Box::pin(async move {
             // The ack is queued with the client at once: no timer unless it waits.
-            crate::sinks::within_for(ACK_TIMEOUT, acker.ack_with(kind))
+            crate::wait::within_for(ACK_TIMEOUT, acker.ack_with(kind))
                 .await
                 .map_err(|_| anyhow::anyhow!("JetStream {how:?} timed out"))?
                 .map_err(|e| anyhow::anyhow!("JetStream {how:?}: {e}"))

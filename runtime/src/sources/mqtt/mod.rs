@@ -53,7 +53,6 @@
 //! Credentials refused later (e.g. a rotated password) end the source with a
 //! fatal error instead of a silent retry loop.
 
-pub(crate) mod conn;
 mod state;
 
 use std::sync::Arc;
@@ -66,8 +65,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::{Delivery, Source, SourceError};
+use crate::brokers::mqtt::{self as conn, Backoff, ConnError, Ev, Loop, Spec};
 use crate::config::mqtt::{MqttSourceConfig, MqttVersion};
-use conn::{Backoff, ConnError, Ev, Loop, Spec};
 use state::{Received, Shared};
 
 /// How start-up is going, reported by the event-loop task.

@@ -11,7 +11,7 @@ use futures::future::BoxFuture;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::conn::{Client, InPublish, Loop};
+use crate::brokers::mqtt::{Client, InPublish, Loop};
 use crate::message::Message;
 use crate::sources::{Settle, Settlement, SourceError};
 
