@@ -12,7 +12,8 @@ use rumqttc::Transport;
 use rumqttc::v5::mqttbytes::QoS as QoS5;
 use rumqttc::v5::mqttbytes::v5 as p5;
 
-use crate::config::mqtt::{BrokerAddr, MqttTlsConfig, MqttVersion, parse_url};
+use crate::config::TlsConfig;
+use crate::config::mqtt::{BrokerAddr, MqttVersion, parse_url};
 use crate::config::secret::Secret;
 use crate::message::Header;
 
@@ -57,7 +58,7 @@ pub(crate) fn prepare(
     urls: &[String],
     username: &Option<String>,
     password: &Option<Secret>,
-    tls: &Option<MqttTlsConfig>,
+    tls: &Option<TlsConfig>,
 ) -> anyhow::Result<Prepared> {
     let addrs = urls
         .iter()

@@ -70,7 +70,7 @@ pub async fn connect(
             anyhow::ensure!(ca.exists(), "`tls.ca_file` {} does not exist", ca.display());
             opts = opts.add_root_certificates(ca.clone());
         }
-        if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+        if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
             opts = opts.add_client_certificate(cert.clone(), key.clone());
         }
     }

@@ -104,8 +104,8 @@ pub fn class_of(e: &KafkaError) -> FailureClass {
 /// [`OPEN_TIMEOUT`] (a wrong password or address fails here).
 pub async fn open(cfg: &KafkaSinkConfig, pipeline: &str) -> anyhow::Result<KafkaSink> {
     let problems = cfg.validate();
-    if let Some((k, why)) = problems.first() {
-        anyhow::bail!("kafka sink: {k}: {why}");
+    if let Some(p) = problems.first() {
+        anyhow::bail!("kafka sink: {p}");
     }
     let client_id = format!("sluice-{pipeline}");
     // `linger.ms` 1 (librdkafka's default is 5): workers keep up to

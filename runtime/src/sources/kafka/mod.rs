@@ -290,8 +290,8 @@ pub(crate) fn tpl_of(positions: &[(Tp, i64)]) -> TopicPartitionList {
 /// an unreachable cluster fails here, within [`OPEN_TIMEOUT`]) and subscribes.
 pub async fn open(cfg: &KafkaSourceConfig, pipeline: &str) -> anyhow::Result<KafkaSource> {
     let problems = cfg.validate();
-    if let Some((k, why)) = problems.first() {
-        anyhow::bail!("kafka source: {k}: {why}");
+    if let Some(p) = problems.first() {
+        anyhow::bail!("kafka source: {p}");
     }
     let session_ms = cfg.session_timeout.0.as_millis().to_string();
     let client_id = format!("sluice-{pipeline}");
