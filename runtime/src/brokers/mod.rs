@@ -2,5 +2,6 @@
 //! reconnecting with jitter, failover and header mapping. Sources and sinks
 //! import from here, never from each other.
 
+pub mod kafka;
 pub mod mqtt;
 pub mod nats;

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use rand::RngExt as _;
 use rumqttc as p4;
 use rumqttc::Transport;
 use rumqttc::v5::mqttbytes::QoS as QoS5;
@@ -636,8 +635,7 @@ impl Backoff {
             .saturating_mul(1u32 << self.failures.min(20))
             .min(self.max);
         self.failures = self.failures.saturating_add(1);
-        let ms = cap.as_millis().max(50) as u64;
-        Duration::from_millis(rand::rng().random_range(50..=ms))
+        crate::policy::backoff::between(Duration::from_millis(50), cap)
     }
 }
 

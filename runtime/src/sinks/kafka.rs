@@ -57,18 +57,7 @@ struct SinkCtx {
 
 impl ClientContext for SinkCtx {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
-        let p = &*self.pipeline;
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => tracing::error!(pipeline = %p, "librdkafka {fac}: {msg}"),
-            RDKafkaLogLevel::Warning => tracing::warn!(pipeline = %p, "librdkafka {fac}: {msg}"),
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                tracing::info!(pipeline = %p, "librdkafka {fac}: {msg}")
-            }
-            RDKafkaLogLevel::Debug => tracing::debug!(pipeline = %p, "librdkafka {fac}: {msg}"),
-        }
+        crate::brokers::kafka::log(&self.pipeline, level, fac, msg);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {

@@ -1,6 +1,7 @@
 //! Sources: one module per broker, each yielding [`Delivery`]s that carry the
 //! means to settle them (commit, ack, PUBACK, checkpoint) exactly once.
 
+mod delayed;
 pub mod file;
 pub mod jetstream;
 pub mod kafka;

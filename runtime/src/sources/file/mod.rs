@@ -212,13 +212,11 @@ impl FileSource {
             }
             let (due, in_flight, since_checkpoint) = {
                 let mut st = self.shared.lock();
-                let due = st.redeliveries.peek().map(|p| p.due);
-                if due.is_some_and(|d| d <= Instant::now())
-                    && let Some(p) = st.redeliveries.pop()
-                {
+                if let Some(p) = st.redeliveries.pop_due(Instant::now()) {
                     drop(st);
                     return Ok(Step::Deliver(self.delivery(p.line, p.attempt)));
                 }
+                let due = st.redeliveries.next_due();
                 (due, st.outstanding.len(), st.outstanding.since_checkpoint())
             };
             let wait = |read| Ok(Step::Wait { due, read });

@@ -1,8 +1,7 @@
 //! What the `file` source shares with its settle handles and its checkpoint
 //! thread: the lines in flight, the redeliveries due, and the low-water mark.
 
-use std::cmp::{Ordering, Reverse};
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::VecDeque;
 use std::fs::File;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
@@ -15,6 +14,7 @@ use tokio::time::Instant;
 
 use super::checkpoint::Checkpoint;
 use crate::files::SyncTarget;
+use crate::sources::delayed::Delayed;
 use crate::sources::{Settle, Settlement};
 
 /// State shared between the source, its settle handles and the checkpoint thread.
@@ -39,8 +39,7 @@ pub(super) struct State {
     pub(super) outstanding: Outstanding,
     /// Start offset of the next line not yet handed out.
     pub(super) next_line: u64,
-    pub(super) redeliveries: BinaryHeap<Pending>,
-    seq: u64,
+    pub(super) redeliveries: Delayed<Pending>,
     /// The low-water mark may have moved since the last checkpoint.
     dirty: bool,
     /// Many lines settled since the last checkpoint: write it without resting.
@@ -107,8 +106,6 @@ impl Outstanding {
 
 /// A line waiting to be handed out again.
 pub(super) struct Pending {
-    pub(super) due: Instant,
-    seq: u64,
     pub(super) line: LineRef,
     pub(super) attempt: u32,
 }
@@ -119,24 +116,6 @@ pub(super) struct LineRef {
     pub(super) start: u64,
     pub(super) bytes: Bytes,
     pub(super) overflow: u64,
-}
-
-impl PartialEq for Pending {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-impl Eq for Pending {}
-impl PartialOrd for Pending {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Pending {
-    /// Reversed, so the max-heap pops the earliest due first.
-    fn cmp(&self, other: &Self) -> Ordering {
-        Reverse((self.due, self.seq)).cmp(&Reverse((other.due, other.seq)))
-    }
 }
 
 impl State {
@@ -158,8 +137,7 @@ impl Shared {
             state: Mutex::new(State {
                 outstanding: Outstanding::default(),
                 next_line: start,
-                redeliveries: BinaryHeap::new(),
-                seq: 0,
+                redeliveries: Delayed::default(),
                 dirty: false,
                 urgent: false,
                 stop: false,
@@ -287,14 +265,8 @@ impl Shared {
 
     fn requeue(&self, line: LineRef, attempt: u32, delay: Duration) {
         let mut st = self.lock();
-        st.seq += 1;
-        let seq = st.seq;
-        st.redeliveries.push(Pending {
-            due: Instant::now() + delay,
-            seq,
-            line,
-            attempt,
-        });
+        st.redeliveries
+            .push(Instant::now() + delay, Pending { line, attempt });
         drop(st);
         self.notify.notify_one();
     }

@@ -35,7 +35,6 @@ use async_nats::jetstream::message::{AckKind, Acker};
 use async_nats::jetstream::{self, stream};
 use futures::StreamExt as _;
 use futures::future::BoxFuture;
-use rand::RngExt;
 
 use super::{Delivery, Settle, Settlement, Source, SourceError};
 use crate::brokers::nats as connect;
@@ -186,8 +185,7 @@ impl JetStreamSource {
     async fn backoff(&self) {
         let exp = self.errors.saturating_sub(1).min(6) as i32;
         let base = Duration::from_millis(100).mul_f64(2f64.powi(exp)); // 100ms .. 6.4s
-        let d = base / 2 + (base / 2).mul_f64(rand::rng().random_range(0.0..=1.0));
-        tokio::time::sleep(d).await;
+        tokio::time::sleep(crate::policy::backoff::equal_jitter(base)).await;
     }
 
     /// Starts the continuous pull, binding the consumer again first when
