@@ -639,6 +639,44 @@ impl Backoff {
     }
 }
 
+/// What the source's and the sink's event loops do between two
+/// connections: back off (from scratch after a CONNACK), then point the next
+/// attempt at the next broker address when there are several.
+pub(crate) struct Reconnect {
+    backoff: Backoff,
+    index: usize,
+}
+
+impl Reconnect {
+    pub(crate) fn new(spec: &Spec) -> Self {
+        Reconnect {
+            backoff: Backoff::new(spec.reconnect_max),
+            index: 0,
+        }
+    }
+
+    /// A connection was made: the next loss backs off from the start.
+    pub(crate) fn connected(&mut self) {
+        self.backoff.reset();
+    }
+
+    /// The pause before the next attempt, for the log line that announces it.
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        self.backoff.next_delay()
+    }
+
+    /// Sleeps `delay`, then moves `lp` on to the next address.
+    pub(crate) async fn wait(&mut self, lp: &mut Loop, spec: &Spec, delay: Duration) {
+        tokio::time::sleep(delay).await;
+        if spec.addrs.len() > 1 {
+            self.index = (self.index + 1) % spec.addrs.len();
+            if let Err(e) = lp.retarget(spec, self.index) {
+                tracing::error!("mqtt: {e:#}");
+            }
+        }
+    }
+}
+
 /// A client id allowed by every broker: `[0-9A-Za-z_-]`, other characters as `-`.
 pub(crate) fn sanitize_client_id(s: &str) -> String {
     s.chars()
