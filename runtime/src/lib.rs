@@ -15,6 +15,7 @@
 //! - [`supervisor`]: `sluice run`: pipelines from files and folders, live changes, hot swap.
 //! - [`admin`], [`metrics`]: the admin HTTP API and its Prometheus text.
 //! - [`logging`]: the process's log, written off the workers' threads.
+//! - [`wait`]: futures sources and sinks share (settled, timed).
 
 /// mimalloc serves every Rust allocation of the process (the `sluice`
 /// binary, and the tests and benchmarks that link this crate, so they measure
@@ -46,3 +47,6 @@ pub mod sources;
 pub mod stats;
 pub mod supervisor;
 pub mod wait;
+
+#[cfg(test)]
+mod layers;

@@ -104,6 +104,6 @@ pub struct Record {
     pub headers: Vec<Header>,
     /// A stable id for this record (same on every retry of the same message),
     /// for brokers that deduplicate (JetStream `Nats-Msg-Id`). The pipeline
-    /// fills it only for sinks whose [`crate::sinks::Sink::wants_ids`] says so; empty otherwise.
+    /// fills it only for sinks that want ids (`Sink::wants_ids`); empty otherwise.
     pub id: String,
 }
