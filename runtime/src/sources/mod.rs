@@ -5,6 +5,7 @@ mod delayed;
 pub mod file;
 pub mod jetstream;
 pub mod kafka;
+mod low_water;
 pub mod memory;
 pub mod mqtt;
 pub mod nats;

@@ -217,7 +217,7 @@ impl FileSource {
                     return Ok(Step::Deliver(self.delivery(p.line, p.attempt)));
                 }
                 let due = st.redeliveries.next_due();
-                (due, st.outstanding.len(), st.outstanding.since_checkpoint())
+                (due, st.outstanding.unsettled(), st.outstanding.handed_out())
             };
             let wait = |read| Ok(Step::Wait { due, read });
             if self.start_over.is_some() {
