@@ -1,9 +1,9 @@
 //! One pipeline: source → (dedup) → handler → sinks → settle, with failures
 //! routed by the policy table and intake gated by the circuit breaker.
 //!
-//! The stages, each a module: [`intake`] (the dispatcher), [`worker`] (the
-//! handler call and the publish window), [`publish`] (outputs → sink records,
-//! dead letters) and [`failed`] (the policy's decision for a failed message
+//! The stages, each a module: `intake` (the dispatcher), `worker` (the
+//! handler call and the publish window), `publish` (outputs → sink records,
+//! dead letters) and `failed` (the policy's decision for a failed message
 //! carried out). This module holds what they share and [`Pipeline::run`].
 
 use std::collections::HashMap;
