@@ -34,7 +34,7 @@ pub(super) async fn failed(
 }
 
 /// Sleeps unless shutdown starts first; true when the sleep completed.
-pub(super) async fn sleep_unless_shutdown(sh: &Shared, d: Duration) -> bool {
+async fn sleep_unless_shutdown(sh: &Shared, d: Duration) -> bool {
     if sh.shutting_down.load(Relaxed) {
         return false;
     }
@@ -51,7 +51,7 @@ pub(super) async fn sleep_unless_shutdown(sh: &Shared, d: Duration) -> bool {
 /// Takes a message that failed with `first` to its end: retried (handler
 /// and publish again, one at a time), dead-lettered, dropped or stopped on,
 /// as the policy says. `Err` means the policy said stop.
-pub(super) async fn process(
+async fn process(
     sh: &Shared,
     w: &mut Worker,
     mut msg: Message,
@@ -191,7 +191,7 @@ pub(super) async fn process(
     }
 }
 
-pub(super) async fn wait_shutdown(sh: &Shared) {
+async fn wait_shutdown(sh: &Shared) {
     loop {
         let n = sh.wake.notified();
         if sh.shutting_down.load(Relaxed) || sh.stopping.load(Relaxed) {

@@ -135,7 +135,7 @@ pub(super) async fn dispatch(
 /// Answers a request the pipeline will not handle (`unavailable`, `why`)
 /// and counts it as shed. The reply is sent from a task of its own, so a
 /// burst of shed requests does not hold intake for a flush each.
-pub(super) fn shed(sh: &Shared, delivery: Delivery, why: &str) {
+fn shed(sh: &Shared, delivery: Delivery, why: &str) {
     let (_, _, mut handle) = delivery.into_parts();
     handle.answer(Answer::Unavailable(why.to_string()));
     sh.stats.shed.fetch_add(1, Relaxed);
@@ -150,7 +150,7 @@ pub(super) fn shed(sh: &Shared, delivery: Delivery, why: &str) {
 
 /// Same key → same worker; no key → same partition / topic → same worker, so
 /// a partition's order holds; round robin only when there is neither.
-pub(super) fn shard_of(msg: &Message, n: usize, rr: &mut usize) -> usize {
+fn shard_of(msg: &Message, n: usize, rr: &mut usize) -> usize {
     if n == 1 {
         return 0;
     }

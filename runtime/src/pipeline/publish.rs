@@ -12,6 +12,7 @@ use crate::message::{Message, Output};
 use crate::policy::dead_letter;
 use crate::sinks::{Accepted, Record, Sink};
 
+/// Closes every sink (each flushes what it holds); a failure is logged.
 pub(super) async fn close_sinks(sh: &Shared) {
     let all = sh
         .sinks
@@ -102,11 +103,7 @@ pub(super) async fn publish_dead_letter(
     Err(failed)
 }
 
-pub(super) async fn timed_publish(
-    sh: &Shared,
-    sink: &dyn Sink,
-    records: &[Record],
-) -> Result<(), Failure> {
+async fn timed_publish(sh: &Shared, sink: &dyn Sink, records: &[Record]) -> Result<(), Failure> {
     match tokio::time::timeout(sh.publish_timeout, sink.publish(records)).await {
         Ok(r) => r,
         Err(_) => Err(publish_timed_out(sh.publish_timeout)),
@@ -192,7 +189,7 @@ pub(super) async fn send(
 }
 
 /// The sink an output names (`None`: the pipeline's default sink).
-pub(super) fn sink_for<'a>(sh: &'a Shared, name: Option<&str>) -> Result<&'a dyn Sink, Failure> {
+fn sink_for<'a>(sh: &'a Shared, name: Option<&str>) -> Result<&'a dyn Sink, Failure> {
     match name {
         None => sh.sinks.default.as_deref().ok_or_else(|| {
             Failure::new(
@@ -220,7 +217,7 @@ pub(super) fn sink_for<'a>(sh: &'a Shared, name: Option<&str>) -> Result<&'a dyn
 
 /// Output number `i` of a call as a sink record, with its stable id
 /// `<base>:<i>` when the sink wants ids (`base` given), else none.
-pub(super) fn record(o: Output, base: Option<&str>, i: usize) -> Record {
+fn record(o: Output, base: Option<&str>, i: usize) -> Record {
     let id = match base {
         Some(base) => {
             let mut id = String::with_capacity(base.len() + 4);

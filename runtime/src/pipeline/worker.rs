@@ -21,7 +21,7 @@ use crate::sources::{Answer, Delivery, Settle, Settlement};
 /// A message whose outputs were sent, waiting for the sink to accept them.
 /// Moved several times per message: kept small (the reply, which only a
 /// request has, is boxed).
-pub(super) struct Sent {
+struct Sent {
     msg: Message,
     /// What its record ids are derived from, kept for its retries.
     ids: Ids,
@@ -83,7 +83,7 @@ pub(super) async fn worker(sh: Arc<Shared>, mut rx: mpsc::Receiver<Delivery>) {
 /// Handles `batch` (emptying it): one handler call for all the messages
 /// where the plugin takes batches, then each message's outputs sent in
 /// order, or its failure taken down the failure path.
-pub(super) async fn run_batch(
+async fn run_batch(
     sh: &Shared,
     w: &mut Worker,
     window: &mut Window<Sent>,
@@ -149,7 +149,7 @@ pub(super) async fn run_batch(
 
 /// Settles a sent message once its outputs were accepted, or takes it down
 /// the failure path.
-pub(super) async fn finish(sh: &Shared, w: &mut Worker, sent: Sent, accepted: Result<(), Failure>) {
+async fn finish(sh: &Shared, w: &mut Worker, sent: Sent, accepted: Result<(), Failure>) {
     let Sent {
         msg,
         ids,
@@ -180,7 +180,7 @@ pub(super) async fn call_and_send(
 }
 
 /// Sends the outputs of a handler's answer (see [`call_and_send`]).
-pub(super) async fn send_answer(
+async fn send_answer(
     sh: &Shared,
     (result, cost): Handled,
     msg: &Message,
