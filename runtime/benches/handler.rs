@@ -13,7 +13,7 @@ use sluice::engine::{Engine, EngineOptions, NativeFn, Plugin, PluginSpec, Worker
 use sluice::failure::{Failure, FailureClass};
 use sluice::message::{Header, Message, Output};
 use sluice::pipeline::{Parts, Pipeline, Sinks};
-use sluice::router::Policy;
+use sluice::policy::Policy;
 use sluice::sinks::memory::MemorySink;
 use sluice::sources::memory::MemorySource;
 

@@ -21,7 +21,7 @@ use sluice::config::BreakerConfig;
 use sluice::engine::{Engine, EngineOptions, Plugin, PluginSpec};
 use sluice::message::Message;
 use sluice::pipeline::{Parts, Pipeline, Sinks};
-use sluice::router::Policy;
+use sluice::policy::Policy;
 use sluice::sinks::memory::MemorySink;
 use sluice::sources::{Delivery, Settle, Settlement, Source, SourceError};
 

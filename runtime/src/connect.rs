@@ -7,11 +7,11 @@ use anyhow::Context;
 
 use crate::config::{FileSinkFormat, PipelineConfig, SinkConfig, SourceConfig};
 use crate::engine::{Engine, Plugin, PluginSpec};
+use crate::files::SyncTarget;
 use crate::pipeline::{DEFAULT_PUBLISH_TIMEOUT, Parts, Pipeline, Sinks};
-use crate::router::Policy;
-use crate::router::dedup::Dedup;
+use crate::policy::Policy;
+use crate::policy::dedup::Dedup;
 use crate::sinks::Sink;
-use crate::sinks::file::SyncTarget;
 use crate::sources::Source;
 
 /// Opens the source a `[source]` table describes.

@@ -35,8 +35,7 @@ use bytes::Bytes;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
-use crate::message::Header;
-use crate::sinks::Record;
+use crate::message::{Header, Record};
 
 /// A decoded envelope line.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -65,6 +65,30 @@ pub fn read_regular_text(path: &Path, max: u64) -> io::Result<String> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text"))
 }
 
+/// What a `file` source syncs before its checkpoint: a sink file whose
+/// `fsync` it took over.
+pub struct SyncTarget {
+    file: std::fs::File,
+    path: std::path::PathBuf,
+}
+
+impl SyncTarget {
+    /// A file to sync, and its path for error messages.
+    pub(crate) fn new(file: std::fs::File, path: std::path::PathBuf) -> Self {
+        Self { file, path }
+    }
+
+    /// `fsync`s the file's data.
+    pub fn sync(&self) -> std::io::Result<()> {
+        self.file.sync_data()
+    }
+
+    /// The sink's path, for error messages.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,11 +9,13 @@
 //! - [`engine`]: wasmtime: the guest contract, the three budgets, traps → classes.
 //! - [`sources`]: one module per broker, each yielding deliveries with a settle handle.
 //! - [`sinks`]: one module per broker.
-//! - [`router`]: the `[errors]` table, retry backoff, dead-letter records, circuit breaker.
+//! - [`brokers`]: what a broker's source and sink share: connection, TLS, auth, reconnect.
+//! - [`policy`]: the `[errors]` table, retry backoff, dead-letter records, circuit breaker.
 //! - [`pipeline`]: source → handler → sinks → settle, for one pipeline.
 //! - [`supervisor`]: `sluice run`: pipelines from files and folders, live changes, hot swap.
 //! - [`admin`], [`metrics`]: the admin HTTP API and its Prometheus text.
 //! - [`logging`]: the process's log, written off the workers' threads.
+//! - [`wait`]: futures sources and sinks share (settled, timed).
 
 /// mimalloc serves every Rust allocation of the process (the `sluice`
 /// binary, and the tests and benchmarks that link this crate, so they measure
@@ -25,6 +27,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub mod admin;
+pub mod brokers;
 pub mod config;
 pub mod connect;
 pub mod engine;
@@ -35,8 +38,15 @@ pub mod logging;
 pub mod message;
 pub mod metrics;
 pub mod pipeline;
-pub mod router;
+pub mod policy;
+/// [`policy`] under the name code outside the crate may still use.
+#[doc(hidden)]
+pub use policy as router;
 pub mod sinks;
 pub mod sources;
 pub mod stats;
 pub mod supervisor;
+pub mod wait;
+
+#[cfg(test)]
+mod layers;

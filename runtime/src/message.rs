@@ -93,3 +93,17 @@ impl Output {
             + self.topic.as_ref().map_or(0, |t| t.len())
     }
 }
+
+/// One message to publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Topic / subject; `None` = the sink's configured default.
+    pub topic: Option<String>,
+    pub key: Option<Bytes>,
+    pub payload: Bytes,
+    pub headers: Vec<Header>,
+    /// A stable id for this record (same on every retry of the same message),
+    /// for brokers that deduplicate (JetStream `Nats-Msg-Id`). The pipeline
+    /// fills it only for sinks that want ids (`Sink::wants_ids`); empty otherwise.
+    pub id: String,
+}

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use crate::failure::FailureClass;
-use crate::router::breaker::BreakerState;
+use crate::policy::breaker::BreakerState;
 use crate::stats::LATENCY_BUCKETS;
 use crate::supervisor::{Registry, State};
 

@@ -15,8 +15,8 @@ use common::nats::{NatsServer, stream_of};
 use conformance::{Collector, Fixture, TestMsg};
 use futures::StreamExt as _;
 use futures::future::BoxFuture;
+use sluice::brokers::nats::{from_nats_headers, to_nats_headers};
 use sluice::message::Header;
-use sluice::sources::nats::connect::{from_nats_headers, to_nats_headers};
 
 const URL: &str = "nats://127.0.0.1:4222";
 

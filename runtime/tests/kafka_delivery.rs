@@ -481,7 +481,7 @@ async fn rejected_is_dead_lettered(kind: Kind) {
         plugin,
         sinks,
         dead_letter: Some(Arc::new(dead)),
-        policy: sluice::router::Policy {
+        policy: sluice::policy::Policy {
             errors: Default::default(),
             retry: Default::default(),
         },

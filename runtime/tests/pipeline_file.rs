@@ -263,7 +263,7 @@ async fn run_with_sink(
             named: Default::default(),
         },
         dead_letter,
-        policy: sluice::router::Policy {
+        policy: sluice::policy::Policy {
             errors: cfg.errors.clone(),
             retry: cfg.retry.clone(),
         },
@@ -530,7 +530,7 @@ async fn publish_window_pipelines_sends_and_settles_after_acks() {
             named: Default::default(),
         },
         dead_letter: None,
-        policy: sluice::router::Policy {
+        policy: sluice::policy::Policy {
             errors: Default::default(),
             retry: Default::default(),
         },

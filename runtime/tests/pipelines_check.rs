@@ -195,3 +195,71 @@ fn pipeline_files_take_values_from_the_environment() {
         );
     }
 }
+
+/// Log lines whose stderr is a file carry no colour codes, and with
+/// `SLUICE_LOG_FORMAT=json` each is one JSON object. The line logged is the
+/// note on an older TLS key spelling, which `check` reads and accepts.
+#[test]
+fn logs_to_a_file_are_plain_text_or_json_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("old-tls.toml");
+    std::fs::write(
+        &f,
+        "name = \"old-tls\"\n[source]\ntype = \"file\"\npath = \"in.txt\"\n[handler]\nplugin = \"missing.wasm\"\n[sink]\ntype = \"nats\"\nsubject = \"o\"\ntls = { cert = \"c.pem\", key = \"k.pem\" }\n[dead_letter]\ntype = \"file\"\npath = \"d.jsonl\"\n",
+    )
+    .unwrap();
+    let run = |format: Option<&str>| -> String {
+        let log = dir
+            .path()
+            .join(format!("stderr-{}.log", format.unwrap_or("default")));
+        let mut cmd = std::process::Command::new(common::sluice_bin());
+        cmd.args(["check", f.to_str().unwrap()])
+            .env("SLUICE_CACHE_DIR", common::cache_dir())
+            .env_remove("SLUICE_LOG")
+            .env_remove("SLUICE_LOG_FORMAT")
+            .env_remove("NO_COLOR")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        if let Some(v) = format {
+            cmd.env("SLUICE_LOG_FORMAT", v);
+        }
+        let mut child = cmd.spawn().expect("run sluice");
+        let deadline = std::time::Instant::now() + common::RUN_LIMIT;
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                panic!("sluice check did not finish within {:?}", common::RUN_LIMIT);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        std::fs::read_to_string(&log).unwrap()
+    };
+
+    let text = run(None);
+    assert!(text.contains("older spelling of `cert_file`"), "{text}");
+    assert!(!text.contains('\u{1b}'), "colour codes in a file: {text:?}");
+
+    let json = run(Some("json"));
+    let logged: Vec<serde_json::Value> = json
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(!json.contains('\u{1b}'), "{json:?}");
+    let note = logged
+        .iter()
+        .find(|v| {
+            v["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("older spelling of `key_file`"))
+        })
+        .unwrap_or_else(|| panic!("no JSON line with the note: {json}"));
+    assert_eq!(note["level"], "WARN", "{note}");
+    assert!(
+        note["fields"]["file"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("old-tls.toml")),
+        "{note}"
+    );
+}

@@ -35,6 +35,7 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 use super::secret::Secret;
+use super::table::Problem;
 use super::units::Dur;
 
 /// `[source] type = "kafka"`: a consumer in a consumer group.
@@ -314,9 +315,9 @@ const COMMON_REFUSED: &[(&str, &str)] = &[
     ("ssl.key.location", "use `security.key_file`"),
 ];
 
-fn check_brokers(brokers: &[String], errs: &mut Vec<(String, String)>) {
+fn check_brokers(brokers: &[String], errs: &mut Vec<Problem>) {
     if brokers.is_empty() {
-        errs.push((
+        errs.push(Problem::new(
             "brokers".into(),
             "at least one broker is needed, e.g. [\"127.0.0.1:9092\"]".into(),
         ));
@@ -326,7 +327,7 @@ fn check_brokers(brokers: &[String], errs: &mut Vec<(String, String)>) {
             .rsplit_once(':')
             .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
         if !ok {
-            errs.push((
+            errs.push(Problem::new(
                 "brokers".into(),
                 format!("{b:?} is not host:port (e.g. \"127.0.0.1:9092\"; no scheme)"),
             ));
@@ -334,11 +335,11 @@ fn check_brokers(brokers: &[String], errs: &mut Vec<(String, String)>) {
     }
 }
 
-fn check_security(s: &KafkaSecurity, errs: &mut Vec<(String, String)>) {
+fn check_security(s: &KafkaSecurity, errs: &mut Vec<Problem>) {
     let p = s.protocol;
     if let Some(m) = &s.sasl_mechanism {
         if !p.sasl() {
-            errs.push((
+            errs.push(Problem::new(
                 "security.sasl_mechanism".into(),
                 format!(
                     "set, but protocol is {:?}: use protocol \"sasl_plaintext\" or \"sasl_ssl\"",
@@ -347,7 +348,7 @@ fn check_security(s: &KafkaSecurity, errs: &mut Vec<(String, String)>) {
             ));
         }
         if !["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"].contains(&m.as_str()) {
-            errs.push((
+            errs.push(Problem::new(
                 "security.sasl_mechanism".into(),
                 format!("{m:?}: expected \"PLAIN\", \"SCRAM-SHA-256\" or \"SCRAM-SHA-512\""),
             ));
@@ -355,13 +356,13 @@ fn check_security(s: &KafkaSecurity, errs: &mut Vec<(String, String)>) {
     }
     if p.sasl() {
         if s.username.as_deref().is_none_or(str::is_empty) {
-            errs.push((
+            errs.push(Problem::new(
                 "security.username".into(),
                 format!("protocol {:?} needs a username", p.as_str()),
             ));
         }
         if s.password.is_none() {
-            errs.push((
+            errs.push(Problem::new(
                 "security.password".into(),
                 format!(
                     "protocol {:?} needs a password: {{ env = \"VAR\" }} or {{ file = \"path\" }}",
@@ -370,7 +371,7 @@ fn check_security(s: &KafkaSecurity, errs: &mut Vec<(String, String)>) {
             ));
         }
     } else if s.username.is_some() || s.password.is_some() {
-        errs.push((
+        errs.push(Problem::new(
             "security.protocol".into(),
             "a username/password is set, but the protocol is not \"sasl_plaintext\" or \"sasl_ssl\"".into(),
         ));
@@ -378,7 +379,7 @@ fn check_security(s: &KafkaSecurity, errs: &mut Vec<(String, String)>) {
     if let Some(pw) = &s.password
         && (pw.env.is_some() == pw.file.is_some())
     {
-        errs.push((
+        errs.push(Problem::new(
             "security.password".into(),
             "a secret takes exactly one of `env = \"VAR\"` or `file = \"path\"`".into(),
         ));
@@ -389,7 +390,7 @@ fn check_security(s: &KafkaSecurity, errs: &mut Vec<(String, String)>) {
         ("key_file", &s.key_file),
     ] {
         if v.is_some() && !p.tls() {
-            errs.push((
+            errs.push(Problem::new(
                 format!("security.{key}"),
                 format!(
                     "set, but protocol is {:?}: use \"ssl\" or \"sasl_ssl\"",
@@ -399,7 +400,7 @@ fn check_security(s: &KafkaSecurity, errs: &mut Vec<(String, String)>) {
         }
     }
     if s.cert_file.is_some() != s.key_file.is_some() {
-        errs.push((
+        errs.push(Problem::new(
             "security.cert_file".into(),
             "cert_file and key_file go together".into(),
         ));
@@ -409,7 +410,7 @@ fn check_security(s: &KafkaSecurity, errs: &mut Vec<(String, String)>) {
 fn check_options(
     options: &BTreeMap<String, OptionValue>,
     refused: &[(&str, &str, Option<&str>)],
-    errs: &mut Vec<(String, String)>,
+    errs: &mut Vec<Problem>,
 ) {
     for (k, v) in options {
         let key = format!("options.{k:?}");
@@ -418,7 +419,7 @@ fn check_options(
             let accepted = allowed
                 .is_some_and(|a| value.eq_ignore_ascii_case(a) || (a == "all" && value == "-1"));
             if !accepted {
-                errs.push((
+                errs.push(Problem::new(
                     key,
                     match allowed {
                         Some(a) => {
@@ -431,7 +432,7 @@ fn check_options(
             continue;
         }
         if let Some((_, why)) = COMMON_REFUSED.iter().find(|(r, _)| r == k) {
-            errs.push((key, format!("{k} is refused: {why}")));
+            errs.push(Problem::new(key, format!("{k} is refused: {why}")));
             continue;
         }
         let lower = k.to_ascii_lowercase();
@@ -441,7 +442,7 @@ fn check_options(
             || lower == "sasl.oauthbearer.config"
             || lower.ends_with(".pem")
         {
-            errs.push((
+            errs.push(Problem::new(
                 key,
                 format!(
                     "{k} holds a secret and secrets are never written in the TOML: use `security.password` (from a file or an environment variable)"
@@ -454,7 +455,10 @@ fn check_options(
             .set(k, &value)
             .create_native_config()
         {
-            errs.push((key, format!("librdkafka does not accept it: {e}")));
+            errs.push(Problem::new(
+                key,
+                format!("librdkafka does not accept it: {e}"),
+            ));
         }
     }
 }
@@ -462,32 +466,41 @@ fn check_options(
 impl KafkaSourceConfig {
     /// Problems librdkafka would otherwise report at run time, as
     /// `(key under the table, what is wrong and what is expected)`.
-    pub fn validate(&self) -> Vec<(String, String)> {
+    pub fn validate(&self) -> Vec<Problem> {
         let mut errs = Vec::new();
         check_brokers(&self.brokers, &mut errs);
         if self.topics.is_empty() {
-            errs.push(("topics".into(), "at least one topic is needed".into()));
+            errs.push(Problem::new(
+                "topics".into(),
+                "at least one topic is needed".into(),
+            ));
         }
         for t in &self.topics {
             if !valid_topic(t) && !t.starts_with('^') {
-                errs.push(("topics".into(), topic_rule(t)));
+                errs.push(Problem::new("topics".into(), topic_rule(t)));
             }
         }
         if self.group.trim().is_empty() {
-            errs.push(("group".into(), "a consumer group id is needed".into()));
+            errs.push(Problem::new(
+                "group".into(),
+                "a consumer group id is needed".into(),
+            ));
         }
         if self.max_in_flight == 0 {
-            errs.push(("max_in_flight".into(), "must be at least 1".into()));
+            errs.push(Problem::new(
+                "max_in_flight".into(),
+                "must be at least 1".into(),
+            ));
         }
         if self.commit_interval.0 < Duration::from_millis(1) {
-            errs.push((
+            errs.push(Problem::new(
                 "commit_interval".into(),
                 "must be at least 1ms, e.g. \"500ms\"".into(),
             ));
         }
         let st = self.session_timeout.0;
         if st < Duration::from_secs(1) || st > Duration::from_secs(3600) {
-            errs.push((
+            errs.push(Problem::new(
                 "session_timeout".into(),
                 "must be between \"1s\" and \"1h\" (brokers usually require at least \"6s\")"
                     .into(),
@@ -507,17 +520,17 @@ impl KafkaSourceConfig {
 impl KafkaSinkConfig {
     /// Problems librdkafka would otherwise report at run time, as
     /// `(key under the table, what is wrong and what is expected)`.
-    pub fn validate(&self) -> Vec<(String, String)> {
+    pub fn validate(&self) -> Vec<Problem> {
         let mut errs = Vec::new();
         check_brokers(&self.brokers, &mut errs);
         if let Some(t) = &self.topic
             && !valid_topic(t)
         {
-            errs.push(("topic".into(), topic_rule(t)));
+            errs.push(Problem::new("topic".into(), topic_rule(t)));
         }
         let t = self.timeout.0;
         if t < Duration::from_millis(1) || t > Duration::from_secs(24 * 3600) {
-            errs.push((
+            errs.push(Problem::new(
                 "timeout".into(),
                 "must be between \"1ms\" and \"24h\", e.g. \"30s\"".into(),
             ));
@@ -647,7 +660,7 @@ mod tests {
             "[options]\n\"enable.auto.commit\" = true\n\"group.id\" = \"x\"\n\"sasl.password\" = \"p\"\n\"fetch.wait.max.ms\" = 100\n\"no.such.option\" = 1\n\"enable.auto.offset.store\" = false",
         );
         let errs = s.validate();
-        let keys: Vec<&str> = errs.iter().map(|(k, _)| k.as_str()).collect();
+        let keys: Vec<&str> = errs.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(
             keys,
             [
@@ -658,8 +671,8 @@ mod tests {
             ],
             "{errs:?}"
         );
-        assert!(errs[0].1.contains("only false"), "{errs:?}");
-        assert!(errs[3].1.contains("secret"), "{errs:?}");
+        assert!(errs[0].message.contains("only false"), "{errs:?}");
+        assert!(errs[3].message.contains("secret"), "{errs:?}");
         let k: KafkaSinkConfig = toml::from_str(
             "brokers = [\"h:1\"]\n[options]\nacks = 1\n\"enable.idempotence\" = false\n\"linger.ms\" = 2",
         )
@@ -677,7 +690,7 @@ mod tests {
             "brokers = [\"kafka://h\"]\ntopics = [\"bad topic\", \"^re.*\"]\ngroup = \"\"\nmax_in_flight = 0\nsession_timeout = \"100ms\"\n[security]\nprotocol = \"sasl_ssl\"",
         )
         .unwrap();
-        let keys: Vec<String> = s.validate().into_iter().map(|(k, _)| k).collect();
+        let keys: Vec<String> = s.validate().into_iter().map(|p| p.key).collect();
         assert_eq!(
             keys,
             [

@@ -17,6 +17,8 @@ pub mod nats;
 mod paths;
 pub mod secret;
 mod sections;
+pub mod table;
+pub mod tls;
 pub mod units;
 mod validate;
 
@@ -27,6 +29,8 @@ mod tests;
 
 pub use diagnostics::{ConfigError, ConfigErrors, position_of};
 pub use model::*;
+pub use table::{Problem, Table};
+pub use tls::TlsConfig;
 pub use validate::{MAX_MEMORY, MIN_COMPILE_MEMORY, MIN_MEMORY};
 
 use std::path::Path;
@@ -76,6 +80,9 @@ pub fn parse(path: &Path, text: &str) -> Result<PipelineConfig, ConfigErrors> {
     validate::validate(&mut d, &root, &sections);
     if d.is_empty() {
         if let Some(config) = sections.into_config() {
+            for note in tls::deprecated_keys(text, &root) {
+                tracing::warn!(file = %path.display(), "{note}");
+            }
             return Ok(config);
         }
         d.error(None, None, "the pipeline is incomplete");

@@ -48,8 +48,8 @@ pub struct PipelineConfig {
 /// The `[source]` table; `type` selects the broker.
 ///
 /// A new source type needs a line in `sections::SOURCE_TYPES` (its `type`
-/// name and reader); the compiler then points at the per-type functions in
-/// `paths` and `validate`.
+/// name and reader) and an arm in [`SourceConfig::table`]: its checks and
+/// paths are its [`super::table::Table`].
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum SourceConfig {

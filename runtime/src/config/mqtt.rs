@@ -1,11 +1,13 @@
 //! Configuration of the `mqtt` source and sink (`type = "mqtt"`), MQTT 3.1.1 and 5.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::secret::Secret;
+use super::table::Problem;
+use super::tls::TlsConfig;
 use super::units::Dur;
 
 /// The MQTT protocol version spoken to the broker.
@@ -18,23 +20,6 @@ pub enum MqttVersion {
     #[default]
     #[serde(rename = "5")]
     V5,
-}
-
-/// TLS to the broker. Present (or an `mqtts://` URL) = TLS on.
-#[derive(Debug, Clone, Deserialize, Serialize, Default, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct MqttTlsConfig {
-    /// PEM file with the CA certificate(s) that signed the broker's certificate.
-    /// Default: the system's root certificates. Relative to the pipeline file.
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-    /// PEM client certificate, for brokers that require client authentication
-    /// (give `key_file` too). Relative to the pipeline file.
-    #[serde(default)]
-    pub cert_file: Option<PathBuf>,
-    /// PEM private key of `cert_file`. Relative to the pipeline file.
-    #[serde(default)]
-    pub key_file: Option<PathBuf>,
 }
 
 /// `[source] type = "mqtt"`.
@@ -96,7 +81,7 @@ pub struct MqttSourceConfig {
     pub password: Option<Secret>,
     /// TLS settings (on by default for `mqtts://`).
     #[serde(default)]
-    pub tls: Option<MqttTlsConfig>,
+    pub tls: Option<TlsConfig>,
     /// How long one connection attempt may take; also how long start-up waits
     /// for the first connection before it fails.
     #[serde(default = "default_connect_timeout")]
@@ -142,7 +127,7 @@ pub struct MqttSinkConfig {
     pub password: Option<Secret>,
     /// TLS settings (on by default for `mqtts://`).
     #[serde(default)]
-    pub tls: Option<MqttTlsConfig>,
+    pub tls: Option<TlsConfig>,
     /// How long a publish may wait for its acknowledgement before it fails
     /// (class `sink`, retried).
     #[serde(default = "default_timeout")]
@@ -326,7 +311,7 @@ pub fn topic_problem(topic: &str) -> Option<String> {
 /// Checks shared by the source and sink tables.
 #[allow(clippy::too_many_arguments)]
 fn validate_common(
-    out: &mut Vec<(String, String)>,
+    out: &mut Vec<Problem>,
     url: &Option<String>,
     urls: &[String],
     qos: u8,
@@ -334,83 +319,86 @@ fn validate_common(
     max_in_flight: u16,
     username: &Option<String>,
     password: &Option<Secret>,
-    tls: &Option<MqttTlsConfig>,
+    tls: &Option<TlsConfig>,
     connect_timeout: Dur,
     reconnect_max: Dur,
 ) {
     match (url, urls.is_empty()) {
-        (None, true) => out.push((
+        (None, true) => out.push(Problem::new(
             "url".into(),
             "missing: give `url = \"mqtt://host:1883\"` or `urls = [...]`".into(),
         )),
-        (Some(_), false) => out.push(("urls".into(), "give `url` or `urls`, not both".into())),
+        (Some(_), false) => out.push(Problem::new(
+            "urls".into(),
+            "give `url` or `urls`, not both".into(),
+        )),
         (Some(u), true) => {
             if let Err(e) = parse_url(u) {
-                out.push(("url".into(), e));
+                out.push(Problem::new("url".into(), e));
             }
         }
         (None, false) => {
             for u in urls {
                 if let Err(e) = parse_url(u) {
-                    out.push(("urls".into(), e));
+                    out.push(Problem::new("urls".into(), e));
                 }
             }
         }
     }
     if qos > 2 {
-        out.push(("qos".into(), format!("must be 0, 1 or 2, found {qos}")));
+        out.push(Problem::new(
+            "qos".into(),
+            format!("must be 0, 1 or 2, found {qos}"),
+        ));
     }
     let ka = keep_alive.0;
     if !ka.is_zero() && ka < Duration::from_secs(1) {
-        out.push((
+        out.push(Problem::new(
             "keep_alive".into(),
             "must be \"0s\" (off) or at least \"1s\"".into(),
         ));
     }
     if ka.as_secs() > u64::from(u16::MAX) {
-        out.push(("keep_alive".into(), "must be at most 65535s".into()));
+        out.push(Problem::new(
+            "keep_alive".into(),
+            "must be at most 65535s".into(),
+        ));
     }
     if max_in_flight == 0 {
-        out.push(("max_in_flight".into(), "must be at least 1".into()));
+        out.push(Problem::new(
+            "max_in_flight".into(),
+            "must be at least 1".into(),
+        ));
     }
     if password.is_some() && username.is_none() {
-        out.push((
+        out.push(Problem::new(
             "password".into(),
             "a password needs a `username` too".into(),
         ));
     }
-    if let Some(t) = tls
-        && t.cert_file.is_some() != t.key_file.is_some()
-    {
-        out.push((
-            "tls".into(),
-            "give `cert_file` and `key_file` together (client authentication) or neither".into(),
-        ));
+    if let Some(t) = tls {
+        t.check("tls.", out);
     }
     if connect_timeout.0 < Duration::from_secs(1) {
-        out.push(("connect_timeout".into(), "must be at least \"1s\"".into()));
+        out.push(Problem::new(
+            "connect_timeout".into(),
+            "must be at least \"1s\"".into(),
+        ));
     }
     if reconnect_max.0 < Duration::from_millis(100) {
-        out.push(("reconnect_max".into(), "must be at least \"100ms\"".into()));
+        out.push(Problem::new(
+            "reconnect_max".into(),
+            "must be at least \"100ms\"".into(),
+        ));
     }
 }
 
-fn resolve(base: &Path, p: &mut Option<PathBuf>) {
-    if let Some(p) = p
-        && p.is_relative()
-    {
-        *p = base.join(&*p);
-    }
-}
-
-fn resolve_common(base: &Path, password: &mut Option<Secret>, tls: &mut Option<MqttTlsConfig>) {
+fn resolve_common(base: &Path, password: &mut Option<Secret>, tls: &mut Option<TlsConfig>) {
     if let Some(s) = password {
         s.resolve(base);
     }
     if let Some(t) = tls {
-        resolve(base, &mut t.ca_file);
-        resolve(base, &mut t.cert_file);
-        resolve(base, &mut t.key_file);
+        t.resolve_paths(base);
     }
 }
 
@@ -425,7 +413,7 @@ impl MqttSourceConfig {
     }
 
     /// Rules the types do not enforce: `(key, what is wrong and what is expected)`.
-    pub fn validate(&self) -> Vec<(String, String)> {
+    pub fn validate(&self) -> Vec<Problem> {
         let mut out = Vec::new();
         validate_common(
             &mut out,
@@ -441,14 +429,14 @@ impl MqttSourceConfig {
             self.reconnect_max,
         );
         if self.topics.is_empty() {
-            out.push((
+            out.push(Problem::new(
                 "topics".into(),
                 "must name at least one topic filter, e.g. [\"devices/+/telemetry\"]".into(),
             ));
         }
         for t in &self.topics {
             if let Some(p) = filter_problem(t) {
-                out.push(("topics".into(), p));
+                out.push(Problem::new("topics".into(), p));
             }
         }
         if let Some(p) = self
@@ -456,11 +444,11 @@ impl MqttSourceConfig {
             .as_deref()
             .and_then(|id| client_id_problem(id, "a persistent session needs a name"))
         {
-            out.push(("client_id".into(), p));
+            out.push(Problem::new("client_id".into(), p));
         }
         if self.version == MqttVersion::V5 && self.session_expiry.0.as_secs() > u64::from(u32::MAX)
         {
-            out.push((
+            out.push(Problem::new(
                 "session_expiry".into(),
                 "must be at most 4294967295s".into(),
             ));
@@ -485,7 +473,7 @@ impl MqttSinkConfig {
     }
 
     /// Rules the types do not enforce: `(key, what is wrong and what is expected)`.
-    pub fn validate(&self) -> Vec<(String, String)> {
+    pub fn validate(&self) -> Vec<Problem> {
         let mut out = Vec::new();
         validate_common(
             &mut out,
@@ -503,17 +491,17 @@ impl MqttSinkConfig {
         if let Some(t) = &self.topic
             && let Some(p) = topic_problem(t)
         {
-            out.push(("topic".into(), p));
+            out.push(Problem::new("topic".into(), p));
         }
         if let Some(p) = self
             .client_id
             .as_deref()
             .and_then(|id| client_id_problem(id, "the broker names the connection by it"))
         {
-            out.push(("client_id".into(), p));
+            out.push(Problem::new("client_id".into(), p));
         }
         if self.timeout.0.is_zero() {
-            out.push((
+            out.push(Problem::new(
                 "timeout".into(),
                 "must be longer than 0, e.g. \"10s\"".into(),
             ));
@@ -543,26 +531,26 @@ mod tests {
     #[test]
     fn strings_mqtt_cannot_carry_are_refused() {
         let long = "x".repeat(MAX_STRING_BYTES + 1);
-        let source = |extra: &str| -> Vec<(String, String)> {
+        let source = |extra: &str| -> Vec<Problem> {
             let c: MqttSourceConfig =
                 toml::from_str(&format!("url = \"mqtt://127.0.0.1:1883\"\n{extra}")).unwrap();
             c.validate()
         };
         let e = source(&format!("topics = [\"a\"]\nclient_id = \"{long}\""));
         assert_eq!(e.len(), 1, "{e:?}");
-        assert_eq!(e[0].0, "client_id");
+        assert_eq!(e[0].key, "client_id");
         assert_eq!(
-            source("topics = [\"a\"]\nclient_id = \"a\\u0000\"")[0].0,
+            source("topics = [\"a\"]\nclient_id = \"a\\u0000\"")[0].key,
             "client_id"
         );
         let e = source(&format!("topics = [\"{long}\"]"));
-        assert_eq!(e[0].0, "topics");
-        assert!(e[0].1.len() < 200, "the filter is not echoed");
+        assert_eq!(e[0].key, "topics");
+        assert!(e[0].message.len() < 200, "the filter is not echoed");
         let sink: MqttSinkConfig = toml::from_str(&format!(
             "url = \"mqtt://127.0.0.1:1883\"\ntopic = \"o\"\nclient_id = \"{long}\""
         ))
         .unwrap();
-        assert_eq!(sink.validate()[0].0, "client_id");
+        assert_eq!(sink.validate()[0].key, "client_id");
     }
 
     #[test]
@@ -618,7 +606,7 @@ mod tests {
             "topics = []\nqos = 3\nversion = \"3.1.1\"\nkeep_alive = \"10ms\"\npassword = { env = \"P\" }",
         )
         .unwrap();
-        let keys: Vec<String> = c.validate().into_iter().map(|(k, _)| k).collect();
+        let keys: Vec<String> = c.validate().into_iter().map(|p| p.key).collect();
         assert_eq!(keys, ["url", "qos", "keep_alive", "password", "topics"]);
         assert!(toml::from_str::<MqttSourceConfig>("topics = [\"a\"]\nversion = \"4\"").is_err());
         assert!(toml::from_str::<MqttSourceConfig>("topics = [\"a\"]\nbogus = 1").is_err());

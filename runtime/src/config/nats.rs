@@ -8,6 +8,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::secret::Secret;
+use super::table::Problem;
+use super::tls::TlsConfig;
 use super::units::{Dur, Size};
 
 /// The default server when neither `url` nor `urls` is given.
@@ -41,7 +43,7 @@ pub struct NatsConnection {
     pub creds_file: Option<PathBuf>,
     /// TLS: custom CA, client certificate. Present means TLS is required.
     #[serde(default)]
-    pub tls: Option<NatsTls>,
+    pub tls: Option<TlsConfig>,
     /// How long one connection attempt (TCP, TLS and the handshake) may take.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: Dur,
@@ -53,22 +55,6 @@ pub struct NatsConnection {
     /// Longest delay between two reconnect attempts.
     #[serde(default = "default_reconnect_max")]
     pub reconnect_max: Dur,
-}
-
-/// TLS settings of a NATS connection.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct NatsTls {
-    /// PEM file with the CA certificate(s) that signed the server's
-    /// certificate. Default: the system's roots.
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-    /// PEM client certificate, for servers that verify clients (with `key`).
-    #[serde(default)]
-    pub cert: Option<PathBuf>,
-    /// PEM private key of `cert`.
-    #[serde(default)]
-    pub key: Option<PathBuf>,
 }
 
 fn default_connect_timeout() -> Dur {
@@ -92,10 +78,10 @@ impl NatsConnection {
     }
 
     /// Problems with the connection keys.
-    pub fn validate(&self) -> Vec<(String, String)> {
+    pub fn validate(&self) -> Vec<Problem> {
         let mut e = Vec::new();
         if self.url.is_some() && !self.urls.is_empty() {
-            e.push((
+            e.push(Problem::new(
                 "urls".into(),
                 "`url` and `urls` are both set; give one server as `url` or several as `urls`"
                     .into(),
@@ -109,7 +95,7 @@ impl NatsConnection {
             .collect();
         for (key, u) in named {
             if let Err(why) = check_url(u) {
-                e.push((key.into(), why));
+                e.push(Problem::new(key.into(), why));
             }
         }
         let methods = [
@@ -118,7 +104,7 @@ impl NatsConnection {
             self.creds_file.is_some(),
         ];
         if methods.iter().filter(|m| **m).count() > 1 {
-            e.push((
+            e.push(Problem::new(
                 "token".into(),
                 "choose one way to log in: `token`, `user` + `password`, or `creds_file`".into(),
             ));
@@ -129,27 +115,28 @@ impl NatsConnection {
             } else {
                 "user"
             };
-            e.push((
+            e.push(Problem::new(
                 key.into(),
                 "`user` and `password` go together; give both or neither".into(),
             ));
         }
-        if let Some(t) = &self.tls
-            && t.cert.is_some() != t.key.is_some()
-        {
-            e.push((
-                "tls".into(),
-                "`tls.cert` and `tls.key` go together; give both or neither".into(),
-            ));
+        if let Some(t) = &self.tls {
+            t.check("tls.", &mut e);
         }
         if self.connect_timeout.0.is_zero() {
-            e.push(("connect_timeout".into(), "must be longer than 0s".into()));
+            e.push(Problem::new(
+                "connect_timeout".into(),
+                "must be longer than 0s".into(),
+            ));
         }
         if self.reconnect_initial.0.is_zero() {
-            e.push(("reconnect_initial".into(), "must be longer than 0s".into()));
+            e.push(Problem::new(
+                "reconnect_initial".into(),
+                "must be longer than 0s".into(),
+            ));
         }
         if self.reconnect_max.0 < self.reconnect_initial.0 {
-            e.push((
+            e.push(Problem::new(
                 "reconnect_max".into(),
                 format!(
                     "must be at least `reconnect_initial` ({})",
@@ -177,9 +164,7 @@ impl NatsConnection {
         };
         fix(&mut self.creds_file);
         if let Some(t) = &mut self.tls {
-            fix(&mut t.ca_file);
-            fix(&mut t.cert);
-            fix(&mut t.key);
+            t.resolve_paths(base);
         }
     }
 }
@@ -244,14 +229,14 @@ pub fn bad_subject(s: &str, wildcards: bool) -> bool {
 }
 
 /// Problems with a subject used for publishing or subscribing.
-fn check_subject(key: &str, s: &str, wildcards: bool, e: &mut Vec<(String, String)>) {
+fn check_subject(key: &str, s: &str, wildcards: bool, e: &mut Vec<Problem>) {
     if bad_subject(s, wildcards) {
         let what = if wildcards {
             "a subject such as \"orders.*\" or \"events.>\""
         } else {
             "a subject without wildcards such as \"orders.created\""
         };
-        e.push((
+        e.push(Problem::new(
             key.into(),
             format!(
                 "{:?} is not a valid subject; expected {what}, at most {MAX_SUBJECT_BYTES} bytes",
@@ -261,7 +246,10 @@ fn check_subject(key: &str, s: &str, wildcards: bool, e: &mut Vec<(String, Strin
     } else if wildcards {
         let tokens: Vec<&str> = s.split('.').collect();
         if tokens[..tokens.len() - 1].contains(&">") {
-            e.push((key.into(), format!("{s:?}: `>` may only be the last token")));
+            e.push(Problem::new(
+                key.into(),
+                format!("{s:?}: `>` may only be the last token"),
+            ));
         }
     }
 }
@@ -270,14 +258,14 @@ fn check_subject(key: &str, s: &str, wildcards: bool, e: &mut Vec<(String, Strin
 const MAX_NAME_BYTES: usize = 255;
 
 /// Problems with a stream or consumer name.
-fn check_name(key: &str, s: &str, e: &mut Vec<(String, String)>) {
+fn check_name(key: &str, s: &str, e: &mut Vec<Problem>) {
     if s.is_empty()
         || s.len() > MAX_NAME_BYTES
         || s.contains(|c: char| {
             c.is_whitespace() || c.is_control() || matches!(c, '.' | '*' | '>' | '/' | '\\')
         })
     {
-        e.push((
+        e.push(Problem::new(
             key.into(),
             format!(
                 "{:?} is not a valid name; expected letters, digits, `-` or `_` (no `.`, `*`, `>`, spaces), at most {MAX_NAME_BYTES} bytes",
@@ -345,7 +333,7 @@ fn yes() -> bool {
 
 impl NatsSourceConfig {
     /// Problems with this table: (key, what is wrong and what is expected).
-    pub fn validate(&self) -> Vec<(String, String)> {
+    pub fn validate(&self) -> Vec<Problem> {
         let mut e = self.connection.validate();
         check_subject("subject", &self.subject, true, &mut e);
         if let Some(q) = &self.queue_group
@@ -353,7 +341,7 @@ impl NatsSourceConfig {
                 || q.len() > MAX_SUBJECT_BYTES
                 || q.contains(|c: char| c.is_whitespace() || c.is_control()))
         {
-            e.push((
+            e.push(Problem::new(
                 "queue_group".into(),
                 format!(
                     "{:?} is not a valid queue group; expected a name without spaces or control characters, at most {MAX_SUBJECT_BYTES} bytes",
@@ -362,13 +350,19 @@ impl NatsSourceConfig {
             ));
         }
         if self.pending_messages == 0 {
-            e.push(("pending_messages".into(), "must be at least 1".into()));
+            e.push(Problem::new(
+                "pending_messages".into(),
+                "must be at least 1".into(),
+            ));
         }
         if self.pending_bytes.0 == 0 {
-            e.push(("pending_bytes".into(), "must be more than 0 bytes".into()));
+            e.push(Problem::new(
+                "pending_bytes".into(),
+                "must be more than 0 bytes".into(),
+            ));
         }
         if self.fallback.is_some() && !self.request_reply {
-            e.push((
+            e.push(Problem::new(
                 "fallback".into(),
                 "a fallback reply needs `request_reply = true`".into(),
             ));
@@ -403,11 +397,14 @@ fn default_sink_timeout() -> Dur {
 
 impl NatsSinkConfig {
     /// Problems with this table: (key, what is wrong and what is expected).
-    pub fn validate(&self) -> Vec<(String, String)> {
+    pub fn validate(&self) -> Vec<Problem> {
         let mut e = self.connection.validate();
         check_subject("subject", &self.subject, false, &mut e);
         if self.timeout.0.is_zero() {
-            e.push(("timeout".into(), "must be longer than 0s".into()));
+            e.push(Problem::new(
+                "timeout".into(),
+                "must be longer than 0s".into(),
+            ));
         }
         e
     }
@@ -481,7 +478,7 @@ impl JetStreamSourceConfig {
     }
 
     /// Problems with this table: (key, what is wrong and what is expected).
-    pub fn validate(&self) -> Vec<(String, String)> {
+    pub fn validate(&self) -> Vec<Problem> {
         let mut e = self.connection.validate();
         check_name("stream", &self.stream, &mut e);
         check_name("durable", &self.durable, &mut e);
@@ -492,26 +489,35 @@ impl JetStreamSourceConfig {
             check_subject("filter_subject", f, true, &mut e);
         }
         if self.ack_wait.0 < Duration::from_millis(100) {
-            e.push(("ack_wait".into(), "must be at least 100ms".into()));
+            e.push(Problem::new(
+                "ack_wait".into(),
+                "must be at least 100ms".into(),
+            ));
         }
         if self.max_ack_pending < 1 {
-            e.push(("max_ack_pending".into(), "must be at least 1".into()));
+            e.push(Problem::new(
+                "max_ack_pending".into(),
+                "must be at least 1".into(),
+            ));
         }
         if let Some(m) = self.max_deliver
             && m < 1
             && m != -1
         {
-            e.push((
+            e.push(Problem::new(
                 "max_deliver".into(),
                 "must be at least 1 (or -1 for no limit)".into(),
             ));
         }
         if !(1..=10_000).contains(&self.batch) {
-            e.push(("batch".into(), "must be between 1 and 10000".into()));
+            e.push(Problem::new(
+                "batch".into(),
+                "must be between 1 and 10000".into(),
+            ));
         }
         let every = self.in_progress_every();
         if !every.is_zero() && every >= self.ack_wait.0 {
-            e.push((
+            e.push(Problem::new(
                 "in_progress_every".into(),
                 format!(
                     "must be shorter than `ack_wait` ({}), or \"0s\" to turn it off",
@@ -551,14 +557,17 @@ pub struct JetStreamSinkConfig {
 
 impl JetStreamSinkConfig {
     /// Problems with this table: (key, what is wrong and what is expected).
-    pub fn validate(&self) -> Vec<(String, String)> {
+    pub fn validate(&self) -> Vec<Problem> {
         let mut e = self.connection.validate();
         check_subject("subject", &self.subject, false, &mut e);
         if let Some(s) = &self.stream {
             check_name("stream", s, &mut e);
         }
         if self.timeout.0.is_zero() {
-            e.push(("timeout".into(), "must be longer than 0s".into()));
+            e.push(Problem::new(
+                "timeout".into(),
+                "must be longer than 0s".into(),
+            ));
         }
         e
     }
@@ -578,7 +587,7 @@ mod tests {
     /// refused by validation, without echoing a long value whole.
     #[test]
     fn ports_names_and_lengths_the_server_refuses() {
-        let source = |extra: &str| -> Vec<(String, String)> {
+        let source = |extra: &str| -> Vec<Problem> {
             let c: NatsSourceConfig =
                 toml::from_str(&format!("subject = \"a.b\"\n{extra}")).unwrap();
             c.validate()
@@ -591,7 +600,8 @@ mod tests {
         ] {
             let e = source(&format!("url = \"{url}\""));
             assert!(
-                e.iter().any(|(k, m)| k == "url" && m.contains("port")),
+                e.iter()
+                    .any(|p| p.key == "url" && p.message.contains("port")),
                 "{url}: {e:?}"
             );
         }
@@ -606,16 +616,16 @@ mod tests {
         }
         let e = source("queue_group = \"q\\u0000\"");
         assert_eq!(e.len(), 1, "{e:?}");
-        assert_eq!(e[0].0, "queue_group");
+        assert_eq!(e[0].key, "queue_group");
         let long = "x".repeat(MAX_SUBJECT_BYTES);
         let e = source(&format!("queue_group = \"{long}x\""));
-        assert_eq!(e[0].0, "queue_group");
-        assert!(e[0].1.len() < 300, "the value is not echoed whole");
+        assert_eq!(e[0].key, "queue_group");
+        assert!(e[0].message.len() < 300, "the value is not echoed whole");
         let c: NatsSourceConfig = toml::from_str(&format!("subject = \"a.{long}\"")).unwrap();
         let e = c.validate();
-        assert_eq!(e[0].0, "subject");
-        assert!(e[0].1.len() < 300);
-        let js = |stream: &str| -> Vec<(String, String)> {
+        assert_eq!(e[0].key, "subject");
+        assert!(e[0].message.len() < 300);
+        let js = |stream: &str| -> Vec<Problem> {
             let c: JetStreamSourceConfig = toml::from_str(&format!(
                 "stream = \"{stream}\"\ndurable = \"d\"\nsubjects = [\"a.>\"]"
             ))
@@ -623,8 +633,8 @@ mod tests {
             c.validate()
         };
         assert!(js("ORDERS").is_empty());
-        assert_eq!(js("OR\\u0000D")[0].0, "stream");
-        assert_eq!(js(&"S".repeat(256))[0].0, "stream");
+        assert_eq!(js("OR\\u0000D")[0].key, "stream");
+        assert_eq!(js(&"S".repeat(256))[0].key, "stream");
     }
 
     #[test]
@@ -677,7 +687,7 @@ mod tests {
             "#,
         )
         .unwrap();
-        let keys: Vec<String> = c.validate().into_iter().map(|(k, _)| k).collect();
+        let keys: Vec<String> = c.validate().into_iter().map(|p| p.key).collect();
         for k in [
             "url",
             "password",

@@ -1,50 +1,11 @@
 //! Relative paths in a pipeline file are relative to the file's folder; this
-//! makes them so. One function per source and sink type.
+//! makes them so; each source and sink table resolves its own ([`super::table::Table`]).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use super::model::{FileSinkConfig, FileSourceConfig, SinkConfig, SourceConfig};
+use super::model::SinkConfig;
 use super::sections::Sections;
-
-/// Joins a relative path to `base`; `-` (standard input/output) stays as it is.
-fn resolve(base: &Path, p: &mut PathBuf) {
-    if p.as_os_str() != "-" && p.is_relative() {
-        *p = base.join(&*p);
-    }
-}
-
-/// The paths of a `[source]` table.
-pub(crate) fn resolve_source(base: &Path, s: &mut SourceConfig) {
-    match s {
-        SourceConfig::File(f) => resolve_file_source(base, f),
-        SourceConfig::Kafka(k) => k.resolve_paths(base),
-        SourceConfig::Mqtt(m) => m.resolve_paths(base),
-        SourceConfig::Nats(n) => n.resolve_paths(base),
-        SourceConfig::Jetstream(j) => j.resolve_paths(base),
-    }
-}
-
-/// The paths of a `[sink]`, `[sinks.NAME]` or `[dead_letter]` table.
-pub(crate) fn resolve_sink(base: &Path, s: &mut SinkConfig) {
-    match s {
-        SinkConfig::File(f) => resolve_file_sink(base, f),
-        SinkConfig::Kafka(k) => k.resolve_paths(base),
-        SinkConfig::Mqtt(m) => m.resolve_paths(base),
-        SinkConfig::Nats(n) => n.resolve_paths(base),
-        SinkConfig::Jetstream(j) => j.resolve_paths(base),
-    }
-}
-
-fn resolve_file_source(base: &Path, f: &mut FileSourceConfig) {
-    resolve(base, &mut f.path);
-    if let Some(cp) = &mut f.checkpoint {
-        resolve(base, cp);
-    }
-}
-
-fn resolve_file_sink(base: &Path, f: &mut FileSinkConfig) {
-    resolve(base, &mut f.path);
-}
+use super::table::resolve;
 
 /// Makes every path in the sections read so far relative to `base` (the
 /// pipeline file's folder) when it is not absolute.
@@ -53,7 +14,7 @@ pub(crate) fn resolve_all(base: &Path, s: &mut Sections) {
         resolve(base, &mut h.plugin);
     }
     if let Some(src) = &mut s.source {
-        resolve_source(base, src);
+        src.table_mut().resolve_paths(base);
     }
     for sink in s
         .sink
@@ -61,7 +22,7 @@ pub(crate) fn resolve_all(base: &Path, s: &mut Sections) {
         .chain(s.sinks.values_mut())
         .chain(s.dead_letter.iter_mut())
     {
-        resolve_sink(base, sink);
+        sink.table_mut().resolve_paths(base);
     }
 }
 

@@ -409,3 +409,70 @@ fn errors_found_without_a_position_get_one() {
     assert_eq!(position_of(BASE, &["handler", "timeout"]), ":7:1");
     assert_eq!(position_of("not toml [", &["handler", "plugin"]), "");
 }
+
+/// `BASE` with a NATS sink named `out` whose `tls` table holds `tls`.
+fn nats_tls_sink(tls: &str) -> String {
+    format!("{BASE}\n[sinks.out]\ntype = \"nats\"\nsubject = \"o\"\ntls = {{ {tls} }}\n")
+}
+
+fn nats_sink_tls(c: &PipelineConfig) -> &TlsConfig {
+    match &c.sinks["out"] {
+        SinkConfig::Nats(n) => n.connection.tls.as_ref().expect("tls"),
+        other => panic!("not a nats sink: {other:?}"),
+    }
+}
+
+#[test]
+fn tls_keys_are_spelled_alike_for_every_broker() {
+    let c = parse_str(&nats_tls_sink(
+        "cert_file = \"c.pem\", key_file = \"k.pem\"",
+    ))
+    .unwrap();
+    let t = nats_sink_tls(&c);
+    assert_eq!(t.cert_file.as_deref(), Some(Path::new("dir/c.pem")));
+    assert_eq!(t.key_file.as_deref(), Some(Path::new("dir/k.pem")));
+    let text = nats_tls_sink("cert_file = \"c.pem\", key_file = \"k.pem\"").replace(
+        "type = \"nats\"\nsubject = \"o\"",
+        "type = \"mqtt\"\nurl = \"mqtt://127.0.0.1:1883\"\ntopic = \"o\"",
+    );
+    let c = parse_str(&text).unwrap();
+    let SinkConfig::Mqtt(m) = &c.sinks["out"] else {
+        panic!("not an mqtt sink")
+    };
+    assert_eq!(
+        m.tls.as_ref().and_then(|t| t.key_file.as_deref()),
+        Some(Path::new("dir/k.pem"))
+    );
+}
+
+#[test]
+fn older_tls_spelling_is_read_with_a_note_naming_the_line() {
+    let text = nats_tls_sink("cert = \"c.pem\", key = \"k.pem\"");
+    let c = parse_str(&text).unwrap();
+    let t = nats_sink_tls(&c);
+    assert_eq!(t.cert_file.as_deref(), Some(Path::new("dir/c.pem")));
+    assert_eq!(t.key_file.as_deref(), Some(Path::new("dir/k.pem")));
+    let (root, syntax) = toml::de::DeTable::parse_recoverable(&text);
+    assert!(syntax.is_empty());
+    let line = text.lines().position(|l| l.starts_with("tls =")).unwrap() + 1;
+    assert_eq!(
+        tls::deprecated_keys(&text, &root),
+        [
+            format!("line {line}: `sinks.out.tls.cert` is an older spelling of `cert_file`"),
+            format!("line {line}: `sinks.out.tls.key` is an older spelling of `key_file`"),
+        ]
+    );
+    let plain = nats_tls_sink("cert_file = \"c.pem\", key_file = \"k.pem\"");
+    let (root, _) = toml::de::DeTable::parse_recoverable(&plain);
+    assert!(tls::deprecated_keys(&plain, &root).is_empty());
+}
+
+#[test]
+fn a_client_certificate_without_its_key_names_the_missing_key() {
+    assert!(
+        keys_with(
+            "\n[sinks.out]\ntype = \"nats\"\nsubject = \"o\"\ntls = { cert_file = \"c.pem\" }\n"
+        )
+        .contains(&"sinks.out.tls.key_file".to_string())
+    );
+}

@@ -13,6 +13,7 @@ use super::model::{
 };
 use super::paths::sink_file;
 use super::sections::Sections;
+use super::table::Problem;
 
 /// The smallest `handler.memory`: one WebAssembly page.
 pub const MIN_MEMORY: u64 = 64 * 1024;
@@ -128,34 +129,20 @@ fn check_name(c: &mut Check, name: &str) {
 }
 
 fn check_source(c: &mut Check, s: &SourceConfig) {
-    match s {
-        SourceConfig::File(f) => {
-            c.at_least_one(&["source", "max_in_flight"], f.max_in_flight as u64);
-        }
-        SourceConfig::Kafka(k) => broker(c, &["source"], k.validate()),
-        SourceConfig::Mqtt(m) => broker(c, &["source"], m.validate()),
-        SourceConfig::Nats(n) => broker(c, &["source"], n.validate()),
-        SourceConfig::Jetstream(j) => broker(c, &["source"], j.validate()),
-    }
+    report(c, &["source"], s.table().validate());
 }
 
-/// Reports a broker type's own findings (`key` relative to its table).
-fn broker(c: &mut Check, table: &[&str], problems: Vec<(String, String)>) {
-    for (key, message) in problems {
+/// Reports a table's own findings (`key` relative to the table).
+fn report(c: &mut Check, table: &[&str], problems: Vec<Problem>) {
+    for p in problems {
         let mut path = table.to_vec();
-        path.extend(key.split('.').filter(|k| !k.is_empty()));
-        c.fail(&path, message);
+        path.extend(p.key.split('.').filter(|k| !k.is_empty()));
+        c.fail(&path, p.message);
     }
 }
 
 fn check_sink(c: &mut Check, keys: &[&str], s: &SinkConfig) {
-    match s {
-        SinkConfig::File(_) => {}
-        SinkConfig::Kafka(k) => broker(c, keys, k.validate()),
-        SinkConfig::Mqtt(m) => broker(c, keys, m.validate()),
-        SinkConfig::Nats(n) => broker(c, keys, n.validate()),
-        SinkConfig::Jetstream(j) => broker(c, keys, j.validate()),
-    }
+    report(c, keys, s.table().validate());
 }
 
 /// What a path names on disk as far as it exists: the file itself resolved

@@ -86,7 +86,7 @@ impl<T> Window<T> {
                 if self.timer.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
-                Err(super::publish_timed_out(self.timeout))
+                Err(super::publish::publish_timed_out(self.timeout))
             }
         };
         let Some(front) = self.entries.pop_front() else {

@@ -90,25 +90,6 @@ struct Buf {
     flushing: bool,
 }
 
-/// What a `file` source syncs before its checkpoint: a sink file whose
-/// `fsync` it took over.
-pub struct SyncTarget {
-    file: File,
-    path: PathBuf,
-}
-
-impl SyncTarget {
-    /// `fsync`s the file's data.
-    pub fn sync(&self) -> std::io::Result<()> {
-        self.file.sync_data()
-    }
-
-    /// The sink's path, for error messages.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
 /// Opens (creating if missing, appending otherwise) the sink's file, or
 /// standard output for `"-"`. `default_format` applies when the config names
 /// none: [`FileSinkFormat::Envelope`] for dead letters, [`FileSinkFormat::Lines`]
@@ -159,17 +140,14 @@ impl FileSink {
     /// With `fsync = true` on a file: stop syncing after each write and hand
     /// the file to the caller, which promises to sync it before it commits
     /// anything the records stand for (the `file` source's checkpoint).
-    pub fn defer_sync(&self) -> Option<SyncTarget> {
+    pub fn defer_sync(&self) -> Option<crate::files::SyncTarget> {
         let file = self.inner.file.as_ref()?;
         if !self.inner.fsync {
             return None;
         }
         let file = file.try_clone().ok()?;
         self.inner.lock().sync_each = false;
-        Some(SyncTarget {
-            file,
-            path: self.inner.path.clone(),
-        })
+        Some(crate::files::SyncTarget::new(file, self.inner.path.clone()))
     }
 
     fn encode(&self, records: &[Record], buf: &mut Vec<u8>) {

@@ -29,10 +29,10 @@ use futures::future::BoxFuture;
 
 use super::nats::DefaultSubject;
 use super::{Accepted, Record, Sink};
+use crate::brokers::nats as connect;
 use crate::config::nats::JetStreamSinkConfig;
 use crate::failure::{Failure, FailureClass};
 use crate::message::Header;
-use crate::sources::nats::connect;
 
 /// A `jetstream` sink. See the module documentation.
 pub struct JetStreamSink {

@@ -57,18 +57,7 @@ struct SinkCtx {
 
 impl ClientContext for SinkCtx {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
-        let p = &*self.pipeline;
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => tracing::error!(pipeline = %p, "librdkafka {fac}: {msg}"),
-            RDKafkaLogLevel::Warning => tracing::warn!(pipeline = %p, "librdkafka {fac}: {msg}"),
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                tracing::info!(pipeline = %p, "librdkafka {fac}: {msg}")
-            }
-            RDKafkaLogLevel::Debug => tracing::debug!(pipeline = %p, "librdkafka {fac}: {msg}"),
-        }
+        crate::brokers::kafka::log(&self.pipeline, level, fac, msg);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
@@ -104,8 +93,8 @@ pub fn class_of(e: &KafkaError) -> FailureClass {
 /// [`OPEN_TIMEOUT`] (a wrong password or address fails here).
 pub async fn open(cfg: &KafkaSinkConfig, pipeline: &str) -> anyhow::Result<KafkaSink> {
     let problems = cfg.validate();
-    if let Some((k, why)) = problems.first() {
-        anyhow::bail!("kafka sink: {k}: {why}");
+    if let Some(p) = problems.first() {
+        anyhow::bail!("kafka sink: {p}");
     }
     let client_id = format!("sluice-{pipeline}");
     // `linger.ms` 1 (librdkafka's default is 5): workers keep up to

@@ -11,62 +11,18 @@ pub mod nats;
 use futures::future::BoxFuture;
 
 use crate::failure::Failure;
-use crate::message::{Header, Output};
-use bytes::Bytes;
-
-/// One message to publish.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
-    /// Topic / subject; `None` = the sink's configured default.
-    pub topic: Option<String>,
-    pub key: Option<Bytes>,
-    pub payload: Bytes,
-    pub headers: Vec<Header>,
-    /// A stable id for this record (same on every retry of the same message),
-    /// for brokers that deduplicate (JetStream `Nats-Msg-Id`). The pipeline
-    /// fills it only for sinks whose [`Sink::wants_ids`] says so; empty otherwise.
-    pub id: String,
-}
+use crate::message::Output;
+pub use crate::message::Record;
+pub use crate::wait::{within, within_for};
 
 /// What a [`Sink::send`] leaves to wait for: resolves once the broker
 /// accepted every record of that send. It borrows nothing, so a pipeline
 /// worker can keep several in flight while it handles the next message.
 pub type Accepted = BoxFuture<'static, Result<(), Failure>>;
 
-/// Awaits `fut` until `deadline`, making the timer only when the future
-/// does not finish on its first poll. Queueing a record with a client
-/// almost always finishes at once, and a `timeout` per message cost a
-/// runtime-handle lookup, a timer entry and its drop even when it never fired.
-pub async fn within<F: std::future::Future>(
-    deadline: tokio::time::Instant,
-    fut: F,
-) -> Result<F::Output, tokio::time::error::Elapsed> {
-    within_by(|| deadline, fut).await
-}
-
-/// [`within`] a `limit` from now; the clock is read only when the future
-/// does not finish on its first poll.
-pub async fn within_for<F: std::future::Future>(
-    limit: std::time::Duration,
-    fut: F,
-) -> Result<F::Output, tokio::time::error::Elapsed> {
-    within_by(|| tokio::time::Instant::now() + limit, fut).await
-}
-
-async fn within_by<F: std::future::Future>(
-    deadline: impl FnOnce() -> tokio::time::Instant,
-    fut: F,
-) -> Result<F::Output, tokio::time::error::Elapsed> {
-    let mut fut = std::pin::pin!(fut);
-    if let std::task::Poll::Ready(v) = futures::poll!(fut.as_mut()) {
-        return Ok(v);
-    }
-    tokio::time::timeout_at(deadline(), fut).await
-}
-
 /// An [`Accepted`] that is already done (sinks whose `send` does it all).
 pub fn done() -> Accepted {
-    crate::sources::settled()
+    crate::wait::settled()
 }
 
 /// Why a NATS sink could never publish `o`: its subject, or a header name
@@ -153,7 +109,10 @@ pub trait Sink: Send + Sync {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
+    use crate::message::Header;
 
     fn output(topic: Option<&str>, header: Option<&str>) -> Output {
         Output {

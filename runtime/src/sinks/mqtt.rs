@@ -39,10 +39,10 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::{Accepted, Record, Sink};
+use crate::brokers::mqtt::{self as conn, AckKind, Client, ConnError, Ev, Loop, Reconnect, Spec};
 use crate::config::mqtt::{MqttSinkConfig, MqttVersion, topic_problem};
 use crate::envelope;
 use crate::failure::{Failure, FailureClass};
-use crate::sources::mqtt::conn::{self, AckKind, Backoff, Client, ConnError, Ev, Loop, Spec};
 
 type Outcome = Result<(), Failure>;
 
@@ -187,15 +187,14 @@ async fn run(
     shared: Arc<Shared>,
     status: watch::Sender<Option<Result<(), String>>>,
 ) {
-    let mut backoff = Backoff::new(spec.reconnect_max);
-    let mut index = 0usize;
+    let mut reconnect = Reconnect::new(&spec);
     let mut started = false;
     loop {
         let ev = lp.poll().await;
         let (why, refused) = match handle(&mut lp, &spec, &shared, &status, &mut started, ev) {
             Step::Go => continue,
             Step::Connected => {
-                backoff.reset();
+                reconnect.connected();
                 continue;
             }
             Step::Lost(why, refused) => (why, refused),
@@ -205,7 +204,7 @@ async fn run(
         {
             return;
         }
-        let delay = backoff.next_delay();
+        let delay = reconnect.next_delay();
         if started {
             if refused {
                 tracing::error!(client_id = %spec.client_id, "mqtt sink: {why}; retrying in {delay:?}");
@@ -213,13 +212,7 @@ async fn run(
                 tracing::warn!(client_id = %spec.client_id, "mqtt sink connection lost: {why}; reconnecting in {delay:?}");
             }
         }
-        tokio::time::sleep(delay).await;
-        if spec.addrs.len() > 1 {
-            index = (index + 1) % spec.addrs.len();
-            if let Err(e) = lp.retarget(&spec, index) {
-                tracing::error!("mqtt: {e:#}");
-            }
-        }
+        reconnect.wait(&mut lp, &spec, delay).await;
     }
 }
 

@@ -15,9 +15,9 @@ use async_nats::{Client, Subject};
 use futures::future::BoxFuture;
 
 use super::{Accepted, Record, Sink};
+use crate::brokers::nats as connect;
 use crate::config::nats::NatsSinkConfig;
 use crate::failure::{Failure, FailureClass};
-use crate::sources::nats::connect;
 
 /// A `nats` sink. See the module documentation.
 pub struct NatsSink {

@@ -1,17 +1,15 @@
 //! Sources: one module per broker, each yielding [`Delivery`]s that carry the
 //! means to settle them (commit, ack, PUBACK, checkpoint) exactly once.
 
+mod delayed;
 pub mod file;
 pub mod jetstream;
 pub mod kafka;
+mod low_water;
 pub mod memory;
 pub mod mqtt;
 pub mod nats;
 
-use std::future::Future;
-use std::marker::PhantomData;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -19,6 +17,7 @@ use futures::future::BoxFuture;
 use crate::failure::Failure;
 use crate::message::{Message, Output};
 use crate::stats::{LagGauge, SourceDrops, SourceHealth};
+pub use crate::wait::settled;
 
 /// What a request is answered with (NATS request/reply): see [`Settle::answer`].
 #[derive(Debug, Clone)]
@@ -67,21 +66,6 @@ pub trait Settle: Send + 'static {
     /// Called before `settle`, possibly several times (each failure, then a
     /// success); the last call counts. Default: nothing to answer.
     fn answer(&mut self, _answer: Answer) {}
-}
-
-/// A future already finished with `Ok(())` — a settle with nothing left to
-/// do, or a sink's [`crate::sinks::done`]. It has no size, so boxing it
-/// allocates nothing (an `async` block of no awaits still has a state byte,
-/// and `std::future::ready` holds its output: either allocates per message).
-pub fn settled<E: 'static>() -> BoxFuture<'static, Result<(), E>> {
-    struct Settled<E>(PhantomData<fn() -> E>);
-    impl<E> Future for Settled<E> {
-        type Output = Result<(), E>;
-        fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
-            Poll::Ready(Ok(()))
-        }
-    }
-    Box::pin(Settled(PhantomData))
 }
 
 /// One message plus the means to settle it.
@@ -177,7 +161,7 @@ pub trait Source: Send {
     }
 
     /// True when the broker schedules redeliveries itself (JetStream): the
-    /// router then answers a retry with [`Settlement::Redeliver`] and the delay
+    /// policy then answers a retry with [`Settlement::Redeliver`] and the delay
     /// instead of sleeping, so a restart does not lose the schedule.
     fn redelivers(&self) -> bool {
         false

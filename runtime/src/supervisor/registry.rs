@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::engine::{Engine, Plugin, PluginSpec};
 use crate::pipeline::{Pipeline, PluginSlot};
-use crate::router::breaker::{Breaker, BreakerState};
+use crate::policy::breaker::{Breaker, BreakerState};
 use crate::stats::Stats;
 
 /// Where a pipeline is in its life.

@@ -273,7 +273,7 @@ pub fn memory_parts(
             named: Default::default(),
         },
         dead_letter: dead_letter.map(|d| d as std::sync::Arc<dyn sluice::sinks::Sink>),
-        policy: sluice::router::Policy {
+        policy: sluice::policy::Policy {
             errors: Default::default(),
             retry: Default::default(),
         },

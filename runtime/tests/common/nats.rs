@@ -325,7 +325,7 @@ pub mod run {
     use sluice::config::{BreakerConfig, ErrorsConfig, Jitter, RetryConfig};
     use sluice::engine::{Engine, EngineOptions, Plugin, PluginSpec};
     use sluice::pipeline::{Parts, Pipeline, Sinks};
-    use sluice::router::Policy;
+    use sluice::policy::Policy;
     use sluice::sinks::Sink;
     use sluice::sources::Source;
     use sluice::stats::{Snapshot, Stats};

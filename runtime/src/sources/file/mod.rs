@@ -93,8 +93,8 @@ use state::{FileSettle, LineRef, Shared};
 use super::{Delivery, Source, SourceError};
 use crate::config::{FileSourceConfig, FileSourceFormat};
 use crate::envelope;
+use crate::files::SyncTarget;
 use crate::message::Message;
-use crate::sinks::file::SyncTarget;
 
 /// The longest line handed out whole; longer lines are `decode` failures.
 pub const MAX_LINE: usize = 64 << 20;
@@ -212,14 +212,12 @@ impl FileSource {
             }
             let (due, in_flight, since_checkpoint) = {
                 let mut st = self.shared.lock();
-                let due = st.redeliveries.peek().map(|p| p.due);
-                if due.is_some_and(|d| d <= Instant::now())
-                    && let Some(p) = st.redeliveries.pop()
-                {
+                if let Some(p) = st.redeliveries.pop_due(Instant::now()) {
                     drop(st);
                     return Ok(Step::Deliver(self.delivery(p.line, p.attempt)));
                 }
-                (due, st.outstanding.len(), st.outstanding.since_checkpoint())
+                let due = st.redeliveries.next_due();
+                (due, st.outstanding.unsettled(), st.outstanding.handed_out())
             };
             let wait = |read| Ok(Step::Wait { due, read });
             if self.start_over.is_some() {

@@ -1,8 +1,6 @@
 //! What the `file` source shares with its settle handles and its checkpoint
 //! thread: the lines in flight, the redeliveries due, and the low-water mark.
 
-use std::cmp::{Ordering, Reverse};
-use std::collections::{BinaryHeap, VecDeque};
 use std::fs::File;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
@@ -14,7 +12,9 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::checkpoint::Checkpoint;
-use crate::sinks::file::SyncTarget;
+use crate::files::SyncTarget;
+use crate::sources::delayed::Delayed;
+use crate::sources::low_water::LowWater;
 use crate::sources::{Settle, Settlement};
 
 /// State shared between the source, its settle handles and the checkpoint thread.
@@ -35,12 +35,14 @@ pub(super) struct Shared {
 }
 
 pub(super) struct State {
-    /// Lines handed out and not settled (incl. pending redeliveries).
-    pub(super) outstanding: Outstanding,
+    /// Start offsets of the lines handed out since the last checkpoint
+    /// written, with whether each settled (a line waiting for its
+    /// redelivery is not). Offsets grow in hand-out order (a start over
+    /// happens with nothing in flight).
+    pub(super) outstanding: LowWater<u64>,
     /// Start offset of the next line not yet handed out.
     pub(super) next_line: u64,
-    pub(super) redeliveries: BinaryHeap<Pending>,
-    seq: u64,
+    pub(super) redeliveries: Delayed<Pending>,
     /// The low-water mark may have moved since the last checkpoint.
     dirty: bool,
     /// Many lines settled since the last checkpoint: write it without resting.
@@ -49,66 +51,8 @@ pub(super) struct State {
     stop: bool,
 }
 
-/// Start offsets of the lines handed out since the last checkpoint written,
-/// in order, with whether each settled. Offsets grow in hand-out order (a
-/// start over happens with nothing in flight).
-#[derive(Default)]
-pub(super) struct Outstanding {
-    lines: VecDeque<(u64, bool)>,
-    /// How many lines at the front settled (the first unsettled one follows).
-    settled_front: usize,
-    unsettled: usize,
-}
-
-impl Outstanding {
-    pub(super) fn push(&mut self, offset: u64) {
-        self.lines.push_back((offset, false));
-        self.unsettled += 1;
-    }
-
-    fn settle(&mut self, offset: u64) {
-        if let Ok(i) = self.lines.binary_search_by_key(&offset, |l| l.0)
-            && !self.lines[i].1
-        {
-            self.lines[i].1 = true;
-            self.unsettled -= 1;
-        }
-        while self.lines.get(self.settled_front).is_some_and(|l| l.1) {
-            self.settled_front += 1;
-        }
-    }
-
-    /// The checkpoint reached `offset`: forget the lines before it.
-    fn committed(&mut self, offset: u64) {
-        while self.lines.front().is_some_and(|l| l.0 < offset && l.1) {
-            self.lines.pop_front();
-            self.settled_front -= 1;
-        }
-    }
-
-    /// Lines handed out and not settled.
-    pub(super) fn len(&self) -> usize {
-        self.unsettled
-    }
-
-    /// Lines handed out since the last checkpoint: what a kill would repeat.
-    pub(super) fn since_checkpoint(&self) -> usize {
-        self.lines.len()
-    }
-
-    fn first_unsettled(&self) -> Option<u64> {
-        self.lines.get(self.settled_front).map(|l| l.0)
-    }
-
-    fn clear(&mut self) {
-        *self = Outstanding::default();
-    }
-}
-
 /// A line waiting to be handed out again.
 pub(super) struct Pending {
-    pub(super) due: Instant,
-    seq: u64,
     pub(super) line: LineRef,
     pub(super) attempt: u32,
 }
@@ -119,24 +63,6 @@ pub(super) struct LineRef {
     pub(super) start: u64,
     pub(super) bytes: Bytes,
     pub(super) overflow: u64,
-}
-
-impl PartialEq for Pending {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-impl Eq for Pending {}
-impl PartialOrd for Pending {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Pending {
-    /// Reversed, so the max-heap pops the earliest due first.
-    fn cmp(&self, other: &Self) -> Ordering {
-        Reverse((self.due, self.seq)).cmp(&Reverse((other.due, other.seq)))
-    }
 }
 
 impl State {
@@ -156,10 +82,9 @@ impl Shared {
     ) -> Self {
         Shared {
             state: Mutex::new(State {
-                outstanding: Outstanding::default(),
+                outstanding: LowWater::default(),
                 next_line: start,
-                redeliveries: BinaryHeap::new(),
-                seq: 0,
+                redeliveries: Delayed::default(),
                 dirty: false,
                 urgent: false,
                 stop: false,
@@ -189,7 +114,7 @@ impl Shared {
     pub(super) fn moved(&self, mut st: MutexGuard<'_, State>) -> anyhow::Result<()> {
         if !self.has_checkpoint {
             let lwm = st.low_water();
-            st.outstanding.committed(lwm);
+            st.outstanding.forget_settled_before(lwm);
             return Ok(());
         }
         if self.eager {
@@ -198,7 +123,7 @@ impl Shared {
         }
         let mut wake = !st.dirty;
         st.dirty = true;
-        if !st.urgent && st.outstanding.settled_front >= self.soon {
+        if !st.urgent && st.outstanding.settled_front() >= self.soon {
             st.urgent = true;
             wake = true;
         }
@@ -229,7 +154,7 @@ impl Shared {
                     .with_context(|| format!("syncing checkpoint {}", cp.path.display()))?;
             }
         }
-        self.lock().outstanding.committed(lwm);
+        self.lock().outstanding.forget_settled_before(lwm);
         // The source may be waiting for lines to leave the window.
         self.notify.notify_one();
         Ok(())
@@ -240,7 +165,7 @@ impl Shared {
         {
             let mut st = self.lock();
             st.next_line = 0;
-            st.outstanding.clear();
+            st.outstanding = LowWater::default();
         }
         if let Some(cp) = self.lock_checkpoint().as_mut() {
             let synced = cp.reset(data).and_then(|()| {
@@ -287,14 +212,8 @@ impl Shared {
 
     fn requeue(&self, line: LineRef, attempt: u32, delay: Duration) {
         let mut st = self.lock();
-        st.seq += 1;
-        let seq = st.seq;
-        st.redeliveries.push(Pending {
-            due: Instant::now() + delay,
-            seq,
-            line,
-            attempt,
-        });
+        st.redeliveries
+            .push(Instant::now() + delay, Pending { line, attempt });
         drop(st);
         self.notify.notify_one();
     }

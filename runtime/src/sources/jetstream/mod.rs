@@ -35,10 +35,9 @@ use async_nats::jetstream::message::{AckKind, Acker};
 use async_nats::jetstream::{self, stream};
 use futures::StreamExt as _;
 use futures::future::BoxFuture;
-use rand::RngExt;
 
-use super::nats::connect;
 use super::{Delivery, Settle, Settlement, Source, SourceError};
+use crate::brokers::nats as connect;
 use crate::config::nats::JetStreamSourceConfig;
 use crate::message::Message;
 use crate::stats::LagGauge;
@@ -186,8 +185,7 @@ impl JetStreamSource {
     async fn backoff(&self) {
         let exp = self.errors.saturating_sub(1).min(6) as i32;
         let base = Duration::from_millis(100).mul_f64(2f64.powi(exp)); // 100ms .. 6.4s
-        let d = base / 2 + (base / 2).mul_f64(rand::rng().random_range(0.0..=1.0));
-        tokio::time::sleep(d).await;
+        tokio::time::sleep(crate::policy::backoff::equal_jitter(base)).await;
     }
 
     /// Starts the continuous pull, binding the consumer again first when
@@ -311,7 +309,7 @@ impl Settle for JetStreamSettle {
         let acker = self.acker.clone();
         Box::pin(async move {
             // The ack is queued with the client at once: no timer unless it waits.
-            crate::sinks::within_for(ACK_TIMEOUT, acker.ack_with(kind))
+            crate::wait::within_for(ACK_TIMEOUT, acker.ack_with(kind))
                 .await
                 .map_err(|_| anyhow::anyhow!("JetStream {how:?} timed out"))?
                 .map_err(|e| anyhow::anyhow!("JetStream {how:?}: {e}"))

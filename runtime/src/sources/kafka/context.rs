@@ -83,18 +83,7 @@ impl ClientContext for Ctx {
     }
 
     fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
-        let p = self.shared.pipeline();
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => tracing::error!(pipeline = %p, "librdkafka {fac}: {msg}"),
-            RDKafkaLogLevel::Warning => tracing::warn!(pipeline = %p, "librdkafka {fac}: {msg}"),
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                tracing::info!(pipeline = %p, "librdkafka {fac}: {msg}")
-            }
-            RDKafkaLogLevel::Debug => tracing::debug!(pipeline = %p, "librdkafka {fac}: {msg}"),
-        }
+        crate::brokers::kafka::log(self.shared.pipeline(), level, fac, msg);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {

@@ -38,8 +38,7 @@
 mod context;
 pub mod tracker;
 
-use std::cmp::{Ordering, Reverse};
-use std::collections::{BinaryHeap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -55,6 +54,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
+use super::delayed::Delayed;
 use super::{Delivery, Settle, Settlement, Source, SourceError};
 use crate::config::kafka::{KafkaSourceConfig, KafkaStart, client_config};
 use crate::message::{Header, Message};
@@ -110,8 +110,7 @@ pub(crate) struct Shared {
 pub(crate) struct State {
     tracker: Tracker,
     queue: VecDeque<Queued>,
-    redeliveries: BinaryHeap<Pending>,
-    seq: u64,
+    redeliveries: Delayed<Queued>,
     /// Paused by the pipeline (circuit breaker).
     user_paused: bool,
     /// `max_in_flight` was reached: intake holds (no `recv`) until a quarter settled.
@@ -139,30 +138,6 @@ struct Queued {
     message: Message,
 }
 
-struct Pending {
-    due: Instant,
-    seq: u64,
-    item: Queued,
-}
-
-impl PartialEq for Pending {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-impl Eq for Pending {}
-impl PartialOrd for Pending {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Pending {
-    /// Reversed, so the max-heap pops the earliest due first.
-    fn cmp(&self, other: &Self) -> Ordering {
-        Reverse((self.due, self.seq)).cmp(&Reverse((other.due, other.seq)))
-    }
-}
-
 impl Shared {
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -187,7 +162,7 @@ impl Shared {
             .filter_map(|tp| st.tracker.revoke(tp).map(|pos| (tp.clone(), pos)))
             .collect();
         st.queue.retain(|q| !tps.contains(&q.tp));
-        st.redeliveries.retain(|p| !tps.contains(&p.item.tp));
+        st.redeliveries.retain(|q| !tps.contains(&q.tp));
         for tp in tps {
             st.assigned.remove(tp);
         }
@@ -290,8 +265,8 @@ pub(crate) fn tpl_of(positions: &[(Tp, i64)]) -> TopicPartitionList {
 /// an unreachable cluster fails here, within [`OPEN_TIMEOUT`]) and subscribes.
 pub async fn open(cfg: &KafkaSourceConfig, pipeline: &str) -> anyhow::Result<KafkaSource> {
     let problems = cfg.validate();
-    if let Some((k, why)) = problems.first() {
-        anyhow::bail!("kafka source: {k}: {why}");
+    if let Some(p) = problems.first() {
+        anyhow::bail!("kafka source: {p}");
     }
     let session_ms = cfg.session_timeout.0.as_millis().to_string();
     let client_id = format!("sluice-{pipeline}");
@@ -696,12 +671,9 @@ impl KafkaSource {
         }
         let now = Instant::now();
         let mut item = None;
-        while st.redeliveries.peek().is_some_and(|p| p.due <= now) {
-            let Some(p) = st.redeliveries.pop() else {
-                break;
-            };
-            if st.tracker.is_current(&p.item.tp, p.item.generation) {
-                item = Some(p.item);
+        while let Some(q) = st.redeliveries.pop_due(now) {
+            if st.tracker.is_current(&q.tp, q.generation) {
+                item = Some(q);
                 break;
             }
         }
@@ -710,7 +682,7 @@ impl KafkaSource {
         }
         match item {
             Some(q) => Ok(Ok(Some(self.delivery(q)))),
-            None => Err(st.redeliveries.peek().map(|p| p.due)),
+            None => Err(st.redeliveries.next_due()),
         }
     }
 
@@ -779,17 +751,14 @@ impl Settle for KafkaSettle {
                 Settlement::Redeliver { delay } => {
                     if st.tracker.is_current(&tp, generation) {
                         message.attempt += 1;
-                        st.seq += 1;
-                        let seq = st.seq;
-                        st.redeliveries.push(Pending {
-                            due: Instant::now() + delay,
-                            seq,
-                            item: Queued {
+                        st.redeliveries.push(
+                            Instant::now() + delay,
+                            Queued {
                                 tp,
                                 generation,
                                 message,
                             },
-                        });
+                        );
                     }
                     drop(st);
                     shared.ready.notify_one();

@@ -7,8 +7,10 @@
 //! is settled. Out-of-order settles therefore never commit past a message
 //! that is still being worked on (or waiting to be redelivered).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
+
+use crate::sources::low_water::LowWater;
 
 /// A topic and partition.
 pub type Tp = (Arc<str>, i32);
@@ -19,7 +21,7 @@ struct Part {
     /// Which assignment this is: settles of an older one are ignored.
     generation: u64,
     /// Received and not settled (handed out, queued or waiting to be redelivered).
-    outstanding: BTreeSet<i64>,
+    outstanding: LowWater<i64>,
     /// One past the highest offset received.
     next: Option<i64>,
     /// The position last committed (or being committed).
@@ -28,7 +30,7 @@ struct Part {
 
 impl Part {
     fn position(&self) -> Option<i64> {
-        self.outstanding.first().copied().or(self.next)
+        self.outstanding.first_unsettled().or(self.next)
     }
 }
 
@@ -61,12 +63,12 @@ impl Tracker {
             tp,
             Part {
                 generation: self.generations,
-                outstanding: BTreeSet::new(),
+                outstanding: LowWater::default(),
                 next: None,
                 committed: None,
             },
         ) {
-            self.in_flight -= old.outstanding.len();
+            self.in_flight -= old.outstanding.unsettled();
         }
     }
 
@@ -79,7 +81,7 @@ impl Tracker {
         let Some(p) = self.parts.get_mut(tp) else {
             unreachable!("inserted above")
         };
-        if p.outstanding.insert(offset) {
+        if p.outstanding.push(offset) {
             self.in_flight += 1;
         }
         p.next = Some(p.next.map_or(offset + 1, |n| n.max(offset + 1)));
@@ -97,8 +99,10 @@ impl Tracker {
     pub fn settled(&mut self, tp: &Tp, generation: u64, offset: i64) {
         if let Some(p) = self.parts.get_mut(tp)
             && p.generation == generation
-            && p.outstanding.remove(&offset)
+            && p.outstanding.settle(offset)
         {
+            // Only the mark matters once they settled.
+            p.outstanding.forget_settled();
             self.in_flight -= 1;
             self.settled_since_commit += 1;
         }
@@ -144,7 +148,7 @@ impl Tracker {
     /// Forgets a revoked partition; returns its position to commit, if any.
     pub fn revoke(&mut self, tp: &Tp) -> Option<i64> {
         let p = self.parts.remove(tp)?;
-        self.in_flight -= p.outstanding.len();
+        self.in_flight -= p.outstanding.unsettled();
         p.position()
     }
 }

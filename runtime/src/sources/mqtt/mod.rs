@@ -53,7 +53,6 @@
 //! Credentials refused later (e.g. a rotated password) end the source with a
 //! fatal error instead of a silent retry loop.
 
-pub(crate) mod conn;
 mod state;
 
 use std::sync::Arc;
@@ -66,8 +65,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::{Delivery, Source, SourceError};
+use crate::brokers::mqtt::{self as conn, ConnError, Ev, Loop, Reconnect, Spec};
 use crate::config::mqtt::{MqttSourceConfig, MqttVersion};
-use conn::{Backoff, ConnError, Ev, Loop, Spec};
 use state::{Received, Shared};
 
 /// How start-up is going, reported by the event-loop task.
@@ -187,15 +186,14 @@ async fn run(
     shared: Arc<Shared>,
     status: watch::Sender<Status>,
 ) {
-    let mut backoff = Backoff::new(spec.reconnect_max);
-    let mut index = 0usize;
+    let mut reconnect = Reconnect::new(&spec);
     let mut started = false;
     loop {
         match lp.poll().await {
             Ok(Ev::ConnAck {
                 session_present, ..
             }) => {
-                backoff.reset();
+                reconnect.connected();
                 shared.connected(session_present);
                 // Subscribe on the first connect (the filters may have changed
                 // since the session was made) and whenever there is no session.
@@ -244,19 +242,13 @@ async fn run(
                         if shared.is_closing() {
                             return;
                         }
-                        let delay = backoff.next_delay();
+                        let delay = reconnect.next_delay();
                         if started {
                             tracing::warn!(client_id = %spec.client_id, "mqtt source connection lost: {why}; reconnecting in {delay:?}");
                         } else {
                             status.send_replace(Status::Connecting(Some(why)));
                         }
-                        tokio::time::sleep(delay).await;
-                        if spec.addrs.len() > 1 {
-                            index = (index + 1) % spec.addrs.len();
-                            if let Err(e) = lp.retarget(&spec, index) {
-                                tracing::error!("mqtt: {e:#}");
-                            }
-                        }
+                        reconnect.wait(&mut lp, &spec, delay).await;
                     }
                 }
             }

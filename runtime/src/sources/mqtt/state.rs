@@ -2,8 +2,7 @@
 //! re-queued ones, and the in-order acknowledgement queue of the current
 //! connection. The event-loop task and the settle handles meet here.
 
-use std::cmp::{Ordering, Reverse};
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -11,8 +10,9 @@ use futures::future::BoxFuture;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::conn::{Client, InPublish, Loop};
+use crate::brokers::mqtt::{Client, InPublish, Loop};
 use crate::message::Message;
+use crate::sources::delayed::Delayed;
 use crate::sources::{Settle, Settlement, SourceError};
 
 /// A message received from the broker.
@@ -39,40 +39,15 @@ struct AckSlot {
     done: bool,
 }
 
-struct Pending {
-    due: Instant,
-    seq: u64,
-    r: Received,
-}
-
-impl PartialEq for Pending {
-    fn eq(&self, o: &Self) -> bool {
-        self.cmp(o) == Ordering::Equal
-    }
-}
-impl Eq for Pending {}
-impl PartialOrd for Pending {
-    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Pending {
-    /// Reversed: the max-heap pops the earliest due first.
-    fn cmp(&self, o: &Self) -> Ordering {
-        Reverse((self.due, self.seq)).cmp(&Reverse((o.due, o.seq)))
-    }
-}
-
 struct State {
     /// The connection counter: bumped on every lost connection.
     conn: u64,
     connected: bool,
     ready: VecDeque<Received>,
-    delayed: BinaryHeap<Pending>,
+    delayed: Delayed<Received>,
     /// QoS 1/2 messages of the current connection, in receive order.
     acks: VecDeque<AckSlot>,
     next_id: u64,
-    seq: u64,
     /// Deliveries handed out and not yet settled.
     outstanding: usize,
     fatal: Option<String>,
@@ -97,10 +72,9 @@ impl Shared {
                 conn: 0,
                 connected: false,
                 ready: VecDeque::new(),
-                delayed: BinaryHeap::new(),
+                delayed: Delayed::default(),
                 acks: VecDeque::new(),
                 next_id: 0,
-                seq: 0,
                 outstanding: 0,
                 fatal: None,
                 closing: false,
@@ -126,8 +100,7 @@ impl Shared {
         let from_here = |r: &Received| r.conn == conn || r.ack.is_none();
         if session_present {
             st.ready.retain(from_here);
-            let delayed = std::mem::take(&mut st.delayed);
-            st.delayed = delayed.into_iter().filter(|p| from_here(&p.r)).collect();
+            st.delayed.retain(from_here);
         }
     }
 
@@ -216,8 +189,8 @@ impl Shared {
             return Err(SourceError::Fatal(f.clone()));
         }
         let now = Instant::now();
-        let r = if st.delayed.peek().is_some_and(|p| p.due <= now) {
-            st.delayed.pop().map(|p| p.r)
+        let r = if let Some(r) = st.delayed.pop_due(now) {
+            Some(r)
         } else {
             let r = st.ready.pop_front();
             if r.is_some() && st.ready.len() + 1 == self.capacity {
@@ -234,7 +207,7 @@ impl Shared {
                 st.outstanding += 1;
                 Ok(Ok(r))
             }
-            None => Ok(Err(st.delayed.peek().map(|p| p.due))),
+            None => Ok(Err(st.delayed.next_due())),
         }
     }
 
@@ -265,13 +238,7 @@ impl Shared {
             r.ack = None;
         }
         r.message.attempt = r.message.attempt.saturating_add(1);
-        st.seq += 1;
-        let seq = st.seq;
-        st.delayed.push(Pending {
-            due: Instant::now() + delay,
-            seq,
-            r,
-        });
+        st.delayed.push(Instant::now() + delay, r);
         drop(st);
         self.notify.notify_one();
     }

@@ -15,7 +15,6 @@
 //! are answered `unavailable` while the circuit breaker is open); a plain
 //! one, while paused, keeps filling its queue up to its limits, then drops.
 
-pub mod connect;
 pub mod reply;
 
 use std::collections::VecDeque;
@@ -31,9 +30,9 @@ use futures::future::BoxFuture;
 use tokio::sync::Notify;
 
 use super::{Delivery, Source, SourceError};
+use crate::brokers::nats::{self as connect, ConnStats};
 use crate::config::nats::NatsSourceConfig;
 use crate::message::Message;
-use connect::ConnStats;
 use reply::NatsSettle;
 
 /// A `nats` source. See the module documentation.

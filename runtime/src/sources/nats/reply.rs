@@ -32,7 +32,7 @@ use futures::future::BoxFuture;
 
 use crate::sources::{Settle, Settlement};
 
-use super::connect::{header_text, to_nats_headers};
+use crate::brokers::nats::{header_text, to_nats_headers};
 
 /// How long sending a reply may take (publish and flush).
 const REPLY_TIMEOUT: Duration = Duration::from_secs(5);

@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use rand::RngExt as _;
 use rumqttc as p4;
 use rumqttc::Transport;
 use rumqttc::v5::mqttbytes::QoS as QoS5;
 use rumqttc::v5::mqttbytes::v5 as p5;
 
-use crate::config::mqtt::{BrokerAddr, MqttTlsConfig, MqttVersion, parse_url};
+use crate::config::TlsConfig;
+use crate::config::mqtt::{BrokerAddr, MqttVersion, parse_url};
 use crate::config::secret::Secret;
 use crate::message::Header;
 
@@ -57,7 +57,7 @@ pub(crate) fn prepare(
     urls: &[String],
     username: &Option<String>,
     password: &Option<Secret>,
-    tls: &Option<MqttTlsConfig>,
+    tls: &Option<TlsConfig>,
 ) -> anyhow::Result<Prepared> {
     let addrs = urls
         .iter()
@@ -635,8 +635,45 @@ impl Backoff {
             .saturating_mul(1u32 << self.failures.min(20))
             .min(self.max);
         self.failures = self.failures.saturating_add(1);
-        let ms = cap.as_millis().max(50) as u64;
-        Duration::from_millis(rand::rng().random_range(50..=ms))
+        crate::policy::backoff::between(Duration::from_millis(50), cap)
+    }
+}
+
+/// What the source's and the sink's event loops do between two
+/// connections: back off (from scratch after a CONNACK), then point the next
+/// attempt at the next broker address when there are several.
+pub(crate) struct Reconnect {
+    backoff: Backoff,
+    index: usize,
+}
+
+impl Reconnect {
+    pub(crate) fn new(spec: &Spec) -> Self {
+        Reconnect {
+            backoff: Backoff::new(spec.reconnect_max),
+            index: 0,
+        }
+    }
+
+    /// A connection was made: the next loss backs off from the start.
+    pub(crate) fn connected(&mut self) {
+        self.backoff.reset();
+    }
+
+    /// The pause before the next attempt, for the log line that announces it.
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        self.backoff.next_delay()
+    }
+
+    /// Sleeps `delay`, then moves `lp` on to the next address.
+    pub(crate) async fn wait(&mut self, lp: &mut Loop, spec: &Spec, delay: Duration) {
+        tokio::time::sleep(delay).await;
+        if spec.addrs.len() > 1 {
+            self.index = (self.index + 1) % spec.addrs.len();
+            if let Err(e) = lp.retarget(spec, self.index) {
+                tracing::error!("mqtt: {e:#}");
+            }
+        }
     }
 }
 

@@ -10,7 +10,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_nats::{Client, ConnectErrorKind, ConnectOptions, Event, HeaderMap, ServerAddr};
 use bytes::Bytes;
-use rand::RngExt;
 
 use crate::config::nats::NatsConnection;
 use crate::message::Header;
@@ -70,7 +69,7 @@ pub async fn connect(
             anyhow::ensure!(ca.exists(), "`tls.ca_file` {} does not exist", ca.display());
             opts = opts.add_root_certificates(ca.clone());
         }
-        if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+        if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
             opts = opts.add_client_certificate(cert.clone(), key.clone());
         }
     }
@@ -144,7 +143,7 @@ pub fn reconnect_delay(attempts: usize, initial: Duration, max: Duration) -> Dur
     let exp = (attempts - 1).min(32) as i32;
     let base = initial.as_secs_f64() * 2f64.powi(exp);
     let base = Duration::try_from_secs_f64(base.min(max.as_secs_f64())).unwrap_or(max);
-    base / 2 + (base / 2).mul_f64(rand::rng().random_range(0.0..=1.0))
+    crate::policy::backoff::equal_jitter(base)
 }
 
 /// Our headers (plus the record key) as NATS headers. NATS headers are text:

@@ -1,4 +1,5 @@
-//! Retry delays: exponential backoff with a cap and jitter.
+//! Retry delays: exponential backoff with a cap and jitter, and the jitter
+//! every reconnect backoff uses.
 
 use std::time::Duration;
 
@@ -19,9 +20,27 @@ pub fn delay(cfg: &RetryConfig, next_attempt: u32) -> Duration {
     let base = base_delay(cfg, next_attempt);
     match cfg.jitter {
         Jitter::None => base,
-        Jitter::Full => base.mul_f64(rand::rng().random_range(0.0..=1.0)),
-        Jitter::Equal => base / 2 + (base / 2).mul_f64(rand::rng().random_range(0.0..=1.0)),
+        Jitter::Full => full_jitter(base),
+        Jitter::Equal => equal_jitter(base),
     }
+}
+
+/// A random duration from `lo` to `hi` (`lo` when `hi` is shorter).
+pub fn between(lo: Duration, hi: Duration) -> Duration {
+    lo + hi
+        .saturating_sub(lo)
+        .mul_f64(rand::rng().random_range(0.0..=1.0))
+}
+
+/// "Full" jitter: a random duration up to `base`.
+pub fn full_jitter(base: Duration) -> Duration {
+    between(Duration::ZERO, base)
+}
+
+/// "Equal" jitter: half of `base` fixed, the other half random, so that many
+/// clients waiting out the same outage spread out and none retries at once.
+pub fn equal_jitter(base: Duration) -> Duration {
+    base / 2 + full_jitter(base / 2)
 }
 
 #[cfg(test)]
@@ -56,5 +75,15 @@ mod tests {
                 assert!(e >= base / 2 && e <= base);
             }
         }
+    }
+
+    #[test]
+    fn between_stays_within_its_bounds() {
+        let (lo, hi) = (Duration::from_millis(50), Duration::from_millis(80));
+        for _ in 0..100 {
+            let d = between(lo, hi);
+            assert!(d >= lo && d <= hi, "{d:?}");
+        }
+        assert_eq!(between(lo, Duration::from_millis(10)), lo, "hi below lo");
     }
 }

@@ -1,5 +1,5 @@
-//! The router: the `[errors]` table as a lookup, retry backoff, dead-letter
-//! records, the circuit breaker and dedup.
+//! The failure policy: the `[errors]` table as a lookup, retry backoff,
+//! dead-letter records, the circuit breaker and dedup.
 
 pub mod backoff;
 pub mod breaker;
@@ -23,6 +23,12 @@ pub enum Decision {
     Drop { exhausted: bool },
     /// Stop the pipeline; do not settle.
     Stop,
+    /// Keep the message and wait until the circuit breaker half-opens; the
+    /// message is then tried again as its probe.
+    Hold,
+    /// Leave the message unsettled: the source delivers it again after
+    /// this delay.
+    Redeliver(Duration),
 }
 
 /// The failure policy of one pipeline.
@@ -66,6 +72,33 @@ impl Policy {
             Action::Stop => Decision::Stop,
         }
     }
+
+    /// The decision the pipeline carries out for a message that failed with
+    /// `class` on attempt `attempt`, `breaker` telling whether the circuit
+    /// breaker is on: [`Policy::decide`], except that a `sink` failure whose
+    /// retries ran out towards the dead letter is held for the breaker. The
+    /// sink is away, not the message at fault: the stream is not burnt into
+    /// the dead letter while it is.
+    pub fn on_failure(&self, class: FailureClass, attempt: u32, breaker: bool) -> Decision {
+        match self.decide(class, attempt) {
+            Decision::DeadLetter { exhausted: true } if class == FailureClass::Sink && breaker => {
+                Decision::Hold
+            }
+            d => d,
+        }
+    }
+
+    /// The decision when writing the dead-letter record of a message on
+    /// attempt `attempt` failed with `class`: a refusal for good (`rejected`,
+    /// after every cut-down form of the record) stops the pipeline, since
+    /// trying again would only spin; anything else leaves the message
+    /// unsettled, to be delivered again after the retry backoff.
+    pub fn on_dead_letter_failure(&self, class: FailureClass, attempt: u32) -> Decision {
+        match class {
+            FailureClass::Rejected => Decision::Stop,
+            _ => Decision::Redeliver(backoff::delay(&self.retry, attempt + 1)),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -74,9 +107,8 @@ mod tests {
     use crate::config::Jitter;
     use crate::config::units::Dur;
 
-    #[test]
-    fn table_and_exhaustion() {
-        let p = Policy {
+    fn policy() -> Policy {
+        Policy {
             errors: ErrorsConfig::default(),
             retry: RetryConfig {
                 max_attempts: 3,
@@ -85,7 +117,66 @@ mod tests {
                 multiplier: 2.0,
                 jitter: Jitter::None,
             },
-        };
+        }
+    }
+
+    #[test]
+    fn exhausted_sink_failure_is_held_while_the_breaker_is_on() {
+        let p = policy();
+        assert_eq!(p.on_failure(FailureClass::Sink, 3, true), Decision::Hold);
+        assert_eq!(
+            p.on_failure(FailureClass::Sink, 3, false),
+            Decision::DeadLetter { exhausted: true }
+        );
+        assert_eq!(
+            p.on_failure(FailureClass::Sink, 1, true),
+            Decision::Retry(Duration::from_millis(10))
+        );
+        // Only the sink is "away": other classes go to the dead letter.
+        assert_eq!(
+            p.on_failure(FailureClass::Retriable, 3, true),
+            Decision::DeadLetter { exhausted: true }
+        );
+        // A sink failure the table dead-letters at once is the record's fault.
+        let mut p2 = p.clone();
+        p2.errors.sink = Action::DeadLetter;
+        assert_eq!(
+            p2.on_failure(FailureClass::Sink, 1, true),
+            Decision::DeadLetter { exhausted: false }
+        );
+        // `exhausted = "drop"` is followed, not held.
+        p2.errors.sink = Action::Retry;
+        p2.errors.exhausted = Action::Drop;
+        assert_eq!(
+            p2.on_failure(FailureClass::Sink, 3, true),
+            Decision::Drop { exhausted: true }
+        );
+    }
+
+    #[test]
+    fn failed_dead_letter_write_is_redelivered_after_backoff_or_stops() {
+        let p = policy();
+        assert_eq!(
+            p.on_dead_letter_failure(FailureClass::Sink, 1),
+            Decision::Redeliver(Duration::from_millis(10))
+        );
+        assert_eq!(
+            p.on_dead_letter_failure(FailureClass::Sink, 3),
+            Decision::Redeliver(Duration::from_millis(40))
+        );
+        assert_eq!(
+            p.on_dead_letter_failure(FailureClass::Timeout, 2),
+            Decision::Redeliver(Duration::from_millis(20))
+        );
+        assert_eq!(
+            p.on_dead_letter_failure(FailureClass::Rejected, 1),
+            Decision::Stop
+        );
+    }
+
+    #[test]
+    fn table_and_exhaustion() {
+        let p = policy();
         assert_eq!(
             p.decide(FailureClass::Retriable, 1),
             Decision::Retry(Duration::from_millis(10))

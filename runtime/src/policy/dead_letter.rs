@@ -4,8 +4,7 @@
 use std::time::SystemTime;
 
 use crate::failure::Failure;
-use crate::message::{Header, Message};
-use crate::sinks::Record;
+use crate::message::{Header, Message, Record};
 
 /// Metadata header names.
 pub mod headers {
