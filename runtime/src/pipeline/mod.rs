@@ -16,7 +16,7 @@ use crate::engine::{Handled, Plugin, Worker};
 use crate::failure::{Failure, FailureClass};
 use crate::message::{Message, Output};
 use crate::router::breaker::{Breaker, BreakerState};
-use crate::router::dedup::Dedup;
+use crate::router::dedup::{self, Dedup};
 use crate::router::{Decision, Policy, backoff, dead_letter};
 use crate::sinks::{Accepted, Record, Sink};
 use crate::sources::{Answer, Delivery, Settle, Settlement, Source, SourceError};
@@ -114,7 +114,7 @@ struct Shared {
     breaker: Arc<Breaker>,
     stats: Arc<Stats>,
     redelivers: bool,
-    dedup: Option<Mutex<Dedup>>,
+    dedup: Option<Arc<Mutex<Dedup>>>,
     publish_timeout: Duration,
     publish_window: usize,
     batch: usize,
@@ -152,7 +152,7 @@ impl Pipeline {
                 policy: parts.policy,
                 stats,
                 redelivers,
-                dedup: parts.dedup.map(Mutex::new),
+                dedup: parts.dedup.map(|d| Arc::new(Mutex::new(d))),
                 publish_timeout: parts.publish_timeout,
                 publish_window: parts.publish_window.max(1),
                 batch: parts.batch.max(1),
@@ -311,20 +311,13 @@ async fn dispatch(
             }
         };
         sh.stats.received.fetch_add(1, Relaxed);
-        if let Some(dedup) = &sh.dedup {
-            let dup = {
-                let mut d = dedup.lock().unwrap_or_else(|e| e.into_inner());
-                d.id(&delivery.message)
-                    .is_some_and(|id| d.is_duplicate(&id))
-            };
-            if dup {
-                sh.stats.deduplicated.fetch_add(1, Relaxed);
-                if let Err(e) = delivery.settle(Settlement::Ack).await {
-                    tracing::warn!(pipeline = %sh.name, "settling a duplicate failed: {e:#}");
-                }
-                continue;
-            }
-        }
+        let delivery = match &sh.dedup {
+            Some(dedup) => match dedup_check(sh, dedup, delivery).await {
+                Some(d) => d,
+                None => continue,
+            },
+            None => delivery,
+        };
         if answers_requests && sh.breaker.state() != BreakerState::Closed && !sh.breaker.try_admit()
         {
             if delivery.wants_answer() {
@@ -831,6 +824,52 @@ async fn wait_shutdown(sh: &Shared) {
         }
         n.await;
     }
+}
+
+/// Drops a copy of a message settled within the window (acknowledged),
+/// hands back a copy whose original is still being handled (the broker
+/// brings it again later), and returns any other delivery with its id kept
+/// in flight until it is settled.
+async fn dedup_check(
+    sh: &Shared,
+    dedup: &Arc<Mutex<Dedup>>,
+    delivery: Delivery,
+) -> Option<Delivery> {
+    let (id, seen) = {
+        let mut d = dedup.lock().unwrap_or_else(|e| e.into_inner());
+        match d.id(&delivery.message) {
+            Some(id) => {
+                let seen = d.check(&id);
+                (Some(id), seen)
+            }
+            None => (None, dedup::Seen::New),
+        }
+    };
+    let how = match (seen, id) {
+        (dedup::Seen::New, None) => return Some(delivery),
+        (dedup::Seen::New, Some(id)) => {
+            let (msg, decode_error, handle) = delivery.into_parts();
+            let handle = Box::new(dedup::Tracked::new(handle, dedup.clone(), id));
+            return Some(match decode_error {
+                Some(e) => Delivery::undecodable(msg, e, handle),
+                None => Delivery::new(msg, handle),
+            });
+        }
+        (dedup::Seen::Settled, _) => {
+            sh.stats.deduplicated.fetch_add(1, Relaxed);
+            Settlement::Ack
+        }
+        (dedup::Seen::InFlight, _) => {
+            sh.stats.redelivered.fetch_add(1, Relaxed);
+            Settlement::Redeliver {
+                delay: backoff::base_delay(&sh.policy.retry, 2),
+            }
+        }
+    };
+    if let Err(e) = delivery.settle(how).await {
+        tracing::warn!(pipeline = %sh.name, "settling a duplicate failed: {e:#}");
+    }
+    None
 }
 
 fn remember(sh: &Shared, msg: &Message) {
