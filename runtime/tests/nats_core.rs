@@ -77,6 +77,48 @@ async fn token_auth_right_token_works_wrong_token_fails_open_fast() {
     assert!(took < Duration::from_secs(3), "took {took:?}");
     eprintln!("[nats auth] wrong token refused in {took:?}: {e}");
 
+    // The core sink and JetStream's source and sink refuse it the same way.
+    let bad_conn = |rest: &str| {
+        format!(
+            "url = \"{}\"\ntoken = {{ file = \"{}\" }}\nconnect_timeout = \"2s\"\n{rest}",
+            server.url(),
+            bad.display()
+        )
+    };
+    let t0 = Instant::now();
+    let errors = [
+        sluice::sinks::nats::open(
+            &toml::from_str(&bad_conn("subject = \"auth.test\"")).unwrap(),
+            "t",
+        )
+        .await
+        .err()
+        .map(|e| format!("core sink: {e:#}")),
+        sluice::sinks::jetstream::open(
+            &toml::from_str(&bad_conn("subject = \"auth.js\"\nstream = \"AUTH_JS\"")).unwrap(),
+            "t",
+        )
+        .await
+        .err()
+        .map(|e| format!("JetStream sink: {e:#}")),
+        sluice::sources::jetstream::open(
+            &toml::from_str(&bad_conn(
+                "stream = \"AUTH_JS\"\nsubjects = [\"auth.js\"]\ndurable = \"d\"",
+            ))
+            .unwrap(),
+            "t",
+        )
+        .await
+        .err()
+        .map(|e| format!("JetStream source: {e:#}")),
+    ];
+    for e in &errors {
+        let e = e.as_deref().expect("a wrong token must fail open");
+        assert!(e.contains("refused the credentials"), "{e}");
+        assert!(!e.contains("wrong-token"), "the secret leaked: {e}");
+    }
+    assert!(t0.elapsed() < Duration::from_secs(8), "{:?}", t0.elapsed());
+
     // No server at all: a clear error within the connect timeout, not a loop.
     let port = common::free_port();
     let t0 = Instant::now();
@@ -553,4 +595,95 @@ async fn unreadable_messages_are_decode_failures_and_cost_no_other() {
     .await
     .unwrap();
     common::nats::handle_mixed(Box::new(source), &subject, 3000).await;
+}
+
+/// A real slow consumer through `sluice run`: a burst on the shared server
+/// far faster than the handler (each message a short hash loop) with a
+/// pending limit of 50. What Sluice could not hold is dropped and shows in
+/// `/metrics` (`sluice_slow_consumer_total`) and `/pipelines`; every
+/// message sent is an output or one of those drops.
+#[test]
+fn a_slow_consumer_is_counted_in_metrics() {
+    use common::admin::{http, metric, pipeline, spawn, wait_until};
+    let n: u64 = 2000;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let subject = common::unique("slowc").replace('-', "_");
+    let file = d.join("slow.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"name = "slow"
+[source]
+type = "nats"
+url = "{URL}"
+subject = "{subject}"
+pending_messages = 50
+[handler]
+plugin = "{plugin}"
+config = {{ iterations = "300000" }}
+[sink]
+type = "file"
+path = "{d}/out.txt"
+[dead_letter]
+type = "file"
+path = "{d}/dlq.jsonl"
+"#,
+            plugin = common::plugin("fuel-burner").display(),
+            d = d.display(),
+        ),
+    )
+    .unwrap();
+    let port = common::free_port();
+    let proc = spawn(&[file.to_str().unwrap()], port, &d.join("sluice.log"));
+    wait_until("the pipeline to be ready", Duration::from_secs(60), || {
+        http(port, "GET", "/readyz", None).0 == 200
+    });
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = async_nats::connect(URL).await.unwrap();
+        for _ in 0..n {
+            client
+                .publish(subject.clone(), Bytes::from_static(b"burn"))
+                .await
+                .unwrap();
+        }
+        client.flush().await.unwrap();
+    });
+    let outputs = || {
+        std::fs::read_to_string(d.join("out.txt"))
+            .unwrap_or_default()
+            .lines()
+            .count() as u64
+    };
+    let slow = || {
+        let (_, text) = http(port, "GET", "/metrics", None);
+        metric(&text, "sluice_slow_consumer_total{pipeline=\"slow\"}").unwrap_or(0.0) as u64
+    };
+    wait_until(
+        "every message out or dropped",
+        Duration::from_secs(120),
+        || outputs() + slow() >= n,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let (out, dropped) = (outputs(), slow());
+    let p = pipeline(port, "slow").unwrap();
+    common::report(
+        "nats core slow consumer",
+        n as usize,
+        out as usize,
+        0,
+        dropped as usize,
+        0,
+    );
+    assert!(dropped > 0, "the burst outran the handler: {p}");
+    assert!(out >= 50, "what was held was handled: {p}");
+    assert_eq!(
+        out + dropped,
+        n,
+        "every message an output or a counted drop: {p}"
+    );
+    assert_eq!(p["counts"]["slow_consumer"].as_u64(), Some(dropped), "{p}");
+    assert_eq!(p["counts"]["succeeded"].as_u64(), Some(out), "{p}");
+    drop(proc);
 }
