@@ -14,6 +14,7 @@
 //! - [`supervisor`]: `sluice run`: pipelines from files and folders, live changes, hot swap.
 //! - [`admin`], [`metrics`]: the admin HTTP API and its Prometheus text.
 //! - [`logging`]: the process's log, written off the workers' threads.
+//! - [`crypto`]: the TLS crypto provider every TLS connection uses.
 
 /// mimalloc serves every Rust allocation of the process (the `sluice`
 /// binary, and the tests and benchmarks that link this crate, so they measure
@@ -27,6 +28,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 pub mod admin;
 pub mod config;
 pub mod connect;
+pub mod crypto;
 pub mod engine;
 pub mod envelope;
 pub mod failure;

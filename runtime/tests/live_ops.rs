@@ -1369,3 +1369,48 @@ by = "{by}"
             .await;
     }
 }
+
+/// `$SLUICE_ADMIN_TOKEN` guards the admin API as `--admin-token-file` does
+/// (surrounding whitespace ignored): a reload without the token or with a
+/// wrong one is 401, with it 200; reading stays open; the token never
+/// reaches the log. An empty token stops `sluice run` before it starts.
+#[test]
+fn admin_token_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("data")).unwrap();
+    std::fs::write(d.join("data/t.in"), "one\n").unwrap();
+    let file = d.join("t.toml");
+    std::fs::write(&file, file_pipeline(d, "t", "tagger", "x", "")).unwrap();
+    let port = common::free_port();
+    let log = d.join("sluice.log");
+    let proc = common::admin::spawn_env(
+        &[file.to_str().unwrap()],
+        port,
+        &log,
+        &[("SLUICE_ADMIN_TOKEN", " env-s3cret\n")],
+    );
+    wait_until("the pipeline to be ready", Duration::from_secs(60), || {
+        http(port, "GET", "/readyz", None).0 == 200 && pipeline(port, "t").is_some()
+    });
+    assert_eq!(http(port, "POST", "/pipelines/t/reload", None).0, 401);
+    assert_eq!(
+        http(port, "POST", "/pipelines/t/reload", Some("env-s3cre")).0,
+        401
+    );
+    let (status, body) = http(port, "POST", "/pipelines/t/reload", Some("env-s3cret"));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(http(port, "GET", "/pipelines", None).0, 200);
+    assert_eq!(http(port, "GET", "/metrics", None).0, 200);
+    stop(proc, &log);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!text.contains("env-s3cret"), "token in the log:\n{text}");
+
+    let admin = format!("127.0.0.1:{}", common::free_port());
+    let (code, _, err) = common::run_sluice_env(
+        &["run", file.to_str().unwrap(), "--admin", &admin],
+        &[("SLUICE_ADMIN_TOKEN", "  \n")],
+    );
+    assert_ne!(code, 0, "an empty token must not start: {err}");
+    assert!(err.contains("admin token is empty"), "{err}");
+}

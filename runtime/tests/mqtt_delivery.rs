@@ -766,3 +766,97 @@ async fn shared_subscription_survives_sigkill_and_restart_of_one_instance() {
         "{dups} duplicates, more than a's in-flight window"
     );
 }
+
+/// TLS: Mosquitto serves TLS with a certificate for 127.0.0.1 signed by a
+/// test CA. Sink and source (MQTT 5 and 3.1.1) connect over `mqtts://` with
+/// that CA as `tls.ca_file` and carry messages; with another CA both fail
+/// `open` at once with an error that says it is about the certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_test_ca_and_an_unknown_ca_fails_open() {
+    let ca = common::tls::TestCa::new();
+    let b = Mosquitto::start(Opts {
+        tls: Some((
+            ca.file("ca.pem"),
+            ca.file("server.pem"),
+            ca.file("server.key"),
+        )),
+        ..Default::default()
+    });
+    let url = format!("mqtts://127.0.0.1:{}", b.tls_port.unwrap());
+    for version in ["5", "3.1.1"] {
+        let topic = common::unique("mqtt-tls");
+        let tls = |pem: &str| format!("tls = {{ ca_file = \"{}\" }}", ca.file(pem).display());
+        let src_cfg = |pem: &str| {
+            source_cfg(&format!(
+                "url = \"{url}\"\ntopics = [\"{topic}\"]\nqos = 1\nversion = \"{version}\"\nclean_session = true\nconnect_timeout = \"5s\"\n{}",
+                tls(pem)
+            ))
+        };
+        let sink_cfg_for = |pem: &str| {
+            sink_cfg(&format!(
+                "url = \"{url}\"\ntopic = \"{topic}\"\nqos = 1\nversion = \"{version}\"\nconnect_timeout = \"5s\"\n{}",
+                tls(pem)
+            ))
+        };
+        let mut src = sluice::sources::mqtt::open(&src_cfg("ca.pem"), "tls")
+            .await
+            .expect("source over TLS");
+        let sink = sluice::sinks::mqtt::open(&sink_cfg_for("ca.pem"), "tls")
+            .await
+            .expect("sink over TLS");
+        let recs: Vec<Record> = (0..20).map(|i| record(&format!("tls-{i}"))).collect();
+        sink.publish(&recs).await.expect("publish over TLS");
+        let mut got = Vec::new();
+        while got.len() < recs.len() {
+            let Some(d) = next(&mut src, Duration::from_secs(5)).await else {
+                break;
+            };
+            got.push(d.message.payload.clone());
+            d.settle(Settlement::Ack).await.unwrap();
+        }
+        let want: Vec<Bytes> = recs.iter().map(|r| r.payload.clone()).collect();
+        assert_eq!(
+            got, want,
+            "MQTT {version}: 20 messages sink → source over TLS"
+        );
+        sink.close().await.unwrap();
+        src.close().await;
+
+        // A refused certificate is retried like a broker not answering yet:
+        // each open fails within its `connect_timeout` (5 s), naming why.
+        let timed = |t: Instant| {
+            let took = t.elapsed();
+            assert!(
+                took < Duration::from_secs(7),
+                "within connect_timeout: {took:?}"
+            );
+            took
+        };
+        let t = Instant::now();
+        let e = format!(
+            "{:#}",
+            sluice::sources::mqtt::open(&src_cfg("other.pem"), "tls")
+                .await
+                .err()
+                .expect("an unknown CA must fail the source")
+        );
+        let took = timed(t);
+        let t = Instant::now();
+        let es = format!(
+            "{:#}",
+            sluice::sinks::mqtt::open(&sink_cfg_for("other.pem"), "tls")
+                .await
+                .err()
+                .expect("an unknown CA must fail the sink")
+        );
+        timed(t);
+        eprintln!("[mqtt tls {version}] unknown CA refused in {took:?}: {e}");
+        for e in [&e, &es] {
+            let l = e.to_lowercase();
+            assert!(
+                l.contains("certificate") || l.contains("tls"),
+                "the error says it is about TLS: {e}"
+            );
+        }
+    }
+}

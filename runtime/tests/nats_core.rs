@@ -687,3 +687,132 @@ path = "{d}/dlq.jsonl"
     assert_eq!(p["counts"]["succeeded"].as_u64(), Some(out), "{p}");
     drop(proc);
 }
+
+/// TLS: a private `nats-server` (JetStream on) serving TLS only, with a
+/// certificate for 127.0.0.1 signed by a test CA. With that CA as
+/// `tls.ca_file`, the core sink and source and the JetStream sink and
+/// source carry messages over `tls://`; with another CA each of the four
+/// fails `open` at once with an error that says it is about the certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_test_ca_core_and_jetstream() {
+    use sluice::config::nats::{JetStreamSinkConfig, JetStreamSourceConfig};
+    let ca = common::tls::TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let conf = dir.path().join("nats.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listen: 127.0.0.1:{port}\njetstream {{ store_dir: \"{}\" }}\ntls {{ cert_file: \"{}\", key_file: \"{}\" }}\n",
+            dir.path().join("js").display(),
+            ca.file("server.pem").display(),
+            ca.file("server.key").display(),
+        ),
+    )
+    .unwrap();
+    let _server = common::Proc {
+        child: common::nats::spawn_with_config(&conf, &dir.path().join("nats.log")),
+    };
+    assert!(
+        common::wait_for_port(port, Duration::from_secs(10)),
+        "nats-server with TLS did not start: {}",
+        std::fs::read_to_string(dir.path().join("nats.log")).unwrap_or_default()
+    );
+    let conn = |pem: &str, rest: &str| {
+        format!(
+            "url = \"tls://127.0.0.1:{port}\"\ntls = {{ ca_file = \"{}\" }}\nconnect_timeout = \"3s\"\n{rest}",
+            ca.file(pem).display()
+        )
+    };
+    let core_src = |pem: &str| -> NatsSourceConfig {
+        toml::from_str(&conn(pem, "subject = \"tls.core\"")).unwrap()
+    };
+    let core_sink = |pem: &str| -> NatsSinkConfig {
+        toml::from_str(&conn(pem, "subject = \"tls.core\"")).unwrap()
+    };
+    let js_src = |pem: &str| -> JetStreamSourceConfig {
+        toml::from_str(&conn(pem, "stream = \"TLS_JS\"\ndurable = \"tls\"")).unwrap()
+    };
+    let js_sink = |pem: &str| -> JetStreamSinkConfig {
+        toml::from_str(&conn(pem, "subject = \"tls.js\"\nstream = \"TLS_JS\"")).unwrap()
+    };
+    let recs: Vec<Record> = (0..20)
+        .map(|i| Record {
+            topic: None,
+            key: None,
+            payload: Bytes::from(format!("tls-{i}")),
+            headers: Vec::new(),
+            id: format!("tls-{i}"),
+        })
+        .collect();
+    let want: Vec<Bytes> = recs.iter().map(|r| r.payload.clone()).collect();
+    async fn take(src: &mut dyn Source, n: usize) -> Vec<Bytes> {
+        let mut got = Vec::new();
+        while got.len() < n {
+            let Ok(Ok(Some(d))) = tokio::time::timeout(Duration::from_secs(5), src.next()).await
+            else {
+                break;
+            };
+            got.push(d.message.payload.clone());
+            d.settle(sluice::sources::Settlement::Ack).await.unwrap();
+        }
+        got
+    }
+
+    let mut src = sluice::sources::nats::open(&core_src("ca.pem"), "tls")
+        .await
+        .expect("core source over TLS");
+    let sink = sluice::sinks::nats::open(&core_sink("ca.pem"), "tls")
+        .await
+        .expect("core sink over TLS");
+    sink.publish(&recs).await.expect("core publish over TLS");
+    assert_eq!(take(&mut src, 20).await, want, "core NATS over TLS");
+
+    let sink = sluice::sinks::jetstream::open(&js_sink("ca.pem"), "tls")
+        .await
+        .expect("JetStream sink over TLS");
+    sink.publish(&recs)
+        .await
+        .expect("JetStream publish over TLS");
+    let mut src = sluice::sources::jetstream::open(&js_src("ca.pem"), "tls")
+        .await
+        .expect("JetStream source over TLS");
+    assert_eq!(take(&mut src, 20).await, want, "JetStream over TLS");
+
+    let t = Instant::now();
+    let errors = [
+        sluice::sources::nats::open(&core_src("other.pem"), "tls")
+            .await
+            .err()
+            .map(|e| format!("core source: {e:#}")),
+        sluice::sinks::nats::open(&core_sink("other.pem"), "tls")
+            .await
+            .err()
+            .map(|e| format!("core sink: {e:#}")),
+        sluice::sources::jetstream::open(&js_src("other.pem"), "tls")
+            .await
+            .err()
+            .map(|e| format!("JetStream source: {e:#}")),
+        sluice::sinks::jetstream::open(&js_sink("other.pem"), "tls")
+            .await
+            .err()
+            .map(|e| format!("JetStream sink: {e:#}")),
+    ];
+    eprintln!(
+        "[nats tls] unknown CA refused, all four in {:?}: {errors:?}",
+        t.elapsed()
+    );
+    for e in &errors {
+        let e = e.as_deref().expect("an unknown CA must fail open");
+        let l = e.to_lowercase();
+        assert!(
+            l.contains("certificate") || l.contains("tls"),
+            "the error says it is about TLS: {e}"
+        );
+    }
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "fails fast: {:?}",
+        t.elapsed()
+    );
+}

@@ -225,6 +225,7 @@ pub mod kafka;
 pub mod mqtt;
 pub mod nats;
 pub mod proxy;
+pub mod tls;
 
 /// A `/proc/self/status` figure in bytes (`VmRSS`, `VmHWM`, ...).
 fn status_bytes(field: &str) -> u64 {
