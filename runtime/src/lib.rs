@@ -16,6 +16,7 @@
 //! - [`admin`], [`metrics`]: the admin HTTP API and its Prometheus text.
 //! - [`logging`]: the process's log, written off the workers' threads.
 //! - [`wait`]: futures sources and sinks share (settled, timed).
+//! - [`crypto`]: the TLS crypto provider every TLS connection uses.
 
 /// mimalloc serves every Rust allocation of the process (the `sluice`
 /// binary, and the tests and benchmarks that link this crate, so they measure
@@ -30,6 +31,7 @@ pub mod admin;
 pub mod brokers;
 pub mod config;
 pub mod connect;
+pub mod crypto;
 pub mod engine;
 pub mod envelope;
 pub mod failure;

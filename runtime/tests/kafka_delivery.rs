@@ -686,8 +686,9 @@ fn make_ca(dir: &std::path::Path, name: &str) {
 
 /// TLS: tansu behind a TLS terminator (socat, with a certificate for
 /// 127.0.0.1 signed by a test CA; the broker advertises the TLS port). The
-/// source reads over TLS with that CA as `security.ca_file`; with another CA
-/// `open` fails at once with an error that says why, instead of retrying.
+/// source reads and the sink writes over TLS with that CA as
+/// `security.ca_file`; with another CA each `open` fails with an error that
+/// names the refused certificate (not librdkafka's later "all brokers down").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_source_reads_and_an_unknown_ca_fails_open() {
     let dir = tempfile::tempdir().unwrap();
@@ -781,5 +782,46 @@ async fn tls_source_reads_and_an_unknown_ca_fails_open() {
     assert!(
         err.to_lowercase().contains("ssl") || err.to_lowercase().contains("certificate"),
         "the error says it is about TLS: {err}"
+    );
+
+    // The sink over TLS: 20 records written, read back over TLS; with the
+    // other CA its open fails the same way.
+    let out = common::unique("tls-out");
+    b.create_topic(&out, 1).await;
+    let sink = sluice::sinks::kafka::open(&sink_cfg(&b, &out, &tls(&ca)), "t")
+        .await
+        .expect("sink over TLS");
+    let recs: Vec<Record> = (0..20)
+        .map(|i| Record {
+            topic: None,
+            key: None,
+            payload: format!("o-{i}").into(),
+            headers: Vec::new(),
+            id: String::new(),
+        })
+        .collect();
+    sink.publish(&recs).await.expect("publish over TLS");
+    let cfg = source_cfg(&b, &out, &common::unique("g"), &tls(&ca));
+    let mut src = sluice::sources::kafka::open(&cfg, "t").await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..20 {
+        let dl = next(&mut src, JOIN).await;
+        got.push(String::from_utf8_lossy(&dl.message.payload).into_owned());
+        dl.settle(Settlement::Ack).await.unwrap();
+    }
+    src.close().await;
+    let want: Vec<String> = (0..20).map(|i| format!("o-{i}")).collect();
+    assert_eq!(
+        got, want,
+        "all 20 records the sink wrote over TLS, in order"
+    );
+    let err = match sluice::sinks::kafka::open(&sink_cfg(&b, &out, &tls(&other)), "t").await {
+        Ok(_) => panic!("a broker certificate from an unknown CA must fail the sink's open"),
+        Err(e) => format!("{e:#}"),
+    };
+    eprintln!("[kafka tls] sink: 20 records over TLS; unknown CA refused: {err}");
+    assert!(
+        err.to_lowercase().contains("ssl") || err.to_lowercase().contains("certificate"),
+        "the sink's error says it is about TLS: {err}"
     );
 }

@@ -1180,3 +1180,237 @@ fn ready_only_once_every_pipeline_given_runs() {
         stop(proc, &log);
     }
 }
+
+/// How a dedup case identifies a message, and how its republished copy
+/// differs from the original (only in what the id is not made of).
+struct DedupCase {
+    by: &'static str,
+    /// The payload of message `i`, first copy and republished copy.
+    payload: fn(usize, bool) -> String,
+    /// The headers of message `i` (the same on both copies).
+    headers: fn(usize) -> Vec<(&'static str, String)>,
+}
+
+static DEDUP_CASES: [DedupCase; 3] = [
+    DedupCase {
+        by: "key",
+        payload: |i, again| format!("key{i:03}-{}", if again { "again" } else { "first" }),
+        headers: |i| vec![("sluice-key", format!("k{i}"))],
+    },
+    DedupCase {
+        by: "payload",
+        payload: |i, _| format!("payload{i:03}"),
+        headers: |_| Vec::new(),
+    },
+    DedupCase {
+        by: "header:Order-Id",
+        payload: |i, again| format!("header{i:03}-{}", if again { "again" } else { "first" }),
+        headers: |i| vec![("Order-Id", format!("o{i}"))],
+    },
+];
+
+/// `[dedup]` end to end through `sluice run`, for `key`, `payload` and
+/// `header:NAME`: every message published twice (the copy after the first
+/// was settled) and, with the JetStream connection slowed past `ack_wait`,
+/// redelivered by the server after it was handled. Each message gives one
+/// output; `deduplicated` counts every copy that was dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedup_drops_republished_and_redelivered_duplicates() {
+    const N: usize = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("pipelines")).unwrap();
+    let u = common::unique("dedup").replace('-', "_");
+    // The server's redeliveries are provoked by slowing this proxy.
+    let proxy = common::proxy::Proxy::start(4222);
+    let js = jetstream::new(
+        async_nats::connect(URL)
+            .await
+            .expect("NATS on 127.0.0.1:4222"),
+    );
+    let echo = common::plugin("echo");
+    let name = |c: &DedupCase| format!("dedup_{}", c.by.replace([':', '-'], "_"));
+    for c in &DEDUP_CASES {
+        let n = name(c);
+        js.get_or_create_stream(stream::Config {
+            name: format!("{u}_{n}").to_uppercase(),
+            subjects: vec![format!("{u}.{n}")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        std::fs::write(
+            d.join(format!("pipelines/{n}.toml")),
+            format!(
+                r#"name = "{n}"
+[source]
+type = "jetstream"
+url = "nats://{proxy}"
+stream = "{stream}"
+durable = "{n}"
+ack_wait = "1s"
+in_progress_every = "0s"
+[handler]
+plugin = "{echo}"
+[sink]
+type = "file"
+path = "{d}/{n}.out"
+[dead_letter]
+type = "file"
+path = "{d}/{n}.dlq"
+[dedup]
+by = "{by}"
+"#,
+                proxy = proxy.addr(),
+                stream = format!("{u}_{n}").to_uppercase(),
+                echo = echo.display(),
+                d = d.display(),
+                by = c.by,
+            ),
+        )
+        .unwrap();
+    }
+    let port = common::free_port();
+    let log = d.join("sluice.log");
+    let proc = spawn(&[d.join("pipelines").to_str().unwrap()], port, &log);
+    tokio::task::block_in_place(|| {
+        wait_until("the pipelines to be ready", Duration::from_secs(60), || {
+            http(port, "GET", "/readyz", None).0 == 200
+        })
+    });
+    let publish = |c: &'static DedupCase, range: std::ops::Range<usize>, again: bool| {
+        let js = js.clone();
+        let subject = format!("{u}.{}", name(c));
+        async move {
+            for i in range {
+                let mut h = async_nats::HeaderMap::new();
+                for (k, v) in (c.headers)(i) {
+                    h.insert(k, v.as_str());
+                }
+                js.publish_with_headers(subject.clone(), h, (c.payload)(i, again).into())
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    let settled = |n: &str, want: u64, dups: u64| {
+        tokio::task::block_in_place(|| {
+            wait_until(
+                &format!("{n}: {want} succeeded, {dups} deduplicated"),
+                Duration::from_secs(60),
+                || {
+                    pipeline(port, n).is_some_and(|p| {
+                        count(&p, "succeeded") >= want && count(&p, "deduplicated") >= dups
+                    })
+                },
+            )
+        })
+    };
+
+    // Republished: the copy arrives after the original was settled.
+    for c in &DEDUP_CASES {
+        publish(c, 0..N, false).await;
+        settled(&name(c), N as u64, 0);
+        publish(c, 0..N, true).await;
+        settled(&name(c), N as u64, N as u64);
+    }
+
+    // Redelivered: every byte through the proxy waits 1.5 s, longer than
+    // `ack_wait`, so the server sends each message again before the ack of
+    // the handled copy reaches it.
+    proxy.delay(Duration::from_millis(1500));
+    for c in &DEDUP_CASES {
+        publish(c, N..2 * N, false).await;
+    }
+    for c in &DEDUP_CASES {
+        settled(&name(c), 2 * N as u64, 2 * N as u64);
+    }
+    // Let the last redeliveries arrive and be dropped before counting.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    proxy.delay(Duration::ZERO);
+
+    for c in &DEDUP_CASES {
+        let n = name(c);
+        let p = tokio::task::block_in_place(|| pipeline(port, &n)).unwrap();
+        let out = lines(&d.join(format!("{n}.out")));
+        let want: Vec<String> = (0..2 * N).map(|i| (c.payload)(i, false)).collect();
+        let mut got = out.clone();
+        got.sort();
+        assert_eq!(got, want, "{n}: one output per message, the first copy's");
+        assert_eq!(count(&p, "succeeded"), 2 * N as u64, "{n}: {p}");
+        let dups = count(&p, "deduplicated");
+        assert!(
+            dups >= 2 * N as u64,
+            "{n}: every republished and every redelivered copy dropped: {p}"
+        );
+        assert_eq!(count(&p, "dead_lettered"), 0, "{n}: {p}");
+        assert!(lines(&d.join(format!("{n}.dlq"))).is_empty());
+        eprintln!(
+            "[dedup {}] {N} republished copies and {} redeliveries dropped, {} copies handed back while their original was in flight",
+            c.by,
+            dups - N as u64,
+            count(&p, "redelivered")
+        );
+        common::report(
+            &format!("dedup {}", c.by),
+            2 * N,
+            out.len(),
+            0,
+            0,
+            out.len().saturating_sub(2 * N),
+        );
+    }
+    stop(proc, &log);
+    for c in &DEDUP_CASES {
+        let _ = js
+            .delete_stream(format!("{u}_{}", name(c)).to_uppercase())
+            .await;
+    }
+}
+
+/// `$SLUICE_ADMIN_TOKEN` guards the admin API as `--admin-token-file` does
+/// (surrounding whitespace ignored): a reload without the token or with a
+/// wrong one is 401, with it 200; reading stays open; the token never
+/// reaches the log. An empty token stops `sluice run` before it starts.
+#[test]
+fn admin_token_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("data")).unwrap();
+    std::fs::write(d.join("data/t.in"), "one\n").unwrap();
+    let file = d.join("t.toml");
+    std::fs::write(&file, file_pipeline(d, "t", "tagger", "x", "")).unwrap();
+    let port = common::free_port();
+    let log = d.join("sluice.log");
+    let proc = common::admin::spawn_env(
+        &[file.to_str().unwrap()],
+        port,
+        &log,
+        &[("SLUICE_ADMIN_TOKEN", " env-s3cret\n")],
+    );
+    wait_until("the pipeline to be ready", Duration::from_secs(60), || {
+        http(port, "GET", "/readyz", None).0 == 200 && pipeline(port, "t").is_some()
+    });
+    assert_eq!(http(port, "POST", "/pipelines/t/reload", None).0, 401);
+    assert_eq!(
+        http(port, "POST", "/pipelines/t/reload", Some("env-s3cre")).0,
+        401
+    );
+    let (status, body) = http(port, "POST", "/pipelines/t/reload", Some("env-s3cret"));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(http(port, "GET", "/pipelines", None).0, 200);
+    assert_eq!(http(port, "GET", "/metrics", None).0, 200);
+    stop(proc, &log);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!text.contains("env-s3cret"), "token in the log:\n{text}");
+
+    let admin = format!("127.0.0.1:{}", common::free_port());
+    let (code, _, err) = common::run_sluice_env(
+        &["run", file.to_str().unwrap(), "--admin", &admin],
+        &[("SLUICE_ADMIN_TOKEN", "  \n")],
+    );
+    assert_ne!(code, 0, "an empty token must not start: {err}");
+    assert!(err.contains("admin token is empty"), "{err}");
+}

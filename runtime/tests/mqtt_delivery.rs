@@ -491,3 +491,372 @@ async fn dead_letter_with_a_binary_header_is_sent_encoded() {
     assert_eq!(get("sluice-error-class"), Some(b"fatal".to_vec()));
     d.settle(Settlement::Ack).await.unwrap();
 }
+
+/// QoS 2 end to end at the source: a message's PUBREC goes out only when it
+/// is settled. The connection is lost (no DISCONNECT) with one message
+/// settled and two not: the broker sends the two again, never the settled
+/// one; once those are settled too, a third connection gets nothing — each
+/// message acknowledged exactly once across the reconnect. MQTT 5 and 3.1.1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos2_pubrec_waits_for_the_settle_across_a_reconnect() {
+    let b = Mosquitto::start(Opts::default());
+    for v311 in [false, true] {
+        let version = if v311 { "3.1.1" } else { "5" };
+        let topic = common::unique("mqtt-qos2");
+        let cfg = source_cfg(&format!(
+            "url = \"{}\"\ntopics = [\"{topic}\"]\nqos = 2\nversion = \"{version}\"\nclient_id = \"{topic}\"",
+            b.url()
+        ));
+        let mut src = sluice::sources::mqtt::open(&cfg, "qos2").await.unwrap();
+        let pubc = client(b.port, v311, &format!("{topic}-pub"), false).await;
+        let msgs: Vec<(Vec<u8>, Vec<(String, String)>)> = ["m0", "m1", "m2"]
+            .iter()
+            .map(|p| (p.as_bytes().to_vec(), Vec::new()))
+            .collect();
+        pubc.publish(&topic, 2, &msgs).await;
+        let mut held = Vec::new();
+        for want in ["m0", "m1", "m2"] {
+            let d = next(&mut src, Duration::from_secs(5))
+                .await
+                .unwrap_or_else(|| panic!("MQTT {version}: {want}"));
+            assert_eq!(&d.message.payload[..], want.as_bytes(), "MQTT {version}");
+            held.push(d);
+        }
+        let m0 = held.remove(0);
+        m0.settle(Settlement::Ack).await.unwrap();
+        // m0's PUBREC, the broker's PUBREL and our PUBCOMP.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for d in held {
+            let (_, _, handle) = d.into_parts();
+            std::mem::forget(handle); // never settled
+        }
+        drop(src);
+
+        let mut src = sluice::sources::mqtt::open(&cfg, "qos2").await.unwrap();
+        let mut again = Vec::new();
+        while let Some(d) = next(&mut src, Duration::from_secs(3)).await {
+            again.push(String::from_utf8_lossy(&d.message.payload).into_owned());
+            d.settle(Settlement::Ack).await.unwrap();
+        }
+        assert_eq!(
+            again,
+            ["m1", "m2"],
+            "MQTT {version}: the unsettled two again, the settled one never"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        src.close().await;
+        drop(src);
+
+        let mut src = sluice::sources::mqtt::open(&cfg, "qos2").await.unwrap();
+        let left = next(&mut src, Duration::from_secs(2)).await;
+        assert!(
+            left.is_none(),
+            "MQTT {version}: nothing left once all three were settled, got {:?}",
+            left.map(|d| d.message.payload.clone())
+        );
+        src.close().await;
+        eprintln!(
+            "[mqtt qos 2 {version}] 3 sent, 1 settled before the cut, 2 redelivered, 0 after"
+        );
+    }
+}
+
+/// A `sluice run` pipeline file over an MQTT 5 shared subscription: tag
+/// `tag` on every output, its own `client_id`, each message waiting for its
+/// output's PUBACK (so a stream takes long enough to be cut in its middle).
+fn shared_pipeline(dir: &std::path::Path, b: &Mosquitto, u: &str, tag: &str) -> std::path::PathBuf {
+    let file = dir.join(format!("share-{tag}.toml"));
+    std::fs::write(
+        &file,
+        format!(
+            r#"name = "share-{tag}"
+[source]
+type = "mqtt"
+url = "{url}"
+topics = ["$share/g/{u}/in"]
+qos = 1
+version = "5"
+client_id = "{u}-{tag}"
+[handler]
+plugin = "{plugin}"
+config = {{ tag = "{tag}" }}
+batch = 1
+publish_window = 1
+[sink]
+type = "mqtt"
+url = "{url}"
+topic = "{u}/out"
+qos = 1
+[dead_letter]
+type = "file"
+path = "{dlq}"
+"#,
+            url = b.url(),
+            plugin = common::plugin("tagger").display(),
+            dlq = dir.join(format!("dlq-{tag}.jsonl")).display(),
+        ),
+    )
+    .unwrap();
+    file
+}
+
+/// MQTT 5 shared subscription across two `sluice` processes: both take a
+/// share, `a` is SIGKILLed in the middle of a second wave, `b` takes the
+/// rest of the stream; what `a` held unacknowledged stays in its session
+/// (missing until then) and comes out when `a` restarts with its
+/// `client_id`. Nothing lost; duplicates within `a`'s in-flight window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_subscription_survives_sigkill_and_restart_of_one_instance() {
+    let b = Mosquitto::start(Opts::default());
+    let dir = tempfile::tempdir().unwrap();
+    let u = common::unique("mqtt-scale");
+    let cap = client(b.port, false, &format!("{u}-cap"), false).await;
+    cap.subscribe(&format!("{u}/out")).await;
+    let pubc = client(b.port, false, &format!("{u}-pub"), false).await;
+    let (fa, fb) = (
+        shared_pipeline(dir.path(), &b, &u, "a"),
+        shared_pipeline(dir.path(), &b, &u, "b"),
+    );
+    let pa = common::spawn_sluice(&fa);
+    let pb = common::spawn_sluice(&fb);
+    let outputs = || -> Vec<String> {
+        cap.received()
+            .iter()
+            .map(|(_, p, _)| String::from_utf8_lossy(p).into_owned())
+            .collect()
+    };
+    let tagged = |out: &[String], t: &str| out.iter().filter(|p| p.starts_with(t)).count();
+    let logs = || {
+        ["a", "b"]
+            .map(|t| {
+                std::fs::read_to_string(dir.path().join(format!("share-{t}.log")))
+                    .unwrap_or_default()
+            })
+            .join("\n")
+    };
+
+    // A message published before a group member subscribed has nowhere to go.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while logs().matches("connected and subscribed").count() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the instances never subscribed; logs:\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Wave 1: batches of 20 until both instances answered.
+    let mut sent: Vec<String> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while tagged(&outputs(), "a:") == 0 || tagged(&outputs(), "b:") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the two instances never split the stream; logs:\n{}",
+            logs()
+        );
+        let batch: Vec<(Vec<u8>, Vec<(String, String)>)> = (sent.len()..sent.len() + 20)
+            .map(|i| (format!("w1-{i:05}").into_bytes(), Vec::new()))
+            .collect();
+        pubc.publish(&format!("{u}/in"), 1, &batch).await;
+        sent.extend(
+            batch
+                .into_iter()
+                .map(|(p, _)| String::from_utf8(p).unwrap()),
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let wave1 = sent.len();
+
+    // Wave 2; `a` is killed once it answered 30 of it.
+    let wave2: Vec<(Vec<u8>, Vec<(String, String)>)> = (0..3000)
+        .map(|i| (format!("w2-{i:05}").into_bytes(), Vec::new()))
+        .collect();
+    pubc.publish(&format!("{u}/in"), 1, &wave2).await;
+    sent.extend(
+        wave2
+            .into_iter()
+            .map(|(p, _)| String::from_utf8(p).unwrap()),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while tagged(&outputs(), "a:w2-") < 30 {
+        assert!(
+            Instant::now() < deadline,
+            "wave 2 does not progress; logs:\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    pa.signal("KILL");
+    drop(pa);
+    let unique = |out: &[String]| {
+        out.iter()
+            .map(|p| p.get(2..).unwrap_or_default().to_string())
+            .collect::<std::collections::HashSet<_>>()
+    };
+    let at_kill = unique(&outputs()).len();
+    assert!(
+        at_kill < sent.len() * 3 / 4,
+        "killed mid-stream: {at_kill} of {} out at the kill",
+        sent.len()
+    );
+
+    // `b` alone: until its output stops growing.
+    let mut last = (0, Instant::now());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while last.1.elapsed() < Duration::from_secs(3) && Instant::now() < deadline {
+        let n = outputs().len();
+        if n != last.0 {
+            last = (n, Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let before_restart = outputs();
+    let held = sent.len() - unique(&before_restart).len();
+    assert!(
+        held > 0,
+        "the killed instance's unacknowledged messages wait in its session"
+    );
+
+    // `a` again, with its client_id: its session's messages come out.
+    let pa = common::spawn_sluice(&fa);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while unique(&outputs()).len() < sent.len() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    pa.signal("TERM");
+    pb.signal("TERM");
+    let got = outputs();
+    let after_restart_by_a = tagged(&got[before_restart.len()..], "a:");
+    let mut count: std::collections::HashMap<&str, usize> = Default::default();
+    for p in &got {
+        *count.entry(p.get(2..).unwrap_or_default()).or_default() += 1;
+    }
+    let lost: Vec<&String> = sent
+        .iter()
+        .filter(|p| !count.contains_key(p.as_str()))
+        .collect();
+    let dups: usize = count.values().map(|c| c - 1).sum();
+    common::report(
+        &format!(
+            "mqtt shared subscription (wave 1 {wave1}; {at_kill} out at the kill of a; \
+             {held} held in a's session; {after_restart_by_a} by a after its restart)"
+        ),
+        sent.len(),
+        got.len(),
+        0,
+        0,
+        dups,
+    );
+    assert!(
+        lost.is_empty(),
+        "lost {} messages, e.g. {:?}; logs:\n{}",
+        lost.len(),
+        &lost[..lost.len().min(5)],
+        logs()
+    );
+    assert!(
+        after_restart_by_a >= held,
+        "the restarted instance put out what its session held ({held}), got {after_restart_by_a}"
+    );
+    // a's receive window (64) and its worker's queue (16).
+    assert!(
+        dups <= 64 + 16,
+        "{dups} duplicates, more than a's in-flight window"
+    );
+}
+
+/// TLS: Mosquitto serves TLS with a certificate for 127.0.0.1 signed by a
+/// test CA. Sink and source (MQTT 5 and 3.1.1) connect over `mqtts://` with
+/// that CA as `tls.ca_file` and carry messages; with another CA both fail
+/// `open` at once with an error that says it is about the certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_test_ca_and_an_unknown_ca_fails_open() {
+    let ca = common::tls::TestCa::new();
+    let b = Mosquitto::start(Opts {
+        tls: Some((
+            ca.file("ca.pem"),
+            ca.file("server.pem"),
+            ca.file("server.key"),
+        )),
+        ..Default::default()
+    });
+    let url = format!("mqtts://127.0.0.1:{}", b.tls_port.unwrap());
+    for version in ["5", "3.1.1"] {
+        let topic = common::unique("mqtt-tls");
+        let tls = |pem: &str| format!("tls = {{ ca_file = \"{}\" }}", ca.file(pem).display());
+        let src_cfg = |pem: &str| {
+            source_cfg(&format!(
+                "url = \"{url}\"\ntopics = [\"{topic}\"]\nqos = 1\nversion = \"{version}\"\nclean_session = true\nconnect_timeout = \"5s\"\n{}",
+                tls(pem)
+            ))
+        };
+        let sink_cfg_for = |pem: &str| {
+            sink_cfg(&format!(
+                "url = \"{url}\"\ntopic = \"{topic}\"\nqos = 1\nversion = \"{version}\"\nconnect_timeout = \"5s\"\n{}",
+                tls(pem)
+            ))
+        };
+        let mut src = sluice::sources::mqtt::open(&src_cfg("ca.pem"), "tls")
+            .await
+            .expect("source over TLS");
+        let sink = sluice::sinks::mqtt::open(&sink_cfg_for("ca.pem"), "tls")
+            .await
+            .expect("sink over TLS");
+        let recs: Vec<Record> = (0..20).map(|i| record(&format!("tls-{i}"))).collect();
+        sink.publish(&recs).await.expect("publish over TLS");
+        let mut got = Vec::new();
+        while got.len() < recs.len() {
+            let Some(d) = next(&mut src, Duration::from_secs(5)).await else {
+                break;
+            };
+            got.push(d.message.payload.clone());
+            d.settle(Settlement::Ack).await.unwrap();
+        }
+        let want: Vec<Bytes> = recs.iter().map(|r| r.payload.clone()).collect();
+        assert_eq!(
+            got, want,
+            "MQTT {version}: 20 messages sink → source over TLS"
+        );
+        sink.close().await.unwrap();
+        src.close().await;
+
+        // A refused certificate is retried like a broker not answering yet:
+        // each open fails within its `connect_timeout` (5 s), naming why.
+        let timed = |t: Instant| {
+            let took = t.elapsed();
+            assert!(
+                took < Duration::from_secs(7),
+                "within connect_timeout: {took:?}"
+            );
+            took
+        };
+        let t = Instant::now();
+        let e = format!(
+            "{:#}",
+            sluice::sources::mqtt::open(&src_cfg("other.pem"), "tls")
+                .await
+                .err()
+                .expect("an unknown CA must fail the source")
+        );
+        let took = timed(t);
+        let t = Instant::now();
+        let es = format!(
+            "{:#}",
+            sluice::sinks::mqtt::open(&sink_cfg_for("other.pem"), "tls")
+                .await
+                .err()
+                .expect("an unknown CA must fail the sink")
+        );
+        timed(t);
+        eprintln!("[mqtt tls {version}] unknown CA refused in {took:?}: {e}");
+        for e in [&e, &es] {
+            let l = e.to_lowercase();
+            assert!(
+                l.contains("certificate") || l.contains("tls"),
+                "the error says it is about TLS: {e}"
+            );
+        }
+    }
+}

@@ -77,6 +77,48 @@ async fn token_auth_right_token_works_wrong_token_fails_open_fast() {
     assert!(took < Duration::from_secs(3), "took {took:?}");
     eprintln!("[nats auth] wrong token refused in {took:?}: {e}");
 
+    // The core sink and JetStream's source and sink refuse it the same way.
+    let bad_conn = |rest: &str| {
+        format!(
+            "url = \"{}\"\ntoken = {{ file = \"{}\" }}\nconnect_timeout = \"2s\"\n{rest}",
+            server.url(),
+            bad.display()
+        )
+    };
+    let t0 = Instant::now();
+    let errors = [
+        sluice::sinks::nats::open(
+            &toml::from_str(&bad_conn("subject = \"auth.test\"")).unwrap(),
+            "t",
+        )
+        .await
+        .err()
+        .map(|e| format!("core sink: {e:#}")),
+        sluice::sinks::jetstream::open(
+            &toml::from_str(&bad_conn("subject = \"auth.js\"\nstream = \"AUTH_JS\"")).unwrap(),
+            "t",
+        )
+        .await
+        .err()
+        .map(|e| format!("JetStream sink: {e:#}")),
+        sluice::sources::jetstream::open(
+            &toml::from_str(&bad_conn(
+                "stream = \"AUTH_JS\"\nsubjects = [\"auth.js\"]\ndurable = \"d\"",
+            ))
+            .unwrap(),
+            "t",
+        )
+        .await
+        .err()
+        .map(|e| format!("JetStream source: {e:#}")),
+    ];
+    for e in &errors {
+        let e = e.as_deref().expect("a wrong token must fail open");
+        assert!(e.contains("refused the credentials"), "{e}");
+        assert!(!e.contains("wrong-token"), "the secret leaked: {e}");
+    }
+    assert!(t0.elapsed() < Duration::from_secs(8), "{:?}", t0.elapsed());
+
     // No server at all: a clear error within the connect timeout, not a loop.
     let port = common::free_port();
     let t0 = Instant::now();
@@ -553,4 +595,224 @@ async fn unreadable_messages_are_decode_failures_and_cost_no_other() {
     .await
     .unwrap();
     common::nats::handle_mixed(Box::new(source), &subject, 3000).await;
+}
+
+/// A real slow consumer through `sluice run`: a burst on the shared server
+/// far faster than the handler (each message a short hash loop) with a
+/// pending limit of 50. What Sluice could not hold is dropped and shows in
+/// `/metrics` (`sluice_slow_consumer_total`) and `/pipelines`; every
+/// message sent is an output or one of those drops.
+#[test]
+fn a_slow_consumer_is_counted_in_metrics() {
+    use common::admin::{http, metric, pipeline, spawn, wait_until};
+    let n: u64 = 2000;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let subject = common::unique("slowc").replace('-', "_");
+    let file = d.join("slow.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"name = "slow"
+[source]
+type = "nats"
+url = "{URL}"
+subject = "{subject}"
+pending_messages = 50
+[handler]
+plugin = "{plugin}"
+config = {{ iterations = "300000" }}
+[sink]
+type = "file"
+path = "{d}/out.txt"
+[dead_letter]
+type = "file"
+path = "{d}/dlq.jsonl"
+"#,
+            plugin = common::plugin("fuel-burner").display(),
+            d = d.display(),
+        ),
+    )
+    .unwrap();
+    let port = common::free_port();
+    let proc = spawn(&[file.to_str().unwrap()], port, &d.join("sluice.log"));
+    wait_until("the pipeline to be ready", Duration::from_secs(60), || {
+        http(port, "GET", "/readyz", None).0 == 200
+    });
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = async_nats::connect(URL).await.unwrap();
+        for _ in 0..n {
+            client
+                .publish(subject.clone(), Bytes::from_static(b"burn"))
+                .await
+                .unwrap();
+        }
+        client.flush().await.unwrap();
+    });
+    let outputs = || {
+        std::fs::read_to_string(d.join("out.txt"))
+            .unwrap_or_default()
+            .lines()
+            .count() as u64
+    };
+    let slow = || {
+        let (_, text) = http(port, "GET", "/metrics", None);
+        metric(&text, "sluice_slow_consumer_total{pipeline=\"slow\"}").unwrap_or(0.0) as u64
+    };
+    wait_until(
+        "every message out or dropped",
+        Duration::from_secs(120),
+        || outputs() + slow() >= n,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let (out, dropped) = (outputs(), slow());
+    let p = pipeline(port, "slow").unwrap();
+    common::report(
+        "nats core slow consumer",
+        n as usize,
+        out as usize,
+        0,
+        dropped as usize,
+        0,
+    );
+    assert!(dropped > 0, "the burst outran the handler: {p}");
+    assert!(out >= 50, "what was held was handled: {p}");
+    assert_eq!(
+        out + dropped,
+        n,
+        "every message an output or a counted drop: {p}"
+    );
+    assert_eq!(p["counts"]["slow_consumer"].as_u64(), Some(dropped), "{p}");
+    assert_eq!(p["counts"]["succeeded"].as_u64(), Some(out), "{p}");
+    drop(proc);
+}
+
+/// TLS: a private `nats-server` (JetStream on) serving TLS only, with a
+/// certificate for 127.0.0.1 signed by a test CA. With that CA as
+/// `tls.ca_file`, the core sink and source and the JetStream sink and
+/// source carry messages over `tls://`; with another CA each of the four
+/// fails `open` at once with an error that says it is about the certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_test_ca_core_and_jetstream() {
+    use sluice::config::nats::{JetStreamSinkConfig, JetStreamSourceConfig};
+    let ca = common::tls::TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let conf = dir.path().join("nats.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listen: 127.0.0.1:{port}\njetstream {{ store_dir: \"{}\" }}\ntls {{ cert_file: \"{}\", key_file: \"{}\" }}\n",
+            dir.path().join("js").display(),
+            ca.file("server.pem").display(),
+            ca.file("server.key").display(),
+        ),
+    )
+    .unwrap();
+    let _server = common::Proc {
+        child: common::nats::spawn_with_config(&conf, &dir.path().join("nats.log")),
+    };
+    assert!(
+        common::wait_for_port(port, Duration::from_secs(10)),
+        "nats-server with TLS did not start: {}",
+        std::fs::read_to_string(dir.path().join("nats.log")).unwrap_or_default()
+    );
+    let conn = |pem: &str, rest: &str| {
+        format!(
+            "url = \"tls://127.0.0.1:{port}\"\ntls = {{ ca_file = \"{}\" }}\nconnect_timeout = \"3s\"\n{rest}",
+            ca.file(pem).display()
+        )
+    };
+    let core_src = |pem: &str| -> NatsSourceConfig {
+        toml::from_str(&conn(pem, "subject = \"tls.core\"")).unwrap()
+    };
+    let core_sink = |pem: &str| -> NatsSinkConfig {
+        toml::from_str(&conn(pem, "subject = \"tls.core\"")).unwrap()
+    };
+    let js_src = |pem: &str| -> JetStreamSourceConfig {
+        toml::from_str(&conn(pem, "stream = \"TLS_JS\"\ndurable = \"tls\"")).unwrap()
+    };
+    let js_sink = |pem: &str| -> JetStreamSinkConfig {
+        toml::from_str(&conn(pem, "subject = \"tls.js\"\nstream = \"TLS_JS\"")).unwrap()
+    };
+    let recs: Vec<Record> = (0..20)
+        .map(|i| Record {
+            topic: None,
+            key: None,
+            payload: Bytes::from(format!("tls-{i}")),
+            headers: Vec::new(),
+            id: format!("tls-{i}"),
+        })
+        .collect();
+    let want: Vec<Bytes> = recs.iter().map(|r| r.payload.clone()).collect();
+    async fn take(src: &mut dyn Source, n: usize) -> Vec<Bytes> {
+        let mut got = Vec::new();
+        while got.len() < n {
+            let Ok(Ok(Some(d))) = tokio::time::timeout(Duration::from_secs(5), src.next()).await
+            else {
+                break;
+            };
+            got.push(d.message.payload.clone());
+            d.settle(sluice::sources::Settlement::Ack).await.unwrap();
+        }
+        got
+    }
+
+    let mut src = sluice::sources::nats::open(&core_src("ca.pem"), "tls")
+        .await
+        .expect("core source over TLS");
+    let sink = sluice::sinks::nats::open(&core_sink("ca.pem"), "tls")
+        .await
+        .expect("core sink over TLS");
+    sink.publish(&recs).await.expect("core publish over TLS");
+    assert_eq!(take(&mut src, 20).await, want, "core NATS over TLS");
+
+    let sink = sluice::sinks::jetstream::open(&js_sink("ca.pem"), "tls")
+        .await
+        .expect("JetStream sink over TLS");
+    sink.publish(&recs)
+        .await
+        .expect("JetStream publish over TLS");
+    let mut src = sluice::sources::jetstream::open(&js_src("ca.pem"), "tls")
+        .await
+        .expect("JetStream source over TLS");
+    assert_eq!(take(&mut src, 20).await, want, "JetStream over TLS");
+
+    let t = Instant::now();
+    let errors = [
+        sluice::sources::nats::open(&core_src("other.pem"), "tls")
+            .await
+            .err()
+            .map(|e| format!("core source: {e:#}")),
+        sluice::sinks::nats::open(&core_sink("other.pem"), "tls")
+            .await
+            .err()
+            .map(|e| format!("core sink: {e:#}")),
+        sluice::sources::jetstream::open(&js_src("other.pem"), "tls")
+            .await
+            .err()
+            .map(|e| format!("JetStream source: {e:#}")),
+        sluice::sinks::jetstream::open(&js_sink("other.pem"), "tls")
+            .await
+            .err()
+            .map(|e| format!("JetStream sink: {e:#}")),
+    ];
+    eprintln!(
+        "[nats tls] unknown CA refused, all four in {:?}: {errors:?}",
+        t.elapsed()
+    );
+    for e in &errors {
+        let e = e.as_deref().expect("an unknown CA must fail open");
+        let l = e.to_lowercase();
+        assert!(
+            l.contains("certificate") || l.contains("tls"),
+            "the error says it is about TLS: {e}"
+        );
+    }
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "fails fast: {:?}",
+        t.elapsed()
+    );
 }

@@ -36,7 +36,12 @@ enum Reply {
 }
 
 async fn ask(client: &async_nats::Client, sku: &str, wait: Duration) -> Reply {
-    let body = Bytes::from(format!(r#"{{"sku":"{sku}","qty":2}}"#));
+    ask_raw(client, format!(r#"{{"sku":"{sku}","qty":2}}"#), wait).await
+}
+
+/// Sends `body` as a request and sorts what came back.
+async fn ask_raw(client: &async_nats::Client, body: String, wait: Duration) -> Reply {
+    let body = Bytes::from(body);
     let m = match tokio::time::timeout(wait, client.request("quotes.get", body)).await {
         Ok(Ok(m)) => m,
         _ => return Reply::Silent,
@@ -335,4 +340,104 @@ async fn shed_requests_are_answered_counted_and_logged() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     drop(proc);
+}
+
+/// Every dead letter the service wrote to its JetStream dead-letter stream
+/// on `server`: (class, payload, source subject).
+async fn dead_letters(server: &NatsServer) -> Vec<(String, String, String)> {
+    use async_nats::jetstream::{self, consumer};
+    use futures::StreamExt as _;
+    let js = jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    let stream = js
+        .get_stream("DLQ_QUOTES")
+        .await
+        .expect("the dead-letter stream");
+    let c = stream
+        .create_consumer(consumer::pull::Config::default())
+        .await
+        .unwrap();
+    let mut batch = c
+        .fetch()
+        .max_messages(100)
+        .expires(Duration::from_secs(1))
+        .messages()
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    while let Some(Ok(m)) = batch.next().await {
+        let header = |k: &str| {
+            m.headers
+                .as_ref()
+                .and_then(|h| h.get(k))
+                .map(|v| v.as_str().to_string())
+                .unwrap_or_default()
+        };
+        out.push((
+            header("sluice-error-class"),
+            String::from_utf8_lossy(&m.payload).into_owned(),
+            header("sluice-source-topic"),
+        ));
+    }
+    out
+}
+
+/// The fallback answers a request whose handler fails on its own, not only
+/// one past its deadline: an unknown SKU (`fatal`, the shipped file) and a
+/// handler that panics (`trap`, the same file with the `panic` handler)
+/// each get the fallback naming their class, each leaves one dead letter
+/// holding the request, and the next good request is answered as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fatal_and_trap_get_the_fallback_and_a_dead_letter() {
+    let wait = Duration::from_secs(5);
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "fatal",
+            shipped(),
+            r#"{"sku":"NOPE","qty":2}"#,
+            r#"{"sku":"A-113","qty":2}"#,
+        ),
+        (
+            "trap",
+            variant(
+                dir.path(),
+                &[
+                    ("order-quote.wasm", "panic.wasm"),
+                    (
+                        "config = { prices = \"A-113:4.5,B-2:10.0\", slow_sku = \"SLOW-1\" }\n",
+                        "",
+                    ),
+                ],
+            ),
+            "panic",
+            "hello",
+        ),
+    ];
+    common::plugin("panic");
+    for (class, file, bad, good) in cases {
+        let server = NatsServer::start();
+        let (proc, port, log) = run(&file, &server, dir.path());
+        let client = async_nats::connect(server.url()).await.unwrap();
+        assert_eq!(
+            ask_raw(&client, bad.into(), wait).await,
+            Reply::Fallback(class.into()),
+            "[{class}] log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        let next = ask_raw(&client, good.into(), wait).await;
+        assert!(
+            matches!(&next, Reply::Quote(q) if q.contains("A-113") || q == "hello"),
+            "[{class}] the next request answered: {next:?}"
+        );
+        assert_eq!(
+            dead_letters(&server).await,
+            vec![(class.to_string(), bad.to_string(), "quotes.get".to_string())],
+            "[{class}] one dead letter, holding the request"
+        );
+        assert_eq!(count(port, "dead_lettered"), 1, "[{class}]");
+        assert_eq!(count(port, "succeeded"), 1, "[{class}]");
+        let failures = &pipeline(port, NAME).unwrap()["failures"];
+        assert_eq!(failures[class].as_u64(), Some(1), "[{class}] {failures}");
+        drop(proc);
+    }
 }

@@ -88,6 +88,9 @@ pub(crate) fn prepare(
 }
 
 fn transport(tls: &Option<TlsBits>) -> anyhow::Result<Transport> {
+    if tls.is_some() {
+        crate::crypto::init();
+    }
     Ok(match tls {
         None => Transport::tcp(),
         Some(TlsBits {

@@ -63,6 +63,8 @@ pub async fn connect(
             .with_context(|| format!("reading `creds_file` {}", path.display()))?,
         _ => ConnectOptions::new(),
     };
+    // A `tls://` URL turns TLS on without a `tls` table.
+    crate::crypto::init();
     if let Some(tls) = &conn.tls {
         opts = opts.require_tls(true);
         if let Some(ca) = &tls.ca_file {

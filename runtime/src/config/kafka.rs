@@ -589,6 +589,23 @@ impl KafkaSecurity {
     }
 }
 
+/// Records a client error as the one an open that timed out will name.
+/// "All brokers are down" only follows from each broker's own failure (a
+/// refused certificate or password, a refused connection): it never
+/// replaces the cause recorded before it.
+pub fn remember_error(
+    last: &std::sync::Mutex<Option<String>>,
+    error: &rdkafka::error::KafkaError,
+    text: String,
+) {
+    let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+    let summary =
+        error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown);
+    if !(summary && last.is_some()) {
+        *last = Some(text);
+    }
+}
+
 /// A librdkafka configuration with the brokers, the security table and the
 /// raw `options` (last, so they win over Sluice's tunable defaults). Reads
 /// the password secret.
@@ -632,6 +649,30 @@ fn topic_rule(t: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn all_brokers_down_never_hides_the_cause() {
+        use rdkafka::error::KafkaError;
+        use rdkafka::types::RDKafkaErrorCode as C;
+        let last = std::sync::Mutex::new(None);
+        let down = || KafkaError::Global(C::AllBrokersDown);
+        remember_error(&last, &down(), "all down".into());
+        assert_eq!(
+            last.lock().unwrap().as_deref(),
+            Some("all down"),
+            "nothing better yet"
+        );
+        remember_error(
+            &last,
+            &KafkaError::Global(C::SSL),
+            "certificate verify failed".into(),
+        );
+        remember_error(&last, &down(), "all down".into());
+        assert_eq!(
+            last.lock().unwrap().as_deref(),
+            Some("certificate verify failed")
+        );
+    }
 
     fn source(extra: &str) -> KafkaSourceConfig {
         toml::from_str(&format!(

@@ -522,7 +522,10 @@ impl Default for BreakerConfig {
     }
 }
 
-/// The `[dedup]` table.
+/// The `[dedup]` table: a message whose id was settled within `window` is
+/// acknowledged and not handled again; one whose id is being handled right
+/// now (the broker redelivered it meanwhile) is handed back to the source
+/// and dropped when it comes again.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DedupConfig {

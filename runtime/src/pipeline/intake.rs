@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
@@ -11,6 +11,8 @@ use futures::FutureExt as _;
 use tokio::sync::mpsc;
 
 use super::{Shared, hand_back};
+use crate::policy::backoff;
+use crate::policy::dedup::{self, Dedup};
 use crate::message::Message;
 use crate::policy::breaker::BreakerState;
 use crate::sources::{Answer, Delivery, Settlement, Source, SourceError};
@@ -74,20 +76,13 @@ pub(super) async fn dispatch(
             }
         };
         sh.stats.received.fetch_add(1, Relaxed);
-        if let Some(dedup) = &sh.dedup {
-            let dup = {
-                let mut d = dedup.lock().unwrap_or_else(|e| e.into_inner());
-                d.id(&delivery.message)
-                    .is_some_and(|id| d.is_duplicate(&id))
-            };
-            if dup {
-                sh.stats.deduplicated.fetch_add(1, Relaxed);
-                if let Err(e) = delivery.settle(Settlement::Ack).await {
-                    tracing::warn!(pipeline = %sh.name, "settling a duplicate failed: {e:#}");
-                }
-                continue;
-            }
-        }
+        let delivery = match &sh.dedup {
+            Some(dedup) => match dedup_check(sh, dedup, delivery).await {
+                Some(d) => d,
+                None => continue,
+            },
+            None => delivery,
+        };
         if answers_requests && sh.breaker.state() != BreakerState::Closed && !sh.breaker.try_admit()
         {
             if delivery.wants_answer() {
@@ -164,4 +159,50 @@ fn shard_of(msg: &Message, n: usize, rr: &mut usize) -> usize {
         }
     }
     (h.finish() % n as u64) as usize
+}
+
+/// Drops a copy of a message settled within the window (acknowledged),
+/// hands back a copy whose original is still being handled (the broker
+/// brings it again later), and returns any other delivery with its id kept
+/// in flight until it is settled.
+async fn dedup_check(
+    sh: &Shared,
+    dedup: &Arc<Mutex<Dedup>>,
+    delivery: Delivery,
+) -> Option<Delivery> {
+    let (id, seen) = {
+        let mut d = dedup.lock().unwrap_or_else(|e| e.into_inner());
+        match d.id(&delivery.message) {
+            Some(id) => {
+                let seen = d.check(&id);
+                (Some(id), seen)
+            }
+            None => (None, dedup::Seen::New),
+        }
+    };
+    let how = match (seen, id) {
+        (dedup::Seen::New, None) => return Some(delivery),
+        (dedup::Seen::New, Some(id)) => {
+            let (msg, decode_error, handle) = delivery.into_parts();
+            let handle = Box::new(dedup::Tracked::new(handle, dedup.clone(), id));
+            return Some(match decode_error {
+                Some(e) => Delivery::undecodable(msg, e, handle),
+                None => Delivery::new(msg, handle),
+            });
+        }
+        (dedup::Seen::Settled, _) => {
+            sh.stats.deduplicated.fetch_add(1, Relaxed);
+            Settlement::Ack
+        }
+        (dedup::Seen::InFlight, _) => {
+            sh.stats.redelivered.fetch_add(1, Relaxed);
+            Settlement::Redeliver {
+                delay: backoff::base_delay(&sh.policy.retry, 2),
+            }
+        }
+    };
+    if let Err(e) = delivery.settle(how).await {
+        tracing::warn!(pipeline = %sh.name, "settling a duplicate failed: {e:#}");
+    }
+    None
 }

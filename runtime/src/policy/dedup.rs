@@ -1,14 +1,34 @@
 //! Dedup: remembers the ids of settled messages for a time window (bounded
-//! in entries) and recognises a redelivered or republished duplicate.
+//! in entries) and recognises a redelivered or republished duplicate, and
+//! the ids of messages in flight (handed to a worker, not yet settled), so a
+//! copy the broker redelivers while its original is still being handled is
+//! told apart too.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use crate::config::DedupConfig;
 use crate::message::Message;
+use crate::sources::{Answer, Settle, Settlement};
+
+/// What a message's id says about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// Not seen within the window: handle it.
+    New,
+    /// A message with this id was settled within the window: drop this copy.
+    Settled,
+    /// A message with this id is being handled now: this copy must neither
+    /// be handled (it would give a second output) nor acknowledged (the
+    /// original may yet fail and need the broker's redelivery); it is
+    /// handed back, and by the time it comes again the original is settled.
+    InFlight,
+}
 
 /// What identifies a message for dedup.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +59,9 @@ pub struct Dedup {
     max_entries: usize,
     seen: HashMap<Vec<u8>, Instant>,
     order: VecDeque<(Instant, Vec<u8>)>,
+    /// Copies of each id handed to workers and not yet settled. Bounded by
+    /// what the pipeline holds (the source's in-flight limit).
+    in_flight: HashMap<Vec<u8>, u32>,
 }
 
 impl Dedup {
@@ -49,6 +72,7 @@ impl Dedup {
             max_entries: cfg.max_entries.max(1),
             seen: HashMap::new(),
             order: VecDeque::new(),
+            in_flight: HashMap::new(),
         })
     }
 
@@ -81,12 +105,96 @@ impl Dedup {
         self.seen.contains_key(id)
     }
 
+    /// Whether `id` was settled within the window or is in flight now.
+    pub fn check(&mut self, id: &[u8]) -> Seen {
+        if self.is_duplicate(id) {
+            Seen::Settled
+        } else if self.in_flight.contains_key(id) {
+            Seen::InFlight
+        } else {
+            Seen::New
+        }
+    }
+
+    /// Counts a copy of `id` as in flight until [`Dedup::end`].
+    pub fn begin(&mut self, id: Vec<u8>) {
+        *self.in_flight.entry(id).or_default() += 1;
+    }
+
+    /// A copy of `id` begun with [`Dedup::begin`] was settled or let go.
+    pub fn end(&mut self, id: &[u8]) {
+        if let Some(n) = self.in_flight.get_mut(id) {
+            *n -= 1;
+            if *n == 0 {
+                self.in_flight.remove(id);
+            }
+        }
+    }
+
     /// Remembers a settled message's id.
     pub fn remember(&mut self, id: Vec<u8>) {
         let now = Instant::now();
         self.seen.insert(id.clone(), now);
         self.order.push_back((now, id));
         self.expire(now);
+    }
+}
+
+/// A delivery's settle handle that keeps its id in flight in `dedup` until
+/// it is settled or dropped, whichever path the message took.
+pub struct Tracked {
+    inner: Option<Box<dyn Settle>>,
+    dedup: Arc<Mutex<Dedup>>,
+    id: Vec<u8>,
+}
+
+impl Tracked {
+    /// Marks `id` in flight and wraps `inner`.
+    pub fn new(inner: Box<dyn Settle>, dedup: Arc<Mutex<Dedup>>, id: Vec<u8>) -> Tracked {
+        dedup
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .begin(id.clone());
+        Tracked {
+            inner: Some(inner),
+            dedup,
+            id,
+        }
+    }
+}
+
+impl Settle for Tracked {
+    fn settle(mut self: Box<Self>, how: Settlement) -> BoxFuture<'static, anyhow::Result<()>> {
+        match self.inner.take() {
+            Some(inner) => inner.settle(how),
+            None => crate::sources::settled(),
+        }
+    }
+
+    fn in_progress(&self) -> BoxFuture<'static, ()> {
+        match &self.inner {
+            Some(inner) => inner.in_progress(),
+            None => Box::pin(async {}),
+        }
+    }
+
+    fn wants_answer(&self) -> bool {
+        self.inner.as_ref().is_some_and(|i| i.wants_answer())
+    }
+
+    fn answer(&mut self, answer: Answer) {
+        if let Some(inner) = &mut self.inner {
+            inner.answer(answer);
+        }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.dedup
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .end(&self.id);
     }
 }
 
@@ -118,5 +226,32 @@ mod tests {
         assert!(!d.is_duplicate(b"a"), "bounded: oldest forgotten");
         assert!(d.is_duplicate(b"c"));
         assert!(DedupBy::parse("header:").is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn in_flight_until_the_handle_is_settled_or_dropped() {
+        struct Nothing;
+        impl Settle for Nothing {
+            fn settle(self: Box<Self>, _: Settlement) -> BoxFuture<'static, anyhow::Result<()>> {
+                crate::sources::settled()
+            }
+        }
+        let cfg = DedupConfig {
+            by: "key".into(),
+            window: Dur(Duration::from_secs(10)),
+            max_entries: 10,
+        };
+        let d = Arc::new(Mutex::new(Dedup::new(&cfg).unwrap()));
+        let check = |id: &[u8]| d.lock().unwrap().check(id);
+        let a = Box::new(Tracked::new(Box::new(Nothing), d.clone(), b"a".to_vec()));
+        let a2 = Box::new(Tracked::new(Box::new(Nothing), d.clone(), b"a".to_vec()));
+        assert_eq!(check(b"a"), Seen::InFlight);
+        assert_eq!(check(b"b"), Seen::New);
+        a.settle(Settlement::Ack).await.unwrap();
+        assert_eq!(check(b"a"), Seen::InFlight, "a second copy still held");
+        drop(a2);
+        assert_eq!(check(b"a"), Seen::New, "handed back: not a duplicate");
+        d.lock().unwrap().remember(b"a".to_vec());
+        assert_eq!(check(b"a"), Seen::Settled);
     }
 }

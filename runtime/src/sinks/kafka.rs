@@ -63,7 +63,7 @@ impl ClientContext for SinkCtx {
     fn error(&self, error: KafkaError, reason: &str) {
         let text = format!("{error}: {reason}");
         tracing::debug!(pipeline = %self.pipeline, "kafka sink: {text}");
-        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(text);
+        crate::config::kafka::remember_error(&self.last_error, &error, text);
     }
 }
 

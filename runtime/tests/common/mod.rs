@@ -218,6 +218,21 @@ pub fn report(test: &str, sent: usize, delivered: usize, dead: usize, dropped: u
     );
 }
 
+/// Prints a fault test's machine-readable line, `[fault] name=NAME FIELDS
+/// what=WHAT`, and keeps it in `target/fault-lines/NAME.line` (the latest
+/// run of each test), from which `runtime/tests/faults/table.sh` writes the
+/// fault table of `docs/faults.md`: a row cannot say what no test printed.
+pub fn fault_line(name: &str, fields: &str, what: &str) {
+    let line = format!("[fault] name={name} {fields} what={what}");
+    eprintln!("{line}");
+    let dir = repo().join("target/fault-lines");
+    let kept = std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::write(dir.join(format!("{name}.line")), format!("{line}\n")));
+    if let Err(e) = kept {
+        eprintln!("[fault] could not keep the line in {}: {e}", dir.display());
+    }
+}
+
 pub mod admin;
 pub mod bomb;
 pub mod guest;
@@ -225,6 +240,7 @@ pub mod kafka;
 pub mod mqtt;
 pub mod nats;
 pub mod proxy;
+pub mod tls;
 
 /// A `/proc/self/status` figure in bytes (`VmRSS`, `VmHWM`, ...).
 fn status_bytes(field: &str) -> u64 {

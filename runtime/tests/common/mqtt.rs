@@ -22,13 +22,22 @@ pub struct Opts {
     pub users: Vec<(String, String)>,
     /// Keep sessions and queued messages across restarts (a SIGTERM saves them).
     pub persistence: bool,
+    /// With `persistence`: write the persistence file after every change
+    /// (`autosave_on_changes`), not once a second, so a SIGKILL loses only
+    /// what changed since the last write, not a second of acknowledged work.
+    pub save_every_change: bool,
     /// `message_size_limit` in bytes.
     pub message_size_limit: Option<usize>,
+    /// A second listener serving TLS with this (CA, certificate, key), on
+    /// [`Mosquitto::tls_port`]; the first stays plain for the test clients.
+    pub tls: Option<(PathBuf, PathBuf, PathBuf)>,
 }
 
 /// A private Mosquitto. Killed (SIGKILL) on drop.
 pub struct Mosquitto {
     pub port: u16,
+    /// The TLS listener's port, when started with [`Opts::tls`].
+    pub tls_port: Option<u16>,
     pub dir: tempfile::TempDir,
     conf: PathBuf,
     proc: Option<Proc>,
@@ -74,14 +83,28 @@ impl Mosquitto {
                 "persistence true\npersistence_location {}/\nautosave_interval 1\n",
                 dir.path().display()
             );
+            if opts.save_every_change {
+                conf += "autosave_on_changes true\n";
+            }
         }
         if let Some(n) = opts.message_size_limit {
             conf += &format!("message_size_limit {n}\n");
         }
+        let tls_port = opts.tls.as_ref().map(|(ca, cert, key)| {
+            let p = free_port();
+            conf += &format!(
+                "listener {p} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n",
+                ca.display(),
+                cert.display(),
+                key.display()
+            );
+            p
+        });
         let conf_path = dir.path().join("mosquitto.conf");
         std::fs::write(&conf_path, conf).expect("write mosquitto.conf");
         let mut m = Mosquitto {
             port,
+            tls_port,
             dir,
             conf: conf_path,
             proc: None,
@@ -122,6 +145,14 @@ impl Mosquitto {
     pub fn stop(&mut self) {
         if let Some(mut p) = self.proc.take() {
             p.signal("TERM");
+            p.wait_timeout(Duration::from_secs(10));
+        }
+    }
+
+    /// Kills it (SIGKILL: no save on the way out) and waits.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.signal("KILL");
             p.wait_timeout(Duration::from_secs(10));
         }
     }

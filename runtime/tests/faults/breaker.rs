@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::account::{
-    account, assert_dead_are_bad, assert_no_loss, expect_progress, log_of, print_fault, recovery,
-    settle_all, stop, tally, with_bad,
+    MQTT_WINDOW, account, assert_dead_are_bad, assert_no_loss, expect_progress, log_of,
+    print_fault, recovery, settle_all, stop, tally, with_bad,
 };
 use crate::capture::{mqtt_produce, mqtt_topics};
 use crate::common;
@@ -151,7 +151,7 @@ async fn sink_outage_opens_breaker() {
     );
     assert_eq!(dead_during, 0, "[{name}] the outage was dead-lettered");
     assert_eq!(t.dead, 0, "[{name}] dead letters");
-    assert_no_loss(name, &t, &file);
+    assert_no_loss(name, &t, &file, MQTT_WINDOW);
     assert!(rec.is_some(), "[{name}] no output after the sink came back");
     assert_eq!(
         after.map(|a| a.0).as_deref(),
@@ -228,7 +228,7 @@ async fn sigterm_during_sink_outage() {
         restored,
     )
     .await;
-    assert_no_loss(name, &t, &file);
+    assert_no_loss(name, &t, &file, MQTT_WINDOW);
     assert_dead_are_bad(name, &msgs, &topics.dead.seen.all());
     assert!(
         took < Duration::from_secs(10),

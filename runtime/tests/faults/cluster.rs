@@ -18,7 +18,9 @@ use async_nats::jetstream::{self, stream};
 
 use bytes::Bytes;
 
-use crate::account::{account, assert_recovered, expect_progress, log_of, through_fault, with_bad};
+use crate::account::{
+    JETSTREAM_WINDOW, account, assert_recovered, expect_progress, log_of, through_fault, with_bad,
+};
 use crate::capture::{Got, js_produce, js_topics_r, nats_capture, nats_client};
 use crate::common;
 use crate::common::nats::stream_of;
@@ -228,7 +230,15 @@ async fn jetstream_failover(name: &str, victim: Victim) {
     eprintln!(
         "[{name}] killed {killed}; first output {rec:?} after the kill, longest pause in the output after it {gap:?}"
     );
-    assert_recovered(name, &tally, rec, &file, &msgs, &t.dead, "the kill");
+    assert_recovered(
+        name,
+        (&tally, JETSTREAM_WINDOW),
+        rec,
+        &file,
+        &msgs,
+        &t.dead,
+        "the kill",
+    );
     if gap >= Duration::from_secs(10) {
         eprintln!("[{name}] over the seed's 10 s: the output paused {gap:?}");
     }

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, stream};
 
 use crate::account::{
-    account, assert_dead_are_bad, assert_no_loss, bad_count, expect_progress, log_of, with_bad,
+    JETSTREAM_WINDOW, account, assert_dead_are_bad, assert_no_loss, bad_count, expect_progress,
+    log_of, with_bad,
 };
 use crate::capture::{Topics, js_produce, js_topics, nats_client};
 use crate::common;
@@ -175,7 +176,7 @@ async fn through_full(
         log_full.contains("broker full"),
         "[{name}] the log does not say the broker is full; log:\n{log_full}"
     );
-    assert_no_loss(name, &tally, file);
+    assert_no_loss(name, &tally, file, JETSTREAM_WINDOW);
     assert_eq!(
         tally.dead,
         bad_count(msgs),

@@ -27,11 +27,13 @@ mod pipelines;
 
 /// A sink away for longer than the retry budget: the circuit breaker.
 mod breaker;
+/// A burst beyond the handler's speed: memory bounded by the source.
+mod burst;
 /// A NATS cluster node killed: failover.
 mod cluster;
 /// A broker at its limits: a full JetStream stream.
 mod full;
-/// Poison mixed into good messages, and a burst beyond the handler's speed.
+/// Poison mixed into good messages.
 mod load;
 /// A broker restarted, a connection cut or hung, mid-stream.
 mod outages;

@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use bytes::Bytes;
 
-use crate::account::{account, assert_recovered, expect_progress, log_of, through_fault, with_bad};
+use crate::account::{
+    JETSTREAM_WINDOW, KAFKA_WINDOW, MQTT_WINDOW, account, assert_recovered, expect_progress,
+    log_of, through_fault, with_bad,
+};
 use crate::capture::{
     Topics, js_produce, js_topics, kafka_topics, mqtt_produce, mqtt_topics, nats_client,
     nats_topics,
@@ -43,7 +46,15 @@ async fn kafka_noida_broker_restart() {
         b.restart();
     })
     .await;
-    assert_recovered(name, &tally, rec, &file, &msgs, &t.dead, "the restart");
+    assert_recovered(
+        name,
+        (&tally, KAFKA_WINDOW),
+        rec,
+        &file,
+        &msgs,
+        &t.dead,
+        "the restart",
+    );
 }
 
 /// tansu cannot be restarted without losing everything (memory storage),
@@ -69,7 +80,15 @@ async fn kafka_tansu_partition() {
         proxy.restore();
     })
     .await;
-    assert_recovered(name, &tally, rec, &file, &msgs, &t.dead, "the cut ended");
+    assert_recovered(
+        name,
+        (&tally, KAFKA_WINDOW),
+        rec,
+        &file,
+        &msgs,
+        &t.dead,
+        "the cut ended",
+    );
 }
 
 /// Mosquitto (persistence on) stopped with SIGTERM for 2 s mid-stream and
@@ -101,7 +120,58 @@ async fn mqtt_broker_restart() {
         b.restart();
     })
     .await;
-    assert_recovered(name, &tally, rec, &file, &msgs, &t.dead, "the restart");
+    assert_recovered(
+        name,
+        (&tally, MQTT_WINDOW),
+        rec,
+        &file,
+        &msgs,
+        &t.dead,
+        "the restart",
+    );
+}
+
+/// Mosquitto with persistence written after every change, killed with
+/// SIGKILL for 2 s mid-stream and started again on its persistence file:
+/// the persistent sessions (Sluice's source, the test's capture) and what
+/// they had queued survive, nothing is lost, and what the broker saved
+/// before acknowledging repeats within the source's in-flight window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_broker_sigkill() {
+    let name = "mqtt5-broker-sigkill";
+    let mut b = Mosquitto::start(Opts {
+        persistence: true,
+        save_every_change: true,
+        ..Default::default()
+    });
+    let t = mqtt_topics(b.port, "mbk").await;
+    let msgs = with_bad(3000);
+    mqtt_produce(b.port, &t.input, &msgs).await;
+    let url = b.url();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let body = mqtt_pipeline(
+        &t,
+        &Urls::all(&url),
+        "2s",
+        &handler("fatal-on", ""),
+        &format!("{RETRY}{BREAKER}"),
+    );
+    let file = write_pipeline(dir.path(), name, &body);
+    let (tally, rec, ()) = through_fault(name, &file, &msgs, (&t.out, &t.dead), (60, 90), async {
+        b.kill();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        b.restart();
+    })
+    .await;
+    assert_recovered(
+        name,
+        (&tally, MQTT_WINDOW),
+        rec,
+        &file,
+        &msgs,
+        &t.dead,
+        "the restart",
+    );
 }
 
 /// Core NATS is at most once: a message published while the server is down,
@@ -215,7 +285,15 @@ async fn jetstream_server_restart() {
         server.restart();
     })
     .await;
-    assert_recovered(name, &tally, rec, &file, &msgs, &t.dead, "the restart");
+    assert_recovered(
+        name,
+        (&tally, JETSTREAM_WINDOW),
+        rec,
+        &file,
+        &msgs,
+        &t.dead,
+        "the restart",
+    );
 }
 
 // ------------------------------------------------------- connection cuts
@@ -264,7 +342,15 @@ async fn jetstream_source_cut() {
         stalled,
         "[{name}] outputs kept coming while the source was cut off"
     );
-    assert_recovered(name, &tally, rec, &file, &msgs, &t.dead, "the cut ended");
+    assert_recovered(
+        name,
+        (&tally, JETSTREAM_WINDOW),
+        rec,
+        &file,
+        &msgs,
+        &t.dead,
+        "the cut ended",
+    );
 }
 
 /// The JetStream sink's connection hangs: the proxy holds every chunk of
@@ -313,7 +399,15 @@ async fn jetstream_sink_hang() {
         "[{name}] the hang never became sink failures; log:\n{}",
         log_of(&file)
     );
-    assert_recovered(name, &tally, rec, &file, &msgs, &t.dead, "the hang ended");
+    assert_recovered(
+        name,
+        (&tally, JETSTREAM_WINDOW),
+        rec,
+        &file,
+        &msgs,
+        &t.dead,
+        "the hang ended",
+    );
 }
 
 /// The MQTT sink's connection goes through a proxy that is cut for 3 s
@@ -341,5 +435,13 @@ async fn mqtt_sink_cut() {
         proxy.restore();
     })
     .await;
-    assert_recovered(name, &tally, rec, &file, &msgs, &t.dead, "the cut ended");
+    assert_recovered(
+        name,
+        (&tally, MQTT_WINDOW),
+        rec,
+        &file,
+        &msgs,
+        &t.dead,
+        "the cut ended",
+    );
 }

@@ -88,7 +88,7 @@ impl ClientContext for Ctx {
 
     fn error(&self, error: KafkaError, reason: &str) {
         let text = format!("{error}: {reason}");
-        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(text.clone());
+        crate::config::kafka::remember_error(&self.last_error, &error, text.clone());
         if error.rdkafka_error_code().is_some_and(is_fatal_code) {
             tracing::error!(pipeline = %self.shared.pipeline(), "kafka source: {text}");
             self.shared.fail(format!("kafka source: {text}"));
