@@ -35,6 +35,8 @@ mod full;
 mod load;
 /// A broker restarted, a connection cut or hung, mid-stream.
 mod outages;
+/// A queue-group request/reply service through NATS cluster failover.
+mod requests;
 
 /// Held by the test that measures the `sluice` process's resident memory and
 /// by the three-node cluster tests, so that the measurement never runs beside
