@@ -126,6 +126,14 @@ impl Mosquitto {
         }
     }
 
+    /// Kills it (SIGKILL: nothing saved since the last autosave) and waits.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.signal("KILL");
+            p.wait_timeout(Duration::from_secs(10));
+        }
+    }
+
     /// Starts it again on the same port with the same configuration.
     pub fn restart(&mut self) {
         self.stop();

@@ -37,9 +37,12 @@ mod load;
 mod outages;
 /// A queue-group request/reply service through NATS cluster failover.
 mod requests;
+/// MQTT primary/standby switch-over and back.
+mod switchover;
 
 /// Held by the test that measures the `sluice` process's resident memory and
-/// by the three-node cluster tests, so that the measurement never runs beside
+/// by the tests that run several brokers (the three-node cluster, the MQTT
+/// primary and standby), so that the measurement never runs beside
 /// the heaviest tests of the suite (whose load it would count).
 static HEAVY: std::sync::LazyLock<tokio::sync::Mutex<()>> =
     std::sync::LazyLock::new(|| tokio::sync::Mutex::new(()));
