@@ -112,11 +112,22 @@ pub async fn open(cfg: &KafkaSinkConfig, pipeline: &str) -> anyhow::Result<Kafka
     // `publish_window` sends waiting for their delivery reports, so a short
     // linger batches them into fewer produce requests without stalling the
     // window; one message of a quiet stream waits that 1 ms. `options` sets it.
+    // `message.send.max.retries` 3 (librdkafka's default with idempotence is
+    // unbounded): a broker that refuses a produce request it received (a
+    // full disk: `KAFKA_STORAGE_ERROR`) then fails the records with that
+    // error after about 0.7 s of retries, instead of a bare timeout at
+    // `timeout`, so the failure says the broker is full; the pipeline's
+    // retry policy and breaker do the waiting. Requests never sent (broker
+    // away) and leader moves do not count against it.
     let mut c = client_config(
         &cfg.brokers,
         &cfg.security,
         &cfg.options,
-        &[("client.id", client_id.as_str()), ("linger.ms", "1")],
+        &[
+            ("client.id", client_id.as_str()),
+            ("linger.ms", "1"),
+            ("message.send.max.retries", "3"),
+        ],
     )
     .context("kafka sink")?;
     // Sluice's own settings come last: the delivery rule depends on them.
@@ -297,7 +308,20 @@ fn is_fenced(e: &KafkaError) -> bool {
     )
 }
 
+/// The broker cannot store records: the log directory of the partition
+/// cannot be written (`KAFKA_STORAGE_ERROR`, what Kafka answers when its
+/// disk is full). It passes once the broker has room again.
+fn is_full(e: &KafkaError) -> bool {
+    e.rdkafka_error_code() == Some(RDKafkaErrorCode::KafkaStorageError)
+}
+
 fn failure(e: &KafkaError, topic: &str) -> Failure {
+    if is_full(e) {
+        return Failure::broker_full(format!(
+            "kafka sink: broker full: topic {topic}: {e}; waiting until the broker can store \
+             records again (free disk space on its log directory)"
+        ));
+    }
     Failure::new(class_of(e), format!("kafka sink: topic {topic}: {e}"))
 }
 
@@ -347,8 +371,27 @@ mod tests {
             RDKafkaErrorCode::BrokerTransportFailure,
             RDKafkaErrorCode::AllBrokersDown,
             RDKafkaErrorCode::NotEnoughReplicas,
+            RDKafkaErrorCode::KafkaStorageError,
         ] {
             assert_eq!(class_of(&p(c)), FailureClass::Sink, "{c:?}");
+        }
+    }
+
+    /// A broker that cannot write its log (a full disk) is a transient
+    /// `sink` failure counted as broker full; other errors are not.
+    #[test]
+    fn a_storage_error_is_broker_full() {
+        let p = |c| KafkaError::MessageProduction(c);
+        let f = failure(&p(RDKafkaErrorCode::KafkaStorageError), "out");
+        assert!(f.broker_full, "{f:?}");
+        assert_eq!(f.class, FailureClass::Sink);
+        assert!(f.message.contains("broker full"), "{}", f.message);
+        for c in [
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::NotEnoughReplicas,
+            RDKafkaErrorCode::MessageSizeTooLarge,
+        ] {
+            assert!(!failure(&p(c), "out").broker_full, "{c:?}");
         }
     }
 

@@ -93,10 +93,10 @@ fn pipeline(dir: &Path, name: &str, t: &Topics, url: &str) -> PathBuf {
 }
 
 /// Runs Sluice on `file` until its output stops growing for 3 s (the broker
-/// is full; at least `min_out` outputs first), checks what it shows while
+/// is full; at least `min_out` outputs first), waits (at most 30 s) for the breaker to open, checks what it shows while
 /// full, runs `heal` (which makes room), then accounts for every message:
 /// none lost, only the bad ones dead-lettered, output again within 10 s.
-async fn through_full(
+pub(crate) async fn through_full(
     name: &str,
     file: &Path,
     msgs: &[Vec<u8>],
@@ -137,8 +137,21 @@ async fn through_full(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The breaker opens after `failure_threshold` failed publishes, each
+    // as long as the sink takes to give up on the full broker: at most 30 s.
+    let open_by = Instant::now() + Duration::from_secs(30);
+    let metrics = loop {
+        let (_, metrics) = http(admin, "GET", "/metrics", None);
+        let breaker = metric(
+            &metrics,
+            &format!("sluice_breaker_state{{pipeline=\"{name}\"}}"),
+        );
+        if breaker == Some(2.0) || Instant::now() > open_by {
+            break metrics;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let (out_full, dead_full) = (t.out.seen.len(), t.dead.seen.all());
-    let (_, metrics) = http(admin, "GET", "/metrics", None);
     let sample = |m: &str| metric(&metrics, &format!("{m}{{pipeline=\"{name}\"}}"));
     let (breaker, full) = (
         sample("sluice_breaker_state"),

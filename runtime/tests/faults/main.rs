@@ -31,6 +31,8 @@ mod breaker;
 mod cluster;
 /// A broker at its limits: a full JetStream stream.
 mod full;
+/// Kafka node failure: bootstrap past a dead address; a full broker.
+mod kafka_nodes;
 /// Poison mixed into good messages, and a burst beyond the handler's speed.
 mod load;
 /// A broker restarted, a connection cut or hung, mid-stream.

@@ -1,0 +1,152 @@
+//! Kafka node failure as far as single-node brokers can show it, and a
+//! Kafka broker out of disk. Node failure: a `brokers` list whose first
+//! address is dead (a closed loopback port); librdkafka tries the bootstrap
+//! addresses until one answers, then works from the cluster's metadata, and
+//! the pipeline starts and consumes. Failover between in-sync replicas
+//! needs a multi-broker cluster, which no Kafka-protocol broker installable
+//! here provides (see `docs/brokers.md`). A full broker: the same checks as
+//! the full JetStream cases of [`crate::full`].
+
+use std::time::{Duration, Instant};
+
+use crate::account::{account, assert_recovered, expect_progress, with_bad};
+use crate::capture::{kafka_capture_with, kafka_topics};
+use crate::common;
+use crate::common::kafka::{KafkaBroker, Kind};
+use crate::full::through_full;
+use crate::pipelines::{BREAKER, RETRY, handler, kafka_pipeline, write_pipeline};
+
+/// `brokers = ["<closed port>", "<broker>"]` for the source, the sink and
+/// the dead letters: everything consumed, only the bad messages dead,
+/// first output within the seed's 2 minutes (asserted under 60 s).
+async fn bootstrap_past_a_dead_address(kind: Kind) {
+    let name = format!("kafka-{}-bootstrap-dead-first", kind.name());
+    let b = KafkaBroker::start(kind);
+    let msgs = with_bad(2000);
+    let t = kafka_topics(&b, "kbd", &msgs).await;
+    // A port nothing listens on: connections to it are refused.
+    let dead = format!("127.0.0.1:{}", common::free_port());
+    let body = kafka_pipeline(&b, &t).replace(
+        &format!("brokers = [\"{}\"]", b.bootstrap()),
+        &format!("brokers = [\"{dead}\", \"{}\"]", b.bootstrap()),
+    );
+    assert_eq!(
+        body.matches(&dead).count(),
+        3,
+        "source, sink and dead letter all start with the dead address"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = write_pipeline(dir.path(), &name, &body);
+    let started = Instant::now();
+    let mut p = common::spawn_sluice(&file);
+    expect_progress(
+        &mut p,
+        &t.out.seen,
+        Duration::from_secs(90),
+        |s| s.len() > 0,
+        &format!("[{name}] no output"),
+        &file,
+    )
+    .await;
+    let (tally, rec) = account(&name, p, &file, &msgs, (&t.out, &t.dead), 90, started).await;
+    assert_recovered(&name, &tally, rec, &file, &msgs, &t.dead, "start-up");
+    let rec = rec.expect("checked above");
+    assert!(
+        rec < Duration::from_secs(60),
+        "[{name}] the first output came {rec:?} after start-up"
+    );
+    assert_eq!(tally.dup, 0, "[{name}] duplicates without a fault");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_noida_bootstrap_past_a_dead_address() {
+    bootstrap_past_a_dead_address(Kind::Noida).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_tansu_bootstrap_past_a_dead_address() {
+    bootstrap_past_a_dead_address(Kind::Tansu).await;
+}
+
+/// A Kafka broker out of disk: every produce refused with
+/// `KAFKA_STORAGE_ERROR`, what a Kafka broker answers when the log
+/// directory of a partition cannot be written (a full disk). Neither
+/// Kafka-protocol broker installable here refuses writes when its disk is
+/// full (noida-db holds its log in memory and snapshots it, tansu stores
+/// in memory, S3 or PostgreSQL), so the broker is librdkafka's own mock
+/// cluster (`rdkafka::mocking`), in this process and reached by Sluice
+/// over a loopback socket like any broker, told to refuse every Produce
+/// request with that error and later to accept them again. The sink and
+/// the dead letters are both on it: both are full at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_broker_full() {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+    let name = "kafka-broker-full";
+    let mock = MockCluster::new(1).expect("mock cluster");
+    let bootstrap = mock.bootstrap_servers();
+    let base = common::unique("kfull");
+    let [input, output, dlq] = ["in", "out", "dlq"].map(|w| format!("{base}-{w}"));
+    for t in [&input, &output, &dlq] {
+        mock.create_topic(t, 1, 1).expect("mock topic");
+    }
+    let config = || {
+        let mut c = rdkafka::ClientConfig::new();
+        c.set("bootstrap.servers", &bootstrap);
+        c
+    };
+    let msgs = with_bad(1000);
+    let producer: rdkafka::producer::FutureProducer = config().create().expect("test producer");
+    for m in &msgs {
+        producer
+            .send(
+                rdkafka::producer::FutureRecord::<(), [u8]>::to(&input).payload(m.as_slice()),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("produce the input");
+    }
+    let t = crate::capture::Topics {
+        base: base.clone(),
+        input: input.clone(),
+        output: output.clone(),
+        dlq: dlq.clone(),
+        out: kafka_capture_with(config(), &output),
+        dead: kafka_capture_with(config(), &dlq),
+    };
+    let sink = |topic: &str| {
+        format!(
+            "type = \"kafka\"\nbrokers = [\"{bootstrap}\"]\ntopic = \"{topic}\"\ntimeout = \"2s\"\n"
+        )
+    };
+    let body = format!(
+        "[source]\ntype = \"kafka\"\nbrokers = [\"{bootstrap}\"]\ntopics = [\"{input}\"]\ngroup = \"{base}-g\"\n\
+         session_timeout = \"6000ms\"\n\n{}[sink]\n{}\n[dead_letter]\n{}\n{RETRY}{BREAKER}",
+        handler("fatal-on", ""),
+        sink(&output),
+        sink(&dlq),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = write_pipeline(dir.path(), name, &body);
+    // Full once a fifth of the output is out: the test waits for it inside
+    // `through_full` before it looks for the output to stop.
+    let full_at = msgs.len() / 5;
+    let watch = t.out.seen.clone();
+    let filler = {
+        let mock = &mock;
+        async move {
+            while watch.len() < full_at {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            mock.request_errors(
+                RDKafkaApiKey::Produce,
+                &vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_KAFKA_STORAGE_ERROR; 100_000],
+            );
+        }
+    };
+    let run = through_full(name, &file, &msgs, &t, full_at, async {
+        mock.clear_request_errors(RDKafkaApiKey::Produce);
+    });
+    let ((), ()) = tokio::join!(filler, run);
+}
