@@ -296,3 +296,56 @@ async fn mqtt_primary_killed_standby_takes_over_and_back() {
         );
     }
 }
+
+/// A primary that accepts connections but never answers (a hung broker: a
+/// listening socket nobody reads) and a working standby: Sluice tries the
+/// primary for `connect_timeout` (2 s), moves to the standby and starts
+/// there, instead of failing start-up after the first address's timeout.
+/// Every message queued for it on the standby is accounted for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_starts_on_the_standby_when_the_primary_hangs() {
+    let name = "mqtt-primary-hung-at-start";
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let hung_url = format!("mqtt://{}", hung.local_addr().expect("addr"));
+    let standby = Mosquitto::start(Opts::default());
+    let base = common::unique("mhs");
+    let [input, output, dlq] = ["in", "out", "dlq"].map(|w| format!("{base}/{w}"));
+    let client_id = format!("{base}-src");
+    let out = mqtt_capture(standby.port, &output).await;
+    let dead = mqtt_capture(standby.port, &dlq).await;
+    create_session(standby.port, false, &client_id, &input).await;
+    let msgs = crate::account::with_bad(500);
+    crate::capture::mqtt_produce(standby.port, &input, &msgs).await;
+    let urls = format!("urls = [\"{hung_url}\", \"{}\"]", standby.url());
+    let keys = "connect_timeout = \"2s\"\nreconnect_max = \"500ms\"\n";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = write_pipeline(
+        dir.path(),
+        name,
+        &format!(
+            "[source]\ntype = \"mqtt\"\n{urls}\ntopics = [\"{input}\"]\nqos = 1\nclient_id = \"{client_id}\"\n{keys}\n{}\
+             [sink]\ntype = \"mqtt\"\n{urls}\ntopic = \"{output}\"\nqos = 1\ntimeout = \"2s\"\n{keys}\n\
+             [dead_letter]\ntype = \"mqtt\"\n{urls}\ntopic = \"{dlq}\"\nqos = 1\ntimeout = \"2s\"\n{keys}\n{RETRY}{BREAKER}",
+            handler("fatal-on", ""),
+        ),
+    );
+    let started = Instant::now();
+    let mut p = common::spawn_sluice(&file);
+    crate::account::expect_progress(
+        &mut p,
+        &out.seen,
+        Duration::from_secs(60),
+        |s| s.len() > 0,
+        &format!("[{name}] no output through the standby"),
+        &file,
+    )
+    .await;
+    let (t, rec) = crate::account::account(name, p, &file, &msgs, (&out, &dead), 60, started).await;
+    crate::account::assert_recovered(name, &t, rec, &file, &msgs, &dead, "start-up");
+    let rec = rec.expect("checked above");
+    assert!(
+        rec < Duration::from_secs(30),
+        "[{name}] the first output came {rec:?} after start-up"
+    );
+    drop(hung);
+}
