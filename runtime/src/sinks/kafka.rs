@@ -10,7 +10,12 @@
 //! itself (too large, invalid or unknown topic, not authorised, invalid
 //! record) is [`FailureClass::Rejected`], so the pipeline dead-letters it
 //! instead of blocking the stream; everything else (queue full, timeouts,
-//! brokers away) is [`FailureClass::Sink`] and retried. After a fatal
+//! brokers away) is [`FailureClass::Sink`] and retried. A broker that cannot
+//! write its log (`KAFKA_STORAGE_ERROR`: a full disk) is a `sink` failure
+//! marked broker full; librdkafka retries that error itself, without bound
+//! when idempotent, so it reaches the sink only when `options` bound
+//! `message.send.max.retries` (else the record times out at `timeout`, a
+//! plain `sink` failure: the same pause, without the label). After a fatal
 //! producer error (the idempotence guarantee can no longer be kept) the
 //! producer is recreated for the next publish.
 
@@ -112,22 +117,11 @@ pub async fn open(cfg: &KafkaSinkConfig, pipeline: &str) -> anyhow::Result<Kafka
     // `publish_window` sends waiting for their delivery reports, so a short
     // linger batches them into fewer produce requests without stalling the
     // window; one message of a quiet stream waits that 1 ms. `options` sets it.
-    // `message.send.max.retries` 3 (librdkafka's default with idempotence is
-    // unbounded): a broker that refuses a produce request it received (a
-    // full disk: `KAFKA_STORAGE_ERROR`) then fails the records with that
-    // error after about 0.7 s of retries, instead of a bare timeout at
-    // `timeout`, so the failure says the broker is full; the pipeline's
-    // retry policy and breaker do the waiting. Requests never sent (broker
-    // away) and leader moves do not count against it.
     let mut c = client_config(
         &cfg.brokers,
         &cfg.security,
         &cfg.options,
-        &[
-            ("client.id", client_id.as_str()),
-            ("linger.ms", "1"),
-            ("message.send.max.retries", "3"),
-        ],
+        &[("client.id", client_id.as_str()), ("linger.ms", "1")],
     )
     .context("kafka sink")?;
     // Sluice's own settings come last: the delivery rule depends on them.

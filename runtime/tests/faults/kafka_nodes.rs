@@ -77,13 +77,13 @@ async fn kafka_tansu_bootstrap_past_a_dead_address() {
 /// cluster (`rdkafka::mocking`), in this process and reached by Sluice
 /// over a loopback socket like any broker, told to refuse every Produce
 /// request with that error and later to accept them again. The sink and
-/// the dead letters are both on it: both are full at once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kafka_broker_full() {
+/// the dead letters are both on it: both are full at once. `sink_options`
+/// go into both tables; `labelled`: the log and `/metrics` must say broker
+/// full.
+async fn kafka_full(name: &str, sink_options: &str, labelled: bool) {
     use rdkafka::mocking::MockCluster;
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
-    let name = "kafka-broker-full";
     let mock = MockCluster::new(1).expect("mock cluster");
     let bootstrap = mock.bootstrap_servers();
     let base = common::unique("kfull");
@@ -117,7 +117,7 @@ async fn kafka_broker_full() {
     };
     let sink = |topic: &str| {
         format!(
-            "type = \"kafka\"\nbrokers = [\"{bootstrap}\"]\ntopic = \"{topic}\"\ntimeout = \"2s\"\n"
+            "type = \"kafka\"\nbrokers = [\"{bootstrap}\"]\ntopic = \"{topic}\"\ntimeout = \"2s\"\n{sink_options}"
         )
     };
     let body = format!(
@@ -145,10 +145,31 @@ async fn kafka_broker_full() {
             );
         }
     };
-    let run = through_full(name, &file, &msgs, &t, full_at, async {
+    let run = through_full(name, &file, &msgs, &t, (full_at, labelled), async {
         mock.clear_request_errors(RDKafkaApiKey::Produce);
     });
     let ((), ()) = tokio::join!(filler, run);
+}
+
+/// The sink as configured by default: librdkafka retries the refused
+/// requests itself until the sink's `timeout`, so Sluice sees timeouts:
+/// the same pause and breaker, nothing lost or dead-lettered, but no
+/// broker-full label.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_broker_full() {
+    kafka_full("kafka-broker-full", "", false).await;
+}
+
+/// `message.send.max.retries` bounded: the broker's own error reaches the
+/// sink, and the log and `/metrics` say broker full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_broker_full_said_with_bounded_retries() {
+    kafka_full(
+        "kafka-broker-full-bounded-retries",
+        "options = { \"message.send.max.retries\" = \"3\" }\n",
+        true,
+    )
+    .await;
 }
 
 /// A partition leader moving: librdkafka's mock cluster of three brokers
