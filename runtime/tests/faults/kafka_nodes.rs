@@ -76,7 +76,8 @@ async fn kafka_tansu_bootstrap_past_a_dead_address() {
 /// in memory, S3 or PostgreSQL), so the broker is librdkafka's own mock
 /// cluster (`rdkafka::mocking`), in this process and reached by Sluice
 /// over a loopback socket like any broker, told to refuse every Produce
-/// request with that error and later to accept them again. The sink and
+/// request after Sluice's first three with that error, and later to
+/// accept them again. The sink and
 /// the dead letters are both on it: both are full at once. `sink_options`
 /// go into both tables; `labelled`: the log and `/metrics` must say broker
 /// full.
@@ -129,26 +130,16 @@ async fn kafka_full(name: &str, sink_options: &str, labelled: bool) {
     );
     let dir = tempfile::tempdir().expect("tempdir");
     let file = write_pipeline(dir.path(), name, &body);
-    // Full once a fifth of the output is out: the test waits for it inside
-    // `through_full` before it looks for the output to stop.
-    let full_at = msgs.len() / 5;
-    let watch = t.out.seen.clone();
-    let filler = {
-        let mock = &mock;
-        async move {
-            while watch.len() < full_at {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            mock.request_errors(
-                RDKafkaApiKey::Produce,
-                &vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_KAFKA_STORAGE_ERROR; 100_000],
-            );
-        }
-    };
-    let run = through_full(name, &file, &msgs, &t, (full_at, labelled), async {
+    // The broker fills after Sluice's first few produce requests (the
+    // mock answers its queued errors in order, one per request): it fills
+    // mid-stream however fast Sluice and the captures run.
+    let mut answers = vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR; 3];
+    answers.extend([RDKafkaRespErr::RD_KAFKA_RESP_ERR_KAFKA_STORAGE_ERROR; 20_000]);
+    mock.request_errors(RDKafkaApiKey::Produce, &answers);
+    through_full(name, &file, &msgs, &t, (1, labelled), async {
         mock.clear_request_errors(RDKafkaApiKey::Produce);
-    });
-    let ((), ()) = tokio::join!(filler, run);
+    })
+    .await;
 }
 
 /// The sink as configured by default: librdkafka retries the refused

@@ -259,10 +259,10 @@ async fn nats_cluster_request_reply_connected_node_killed() {
     let resumed = killed + rec;
     let outside: Vec<&Asked> = asked
         .iter()
-        .filter(|a| {
-            !matches!(a.outcome, Outcome::Answered | Outcome::Fallback(_)) || {
-                matches!(&a.outcome, Outcome::Fallback(c) if c != "fatal")
-            }
+        .filter(|a| match &a.outcome {
+            Outcome::NoResponders | Outcome::TimedOut => true,
+            Outcome::Fallback(class) => class != "fatal",
+            _ => false,
         })
         .filter(|a| {
             a.sent + CALLER_TIMEOUT + Duration::from_secs(1) < killed
