@@ -38,7 +38,7 @@ const DEVICE_TIMEOUT: Duration = Duration::from_secs(2);
 /// next broker (and republishing the batch) when one is not acknowledged.
 /// Returns when each message was acknowledged last.
 async fn device(
-    ports: [u16; 2],
+    (ports, qos): ([u16; 2], u8),
     topic: String,
     msgs: Vec<Vec<u8>>,
     acked: Arc<Mutex<Vec<Option<Instant>>>>,
@@ -64,7 +64,7 @@ async fn device(
             }
             let c = conn.as_ref().expect("connected");
             let batch: Vec<common::mqtt::Msg> = chunk.iter().map(|m| (m.clone(), vec![])).collect();
-            let ok = tokio::time::timeout(DEVICE_TIMEOUT, c.publish(&topic, 1, &batch)).await;
+            let ok = tokio::time::timeout(DEVICE_TIMEOUT, c.publish(&topic, qos, &batch)).await;
             if ok.is_ok() {
                 let now = Instant::now();
                 let mut a = acked.lock().unwrap_or_else(|e| e.into_inner());
@@ -106,10 +106,53 @@ fn first_after(all: &[Got], t: Instant) -> Option<Duration> {
         .map(|a| a - t)
 }
 
+/// A persistent session (MQTT 5, 1 h) for `client_id` subscribed to
+/// `filter` at `qos`: the session Sluice finds on a broker it moves to.
+async fn session(port: u16, client_id: &str, filter: &str, qos: u8) {
+    use rumqttc::v5::mqttbytes::v5::{Filter, Packet};
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let mut o = MqttOptions::new(client_id, "127.0.0.1", port);
+    o.set_clean_start(false)
+        .set_session_expiry_interval(Some(3600));
+    let (c, mut l) = AsyncClient::new(o, 10);
+    c.subscribe_many([Filter::new(filter, conn_qos(qos))])
+        .await
+        .expect("queue SUBSCRIBE");
+    let subscribed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Ok(Event::Incoming(Packet::SubAck(_))) = l.poll().await {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(subscribed.is_ok(), "no SUBACK from the broker on {port}");
+    let _ = c.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), l.poll()).await;
+}
+
+fn conn_qos(qos: u8) -> rumqttc::v5::mqttbytes::QoS {
+    match qos {
+        2 => rumqttc::v5::mqttbytes::QoS::ExactlyOnce,
+        _ => rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+    }
+}
+
+/// QoS 1 end to end: the device, Sluice's subscription and its outputs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_primary_killed_standby_takes_over_and_back() {
+    switch_over("mqtt-switch-over", 1).await;
+}
+
+/// QoS 2 end to end (the seed's RPO 0 row for MQTT): the same accounting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_qos2_primary_killed_standby_takes_over_and_back() {
+    switch_over("mqtt-qos2-switch-over", 2).await;
+}
+
+/// The switch-over of the module documentation at `qos`.
+async fn switch_over(name: &str, qos: u8) {
     let _alone = crate::HEAVY.lock().await;
-    let name = "mqtt-switch-over";
     let persistent = Opts {
         persistence: true,
         ..Opts::default()
@@ -128,7 +171,7 @@ async fn mqtt_primary_killed_standby_takes_over_and_back() {
         mqtt_capture(standby.port, &dlq).await,
     ];
     for b in [&primary, &standby] {
-        create_session(b.port, false, &client_id, &input).await;
+        session(b.port, &client_id, &input, qos).await;
     }
     let urls = format!("urls = [\"{}\", \"{}\"]", primary.url(), standby.url());
     let dir = tempfile::tempdir().expect("tempdir");
@@ -136,10 +179,10 @@ async fn mqtt_primary_killed_standby_takes_over_and_back() {
         dir.path(),
         name,
         &format!(
-            "[source]\ntype = \"mqtt\"\n{urls}\ntopics = [\"{input}\"]\nqos = 1\nclient_id = \"{client_id}\"\n\
+            "[source]\ntype = \"mqtt\"\n{urls}\ntopics = [\"{input}\"]\nqos = {qos}\nclient_id = \"{client_id}\"\n\
              reconnect_max = \"500ms\"\n\n{}\
-             [sink]\ntype = \"mqtt\"\n{urls}\ntopic = \"{output}\"\nqos = 1\ntimeout = \"2s\"\nreconnect_max = \"500ms\"\n\n\
-             [dead_letter]\ntype = \"mqtt\"\n{urls}\ntopic = \"{dlq}\"\nqos = 1\ntimeout = \"2s\"\nreconnect_max = \"500ms\"\n\n\
+             [sink]\ntype = \"mqtt\"\n{urls}\ntopic = \"{output}\"\nqos = {qos}\ntimeout = \"2s\"\nreconnect_max = \"500ms\"\n\n\
+             [dead_letter]\ntype = \"mqtt\"\n{urls}\ntopic = \"{dlq}\"\nqos = {qos}\ntimeout = \"2s\"\nreconnect_max = \"500ms\"\n\n\
              {RETRY}{BREAKER}",
             handler("fatal-on", ""),
         ),
@@ -166,7 +209,7 @@ async fn mqtt_primary_killed_standby_takes_over_and_back() {
     let mut p = common::spawn_sluice(&file);
     let acked = Arc::new(Mutex::new(vec![None; TOTAL]));
     let dev = tokio::spawn(device(
-        [primary.port, standby.port],
+        ([primary.port, standby.port], qos),
         input.clone(),
         msgs.clone(),
         acked.clone(),
@@ -175,7 +218,7 @@ async fn mqtt_primary_killed_standby_takes_over_and_back() {
     until(
         &mut p,
         &file,
-        "[mqtt-switch-over] progress on the primary",
+        &format!("[{name}] progress on the primary"),
         || caps[0].seen.len() >= TOTAL / 4,
     )
     .await;
@@ -184,7 +227,7 @@ async fn mqtt_primary_killed_standby_takes_over_and_back() {
     until(
         &mut p,
         &file,
-        "[mqtt-switch-over] output through the standby",
+        &format!("[{name}] output through the standby"),
         || caps[1].seen.all().iter().any(|g| g.at > first_kill),
     )
     .await;
@@ -193,7 +236,7 @@ async fn mqtt_primary_killed_standby_takes_over_and_back() {
     until(
         &mut p,
         &file,
-        "[mqtt-switch-over] progress on the standby",
+        &format!("[{name}] progress on the standby"),
         || caps[1].seen.len() >= TOTAL / 4,
     )
     .await;
@@ -205,7 +248,7 @@ async fn mqtt_primary_killed_standby_takes_over_and_back() {
     until(
         &mut p,
         &file,
-        "[mqtt-switch-over] output back on the primary",
+        &format!("[{name}] output back on the primary"),
         || caps[0].seen.all().iter().any(|g| g.at > second_kill),
     )
     .await;
