@@ -616,6 +616,23 @@ impl Client {
     }
 }
 
+/// How long start-up waits for the first connection: one `connect_timeout`
+/// for each broker address, tried in order, and the longest reconnect pause
+/// before each, so a primary that does not answer (it accepts connections
+/// but never acknowledges them) leaves time for the standby.
+pub(crate) fn startup_budget(spec: &Spec) -> Duration {
+    let pauses: Duration = (0..spec.addrs.len())
+        .map(|i| {
+            Duration::from_millis(100)
+                .saturating_mul(1u32 << i.min(20))
+                .min(spec.reconnect_max)
+        })
+        .sum();
+    spec.connect_timeout
+        .saturating_mul(u32::try_from(spec.addrs.len()).unwrap_or(u32::MAX))
+        .saturating_add(pauses)
+}
+
 /// Capped exponential backoff with full jitter, from 100 ms.
 pub(crate) struct Backoff {
     failures: u32,
@@ -718,6 +735,37 @@ mod tests {
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    /// Start-up waits one `connect_timeout` per address and the longest
+    /// reconnect pause before each (100 ms, 200 ms, ... up to `reconnect_max`).
+    #[test]
+    fn startup_waits_for_every_address() {
+        let addr = |port| BrokerAddr {
+            host: "127.0.0.1".into(),
+            port,
+            tls: false,
+        };
+        let mut spec = Spec {
+            addrs: vec![addr(1)],
+            version: MqttVersion::V5,
+            client_id: "c".into(),
+            clean_start: true,
+            session_expiry: None,
+            keep_alive: Duration::from_secs(30),
+            receive_max: None,
+            inflight: 1,
+            manual_acks: false,
+            credentials: None,
+            tls: None,
+            connect_timeout: Duration::from_secs(2),
+            reconnect_max: Duration::from_millis(150),
+            channel: 1,
+        };
+        assert_eq!(startup_budget(&spec), Duration::from_millis(2100));
+        spec.addrs.push(addr(2));
+        spec.addrs.push(addr(3));
+        assert_eq!(startup_budget(&spec), Duration::from_millis(6400));
     }
 
     #[test]

@@ -30,10 +30,12 @@ pub struct MqttSourceConfig {
     /// (TLS, default port 8883). Give this or `urls`.
     #[serde(default)]
     pub url: Option<String>,
-    /// Several brokers for failover, tried in order, moving to the next one when
-    /// a connection fails. A session lives on one broker: after a failover the
-    /// subscriptions are made again, and messages queued for this client on the
-    /// other broker wait there.
+    /// Several brokers for failover (a primary and standbys), tried in order:
+    /// when a connection is lost or an attempt fails Sluice moves to the next
+    /// one, after the last back to the first, and stays on a broker while it
+    /// works. A session lives on one broker: after a failover without a
+    /// session there the subscriptions are made again, and messages queued for
+    /// this client on the other broker wait there (see `docs/brokers.md`).
     #[serde(default)]
     pub urls: Vec<String>,
     /// Topic filters to subscribe to (`+` and `#` wildcards). MQTT 5 shared
@@ -82,8 +84,8 @@ pub struct MqttSourceConfig {
     /// TLS settings (on by default for `mqtts://`).
     #[serde(default)]
     pub tls: Option<TlsConfig>,
-    /// How long one connection attempt may take; also how long start-up waits
-    /// for the first connection before it fails.
+    /// How long one connection attempt may take. Start-up waits this long for
+    /// each broker in the list (plus the reconnect pauses) before it fails.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: Dur,
     /// The longest pause between two reconnection attempts (exponential backoff
@@ -99,7 +101,7 @@ pub struct MqttSinkConfig {
     /// The broker, `mqtt://host:port` or `mqtts://host:port`. Give this or `urls`.
     #[serde(default)]
     pub url: Option<String>,
-    /// Several brokers for failover, tried in order.
+    /// Several brokers for failover, tried in order like the source's `urls`.
     #[serde(default)]
     pub urls: Vec<String>,
     /// The topic of records that name none. Without it, every output must name a topic.
@@ -144,8 +146,8 @@ pub struct MqttSinkConfig {
     /// carry the `sluice-*` metadata), else `false`.
     #[serde(default)]
     pub envelope: Option<bool>,
-    /// How long one connection attempt may take; also how long start-up waits
-    /// for the first connection before it fails.
+    /// How long one connection attempt may take. Start-up waits this long for
+    /// each broker in the list (plus the reconnect pauses) before it fails.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: Dur,
     /// The longest pause between two reconnection attempts.

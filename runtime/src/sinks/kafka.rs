@@ -10,7 +10,12 @@
 //! itself (too large, invalid or unknown topic, not authorised, invalid
 //! record) is [`FailureClass::Rejected`], so the pipeline dead-letters it
 //! instead of blocking the stream; everything else (queue full, timeouts,
-//! brokers away) is [`FailureClass::Sink`] and retried. After a fatal
+//! brokers away) is [`FailureClass::Sink`] and retried. A broker that cannot
+//! write its log (`KAFKA_STORAGE_ERROR`: a full disk) is a `sink` failure
+//! marked broker full; librdkafka retries that error itself, without bound
+//! when idempotent, so it reaches the sink only when `options` bound
+//! `message.send.max.retries` (else the record times out at `timeout`, a
+//! plain `sink` failure: the same pause, without the label). After a fatal
 //! producer error (the idempotence guarantee can no longer be kept) the
 //! producer is recreated for the next publish.
 
@@ -286,7 +291,20 @@ fn is_fenced(e: &KafkaError) -> bool {
     )
 }
 
+/// The broker cannot store records: the log directory of the partition
+/// cannot be written (`KAFKA_STORAGE_ERROR`, what Kafka answers when its
+/// disk is full). It passes once the broker has room again.
+fn is_full(e: &KafkaError) -> bool {
+    e.rdkafka_error_code() == Some(RDKafkaErrorCode::KafkaStorageError)
+}
+
 fn failure(e: &KafkaError, topic: &str) -> Failure {
+    if is_full(e) {
+        return Failure::broker_full(format!(
+            "kafka sink: broker full: topic {topic}: {e}; waiting until the broker can store \
+             records again (free disk space on its log directory)"
+        ));
+    }
     Failure::new(class_of(e), format!("kafka sink: topic {topic}: {e}"))
 }
 
@@ -336,8 +354,27 @@ mod tests {
             RDKafkaErrorCode::BrokerTransportFailure,
             RDKafkaErrorCode::AllBrokersDown,
             RDKafkaErrorCode::NotEnoughReplicas,
+            RDKafkaErrorCode::KafkaStorageError,
         ] {
             assert_eq!(class_of(&p(c)), FailureClass::Sink, "{c:?}");
+        }
+    }
+
+    /// A broker that cannot write its log (a full disk) is a transient
+    /// `sink` failure counted as broker full; other errors are not.
+    #[test]
+    fn a_storage_error_is_broker_full() {
+        let p = |c| KafkaError::MessageProduction(c);
+        let f = failure(&p(RDKafkaErrorCode::KafkaStorageError), "out");
+        assert!(f.broker_full, "{f:?}");
+        assert_eq!(f.class, FailureClass::Sink);
+        assert!(f.message.contains("broker full"), "{}", f.message);
+        for c in [
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::NotEnoughReplicas,
+            RDKafkaErrorCode::MessageSizeTooLarge,
+        ] {
+            assert!(!failure(&p(c), "out").broker_full, "{c:?}");
         }
     }
 

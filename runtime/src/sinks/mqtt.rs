@@ -146,7 +146,8 @@ pub async fn open_with(
     let (status_tx, mut status) = watch::channel::<Option<Result<(), String>>>(None);
     let task = tokio::spawn(run(lp, spec.clone(), Arc::clone(&shared), status_tx));
     let urls = cfg.all_urls().join(", ");
-    let waited = tokio::time::timeout(spec.connect_timeout, status.wait_for(Option::is_some)).await;
+    let budget = conn::startup_budget(&spec);
+    let waited = tokio::time::timeout(budget, status.wait_for(Option::is_some)).await;
     let result = match waited {
         Ok(Ok(s)) => match &*s {
             Some(Ok(())) => Ok(()),
@@ -157,8 +158,7 @@ pub async fn open_with(
         Err(_) => {
             let last = shared.lock().last_error.clone();
             Err(anyhow::anyhow!(
-                "no MQTT broker answered within {:?}{}",
-                spec.connect_timeout,
+                "no MQTT broker answered within {budget:?}{}",
                 last.map(|e| format!(": {e}")).unwrap_or_default()
             ))
         }

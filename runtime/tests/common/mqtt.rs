@@ -149,7 +149,7 @@ impl Mosquitto {
         }
     }
 
-    /// Kills it (SIGKILL: no save on the way out) and waits.
+    /// Kills it (SIGKILL: nothing saved since the last autosave) and waits.
     pub fn kill(&mut self) {
         if let Some(mut p) = self.proc.take() {
             p.signal("KILL");

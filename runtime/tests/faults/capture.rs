@@ -79,12 +79,16 @@ pub fn class_of<'a>(mut headers: impl Iterator<Item = (&'a str, &'a [u8])>) -> O
 
 /// Reads every partition of `topic` from the beginning (no group commits).
 pub async fn kafka_capture(b: &KafkaBroker, topic: &str) -> Capture {
+    b.create_topic(topic, 1).await;
+    kafka_capture_with(b.config(), topic)
+}
+
+/// [`kafka_capture`] of an existing one-partition `topic`, through `config`.
+pub fn kafka_capture_with(mut config: rdkafka::ClientConfig, topic: &str) -> Capture {
     use rdkafka::Message as _;
     use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::message::Headers as _;
-    b.create_topic(topic, 1).await;
-    let consumer: StreamConsumer = b
-        .config()
+    let consumer: StreamConsumer = config
         .set("group.id", format!("capture-{topic}"))
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "100")

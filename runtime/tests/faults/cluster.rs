@@ -29,21 +29,21 @@ use crate::pipelines::{
 };
 
 /// One node: its client, route and monitoring ports, and its process.
-struct Node {
-    name: String,
-    port: u16,
-    monitor: u16,
-    child: Option<Child>,
+pub(crate) struct Node {
+    pub(crate) name: String,
+    pub(crate) port: u16,
+    pub(crate) monitor: u16,
+    pub(crate) child: Option<Child>,
 }
 
 /// Three clustered nodes in one temporary directory; killed by PID on drop.
-struct Cluster {
-    nodes: Vec<Node>,
+pub(crate) struct Cluster {
+    pub(crate) nodes: Vec<Node>,
     _dir: tempfile::TempDir,
 }
 
 impl Cluster {
-    fn start() -> Cluster {
+    pub(crate) fn start() -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let routes: Vec<u16> = (0..3).map(|_| common::free_port()).collect();
         let route_list = routes
@@ -84,7 +84,7 @@ impl Cluster {
         Cluster { nodes, _dir: dir }
     }
 
-    fn urls(&self) -> Vec<String> {
+    pub(crate) fn urls(&self) -> Vec<String> {
         self.nodes
             .iter()
             .map(|n| format!("nats://127.0.0.1:{}", n.port))
@@ -92,7 +92,7 @@ impl Cluster {
     }
 
     /// Kills node `i` (SIGKILL, by PID) and waits for it to exit.
-    fn kill(&mut self, i: usize) {
+    pub(crate) fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.nodes[i].child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -100,7 +100,7 @@ impl Cluster {
     }
 
     /// The node whose `/connz` lists a client named `client`.
-    fn node_of_client(&self, client: &str) -> Option<usize> {
+    pub(crate) fn node_of_client(&self, client: &str) -> Option<usize> {
         self.nodes.iter().position(|n| {
             n.child.is_some()
                 && monitor_get(n.monitor, "/connz?limit=1024").contains(&format!("\"{client}\""))

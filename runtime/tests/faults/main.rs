@@ -33,13 +33,20 @@ mod burst;
 mod cluster;
 /// A broker at its limits: a full JetStream stream.
 mod full;
-/// Poison mixed into good messages.
+/// Kafka node failure: bootstrap past a dead address; a full broker.
+mod kafka_nodes;
+/// Poison mixed into good messages, and a burst beyond the handler's speed.
 mod load;
 /// A broker restarted, a connection cut or hung, mid-stream.
 mod outages;
+/// A queue-group request/reply service through NATS cluster failover.
+mod requests;
+/// MQTT primary/standby switch-over and back.
+mod switchover;
 
 /// Held by the test that measures the `sluice` process's resident memory and
-/// by the three-node cluster tests, so that the measurement never runs beside
+/// by the tests that run several brokers (the three-node cluster, the MQTT
+/// primary and standby), so that the measurement never runs beside
 /// the heaviest tests of the suite (whose load it would count).
 static HEAVY: std::sync::LazyLock<tokio::sync::Mutex<()>> =
     std::sync::LazyLock::new(|| tokio::sync::Mutex::new(()));

@@ -49,7 +49,8 @@
 //! `urls`, moves to the next broker. After a connect that did not resume the
 //! session it subscribes again. `open` waits for the first connection and
 //! subscription: refused credentials or subscriptions fail it with the
-//! broker's reason, and so does a broker not reachable within `connect_timeout`.
+//! broker's reason, and so does no broker answering within `connect_timeout`
+//! for each address (plus the reconnect pauses between them).
 //! Credentials refused later (e.g. a rotated password) end the source with a
 //! fatal error instead of a silent retry loop.
 
@@ -98,7 +99,7 @@ pub fn default_client_id(cfg: &MqttSourceConfig, pipeline: &str) -> String {
 
 /// Connects, subscribes and starts the event-loop task. Fails on refused
 /// credentials or subscriptions, and when no broker answered within
-/// `connect_timeout`.
+/// [`conn::startup_budget`].
 pub async fn open(cfg: &MqttSourceConfig, pipeline: &str) -> anyhow::Result<MqttSource> {
     let (addrs, credentials, tls) =
         conn::prepare(&cfg.all_urls(), &cfg.username, &cfg.password, &cfg.tls)?;
@@ -135,7 +136,8 @@ pub async fn open(cfg: &MqttSourceConfig, pipeline: &str) -> anyhow::Result<Mqtt
         status_tx,
     ));
     let urls = cfg.all_urls().join(", ");
-    let outcome = tokio::time::timeout(spec.connect_timeout, async {
+    let budget = conn::startup_budget(&spec);
+    let outcome = tokio::time::timeout(budget, async {
         status
             .wait_for(|s| !matches!(s, Status::Connecting(_)))
             .await
@@ -152,8 +154,7 @@ pub async fn open(cfg: &MqttSourceConfig, pipeline: &str) -> anyhow::Result<Mqtt
                 _ => String::new(),
             };
             Err(anyhow::anyhow!(
-                "no MQTT broker answered within {:?}{last}",
-                spec.connect_timeout
+                "no MQTT broker answered within {budget:?}{last}"
             ))
         }
     };
