@@ -1,4 +1,7 @@
-//! The subcommands behind `sluice run`, `sluice check` and `sluice call`.
+//! The subcommands behind `sluice run`, `sluice check` and `sluice call`;
+//! `author` holds `sluice new` and `sluice test`.
+
+pub mod author;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -49,7 +52,7 @@ pub struct CallArgs {
 
 /// The engine of every subcommand: plugins are untrusted, so they are
 /// compiled by a child process of this binary, under their limits.
-fn engine() -> anyhow::Result<Engine> {
+pub(crate) fn engine() -> anyhow::Result<Engine> {
     engine_with(EngineOptions::default().max_instances)
 }
 

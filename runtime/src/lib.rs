@@ -14,6 +14,7 @@
 //! - [`supervisor`]: `sluice run`: pipelines from files and folders, live changes, hot swap.
 //! - [`admin`], [`metrics`]: the admin HTTP API and its Prometheus text.
 //! - [`logging`]: the process's log, written off the workers' threads.
+//! - [`authoring`]: the handler author's loop: `sluice new`, `sluice test`, `sluice replay`.
 
 /// mimalloc serves every Rust allocation of the process (the `sluice`
 /// binary, and the tests and benchmarks that link this crate, so they measure
@@ -25,6 +26,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub mod admin;
+pub mod authoring;
 pub mod config;
 pub mod connect;
 pub mod engine;

@@ -250,6 +250,14 @@ impl Plugin {
     }
 
     /// `sha256:<hex>` of the plugin file.
+    /// Puts `key` = `value` in the plugin's kv store, as a handler's
+    /// `kv-set` would: `sluice test` starts a case from a given state.
+    pub fn kv_preset(&self, key: &str, value: &[u8]) {
+        if let Ok(mut kv) = self.inner.kv.lock() {
+            kv.set(key.to_string(), value.to_vec(), None, Instant::now());
+        }
+    }
+
     pub fn digest(&self) -> &str {
         &self.inner.digest
     }

@@ -1,0 +1,1 @@
+//! `sluice replay`: dead-letter records sent back through a pipeline.
