@@ -1,7 +1,8 @@
 //! The subcommands behind `sluice run`, `sluice check` and `sluice call`;
-//! `author` holds `sluice new` and `sluice test`.
+//! `author` holds `sluice new` and `sluice test`, `replay` `sluice replay`.
 
 pub mod author;
+pub mod replay;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -163,7 +164,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn wait_for_signal() {
+pub(crate) async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     match (
         signal(SignalKind::interrupt()),

@@ -1,4 +1,4 @@
-//! The `sluice` command: `run`, `check`, `call`, `new` and `test`.
+//! The `sluice` command: `run`, `check`, `call`, `new`, `test` and `replay`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +32,8 @@ enum Command {
     /// Run a handler against the cases of fixtures files (alone, or through
     /// the pipeline's policy with injected faults).
     Test(cli::author::TestArgs),
+    /// Send dead-letter records back through a pipeline (filtered; `--dry-run` to look first).
+    Replay(cli::replay::ReplayArgs),
 }
 
 fn main() -> ExitCode {
@@ -74,6 +76,7 @@ fn main() -> ExitCode {
             Command::Call(args) => cli::call(args).await,
             Command::New(args) => cli::author::new(args),
             Command::Test(args) => cli::author::test(args).await,
+            Command::Replay(args) => cli::replay::replay(args).await,
         }
     });
     // A blocking task still running (a cache read of a load aborted at

@@ -235,7 +235,13 @@ mod tests {
             let made = create(&dir, lang, &sdk).expect("create");
             for f in &made.files {
                 let text = std::fs::read_to_string(f).expect("read");
-                for p in ["{{name}}", "{{name_len}}", "{{crate}}", "{{sdk}}", "{{wasm}}"] {
+                for p in [
+                    "{{name}}",
+                    "{{name_len}}",
+                    "{{crate}}",
+                    "{{sdk}}",
+                    "{{wasm}}",
+                ] {
                     assert!(!text.contains(p), "{}: {text}", f.display());
                 }
             }
