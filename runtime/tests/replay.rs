@@ -357,3 +357,257 @@ path = "dlq-again.jsonl"
     assert_eq!(info.num_pending, 0);
     rt.block_on(async { js.delete_stream(&stream_name).await.ok() });
 }
+
+#[test]
+fn mqtt_311_envelope_dead_letters_replayed() {
+    use common::mqtt::{Mosquitto, Opts, client};
+    const N: usize = 200;
+    let b = Mosquitto::start(Opts::default());
+    let topic = common::unique("replay-dlq");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let d = tmp.path();
+    let toml = d.join("replay.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            r#"name = "orders"
+[source]
+type = "mqtt"
+url = "{}"
+topics = ["{topic}"]
+version = "3.1.1"
+client_id = "{topic}-replay"
+[handler]
+plugin = "{}"
+[sink]
+type = "file"
+path = "out.txt"
+[dead_letter]
+type = "file"
+path = "dlq-again.jsonl"
+"#,
+            b.url(),
+            common::plugin("echo").display()
+        ),
+    )
+    .expect("write");
+    let t = toml.to_string_lossy();
+    // A dry run opens the replay's persistent session: what is published
+    // next waits there for the replay.
+    let (code, out, err) = common::run_sluice(&["replay", &t, "--dry-run", "--idle", "1s"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("0 record(s) would be replayed"), "{out}");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let pubc = client(b.port, true, &format!("{topic}-pub"), false).await;
+        let mut msgs: Vec<common::mqtt::Msg> = (0..N)
+            .map(|i| {
+                let class = if i % 2 == 0 { "fatal" } else { "trap" };
+                let record = sluice::sinks::Record {
+                    topic: None,
+                    key: Some(format!("k{i}").into_bytes().into()),
+                    payload: format!("q{i}").into_bytes().into(),
+                    headers: vec![
+                        sluice::message::Header::new("sluice-error-class", class),
+                        sluice::message::Header::new("sluice-attempts", "1"),
+                    ],
+                    id: String::new(),
+                };
+                (sluice::envelope::encode(&record).into_bytes(), Vec::new())
+            })
+            .collect();
+        // Not a dead-letter record: dead-lettered again as `decode`, not lost.
+        msgs.push((b"plain bytes".to_vec(), Vec::new()));
+        pubc.publish(&topic, 1, &msgs).await;
+    });
+    let (code, out, err) = common::run_sluice(&["replay", &t, "--idle", "2s", "--class", "fatal"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let got = lines(&d.join("out.txt"));
+    let want: Vec<String> = (0..N).step_by(2).map(|i| format!("q{i}")).collect();
+    let mut sorted = got.clone();
+    sorted.sort();
+    sorted.dedup();
+    let mut w = want.clone();
+    w.sort();
+    common::report(
+        "mqtt 3.1.1 replay",
+        want.len() + 1,
+        got.len(),
+        1,
+        0,
+        got.len() - sorted.len(),
+    );
+    assert_eq!(sorted, w, "every selected record replayed once unwrapped");
+    let again = lines(&d.join("dlq-again.jsonl"));
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert!(
+        again[0].contains("decode") && again[0].contains("not a dead-letter record"),
+        "{again:?}"
+    );
+    // Everything was acknowledged: a second replay finds nothing.
+    let (code, out, err) = common::run_sluice(&["replay", &t, "--idle", "1s"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(": 0 record(s) replayed"), "{out}");
+}
+
+#[test]
+fn kafka_dead_letters_replayed_and_committed() {
+    use common::kafka::{KafkaBroker, Kind, TestRecord, source_toml};
+    const N: usize = 200;
+    let b = KafkaBroker::start(Kind::Noida);
+    let topic = common::unique("replay-dlq");
+    let group = format!("{topic}-replay");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        b.create_topic(&topic, 1).await;
+        let records: Vec<TestRecord> = (0..N)
+            .map(|i| {
+                let class = if i % 4 == 0 { "fatal" } else { "sink" };
+                TestRecord {
+                    key: Some(format!("k{i}").into_bytes()),
+                    headers: vec![
+                        ("sluice-error-class".into(), class.as_bytes().to_vec()),
+                        ("sluice-attempts".into(), b"5".to_vec()),
+                        ("sluice-pipeline".into(), b"orders".to_vec()),
+                    ],
+                    ..TestRecord::new(format!("r{i}"))
+                }
+            })
+            .collect();
+        b.produce(&topic, Some(0), &records).await;
+    });
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let d = tmp.path();
+    let toml = d.join("replay.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "name = \"orders\"\n[source]\n{}\n[handler]\nplugin = \"{}\"\n[sink]\ntype = \"file\"\npath = \"out.txt\"\n\
+             [dead_letter]\ntype = \"file\"\npath = \"dlq-again.jsonl\"\n",
+            source_toml(&b, &topic, &group, ""),
+            common::plugin("echo").display()
+        ),
+    )
+    .expect("write");
+    let t = toml.to_string_lossy();
+    // Joining the group takes a moment: a generous idle bound.
+    let (code, out, err) = common::run_sluice(&[
+        "replay",
+        &t,
+        "--idle",
+        "15s",
+        "--class",
+        "fatal",
+        "--failed-in",
+        "orders",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let got = lines(&d.join("out.txt"));
+    let mut sorted = got.clone();
+    sorted.sort();
+    sorted.dedup();
+    let mut want: Vec<String> = (0..N).step_by(4).map(|i| format!("r{i}")).collect();
+    want.sort();
+    common::report(
+        "kafka replay",
+        want.len(),
+        got.len(),
+        0,
+        0,
+        got.len() - sorted.len(),
+    );
+    assert_eq!(sorted, want, "every selected record replayed");
+    assert!(out.contains("150 left out by the filters"), "{out}");
+    assert_eq!(
+        b.committed(&group, &topic, 1),
+        vec![N as i64],
+        "every record settled and committed"
+    );
+}
+
+/// The dead letter is the stream the replay reads: what fails again lands
+/// behind the records being replayed, and the replay ends when it reaches
+/// them instead of replaying them forever.
+#[test]
+fn a_replay_into_its_own_dead_letter_stream_ends() {
+    use async_nats::HeaderMap;
+    use async_nats::jetstream::{self, stream};
+    const N: usize = 20;
+    let u = common::unique("replay_round").replace('-', "_");
+    let (stream_name, subject) = (u.to_uppercase(), format!("dlq.{u}"));
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let js = rt.block_on(async {
+        let js = jetstream::new(
+            async_nats::connect("nats://127.0.0.1:4222")
+                .await
+                .expect("NATS on 127.0.0.1:4222"),
+        );
+        js.get_or_create_stream(stream::Config {
+            name: stream_name.clone(),
+            subjects: vec![subject.clone()],
+            ..Default::default()
+        })
+        .await
+        .expect("stream");
+        for i in 0..N {
+            let mut h = HeaderMap::new();
+            h.insert("sluice-error-class", "fatal");
+            h.insert("sluice-attempts", "1");
+            js.publish_with_headers(subject.clone(), h, format!("bad-{i}").into())
+                .await
+                .expect("publish")
+                .await
+                .expect("stored");
+        }
+        js
+    });
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let toml = tmp.path().join("replay.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            r#"name = "orders"
+[source]
+type = "jetstream"
+url = "nats://127.0.0.1:4222"
+stream = "{stream_name}"
+durable = "replay_{u}"
+[handler]
+plugin = "{}"
+[sink]
+type = "file"
+path = "out.txt"
+[dead_letter]
+type = "jetstream"
+url = "nats://127.0.0.1:4222"
+stream = "{stream_name}"
+subject = "{subject}"
+"#,
+            common::plugin("fatal-on").display()
+        ),
+    )
+    .expect("write");
+    let started = Instant::now();
+    let (code, out, err) =
+        common::run_sluice(&["replay", &toml.to_string_lossy(), "--idle", "120s"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "ended by meeting its own dead letters, not by the idle bound"
+    );
+    assert!(
+        out.contains(&format!("{N} record(s) replayed: 0 succeeded")),
+        "{out}"
+    );
+    assert!(out.contains(&format!("{N} dead-lettered again")), "{out}");
+    let messages = rt.block_on(async {
+        let mut s = js.get_stream(&stream_name).await.expect("stream");
+        s.info().await.expect("info").state.messages
+    });
+    assert_eq!(
+        messages,
+        2 * N as u64,
+        "the originals and one record each from the replay"
+    );
+    rt.block_on(async { js.delete_stream(&stream_name).await.ok() });
+}

@@ -5,7 +5,9 @@
 //! Kafka or MQTT topic, a JetStream stream) through [`ReplaySource`], which
 //! keeps the records the filters select and turns each back into the message
 //! that failed: its source topic, its original headers, attempt 1, and the
-//! replay's headers. The pipeline does the rest as for any message, so a
+//! replay's headers (a record whose metadata is inside a JSON envelope
+//! payload, as MQTT 3.1.1 dead letters are, is unwrapped first). The
+//! pipeline does the rest as for any message, so a
 //! record leaves the dead-letter source only once its outputs were accepted
 //! or it was dead-lettered again (settled like every delivery).
 //!
@@ -219,6 +221,13 @@ impl ReplaySource {
                 self.seen.replayed.fetch_add(1, Relaxed);
                 return Ok(Some(d));
             }
+            let d = match unwrap_envelope(d) {
+                Ok(d) => d,
+                Err(d) => {
+                    self.seen.replayed.fetch_add(1, Relaxed);
+                    return Ok(Some(d));
+                }
+            };
             let (meta, problems) = meta_of(&d.message);
             let at = position(&d.message);
             for p in &problems {
@@ -254,6 +263,47 @@ impl ReplaySource {
                 handle,
             )));
         }
+    }
+}
+
+/// A record whose metadata travels inside its payload as a JSON envelope
+/// (an MQTT 3.1.1 dead letter, which has no headers) is unwrapped: payload,
+/// key and headers from the envelope. A record with neither the headers nor
+/// such an envelope is no dead-letter record: `Err` with it marked
+/// undecodable, so the pipeline dead-letters it again as `decode`.
+#[allow(clippy::result_large_err)]
+pub fn unwrap_envelope(d: Delivery) -> Result<Delivery, Delivery> {
+    if header(&d.message, dl::CLASS).is_some() {
+        return Ok(d);
+    }
+    let decoded = std::str::from_utf8(&d.message.payload)
+        .map_err(|_| "the payload is not UTF-8".to_string())
+        .and_then(crate::envelope::decode);
+    let at = position(&d.message);
+    let (mut msg, _, handle) = d.into_parts();
+    match decoded {
+        Ok(e) if e.headers.iter().any(|h| h.key == dl::CLASS) => {
+            msg.payload = e.payload;
+            msg.key = e.key;
+            msg.headers = e.headers;
+            Ok(Delivery::new(msg, handle))
+        }
+        Ok(_) => Err(Delivery::undecodable(
+            msg,
+            format!(
+                "{at}: not a dead-letter record: no {} header, in its headers or in an envelope payload",
+                dl::CLASS
+            ),
+            handle,
+        )),
+        Err(e) => Err(Delivery::undecodable(
+            msg,
+            format!(
+                "{at}: not a dead-letter record: no {} header, and the payload is no envelope ({e})",
+                dl::CLASS
+            ),
+            handle,
+        )),
     }
 }
 
