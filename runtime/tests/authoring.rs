@@ -136,7 +136,8 @@ fn a_failing_case_shows_a_diff_and_exits_1() {
             "plugin = {:?}\n\
              [[case]]\nname = \"right\"\ninput = {{ payload = \"a\" }}\nexpect.outputs = [{{ payload = \"a\" }}]\n\
              [[case]]\nname = \"wrong payload\"\ninput = {{ payload = \"a\" }}\nexpect.outputs = [{{ payload = \"b\", key = \"k\" }}]\n\
-             [[case]]\nname = \"wrong outcome\"\ninput = {{ payload = \"a\" }}\nfaults = {{ sink = \"rejected\" }}\nexpect = {{ outcome = \"acked\" }}\n",
+             [[case]]\nname = \"wrong outcome\"\ninput = {{ payload = \"a\" }}\nfaults = {{ sink = \"rejected\" }}\nexpect = {{ outcome = \"acked\" }}\n\
+             [[case]]\nname = \"wrong reply\"\ninput = {{ payload = \"a\", request = true }}\nexpect = {{ outcome = \"answered\", reply = \"b\" }}\n",
             common::plugin("echo").to_string_lossy()
         ),
     )
@@ -157,13 +158,15 @@ fn a_failing_case_shows_a_diff_and_exits_1() {
         out.contains("expected outcome acked, got dead-lettered"),
         "{out}"
     );
-    assert!(out.contains("1 passed, 2 failed"), "{out}");
+    assert!(out.contains(r#"reply: expected "b", got "a""#), "{out}");
+    assert!(out.contains("1 passed, 3 failed"), "{out}");
     let (code, lines, _) = sluice_test(&f);
     assert_eq!(code, 1);
-    assert_eq!(lines.len(), 4, "three cases and the totals: {lines:?}");
+    assert_eq!(lines.len(), 5, "four cases and the totals: {lines:?}");
     assert_eq!(lines[2]["outcome"], "dead-lettered");
     assert_eq!(lines[2]["class"], "rejected");
-    assert_eq!(lines[3]["failed"], 2);
+    assert_eq!(lines[3]["reply"]["payload"], "a");
+    assert_eq!(lines[4]["failed"], 3);
 }
 
 #[test]

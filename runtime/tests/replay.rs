@@ -420,7 +420,20 @@ path = "dlq-again.jsonl"
         msgs.push((b"plain bytes".to_vec(), Vec::new()));
         pubc.publish(&topic, 1, &msgs).await;
     });
+    // Filters would acknowledge what they leave out, and MQTT keeps
+    // nothing acknowledged: refused unless asked for.
     let (code, out, err) = common::run_sluice(&["replay", &t, "--idle", "2s", "--class", "fatal"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("--discard-left-out"), "{err}");
+    let (code, out, err) = common::run_sluice(&[
+        "replay",
+        &t,
+        "--idle",
+        "2s",
+        "--class",
+        "fatal",
+        "--discard-left-out",
+    ]);
     assert_eq!(code, 0, "{out}{err}");
     let got = lines(&d.join("out.txt"));
     let want: Vec<String> = (0..N).step_by(2).map(|i| format!("q{i}")).collect();

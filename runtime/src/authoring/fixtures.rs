@@ -95,6 +95,10 @@ pub struct Input {
     /// The attempt the handler sees (2 = a redelivery).
     #[serde(default = "one")]
     pub attempt: u32,
+    /// A request waiting for a reply (NATS request/reply). Default: when
+    /// the pipeline's source is a `nats` source with `request_reply`.
+    #[serde(default)]
+    pub request: Option<bool>,
 }
 
 impl Default for Input {
@@ -105,6 +109,7 @@ impl Default for Input {
             topic: default_topic(),
             headers: BTreeMap::new(),
             attempt: 1,
+            request: None,
         }
     }
 }
@@ -163,6 +168,9 @@ pub enum Outcome {
     Redelivered,
     /// The policy stopped the pipeline; the message stays at the broker.
     Stopped,
+    /// A request, answered (`reply`: the handler's first output, the
+    /// fallback, or an error reply).
+    Answered,
 }
 
 impl Outcome {
@@ -174,6 +182,7 @@ impl Outcome {
             Outcome::Held => "held",
             Outcome::Redelivered => "redelivered",
             Outcome::Stopped => "stopped",
+            Outcome::Answered => "answered",
         }
     }
 }
@@ -196,6 +205,8 @@ pub struct Expect {
     pub attempts: Option<u32>,
     /// The class of its last failure.
     pub class: Option<FailureClass>,
+    /// The payload of a request's reply (with `outcome = "answered"`).
+    pub reply: Option<String>,
 }
 
 /// One expected output; a field left out is not compared.
@@ -307,11 +318,11 @@ fn check(text: &str, f: &Fixtures) -> Vec<ConfigError> {
             if e.message.is_some() && e.failure.is_none() {
                 err(eat, format!("{key}.expect.message"), "needs `failure`");
             }
-            if e.attempts.is_some() || e.class.is_some() {
+            if e.attempts.is_some() || e.class.is_some() || e.reply.is_some() {
                 err(
                     eat,
                     format!("{key}.expect"),
-                    "`attempts` and `class` need an `outcome`",
+                    "`attempts`, `class` and `reply` need an `outcome`",
                 );
             }
             let fl = &case.faults;

@@ -42,6 +42,10 @@ pub struct Setup {
     pub sinks: Vec<String>,
     pub has_default_sink: bool,
     pub has_dead_letter: bool,
+    /// The source answers requests (NATS `request_reply`).
+    pub requests: bool,
+    /// The source's `fallback` reply.
+    pub fallback: Option<bytes::Bytes>,
 }
 
 impl Setup {
@@ -64,6 +68,8 @@ impl Setup {
                 sinks: Vec::new(),
                 has_default_sink: true,
                 has_dead_letter: true,
+                requests: false,
+                fallback: None,
             },
         };
         if let Some(p) = &f.plugin {
@@ -73,7 +79,15 @@ impl Setup {
     }
 
     fn of_pipeline(cfg: &PipelineConfig) -> Setup {
+        let (requests, fallback) = match &cfg.source {
+            crate::config::SourceConfig::Nats(n) => {
+                (n.request_reply, n.fallback.clone().map(bytes::Bytes::from))
+            }
+            _ => (false, None),
+        };
         Setup {
+            requests,
+            fallback,
             pipeline: cfg.name.clone(),
             spec: PluginSpec::from_config(&cfg.name, &cfg.handler),
             policy: Policy {
@@ -125,6 +139,8 @@ pub enum Got {
         class: Option<FailureClass>,
         outputs: Vec<Output>,
         dead_letter: Option<Record>,
+        /// A request's reply: its payload and the failure class it names.
+        reply: Option<(bytes::Bytes, Option<String>)>,
     },
     /// The case could not run (the plugin did not load, the run hung).
     Error(String),
@@ -200,7 +216,11 @@ async fn through_pipeline(setup: &Setup, case: &Case, plugin: Plugin, msg: Messa
     policy.retry.initial = Dur(Duration::ZERO);
     policy.retry.max = Dur(Duration::ZERO);
     policy.retry.jitter = Jitter::None;
-    let state = Arc::new(CaseState::default());
+    let request = case.input.request.unwrap_or(setup.requests);
+    let state = Arc::new(CaseState {
+        request,
+        ..CaseState::default()
+    });
     let source = CaseSource {
         pending: Some(msg.clone()),
         state: state.clone(),
@@ -254,6 +274,7 @@ async fn through_pipeline(setup: &Setup, case: &Case, plugin: Plugin, msg: Messa
             Outcome::Stopped
         }
         Err(e) => return Got::Error(e.to_string()),
+        Ok(_) if request => Outcome::Answered,
         Ok(_) => match last {
             Some(Settlement::Ack) if snap.dropped > 0 => Outcome::Dropped,
             Some(Settlement::Ack) => Outcome::Acked,
@@ -293,7 +314,25 @@ async fn through_pipeline(setup: &Setup, case: &Case, plugin: Plugin, msg: Messa
         class = Some(c);
     }
     let outputs = accepted.lock().map(|a| a.clone()).unwrap_or_default();
+    let reply = request.then(|| {
+        let answer = state.answer.lock().ok().and_then(|a| a.clone());
+        let how = last.unwrap_or(Settlement::Redeliver {
+            delay: Duration::ZERO,
+        });
+        let (payload, headers) =
+            crate::sources::nats::reply::reply_to(answer.as_ref(), setup.fallback.as_ref(), how);
+        let class = headers
+            .get(crate::sources::nats::reply::CLASS_HEADER)
+            .map(|v| v.as_str().to_string());
+        (payload, class)
+    });
+    if let Some((_, Some(c))) = &reply
+        && let Some(k) = FailureClass::ALL.into_iter().find(|k| k.as_str() == c)
+    {
+        class = Some(k);
+    }
     Got::Pipeline {
+        reply,
         outcome,
         attempts,
         class,
@@ -354,6 +393,9 @@ impl Sink for FaultSink {
 struct CaseState {
     settled: Mutex<Vec<Settlement>>,
     done: Notify,
+    /// The delivery is a request: the pipeline records its answer here.
+    request: bool,
+    answer: Mutex<Option<crate::sources::Answer>>,
 }
 
 /// Hands out the case's message once; ends once it was settled (a message
@@ -372,6 +414,16 @@ impl Settle for CaseHandle {
         }
         self.0.done.notify_one();
         crate::sources::settled()
+    }
+
+    fn wants_answer(&self) -> bool {
+        self.0.request
+    }
+
+    fn answer(&mut self, answer: crate::sources::Answer) {
+        if let Ok(mut a) = self.0.answer.lock() {
+            *a = Some(answer);
+        }
     }
 }
 

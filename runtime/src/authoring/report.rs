@@ -58,8 +58,17 @@ pub fn judge(expect: &Expect, got: &Got) -> Vec<String> {
             attempts,
             class,
             outputs: outs,
+            reply,
             ..
         } => {
+            if let Some(want) = &expect.reply {
+                let got = reply
+                    .as_ref()
+                    .map_or("no reply".to_string(), |(p, _)| format!("{:?}", text(p)));
+                if format!("{want:?}") != got {
+                    diff.push(format!("reply: expected {want:?}, got {got}"));
+                }
+            }
             if let Some(want) = expect.outcome
                 && want != *outcome
             {
@@ -154,7 +163,9 @@ pub fn json(name: &str, got: &Got, diff: &[String]) -> Value {
             class,
             outputs,
             dead_letter,
+            reply,
         } => json!({
+            "reply": reply.as_ref().map(|(p, c)| json!({ "payload": text(p), "class": c })),
             "outcome": outcome.as_str(),
             "attempts": attempts,
             "class": class.map(|c| c.as_str()),

@@ -53,6 +53,10 @@ pub struct ReplayArgs {
     /// With --dry-run: the most records shown.
     #[arg(long, default_value_t = 100)]
     limit: usize,
+    /// Allow filters on an MQTT dead letter, whose broker keeps nothing once
+    /// acknowledged: the records the filters leave out are then gone.
+    #[arg(long)]
+    discard_left_out: bool,
 }
 
 fn parse_class(s: &str) -> Result<FailureClass, String> {
@@ -105,6 +109,23 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         until: args.until,
         topic: args.topic,
     };
+    let filtered = !filter.classes.is_empty()
+        || filter.pipeline.is_some()
+        || filter.digest.is_some()
+        || filter.since.is_some()
+        || filter.until.is_some()
+        || filter.topic.is_some();
+    if filtered
+        && !args.dry_run
+        && !args.discard_left_out
+        && matches!(cfg.source, config::SourceConfig::Mqtt(_))
+    {
+        eprintln!(
+            "{}: [source] is MQTT: a record the filters leave out is acknowledged, and an MQTT broker keeps nothing once acknowledged. Replay without filters, or pass --discard-left-out to drop what they leave out.",
+            args.pipeline.display()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
     let inner = sluice::connect::open_source(&cfg.source, &name)
         .await
         .with_context(|| format!("{}: opening [source]", args.pipeline.display()))?;
