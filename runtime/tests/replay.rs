@@ -624,3 +624,129 @@ subject = "{subject}"
     );
     rt.block_on(async { js.delete_stream(&stream_name).await.ok() });
 }
+
+/// A JetStream replay killed midway: what it had not acknowledged comes
+/// back after `ack_wait`, so the next run replays it; nothing is lost and
+/// the duplicates stay within what was awaiting its ack.
+#[test]
+fn jetstream_replay_survives_sigkill() {
+    use async_nats::HeaderMap;
+    use async_nats::jetstream::{self, stream};
+    const N: usize = 10_000;
+    let u = common::unique("replay_kill").replace('-', "_");
+    let (stream_name, subject) = (u.to_uppercase(), format!("dlq.{u}"));
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let js = rt.block_on(async {
+        let js = jetstream::new(
+            async_nats::connect("nats://127.0.0.1:4222")
+                .await
+                .expect("NATS on 127.0.0.1:4222"),
+        );
+        js.get_or_create_stream(stream::Config {
+            name: stream_name.clone(),
+            subjects: vec![subject.clone()],
+            ..Default::default()
+        })
+        .await
+        .expect("stream");
+        // In chunks: the client holds a bounded number of acks in flight.
+        for chunk in (0..N).collect::<Vec<_>>().chunks(200) {
+            let mut acks = Vec::with_capacity(chunk.len());
+            for i in chunk {
+                let mut h = HeaderMap::new();
+                h.insert("sluice-error-class", "fatal");
+                acks.push(
+                    js.publish_with_headers(subject.clone(), h, format!("k{i}").into())
+                        .await
+                        .expect("publish"),
+                );
+            }
+            for a in acks {
+                a.await.expect("stored");
+            }
+        }
+        js
+    });
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let d = tmp.path();
+    let toml = d.join("replay.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            r#"name = "orders"
+[source]
+type = "jetstream"
+url = "nats://127.0.0.1:4222"
+stream = "{stream_name}"
+durable = "replay_{u}"
+ack_wait = "2s"
+[handler]
+plugin = "{}"
+[sink]
+type = "file"
+path = "out.txt"
+[dead_letter]
+type = "file"
+path = "dlq-again.jsonl"
+"#,
+            common::plugin("echo").display()
+        ),
+    )
+    .expect("write");
+    let t = toml.to_string_lossy().into_owned();
+    let mut child = common::Proc {
+        child: Command::new(common::sluice_bin())
+            .args(["replay", &t, "--idle", "5s"])
+            .env("SLUICE_CACHE_DIR", common::cache_dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn sluice replay"),
+    };
+    let out = d.join("out.txt");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while lines(&out).len() < N / 10 {
+        assert!(Instant::now() < deadline, "no outputs from the replay");
+        assert!(
+            child.child.try_wait().expect("wait").is_none(),
+            "replay ended early"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.signal("KILL");
+    child.wait_timeout(Duration::from_secs(10));
+    let at_kill = lines(&out).len();
+    assert!(
+        at_kill < N,
+        "the replay finished before the kill ({at_kill}): the test proves nothing"
+    );
+    let (code, stdout, stderr) = common::run_sluice(&["replay", &t, "--idle", "5s"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let got = lines(&out);
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for l in &got {
+        *seen.entry(l.as_str()).or_default() += 1;
+    }
+    let missing = (0..N)
+        .filter(|i| !seen.contains_key(format!("k{i}").as_str()))
+        .count();
+    let dup: usize = seen.values().map(|n| n - 1).sum();
+    common::report("jetstream replay, SIGKILL", N, got.len(), 0, 0, dup);
+    assert_eq!(missing, 0, "records lost");
+    assert_eq!(seen.len(), N, "nothing but the records");
+    // At most what was delivered and not yet acknowledged: max_ack_pending (1000).
+    assert!(dup <= 1000, "{dup} duplicates");
+    let info = rt.block_on(async {
+        let mut c: jetstream::consumer::PullConsumer = js
+            .get_stream(&stream_name)
+            .await
+            .expect("stream")
+            .get_consumer(&format!("replay_{u}"))
+            .await
+            .expect("consumer");
+        c.info().await.expect("info").clone()
+    });
+    assert_eq!((info.num_pending, info.num_ack_pending), (0, 0));
+    rt.block_on(async { js.delete_stream(&stream_name).await.ok() });
+}

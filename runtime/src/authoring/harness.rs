@@ -291,7 +291,8 @@ async fn through_pipeline(setup: &Setup, case: &Case, plugin: Plugin, msg: Messa
     let attempts = if snap.received == 0 {
         0
     } else {
-        msg.attempt + snap.retries as u32
+        msg.attempt
+            .saturating_add(u32::try_from(snap.retries).unwrap_or(u32::MAX))
     };
     let dead_letter = dead
         .lock()
