@@ -1,4 +1,8 @@
-//! The subcommands behind `sluice run`, `sluice check` and `sluice call`.
+//! The subcommands behind `sluice run`, `sluice check` and `sluice call`;
+//! `author` holds `sluice new` and `sluice test`, `replay` `sluice replay`.
+
+pub mod author;
+pub mod replay;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -49,7 +53,7 @@ pub struct CallArgs {
 
 /// The engine of every subcommand: plugins are untrusted, so they are
 /// compiled by a child process of this binary, under their limits.
-fn engine() -> anyhow::Result<Engine> {
+pub(crate) fn engine() -> anyhow::Result<Engine> {
     engine_with(EngineOptions::default().max_instances)
 }
 
@@ -160,7 +164,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn wait_for_signal() {
+pub(crate) async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     match (
         signal(SignalKind::interrupt()),

@@ -17,6 +17,7 @@
 //! - [`logging`]: the process's log, written off the workers' threads.
 //! - [`wait`]: futures sources and sinks share (settled, timed).
 //! - [`crypto`]: the TLS crypto provider every TLS connection uses.
+//! - [`authoring`]: the handler author's loop: `sluice new`, `sluice test`, `sluice replay`.
 
 /// mimalloc serves every Rust allocation of the process (the `sluice`
 /// binary, and the tests and benchmarks that link this crate, so they measure
@@ -28,6 +29,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub mod admin;
+pub mod authoring;
 pub mod brokers;
 pub mod config;
 pub mod connect;

@@ -1,4 +1,4 @@
-//! The `sluice` command: `run`, `check` and `call`.
+//! The `sluice` command: `run`, `check`, `call`, `new`, `test` and `replay`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,6 +27,13 @@ enum Command {
     },
     /// Run a handler on messages and show its outputs and failure classes.
     Call(cli::CallArgs),
+    /// Write a handler project: the handler, its build script, fixtures and a pipeline.
+    New(cli::author::NewArgs),
+    /// Run a handler against the cases of fixtures files (alone, or through
+    /// the pipeline's policy with injected faults).
+    Test(cli::author::TestArgs),
+    /// Send dead-letter records back through a pipeline (filtered; `--dry-run` to look first).
+    Replay(cli::replay::ReplayArgs),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +49,14 @@ fn main() -> ExitCode {
     }
     // SAFETY: first thing in main, before any other thread exists.
     unsafe { sluice::engine::quiet_library_backtraces() };
+    // `sluice test` injects faults on purpose: the warnings they cause are
+    // its cases, not news. Errors only, unless the user asks for more.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "test")
+        && std::env::var_os("SLUICE_LOG").is_none()
+    {
+        // SAFETY: still before any other thread exists.
+        unsafe { std::env::set_var("SLUICE_LOG", "error") };
+    }
     let _log = sluice::logging::init();
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -59,6 +74,9 @@ fn main() -> ExitCode {
             Command::Run(args) => cli::run(args).await,
             Command::Check { pipelines } => cli::check(pipelines).await,
             Command::Call(args) => cli::call(args).await,
+            Command::New(args) => cli::author::new(args),
+            Command::Test(args) => cli::author::test(args).await,
+            Command::Replay(args) => cli::replay::replay(args).await,
         }
     });
     // A blocking task still running (a cache read of a load aborted at

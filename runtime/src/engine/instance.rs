@@ -60,6 +60,14 @@ impl Plugin {
         &self.inner.digest
     }
 
+    /// Puts `key` = `value` in the plugin's kv store, as a handler's
+    /// `kv-set` would: `sluice test` starts a case from a given state.
+    pub fn kv_preset(&self, key: &str, value: &[u8]) {
+        if let Ok(mut kv) = self.inner.kv.lock() {
+            kv.set(key.to_string(), value.to_vec(), None, Instant::now());
+        }
+    }
+
     /// The `.wasm` file this version was read from.
     pub fn file(&self) -> &Path {
         &self.inner.file

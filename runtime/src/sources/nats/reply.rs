@@ -74,24 +74,34 @@ impl NatsSettle {
 
     /// The reply for `how`, given what was recorded.
     fn reply(&self, fallback: Option<&Bytes>, how: Settlement) -> (Bytes, HeaderMap) {
-        match (&self.answer, how) {
-            (Some(Answer::Reply(o)), Settlement::Ack) => (
-                o.payload.clone(),
-                to_nats_headers(&o.headers, o.key.as_ref()),
-            ),
-            (None, Settlement::Ack) => (Bytes::new(), HeaderMap::new()),
-            (Some(Answer::Unavailable(why)), _) => unavailable_reply(fallback, why),
-            (Some(Answer::Failed(f)), _) => match fallback {
-                Some(fb) => {
-                    let mut h = HeaderMap::new();
-                    h.insert(CLASS_HEADER, f.class.as_str());
-                    (fb.clone(), h)
-                }
-                None => error_reply(f.class.as_str(), &f.message, 500),
-            },
-            (_, Settlement::Terminated | Settlement::Redeliver { .. }) => {
-                unavailable_reply(fallback, "the request was not handled (pipeline stopping)")
+        reply_to(self.answer.as_ref(), fallback, how)
+    }
+}
+
+/// The reply a request gets for the `answer` recorded and the settlement
+/// (the table above); `sluice test` shows it for a request case.
+pub fn reply_to(
+    answer: Option<&Answer>,
+    fallback: Option<&Bytes>,
+    how: Settlement,
+) -> (Bytes, HeaderMap) {
+    match (answer, how) {
+        (Some(Answer::Reply(o)), Settlement::Ack) => (
+            o.payload.clone(),
+            to_nats_headers(&o.headers, o.key.as_ref()),
+        ),
+        (None, Settlement::Ack) => (Bytes::new(), HeaderMap::new()),
+        (Some(Answer::Unavailable(why)), _) => unavailable_reply(fallback, why),
+        (Some(Answer::Failed(f)), _) => match fallback {
+            Some(fb) => {
+                let mut h = HeaderMap::new();
+                h.insert(CLASS_HEADER, f.class.as_str());
+                (fb.clone(), h)
             }
+            None => error_reply(f.class.as_str(), &f.message, 500),
+        },
+        (_, Settlement::Terminated | Settlement::Redeliver { .. }) => {
+            unavailable_reply(fallback, "the request was not handled (pipeline stopping)")
         }
     }
 }
