@@ -3,18 +3,18 @@
 
 use std::future::Future;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::FutureExt as _;
 use tokio::sync::mpsc;
 
 use super::{Shared, hand_back};
-use crate::policy::backoff;
-use crate::policy::dedup::{self, Dedup};
 use crate::message::Message;
+use crate::policy::backoff;
 use crate::policy::breaker::BreakerState;
+use crate::policy::dedup::{self, Dedup};
 use crate::sources::{Answer, Delivery, Settlement, Source, SourceError};
 
 /// Takes deliveries from the source while the breaker admits them, drops

@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::account::{account, assert_recovered, expect_progress, with_bad};
+use crate::account::{KAFKA_WINDOW, account, assert_recovered, expect_progress, with_bad};
 use crate::capture::{kafka_capture_with, kafka_topics};
 use crate::common;
 use crate::common::kafka::{KafkaBroker, Kind};
@@ -49,7 +49,15 @@ async fn bootstrap_past_a_dead_address(kind: Kind) {
     )
     .await;
     let (tally, rec) = account(&name, p, &file, &msgs, (&t.out, &t.dead), 90, started).await;
-    assert_recovered(&name, &tally, rec, &file, &msgs, &t.dead, "start-up");
+    assert_recovered(
+        &name,
+        (&tally, KAFKA_WINDOW),
+        rec,
+        &file,
+        &msgs,
+        &t.dead,
+        "start-up",
+    );
     let rec = rec.expect("checked above");
     assert!(
         rec < Duration::from_secs(60),
@@ -233,7 +241,15 @@ async fn kafka_partition_leader_moves() {
             mock.broker_down(1).expect("broker 1 down");
         })
         .await;
-    assert_recovered(name, &tally, rec, &file, &msgs, &dead, "the leader move");
+    assert_recovered(
+        name,
+        (&tally, KAFKA_WINDOW),
+        rec,
+        &file,
+        &msgs,
+        &dead,
+        "the leader move",
+    );
     let rec = rec.expect("checked above");
     assert!(
         rec < Duration::from_secs(60),

@@ -384,7 +384,15 @@ async fn mqtt_starts_on_the_standby_when_the_primary_hangs() {
     )
     .await;
     let (t, rec) = crate::account::account(name, p, &file, &msgs, (&out, &dead), 60, started).await;
-    crate::account::assert_recovered(name, &t, rec, &file, &msgs, &dead, "start-up");
+    crate::account::assert_recovered(
+        name,
+        (&t, crate::account::MQTT_WINDOW),
+        rec,
+        &file,
+        &msgs,
+        &dead,
+        "start-up",
+    );
     let rec = rec.expect("checked above");
     assert!(
         rec < Duration::from_secs(30),
