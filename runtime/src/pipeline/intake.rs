@@ -10,6 +10,7 @@ use std::time::Duration;
 use futures::FutureExt as _;
 use tokio::sync::mpsc;
 
+use super::tracked::Tracked;
 use super::{Shared, hand_back};
 use crate::message::Message;
 use crate::policy::backoff;
@@ -184,7 +185,7 @@ async fn dedup_check(
         (dedup::Seen::New, None) => return Some(delivery),
         (dedup::Seen::New, Some(id)) => {
             let (msg, decode_error, handle) = delivery.into_parts();
-            let handle = Box::new(dedup::Tracked::new(handle, dedup.clone(), id));
+            let handle = Box::new(Tracked::new(handle, dedup.clone(), id));
             return Some(match decode_error {
                 Some(e) => Delivery::undecodable(msg, e, handle),
                 None => Delivery::new(msg, handle),

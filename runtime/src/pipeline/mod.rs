@@ -30,6 +30,7 @@ use worker::worker;
 mod failed;
 mod intake;
 mod publish;
+mod tracked;
 mod window;
 mod worker;
 
