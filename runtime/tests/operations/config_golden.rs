@@ -2,7 +2,7 @@
 //! must fail with exactly the errors in the `.err` file beside it, and every
 //! `tests/ui/valid/*.toml` must parse cleanly.
 //!
-//! `SLUICE_BLESS=1 cargo test --test config_golden` rewrites the `.err` files
+//! `SLUICE_BLESS=1 cargo test -p sluice --test operations -- config_golden` rewrites the `.err` files
 //! from the current output.
 
 use std::fs;
@@ -94,7 +94,7 @@ fn invalid_pipelines_report_every_error() {
     }
     assert!(
         failures.is_empty(),
-        "{}\n\nrun `SLUICE_BLESS=1 cargo test --test config_golden` to accept the new output",
+        "{}\n\nrun `SLUICE_BLESS=1 cargo test -p sluice --test operations -- config_golden` to accept the new output",
         failures.join("\n")
     );
 }

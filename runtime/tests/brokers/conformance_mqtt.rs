@@ -7,8 +7,8 @@
 //! device fleet publishing while Sluice restarts. The broker runs with
 //! `max_queued_messages 100000` so none are dropped.
 
-mod common;
-mod conformance;
+use crate::common;
+use crate::conformance;
 
 use std::collections::HashMap;
 use std::sync::Mutex;

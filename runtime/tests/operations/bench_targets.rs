@@ -3,8 +3,7 @@
 //! it, the best configuration is the one compared, and a bench that did not
 //! run (or a soak shorter than ten minutes) is never reported as met.
 
-#[path = "../benches/plot/targets.rs"]
-mod targets;
+use crate::targets;
 
 use serde_json::{Value, json};
 use targets::{Row, judge, markdown, to_json};

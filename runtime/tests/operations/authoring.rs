@@ -8,7 +8,7 @@
 //! A missing tool chain fails the test with an install hint
 //! (`bash .ci/install-guest-toolchains.sh`); it never skips.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

@@ -8,8 +8,8 @@
 //! which only adds start-up time. Every check of the suite runs on tansu;
 //! noida-db cannot pass the SIGKILL check (see [`kafka_noida_conformance`]).
 
-mod common;
-mod conformance;
+use crate::common;
+use crate::conformance;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! limits, headers and keys through the sink, and request/reply with a
 //! fallback when the handler times out.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

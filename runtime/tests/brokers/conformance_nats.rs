@@ -3,8 +3,8 @@
 //! server: core NATS keeps nothing, so the producer waits until Sluice has
 //! subscribed; at most once, so the SIGKILL count does not apply).
 
-mod common;
-mod conformance;
+use crate::common;
+use crate::conformance;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! The sandbox: each hostile fixture is classified correctly, and the next
 //! message runs on a fresh instance and succeeds.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

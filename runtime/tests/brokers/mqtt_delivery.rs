@@ -4,7 +4,7 @@
 //! connection), re-queue on `Redeliver`, password file, shared subscriptions,
 //! user properties, QoS 0/1/2 and the `rejected` class.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -1,8 +1,7 @@
 //! The conformance suite against the embedded `file` source and sink
 //! (envelope format, `follow = true`), the reference every broker matches.
 
-mod common;
-mod conformance;
+use crate::conformance;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //! keeps serving, and a normal plugin still loads through the compiler child
 //! and the disk cache.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

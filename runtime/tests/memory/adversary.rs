@@ -5,7 +5,7 @@
 //! Memory figures are read from this process's RSS: the tests that measure
 //! it (or allocate much) take [`SERIAL`] so that they never overlap.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,8 +23,7 @@ const TEST_LIMIT: Duration = Duration::from_secs(120);
 /// busy debug build's slack, as in hostile_guests.rs).
 const PAST_DEADLINE: Duration = Duration::from_millis(100);
 
-/// Held by the tests that measure this process's memory or allocate much.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+use crate::MEASURING as SERIAL;
 
 async fn load(spec: PluginSpec) -> Worker {
     let plugin = Plugin::load(&common::engine(), spec)
@@ -460,7 +459,7 @@ fn component_with_clock(
     guest: &Guest<'_>,
     name: &str,
 ) -> std::path::PathBuf {
-    const HANDLER_WIT: &str = include_str!("../../guest-sdk/wit/handler.wit");
+    const HANDLER_WIT: &str = include_str!("../../../guest-sdk/wit/handler.wit");
     let mut resolve = wit_parser::Resolve::default();
     resolve
         .push_str(

@@ -14,7 +14,7 @@
 //! at the end:
 //! `cargo test --release -p sluice --test languages -- --ignored --nocapture languages_table`.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -5,7 +5,7 @@
 //! `unavailable` while the circuit breaker is open or when the pending
 //! limits shed it — and what was shed is counted.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

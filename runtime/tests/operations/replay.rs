@@ -5,7 +5,7 @@
 //! again dead-lettered again with the replay named and attempts counted,
 //! malformed records routed as `decode`, and `--dry-run` changing nothing.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::Path;

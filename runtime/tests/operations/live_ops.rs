@@ -3,7 +3,7 @@
 //! changed (validly and not) and removed while `sluice run DIR` runs, and the
 //! admin API (metrics counts, /pipelines, reload, bearer token).
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::io::Write as _;

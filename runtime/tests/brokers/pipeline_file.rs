@@ -3,7 +3,7 @@
 //! write failure that leaves the message unsettled, and restarts that neither
 //! lose nor repeat lines.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

@@ -3,7 +3,7 @@
 //! without the partition is not ready, its lag reads unknown (never 0), and
 //! past the session timeout the log and `/pipelines` say why.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -6,7 +6,7 @@
 //! Every check runs on both brokers. Where a broker cannot pass a check
 //! because of a documented fault, the test says so and why next to the check.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

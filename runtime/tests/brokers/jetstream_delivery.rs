@@ -2,7 +2,7 @@
 //! retry by server redelivery (`nak` with delay), `term` after the dead
 //! letter, `Nats-Msg-Id` dedup, attempt/offset/headers, and clear errors.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

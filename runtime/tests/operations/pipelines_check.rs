@@ -1,7 +1,7 @@
 //! Every example pipeline in `pipelines/` passes `sluice check` (config and plugin),
 //! and `sluice check` reports a bad pipeline with file, line and key.
 
-mod common;
+use crate::common;
 
 #[test]
 fn every_example_pipeline_checks() {

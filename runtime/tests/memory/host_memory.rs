@@ -5,7 +5,7 @@
 //! aliasing or with `batch`. (A test binary of its own: it measures the
 //! process's peak RSS.)
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -14,8 +14,7 @@ use sluice::engine::{Plugin, PluginSpec, Worker};
 use sluice::failure::FailureClass;
 use sluice::message::Message;
 
-/// The tests here measure the process's peak RSS: one at a time.
-static MEASURING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+use crate::MEASURING;
 
 #[tokio::test]
 async fn aliased_outputs_in_a_batch_do_not_grow_the_host() {
