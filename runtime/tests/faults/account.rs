@@ -137,6 +137,42 @@ const WHAT: &[(&str, &str)] = &[
         "kafka-burst-10x",
         "Kafka (noida-db): a burst of 1000 × 64 KiB (62.5 MiB) into a handler over 10× slower, `max_in_flight = 64`, prefetch 2 MiB",
     ),
+    (
+        "nats-cluster-request-reply-killed",
+        "NATS cluster, request/reply in a queue group (`request_reply`, `fallback`), 4 callers on another node: the node Sluice's source is connected to killed (SIGKILL); delivered = answered, dead = fallback, lost = no answer (asked while the service had no subscription)",
+    ),
+    (
+        "mqtt-switch-over",
+        "MQTT primary and standby (independent Mosquittos, persistence on), Sluice given both; a device at 500 msg/s QoS 1 moving with it: the primary killed (SIGKILL) mid-stream, later restarted and the standby killed",
+    ),
+    (
+        "mqtt-qos2-switch-over",
+        "The same MQTT switch-over at QoS 2 end to end (device, Sluice's subscription, outputs)",
+    ),
+    (
+        "mqtt-primary-hung-at-start",
+        "MQTT primary hung at start-up (accepts connections, never answers), standby working; `connect_timeout` 2 s; recovery from start",
+    ),
+    (
+        "kafka-noida-bootstrap-dead-first",
+        "Kafka `brokers` list whose first address is a closed port (source, sink and dead letters), noida-db; recovery from start",
+    ),
+    (
+        "kafka-tansu-bootstrap-dead-first",
+        "The same, tansu (its group join takes seconds); recovery from start",
+    ),
+    (
+        "kafka-leader-moves",
+        "Kafka partition leaders of the input, output and dead-letter topics move to another broker mid-stream and the old leader goes down (librdkafka's mock cluster, 3 brokers)",
+    ),
+    (
+        "kafka-broker-full",
+        "Kafka broker full: produce requests refused with `KAFKA_STORAGE_ERROR` (outputs and dead letters) until the breaker opens, then accepted again (mock cluster); the sink as configured by default",
+    ),
+    (
+        "kafka-broker-full-bounded-retries",
+        "The same, the sink with `message.send.max.retries` 3 (the log and `/metrics` say broker full)",
+    ),
 ];
 
 /// Prints the `[fault]` line (and the shared report line) and keeps it for

@@ -3,7 +3,7 @@
 #: the `[fault]` lines the fault tests left in target/fault-lines/ (one per test, from
 #: its latest run; `common::fault_line`). Run the tests first:
 #:   cargo test -p sluice --test faults -- --test-threads 1
-#:   cargo test -p sluice --test conformance_kafka --test conformance_mqtt --test conformance_nats --test conformance_file
+#:   cargo test -p sluice --test brokers -- conformance_
 #:   bash runtime/tests/faults/table.sh
 set -euo pipefail
 
