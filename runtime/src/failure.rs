@@ -1,5 +1,5 @@
 //! Failure classes: every failure knows its class where it is created, so the
-//! policy is a table lookup (DESIGN.md §4).
+//! policy is a table lookup (`policy/`).
 
 use std::fmt;
 

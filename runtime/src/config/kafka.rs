@@ -65,8 +65,9 @@ pub struct KafkaSourceConfig {
     #[serde(default = "default_commit_interval")]
     pub commit_interval: Dur,
     /// Messages received but not yet settled, at most, across all partitions.
-    /// At the limit every assigned partition is paused (the consumer keeps
-    /// polling so it stays in the group) until settles bring it down.
+    /// At the limit the source takes no more records until a quarter of them
+    /// settled; when it stays full for 5 s it pauses its partitions (the
+    /// consumer keeps polling, so it stays in the group).
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
     /// `session.timeout.ms`: how long the group waits for a silent member

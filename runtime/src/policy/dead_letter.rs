@@ -1,5 +1,5 @@
 //! Dead-letter records: the original payload and key byte for byte, the
-//! original headers, and the `sluice-*` metadata of DESIGN.md §4.
+//! original headers, and the `sluice-*` metadata listed in docs/failures.md.
 
 use std::time::SystemTime;
 

@@ -6,7 +6,7 @@
 //! fallback (with its class), or no answer (timed out at the caller, or "no
 //! responders" while the service had no subscription anywhere in the
 //! cluster). What got no answer is only what was asked around the kill,
-//! and the first answer after the kill comes within the seed's 10 s.
+//! and the first answer after the kill comes within the 10 s target for NATS.
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};

@@ -144,7 +144,7 @@ async fn mqtt_primary_killed_standby_takes_over_and_back() {
     switch_over("mqtt-switch-over", 1).await;
 }
 
-/// QoS 2 end to end (the seed's RPO 0 row for MQTT): the same accounting.
+/// QoS 2 end to end (RPO 0 for MQTT QoS 2): the same accounting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_qos2_primary_killed_standby_takes_over_and_back() {
     switch_over("mqtt-qos2-switch-over", 2).await;
@@ -335,7 +335,7 @@ async fn switch_over(name: &str, qos: u8) {
         let rec = rec.unwrap_or_else(|| panic!("[{name}] no output {what}"));
         assert!(
             rec < Duration::from_secs(30),
-            "[{name}] switching {what} took {rec:?} (the seed allows 3 minutes; Sluice aims for seconds)"
+            "[{name}] switching {what} took {rec:?} (the target is 3 minutes; Sluice aims for seconds)"
         );
     }
 }

@@ -1,7 +1,7 @@
 //! Adversary: new instances of the attack classes the hostile-guest tests
 //! cover (host calls that cannot be interrupted, log budgets, host memory a
 //! guest can pin, plugin files that are not files). Each test asserts the
-//! promise of README "What a handler can cost"; a failing test is a hole.
+//! promise of docs/handlers.md "What a handler can cost"; a failing test is a hole.
 //! Memory figures are read from this process's RSS: the tests that measure
 //! it (or allocate much) take [`SERIAL`] so that they never overlap.
 
@@ -19,7 +19,7 @@ use sluice::message::Message;
 /// The bound a whole test may take before it counts as a hang.
 const TEST_LIMIT: Duration = Duration::from_secs(120);
 
-/// How far past its deadline a call may end (README: 20 ms; the rest is a
+/// How far past its deadline a call may end (docs/failures.md: 20 ms; the rest is a
 /// busy debug build's slack, as in hostile_guests.rs).
 const PAST_DEADLINE: Duration = Duration::from_millis(100);
 
