@@ -49,6 +49,18 @@ fn main() -> ExitCode {
     }
     // SAFETY: first thing in main, before any other thread exists.
     unsafe { sluice::engine::quiet_library_backtraces() };
+    // A command whose output is piped into `head` ends quietly when the
+    // reader goes away, as Unix tools do, rather than panicking in the
+    // middle of a line. `run` and `replay` keep ignoring SIGPIPE: a log
+    // reader going away must not end a running pipeline.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| ["call", "check", "new", "test"].iter().any(|c| a == *c))
+    {
+        // SAFETY: still before any other thread exists; SIG_DFL is a valid
+        // disposition for SIGPIPE.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     // `sluice test` injects faults on purpose: the warnings they cause are
     // its cases, not news. Errors only, unless the user asks for more.
     if std::env::args_os().nth(1).is_some_and(|a| a == "test")

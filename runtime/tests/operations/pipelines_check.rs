@@ -263,3 +263,36 @@ fn logs_to_a_file_are_plain_text_or_json_lines() {
         "{note}"
     );
 }
+
+/// `sluice call … | head -1`: the reader closes the pipe early. The command
+/// ends as Unix tools do (SIGPIPE, or an exit), never with a panic in the
+/// middle of its output.
+#[test]
+fn a_closed_stdout_ends_call_without_a_panic() {
+    use std::process::{Command, Stdio};
+    let echo = common::plugin("echo");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("in.txt");
+    let lines: String = (0..2000).map(|i| format!("payload-{i}\n")).collect();
+    std::fs::write(&input, lines).expect("write the input");
+    let mut child = Command::new(common::sluice_bin())
+        .arg("call")
+        .arg("--plugin")
+        .arg(&echo)
+        .arg("--input")
+        .arg(&input)
+        .env("SLUICE_CACHE_DIR", common::cache_dir())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sluice call");
+    // Close the read end before anything is written: every write fails.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("panicked"),
+        "sluice call panicked on a closed stdout: {stderr}"
+    );
+}
