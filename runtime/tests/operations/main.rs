@@ -12,5 +12,6 @@ mod authoring;
 mod bench_targets;
 mod config_golden;
 mod live_ops;
+mod monitoring;
 mod pipelines_check;
 mod replay;
