@@ -302,7 +302,7 @@ async fn a_bad_canary_is_rolled_back_with_nothing_lost() {
     .await;
     let bad = digest_of(&common::plugin("hostile"));
     let payload = |i: usize| {
-        if i % 7 == 0 {
+        if i.is_multiple_of(7) {
             format!("panic-{i}")
         } else {
             format!("m{i}")

@@ -148,7 +148,6 @@ async fn run_batch(
         };
         // A failure is handled with nothing else in flight: what was sent
         // before it is settled first, retries then run one at a time.
-        drop(lane);
         while let Some((sent, accepted)) = window.next().await {
             finish(sh, lanes, sent, accepted).await;
         }
