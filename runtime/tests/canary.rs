@@ -501,6 +501,30 @@ async fn promote_through_the_admin_api_needs_the_token() {
     rig.publish(0..200, 20, |i| format!("m{i}")).await;
     rig.wait_settled(name, 200);
     let port = rig.port;
+    // While the canary runs, each version's calls and failures are metrics.
+    let (_, metrics) = http(port, "GET", "/metrics", None);
+    assert_eq!(
+        metric(
+            &metrics,
+            &format!("sluice_canary_active{{pipeline=\"{name}\"}}")
+        ),
+        Some(1.0)
+    );
+    let calls = |version: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("sluice_version_calls_total{")
+                    && l.contains(&format!("version=\"{version}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert_eq!(calls("stable") + calls("canary"), 200.0, "{metrics}");
+    assert!(calls("canary") > 0.0 && calls("stable") > 0.0, "{metrics}");
+    assert!(metrics.contains(&format!(
+        "sluice_version_failures_total{{pipeline=\"{name}\",version=\"canary\",digest=\"{good}\",class=\"trap\"}} 0"
+    )));
     let (status, body) = http(port, "POST", &path, None);
     assert_eq!(status, 401, "{body}");
     let (status, body) = http(port, "POST", &path, Some("wrong"));
