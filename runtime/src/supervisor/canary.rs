@@ -37,8 +37,25 @@ impl Handle {
     /// canary running, not rolled back, not failed to load.
     pub fn changed_canary(&self) -> Option<String> {
         let live = self.live.get()?;
-        // Unreadable: removed or being replaced; the next event tells.
-        let bytes = std::fs::read(self.canary_file()?).ok()?;
+        let (spec, _) = self.canary.as_ref()?;
+        // Unreadable: missing, or being replaced (the next event tells).
+        // Said once, so that a canary that never starts is not a mystery.
+        let read = crate::engine::resolve_file(&spec.path)
+            .map_err(|e| e.to_string())
+            .and_then(|f| {
+                std::fs::read(&f).map_err(|e| format!("cannot read {}: {e}", f.display()))
+            });
+        let bytes = match read {
+            Ok(b) => b,
+            Err(e) => {
+                let mut last = lock(&self.canary_error);
+                if last.is_none() {
+                    tracing::warn!(pipeline = %self.name, "canary not started: {e}");
+                    *last = Some((e, None));
+                }
+                return None;
+            }
+        };
         let digest = crate::engine::cache::digest(&bytes);
         let running = live.slot.canary().map(|c| c.plugin.digest().to_string());
         let failed = lock(&self.canary_error)
