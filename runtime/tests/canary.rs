@@ -559,3 +559,97 @@ async fn promote_through_the_admin_api_needs_the_token() {
     );
     rig.stop();
 }
+
+/// A message and its retries finish on the version they started on, even
+/// when the canary is rolled back meanwhile: the `flaky` canary fails the
+/// first two attempts of each message, which rolls it back at its first
+/// call; the retries of that message still run on it (a plain echo), the
+/// messages after it on the stable version (`A:`).
+#[test]
+fn retries_finish_on_the_version_the_message_started_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("canary")).unwrap();
+    std::fs::create_dir(d.join("pipelines")).unwrap();
+    install(&common::plugin("flaky"), &d.join("canary/handler.wasm"));
+    std::fs::write(d.join("in.jsonl"), "").unwrap();
+    std::fs::write(
+        d.join("pipelines/inflight.toml"),
+        format!(
+            r#"name = "inflight"
+[source]
+type = "file"
+path = "{d}/in.jsonl"
+format = "envelope"
+follow = true
+[handler]
+plugin = "{stable}"
+batch = 1
+[handler.canary]
+plugin = "{d}/canary/handler.wasm"
+share = 0.5
+min_messages = 1
+failure_margin = 0.5
+promote_after = 0
+[sink]
+type = "file"
+path = "{d}/out.txt"
+[dead_letter]
+type = "file"
+path = "{d}/dlq.jsonl"
+[retry]
+max_attempts = 3
+initial = "10ms"
+jitter = "none"
+"#,
+            d = d.display(),
+            stable = common::plugin("tag-a").display()
+        ),
+    )
+    .unwrap();
+    let port = common::free_port();
+    let log = d.join("sluice.log");
+    let mut proc = spawn_env(&[d.join("pipelines").to_str().unwrap()], port, &log, &[]);
+    wait_until("the canary to run", Duration::from_secs(60), || {
+        pipeline(port, "inflight").is_some_and(|p| !p["canary"]["running"].is_null())
+    });
+    let on = (0..)
+        .map(|i| format!("c{i}"))
+        .find(|k| canary_key(k, 0.5))
+        .unwrap();
+    let off = (0..)
+        .map(|i| format!("s{i}"))
+        .find(|k| !canary_key(k, 0.5))
+        .unwrap();
+    let line = |k: &str, p: &str| {
+        format!("{{\"topic\":\"t\",\"key\":\"{k}\",\"payload\":\"{p}\",\"headers\":[]}}\n")
+    };
+    let text = [
+        line(&on, "first"),
+        line(&on, "second"),
+        line(&off, "third"),
+        line(&on, "fourth"),
+    ]
+    .concat();
+    std::fs::write(d.join("in.jsonl"), text).unwrap();
+    wait_until("four outputs", Duration::from_secs(30), || {
+        std::fs::read_to_string(d.join("out.txt")).is_ok_and(|t| t.lines().count() >= 4)
+    });
+    let p = pipeline(port, "inflight").unwrap();
+    proc.signal("TERM");
+    assert_eq!(proc.wait_timeout(Duration::from_secs(30)), Some(0));
+    let out = std::fs::read_to_string(d.join("out.txt")).unwrap();
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["first", "A:second", "A:third", "A:fourth"],
+        "the first message's retries stayed on the canary; the rest met the stable version"
+    );
+    let c = &p["canary"];
+    assert_eq!(c["rolled_back"], 1, "{c}");
+    assert_eq!(
+        c["last"]["canary"]["calls"], 3,
+        "all three attempts on the canary: {c}"
+    );
+    assert_eq!(c["last"]["canary"]["failures"]["retriable"], 2, "{c}");
+    assert_eq!(p["counts"]["dead_lettered"], 0);
+}
