@@ -10,6 +10,7 @@ mod targets;
 
 mod authoring;
 mod bench_targets;
+mod canary;
 mod config_golden;
 mod live_ops;
 mod monitoring;

@@ -64,6 +64,60 @@ fn check_reports_every_error_with_file_line_and_key() {
     );
 }
 
+/// `[handler.canary]`: its rule's problems with file, line and key, and a
+/// canary plugin that cannot load named by its key; a good one is loaded.
+#[test]
+fn check_validates_the_canary_table_and_loads_its_plugin() {
+    let dir = tempfile::tempdir().unwrap();
+    let echo = common::plugin("echo");
+    let head = format!(
+        "name = \"c\"\n[source]\ntype = \"file\"\npath = \"in.txt\"\n[handler]\nplugin = \"{}\"\n[dead_letter]\ntype = \"file\"\npath = \"d.jsonl\"\n",
+        echo.display()
+    );
+    let f = dir.path().join("rule.toml");
+    std::fs::write(
+        &f,
+        format!("{head}[handler.canary]\nplugin = \"v2.wasm\"\nshare = 0\nmin_messages = 0\n"),
+    )
+    .unwrap();
+    let (code, _, err) = common::run_sluice(&["check", f.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("rule.toml:12:9: handler.canary.share: must be above 0"),
+        "{err}"
+    );
+    assert!(
+        err.contains("rule.toml:13:16: handler.canary.min_messages"),
+        "{err}"
+    );
+
+    let g = dir.path().join("missing.toml");
+    std::fs::write(
+        &g,
+        format!("{head}[handler.canary]\nplugin = \"v2.wasm\"\nshare = 0.1\n"),
+    )
+    .unwrap();
+    let (code, out, err) = common::run_sluice(&["check", g.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        err.contains("missing.toml:11:10: handler.canary.plugin") && err.contains("v2.wasm"),
+        "{err}"
+    );
+
+    let h = dir.path().join("good.toml");
+    std::fs::write(
+        &h,
+        format!(
+            "{head}[handler.canary]\nplugin = \"{}\"\nshare = 0.1\n",
+            common::plugin("tag-b").display()
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = common::run_sluice(&["check", h.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("canary ok"), "{out}");
+}
+
 /// A secret written where a user might put one is refused, and no error
 /// shows it: a literal password or token, credentials in a NATS or MQTT
 /// URL, a Kafka option that holds one; `{}` and `{ env, file }` together
