@@ -104,6 +104,30 @@ pub async fn check(files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
                         eprintln!("{}{at}: handler.plugin: {e}", file.display());
                     }
                 }
+                if let Some(c) = &cfg.handler.canary {
+                    let mut spec = PluginSpec::from_config(&cfg.name, &cfg.handler);
+                    spec.path = c.plugin.clone();
+                    match Plugin::load(&engine, spec).await {
+                        Ok(p) => println!(
+                            "{}: canary ok (plugin {}, share {})",
+                            file.display(),
+                            p.digest(),
+                            c.share
+                        ),
+                        Err(e) => {
+                            bad += 1;
+                            let at = sluice::files::read_regular_text(
+                                file,
+                                sluice::files::MAX_PIPELINE_BYTES,
+                            )
+                            .map(|text| {
+                                config::position_of(&text, &["handler", "canary", "plugin"])
+                            })
+                            .unwrap_or_default();
+                            eprintln!("{}{at}: handler.canary.plugin: {e}", file.display());
+                        }
+                    }
+                }
             }
         }
     }

@@ -193,6 +193,7 @@ pub fn render(registry: &Registry) -> String {
             breaker.add("", &p, v);
         }
     }
+    let canaries = canary_families(registry);
     let mut out = String::new();
     for f in [
         &received,
@@ -212,7 +213,10 @@ pub fn render(registry: &Registry) -> String {
         &lag,
         &reloads,
         &up,
-    ] {
+    ]
+    .into_iter()
+    .chain(&canaries)
+    {
         f.write(&mut out);
     }
     let _ = writeln!(
@@ -235,4 +239,75 @@ pub fn render(registry: &Registry) -> String {
         "# HELP sluice_pipelines_running Pipelines running.\n# TYPE sluice_pipelines_running gauge\nsluice_pipelines_running {running}"
     );
     out
+}
+
+/// The canary families: how canaries ended, whether one runs, and while one
+/// runs each version's handler calls, failures by class and latency
+/// (labelled with the version's digest, so a new canary is a new series).
+fn canary_families(registry: &Registry) -> Vec<Family> {
+    let mut ends = Family::new(
+        "sluice_canaries_total",
+        "counter",
+        "Canaries by outcome: started, rolled_back, promoted, load_failed.",
+    );
+    let mut active = Family::new(
+        "sluice_canary_active",
+        "gauge",
+        "1 while a canary runs beside the stable version.",
+    );
+    let mut calls = Family::new(
+        "sluice_version_calls_total",
+        "counter",
+        "Handler calls of each version (stable, canary) since the running canary started.",
+    );
+    let mut failed = Family::new(
+        "sluice_version_failures_total",
+        "counter",
+        "Failed handler calls of each version by class since the running canary started.",
+    );
+    let mut latency = Family::new(
+        "sluice_version_handler_duration_seconds",
+        "histogram",
+        "Wall-clock time of each handler call of each version since the running canary started.",
+    );
+    for h in registry.pipelines() {
+        if !h.has_canary_config() {
+            continue;
+        }
+        let p = format!("pipeline=\"{}\"", esc(&h.name));
+        let hist = h.canary_history();
+        for (outcome, n) in [
+            ("started", hist.started),
+            ("rolled_back", hist.rolled_back),
+            ("promoted", hist.promoted),
+            ("load_failed", h.canary_loads_failed()),
+        ] {
+            ends.add("", &format!("{p},outcome=\"{outcome}\""), n);
+        }
+        let running = h.running_canary();
+        active.add("", &p, u8::from(running.is_some()));
+        let (Some(c), Some(stable)) = (running, h.plugin()) else {
+            continue;
+        };
+        for (version, digest, tally) in [
+            ("stable", stable.digest(), &c.stable),
+            ("canary", c.plugin.digest(), &c.canary),
+        ] {
+            let v = format!("{p},version=\"{version}\",digest=\"{}\"", esc(digest));
+            calls.add("", &v, tally.counts().0);
+            for (class, n) in tally.failures() {
+                failed.add("", &format!("{v},class=\"{class}\""), n);
+            }
+            let (counts, sum) = tally.latency().cumulative();
+            for (i, n) in counts.iter().enumerate() {
+                let le = LATENCY_BUCKETS
+                    .get(i)
+                    .map_or_else(|| "+Inf".to_string(), |b| b.to_string());
+                latency.add("_bucket", &format!("{v},le=\"{le}\""), n);
+            }
+            latency.add("_sum", &v, sum);
+            latency.add("_count", &v, counts.last().copied().unwrap_or(0));
+        }
+    }
+    vec![ends, active, calls, failed, latency]
 }

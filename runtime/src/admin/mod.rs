@@ -1,5 +1,6 @@
 //! The admin HTTP API (only with `--admin ADDR`): `/metrics`, `/healthz`,
-//! `/readyz`, `GET /pipelines`, `POST /pipelines/{name}/reload`. Requests
+//! `/readyz`, `GET /pipelines`, `POST /pipelines/{name}/reload`,
+//! `POST /pipelines/{name}/promote` (the running canary). Requests
 //! that change anything need `Authorization: Bearer <token>` when a token is
 //! configured.
 //!
@@ -93,6 +94,7 @@ fn router(state: Arc<Admin>) -> Router {
         .route("/readyz", get(readyz))
         .route("/pipelines", get(pipelines))
         .route("/pipelines/{name}/reload", post(reload))
+        .route("/pipelines/{name}/promote", post(promote))
         .with_state(state)
 }
 
@@ -141,11 +143,7 @@ async fn reload(
         return r;
     }
     let Some(h) = a.registry.get(&name) else {
-        return (
-            StatusCode::NOT_FOUND,
-            axum::Json(json!({ "error": format!("no pipeline named {name:?}") })),
-        )
-            .into_response();
+        return no_pipeline(&name);
     };
     match h.reload().await {
         Ok(p) => axum::Json(json!({
@@ -160,6 +158,35 @@ async fn reload(
         )
             .into_response(),
     }
+}
+
+async fn promote(
+    State(a): State<Arc<Admin>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = authorize(&a, &headers) {
+        return r;
+    }
+    let Some(h) = a.registry.get(&name) else {
+        return no_pipeline(&name);
+    };
+    match h.promote() {
+        Ok(digest) => axum::Json(json!({ "pipeline": name, "promoted": digest })).into_response(),
+        Err(e) => (
+            StatusCode::CONFLICT,
+            axum::Json(json!({ "pipeline": name, "error": e.to_string() })),
+        )
+            .into_response(),
+    }
+}
+
+fn no_pipeline(name: &str) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        axum::Json(json!({ "error": format!("no pipeline named {name:?}") })),
+    )
+        .into_response()
 }
 
 /// Checks the bearer token when one is configured.

@@ -8,6 +8,7 @@
 //! file's folder ([`paths`]), and the rules the types cannot express are
 //! checked ([`validate`]). [`diagnostics`] turns positions into lines.
 
+mod canary;
 mod diagnostics;
 mod interpolate;
 pub mod kafka;

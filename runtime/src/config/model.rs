@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use super::canary::CanaryConfig;
 use super::units::{Dur, Size};
 use crate::failure::FailureClass;
 
@@ -279,6 +280,10 @@ pub struct HandlerConfig {
     /// the running version keeps running.
     #[serde(default = "default_compile_memory")]
     pub compile_memory: Size,
+    /// A new version rolled out to a share of the keys beside this one, rolled
+    /// back or promoted by a rule (see [`CanaryConfig`]).
+    #[serde(default)]
+    pub canary: Option<CanaryConfig>,
 }
 
 /// The default `handler.compile_timeout`: the examples' largest plugins

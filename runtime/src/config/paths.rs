@@ -12,6 +12,9 @@ use super::table::resolve;
 pub(crate) fn resolve_all(base: &Path, s: &mut Sections) {
     if let Some(h) = &mut s.handler {
         resolve(base, &mut h.plugin);
+        if let Some(c) = &mut h.canary {
+            resolve(base, &mut c.plugin);
+        }
     }
     if let Some(src) = &mut s.source {
         src.table_mut().resolve_paths(base);

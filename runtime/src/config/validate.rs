@@ -194,6 +194,11 @@ const MAX_PUBLISH_WINDOW: usize = 65_536;
 const MAX_OUTPUTS: u32 = 100_000;
 
 fn check_handler(c: &mut Check, h: &HandlerConfig) {
+    if let Some(canary) = &h.canary {
+        for (key, message) in super::canary::problems(canary, &h.plugin) {
+            c.fail(&["handler", "canary", key], message);
+        }
+    }
     c.at_least_one(&["handler", "concurrency"], h.concurrency as u64);
     if h.concurrency > MAX_CONCURRENCY {
         c.fail(

@@ -120,7 +120,7 @@ impl Plugin {
 }
 
 /// The `.wasm` file named by `path`: the path itself, or the only `.wasm` in a folder.
-fn resolve_file(path: &Path) -> Result<PathBuf, PluginError> {
+pub fn resolve_file(path: &Path) -> Result<PathBuf, PluginError> {
     let read_err = |message: String| PluginError::Read {
         path: path.to_path_buf(),
         message,

@@ -36,6 +36,7 @@ pub use compile::{CHILD_ARG as COMPILE_CHILD_ARG, child_main as compile_child_ma
 pub use host::KvStore;
 pub use instance::{Instance, NativeFn, Plugin};
 pub use limits::{CallStats, Handled, MemoryExceeded, OutputLimits, guest_text};
+pub use load::resolve_file;
 pub use setup::{Compiler, Engine, EngineOptions};
 pub use spec::{PluginError, PluginSpec};
 pub use worker::Worker;

@@ -4,10 +4,10 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use super::lanes::Lane;
 use super::publish::{Ids, publish_dead_letter, publish_timed_out};
 use super::worker::{call_and_send, succeeded};
 use super::{Shared, hand_back, remember, settle};
-use crate::engine::Worker;
 use crate::failure::{Failure, FailureClass};
 use crate::message::Message;
 use crate::policy::{Decision, dead_letter};
@@ -16,14 +16,14 @@ use crate::sources::{Answer, Settle, Settlement};
 /// The failure path of one message; records a `stop` from the policy.
 pub(super) async fn failed(
     sh: &Shared,
-    w: &mut Worker,
+    lane: &mut Lane<'_>,
     msg: Message,
     handle: Box<dyn Settle>,
     ids: Ids,
     decode_error: Option<String>,
     f: Failure,
 ) {
-    let result = process(sh, w, msg, handle, ids, decode_error, f).await;
+    let result = process(sh, lane, msg, handle, ids, decode_error, f).await;
     sh.stats.in_flight.fetch_sub(1, Relaxed);
     if let Err(failure) = result {
         tracing::error!(pipeline = %sh.name, "stopping by policy: {failure}");
@@ -53,7 +53,7 @@ async fn sleep_unless_shutdown(sh: &Shared, d: Duration) -> bool {
 /// as the policy says. `Err` means the policy said stop.
 async fn process(
     sh: &Shared,
-    w: &mut Worker,
+    lane: &mut Lane<'_>,
     mut msg: Message,
     mut handle: Box<dyn Settle>,
     ids: Ids,
@@ -65,7 +65,7 @@ async fn process(
         let failure = match (next.take(), &decode_error) {
             (Some(f), _) => f,
             (None, Some(e)) => Failure::new(FailureClass::Decode, e.clone()),
-            (None, None) => match call_and_send(sh, w, &msg, ids, handle.wants_answer()).await {
+            (None, None) => match call_and_send(sh, lane, &msg, ids, handle.wants_answer()).await {
                 Ok(s) => match tokio::time::timeout_at(s.deadline, s.accepted).await {
                     Ok(Ok(())) => {
                         succeeded(sh, &msg, handle, s.reply, s.outputs).await;
@@ -131,7 +131,7 @@ async fn process(
                         ),
                     ));
                 };
-                let digest = w.plugin().digest().to_string();
+                let digest = lane.w.plugin().digest().to_string();
                 let record = dead_letter::record(
                     &msg,
                     &failure,

@@ -3,13 +3,16 @@
 //!
 //! The stages, each a module: `intake` (the dispatcher), `worker` (the
 //! handler call and the publish window), `publish` (outputs → sink records,
-//! dead letters) and `failed` (the policy's decision for a failed message
-//! carried out). This module holds what they share and [`Pipeline::run`].
+//! dead letters), `failed` (the policy's decision for a failed message
+//! carried out), and for the plugin versions `slot` (the stable version and
+//! a canary, swapped while running), `canary` (the canary's counts and rule)
+//! and `lanes` (a worker's instance of each version). This module holds what
+//! they share and [`Pipeline::run`].
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc};
@@ -27,11 +30,16 @@ use intake::dispatch;
 use publish::close_sinks;
 use worker::worker;
 
+pub mod canary;
 mod failed;
 mod intake;
+mod lanes;
 mod publish;
+mod slot;
 mod window;
 mod worker;
+
+pub use slot::{History, PluginSlot};
 
 /// Deliveries queued per worker: small, so a slow handler slows intake.
 const WORKER_QUEUE: usize = 16;
@@ -82,37 +90,6 @@ pub struct Parts {
     pub publish_timeout: Duration,
 }
 
-/// Swaps the plugin version of a running pipeline. Messages in flight finish
-/// on the version they started with; the next message uses the new one.
-#[derive(Clone)]
-pub struct PluginSlot {
-    current: Arc<RwLock<Plugin>>,
-    version: Arc<AtomicU64>,
-}
-
-impl PluginSlot {
-    fn new(p: Plugin) -> Self {
-        PluginSlot {
-            current: Arc::new(RwLock::new(p)),
-            version: Arc::new(AtomicU64::new(0)),
-        }
-    }
-
-    /// The version new messages get.
-    pub fn get(&self) -> Plugin {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// Installs `p` for the next messages.
-    pub fn swap(&self, p: Plugin) {
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = p;
-        self.version.fetch_add(1, Relaxed);
-    }
-}
-
 struct Shared {
     name: String,
     plugin: PluginSlot,
@@ -153,8 +130,8 @@ impl Pipeline {
             concurrency: parts.concurrency.max(1),
             shared: Arc::new(Shared {
                 breaker: Arc::new(Breaker::new(parts.breaker, &parts.name)),
+                plugin: PluginSlot::new(&parts.name, parts.plugin),
                 name: parts.name,
-                plugin: PluginSlot::new(parts.plugin),
                 sinks: parts.sinks,
                 dead_letter: parts.dead_letter,
                 policy: parts.policy,

@@ -9,10 +9,11 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::failed::failed;
+use super::lanes::{Counter, Lane, Lanes};
 use super::publish::{Ids, send};
 use super::window::Window;
 use super::{Shared, hand_back, remember, settle};
-use crate::engine::{Handled, Worker};
+use crate::engine::Handled;
 use crate::failure::{Failure, FailureClass};
 use crate::message::{Message, Output};
 use crate::sinks::Accepted;
@@ -28,6 +29,8 @@ struct Sent {
     handle: Box<dyn Settle>,
     reply: Option<Box<Output>>,
     outputs: usize,
+    /// Handled by the canary: a retry goes to the canary too while it runs.
+    on_canary: bool,
 }
 
 /// A call's outputs, sent: the reply (for a request), how many went to
@@ -40,8 +43,7 @@ pub(super) struct Sending {
 }
 
 pub(super) async fn worker(sh: Arc<Shared>, mut rx: mpsc::Receiver<Delivery>) {
-    let mut version = sh.plugin.version.load(Relaxed);
-    let mut w = Worker::new(sh.plugin.get());
+    let mut lanes = Lanes::new(&sh.plugin);
     let mut window = Window::new(sh.publish_timeout);
     let mut batch: Vec<Delivery> = Vec::with_capacity(sh.batch);
     loop {
@@ -50,7 +52,7 @@ pub(super) async fn worker(sh: Arc<Shared>, mut rx: mpsc::Receiver<Delivery>) {
         let d = tokio::select! {
             biased;
             Some((sent, accepted)) = window.next(), if !window.is_empty() => {
-                finish(&sh, &mut w, sent, accepted).await;
+                finish(&sh, &mut lanes, sent, accepted).await;
                 continue;
             }
             d = rx.recv(), if window.len() < sh.publish_window => match d {
@@ -68,15 +70,11 @@ pub(super) async fn worker(sh: Arc<Shared>, mut rx: mpsc::Receiver<Delivery>) {
                 Err(_) => break,
             }
         }
-        let v = sh.plugin.version.load(Relaxed);
-        if v != version {
-            version = v;
-            w.set_plugin(sh.plugin.get());
-        }
-        run_batch(&sh, &mut w, &mut window, &mut batch).await;
+        lanes.refresh(&sh.plugin);
+        run_batch(&sh, &mut lanes, &mut window, &mut batch).await;
     }
     while let Some((sent, accepted)) = window.next().await {
-        finish(&sh, &mut w, sent, accepted).await;
+        finish(&sh, &mut lanes, sent, accepted).await;
     }
 }
 
@@ -85,26 +83,33 @@ pub(super) async fn worker(sh: Arc<Shared>, mut rx: mpsc::Receiver<Delivery>) {
 /// order, or its failure taken down the failure path.
 async fn run_batch(
     sh: &Shared,
-    w: &mut Worker,
+    lanes: &mut Lanes,
     window: &mut Window<Sent>,
     batch: &mut Vec<Delivery>,
 ) {
     sh.stats.in_flight.fetch_add(batch.len() as u64, Relaxed);
-    let answers: Vec<Handled> = if batch.len() > 1 && !sh.stopping.load(Relaxed) {
-        let msgs: Vec<&Message> = batch
-            .iter()
-            .filter(|d| d.decode_error.is_none())
-            .map(|d| &d.message)
-            .collect();
-        let answers = w.handle_batch(&msgs).await;
-        sh.stats.batched.fetch_add(answers.len() as u64, Relaxed);
-        answers
-    } else {
-        Vec::new()
-    };
-    // Answers belong to the decoded messages in order; those without one
-    // (no batch, or after the batch's failure) are handled one per call.
-    let mut answers = answers.into_iter();
+    // While a canary runs, the batch is split by version: one call each.
+    let mut answers = [Vec::new(), Vec::new()];
+    if batch.len() > 1 && !sh.stopping.load(Relaxed) {
+        for on_canary in [false, true] {
+            if on_canary && !lanes.has_canary() {
+                break;
+            }
+            let msgs: Vec<&Message> = batch
+                .iter()
+                .filter(|d| d.decode_error.is_none() && lanes.takes(&d.message) == on_canary)
+                .map(|d| &d.message)
+                .collect();
+            let got = lanes.lane(on_canary).w.handle_batch(&msgs).await;
+            sh.stats.batched.fetch_add(got.len() as u64, Relaxed);
+            answers[usize::from(on_canary)] = got;
+        }
+    }
+    // Answers belong to each version's decoded messages in order; those
+    // without one (no batch, or after the batch's failure) are handled one
+    // per call.
+    let [stable, canary] = answers;
+    let mut answers = [stable.into_iter(), canary.into_iter()];
     for (msg, decode_error, handle) in batch.drain(..).map(Delivery::into_parts) {
         if sh.stopping.load(Relaxed) {
             // The pipeline is stopping by policy: hand the rest back untouched.
@@ -113,14 +118,18 @@ async fn run_batch(
             continue;
         }
         let ids = Ids::of(&msg);
+        let on_canary = decode_error.is_none() && lanes.takes(&msg);
+        let lane = lanes.lane(on_canary);
         let first = match &decode_error {
             Some(e) => Failure::new(FailureClass::Decode, e.clone()),
             None => {
-                let answer = match answers.next() {
+                let answer = match answers[usize::from(on_canary)].next() {
                     Some(a) => a,
-                    None => w.handle(&msg).await,
+                    None => lane.w.handle(&msg).await,
                 };
-                match send_answer(sh, answer, &msg, ids, handle.wants_answer()).await {
+                match send_answer(sh, lane.counter(), answer, &msg, ids, handle.wants_answer())
+                    .await
+                {
                     Ok(s) => {
                         let sent = Sent {
                             msg,
@@ -128,6 +137,7 @@ async fn run_batch(
                             handle,
                             reply: s.reply,
                             outputs: s.outputs,
+                            on_canary,
                         };
                         window.push(sent, s.accepted, s.deadline);
                         continue;
@@ -138,24 +148,27 @@ async fn run_batch(
         };
         // A failure is handled with nothing else in flight: what was sent
         // before it is settled first, retries then run one at a time.
+        drop(lane);
         while let Some((sent, accepted)) = window.next().await {
-            finish(sh, w, sent, accepted).await;
+            finish(sh, lanes, sent, accepted).await;
         }
         // Boxed: the failure path's future is large, and every future
         // that holds it in place is copied at each call and await.
-        Box::pin(failed(sh, w, msg, handle, ids, decode_error, first)).await;
+        let mut lane = lanes.lane(on_canary);
+        Box::pin(failed(sh, &mut lane, msg, handle, ids, decode_error, first)).await;
     }
 }
 
 /// Settles a sent message once its outputs were accepted, or takes it down
 /// the failure path.
-async fn finish(sh: &Shared, w: &mut Worker, sent: Sent, accepted: Result<(), Failure>) {
+async fn finish(sh: &Shared, lanes: &mut Lanes, sent: Sent, accepted: Result<(), Failure>) {
     let Sent {
         msg,
         ids,
         handle,
         reply,
         outputs,
+        on_canary,
     } = sent;
     match accepted {
         Ok(()) => {
@@ -163,25 +176,29 @@ async fn finish(sh: &Shared, w: &mut Worker, sent: Sent, accepted: Result<(), Fa
             sh.stats.in_flight.fetch_sub(1, Relaxed);
         }
         // Boxed, as in `run_batch`: `finish` runs for every message.
-        Err(f) => Box::pin(failed(sh, w, msg, handle, ids, None, f)).await,
+        Err(f) => {
+            let mut lane = lanes.lane(on_canary);
+            Box::pin(failed(sh, &mut lane, msg, handle, ids, None, f)).await
+        }
     }
 }
 
 /// Runs the handler and sends its outputs.
 pub(super) async fn call_and_send(
     sh: &Shared,
-    w: &mut Worker,
+    lane: &mut Lane<'_>,
     msg: &Message,
     ids: Ids,
     wants_answer: bool,
 ) -> Result<Sending, Failure> {
-    let answer = w.handle(msg).await;
-    send_answer(sh, answer, msg, ids, wants_answer).await
+    let answer = lane.w.handle(msg).await;
+    send_answer(sh, lane.counter(), answer, msg, ids, wants_answer).await
 }
 
 /// Sends the outputs of a handler's answer (see [`call_and_send`]).
 async fn send_answer(
     sh: &Shared,
+    counter: Counter<'_>,
     (result, cost): Handled,
     msg: &Message,
     ids: Ids,
@@ -194,6 +211,8 @@ async fn send_answer(
             .fetch_add(u64::from(cost.log_dropped), Relaxed);
     }
     sh.stats.handler_latency.observe(cost.elapsed);
+    let failed = result.as_ref().err().map(|f| f.class);
+    counter.record(&sh.plugin, failed, cost.elapsed);
     let mut outputs = result?;
     // A request's first output is its reply, not a sink record.
     let reply = (wants_answer && !outputs.is_empty()).then(|| Box::new(outputs.remove(0)));

@@ -12,10 +12,12 @@
 //! (the older is aborted and its compiler process killed), and shutdown
 //! aborts every pending load.
 
+mod canary;
 mod registry;
 mod retry;
 mod watch;
 
+pub use canary::PromoteError;
 pub use registry::{Handle, Registry, State};
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -103,6 +105,8 @@ pub struct Supervisor {
     /// Plugin reloads of running pipelines, by pipeline file. A reload
     /// records its own result in the registry (as the admin API's does).
     reloads: BTreeMap<PathBuf, PendingReload>,
+    /// Canary loads of running pipelines, by pipeline file (as `reloads`).
+    canary_loads: BTreeMap<PathBuf, PendingReload>,
     /// When to apply the file events received (debounced), if any came.
     rescan_at: Option<Instant>,
     /// When the current burst of events began (bounds the debounce).
@@ -138,6 +142,7 @@ impl Supervisor {
             loaded_rx,
             next_load: 0,
             reloads: BTreeMap::new(),
+            canary_loads: BTreeMap::new(),
             rescan_at: None,
             burst_since: None,
         }
@@ -197,6 +202,9 @@ impl Supervisor {
             p.task.abort();
         }
         for (_, r) in std::mem::take(&mut self.reloads) {
+            r.task.abort();
+        }
+        for (_, r) in std::mem::take(&mut self.canary_loads) {
             r.task.abort();
         }
         let files: Vec<PathBuf> = self.entries.keys().cloned().collect();
@@ -314,32 +322,22 @@ impl Supervisor {
             self.begin_load(&f, text);
         }
         self.reloads.retain(|_, r| !r.task.is_finished());
+        self.canary_loads.retain(|_, r| !r.task.is_finished());
         for (f, e) in &self.entries {
             let h = &e.handle;
             if h.state() != State::Running {
                 continue;
             }
-            if let Some(file) = h.plugin_file() {
+            for file in [h.plugin_file(), h.canary_file()].into_iter().flatten() {
                 self.watcher
                     .watch_dir(file.parent().unwrap_or(Path::new(".")));
             }
-            let Some(digest) = h.changed_plugin() else {
-                continue;
-            };
-            if let Some(r) = self.reloads.get(f) {
-                if r.digest == digest {
-                    continue; // already loading these bytes
-                }
-                r.task.abort();
-                tracing::info!(pipeline = %h.name, "plugin file changed again: the pending reload is superseded");
+            if let Some(digest) = h.changed_canary() {
+                begin_reload(&mut self.canary_loads, f, h, digest, true);
             }
-            tracing::info!(pipeline = %h.name, "plugin file changed: loading the new version");
-            let handle = h.clone();
-            let task = tokio::spawn(async move {
-                let _ = handle.reload().await;
-            });
-            self.reloads
-                .insert(f.clone(), PendingReload { digest, task });
+            if let Some(digest) = h.changed_plugin() {
+                begin_reload(&mut self.reloads, f, h, digest, false);
+            }
         }
         for (f, _) in self.registry.invalid_files() {
             if std::fs::symlink_metadata(&f).is_err() {
@@ -513,11 +511,17 @@ impl Supervisor {
 
     /// Opens the pipeline's source and sinks and runs it in a task.
     async fn start(&mut self, file: &Path, text: String, cfg: PipelineConfig, plugin: Plugin) {
+        let canary = cfg.handler.canary.as_ref().map(|c| {
+            let mut spec = PluginSpec::from_config(&cfg.name, &cfg.handler);
+            spec.path = c.plugin.clone();
+            (spec, crate::pipeline::canary::Rule::from_config(c))
+        });
         let handle = Arc::new(Handle::new(
             &cfg.name,
             file,
             self.engine.clone(),
             PluginSpec::from_config(&cfg.name, &cfg.handler),
+            canary,
         ));
         self.registry.insert(handle.clone());
         let (stop, mut stop_rx) = tokio_watch::channel(false);
@@ -546,7 +550,12 @@ impl Supervisor {
         };
         self.retries.remove(file);
         handle.attach(&pipeline);
+        handle.remember_rejected(&self.registry.kept_rejected(&cfg.name));
         handle.set_state(State::Running);
+        if handle.has_canary_config() {
+            // The canary is loaded by the next rescan, right away.
+            self.rescan_at = Some(Instant::now());
+        }
         if let Some(f) = handle.plugin_file() {
             self.watcher.watch_dir(f.parent().unwrap_or(Path::new(".")));
         }
@@ -612,8 +621,10 @@ impl Supervisor {
         let Some(mut e) = self.entries.remove(file) else {
             return;
         };
-        if let Some(r) = self.reloads.remove(file) {
-            r.task.abort();
+        for loads in [&mut self.reloads, &mut self.canary_loads] {
+            if let Some(r) = loads.remove(file) {
+                r.task.abort();
+            }
         }
         if e.handle.state().is_active() {
             e.handle.set_state(State::Draining);
@@ -626,6 +637,9 @@ impl Supervisor {
             e.handle.set_state(State::Failed);
             eprintln!("error: pipeline {} crashed: {err}", e.handle.name);
         }
+        // A replacing pipeline does not start versions this one rolled back.
+        self.registry
+            .keep_rejected(&e.handle.name, e.handle.canary_history().rejected);
         if forget {
             self.registry.remove(&e.handle);
             tracing::info!(pipeline = %e.handle.name, "stopped");
@@ -643,7 +657,38 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// Handler instances a pipeline's workers hold.
+/// Handler instances a pipeline's workers hold: one per worker, two with
+/// a canary (one of each version).
 fn instances_of(cfg: &PipelineConfig) -> u32 {
-    u32::try_from(cfg.handler.concurrency).unwrap_or(u32::MAX)
+    let versions = if cfg.handler.canary.is_some() { 2 } else { 1 };
+    u32::try_from(cfg.handler.concurrency.saturating_mul(versions)).unwrap_or(u32::MAX)
+}
+
+/// Starts loading `digest` of a running pipeline's plugin file (the canary's
+/// when `canary`) in a task, superseding a pending load of other bytes.
+fn begin_reload(
+    loads: &mut BTreeMap<PathBuf, PendingReload>,
+    file: &Path,
+    h: &Arc<Handle>,
+    digest: String,
+    canary: bool,
+) {
+    let what = if canary { "canary" } else { "plugin" };
+    if let Some(r) = loads.get(file) {
+        if r.digest == digest {
+            return; // already loading these bytes
+        }
+        r.task.abort();
+        tracing::info!(pipeline = %h.name, "{what} file changed again: the pending load is superseded");
+    }
+    tracing::info!(pipeline = %h.name, "{what} file changed: loading the new version");
+    let handle = h.clone();
+    let task = tokio::spawn(async move {
+        let _ = if canary {
+            handle.load_canary().await.map(|_| ())
+        } else {
+            handle.reload().await.map(|_| ())
+        };
+    });
+    loads.insert(file.to_path_buf(), PendingReload { digest, task });
 }

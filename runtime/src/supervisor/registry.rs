@@ -10,6 +10,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::engine::{Engine, Plugin, PluginSpec};
+use crate::pipeline::canary::Rule;
 use crate::pipeline::{Pipeline, PluginSlot};
 use crate::policy::breaker::{Breaker, BreakerState};
 use crate::stats::Stats;
@@ -51,8 +52,8 @@ impl State {
 }
 
 /// The live parts of a pipeline that started.
-struct Live {
-    slot: PluginSlot,
+pub(super) struct Live {
+    pub(super) slot: PluginSlot,
     stats: Arc<Stats>,
     breaker: Arc<Breaker>,
 }
@@ -63,9 +64,9 @@ pub struct Handle {
     pub name: String,
     /// The pipeline file it came from.
     pub file: PathBuf,
-    engine: Engine,
+    pub(super) engine: Engine,
     spec: PluginSpec,
-    live: OnceLock<Live>,
+    pub(super) live: OnceLock<Live>,
     state: Mutex<State>,
     ready: AtomicBool,
     error: Mutex<Option<String>>,
@@ -73,18 +74,34 @@ pub struct Handle {
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     /// Serialises reloads (watcher and admin API).
-    reload_lock: tokio::sync::Mutex<()>,
+    pub(super) reload_lock: tokio::sync::Mutex<()>,
     /// Digest of plugin bytes that failed to load: not retried until they change.
     failed_digest: Mutex<Option<String>>,
+    /// The `handler.plugin` file and the digest of the bytes last loaded
+    /// from it: a promoted canary runs in its place without being reloaded
+    /// over, and the file is still watched for hot swaps.
+    stable_loaded: Mutex<Option<(PathBuf, String)>>,
+    /// `[handler.canary]`: what the canary is loaded with, and its rule.
+    pub(super) canary: Option<(PluginSpec, Rule)>,
+    /// Why the last canary load failed, and the digest that failed (not
+    /// tried again until the file's bytes change).
+    pub(super) canary_error: Mutex<Option<(String, Option<String>)>>,
+    pub(super) canary_loads_failed: AtomicU64,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Handle {
     /// A pipeline about to be started from `file`.
-    pub fn new(name: &str, file: &Path, engine: Engine, spec: PluginSpec) -> Self {
+    pub fn new(
+        name: &str,
+        file: &Path,
+        engine: Engine,
+        spec: PluginSpec,
+        canary: Option<(PluginSpec, Rule)>,
+    ) -> Self {
         Handle {
             name: name.to_string(),
             file: file.to_path_buf(),
@@ -99,11 +116,18 @@ impl Handle {
             reloads_failed: AtomicU64::new(0),
             reload_lock: tokio::sync::Mutex::new(()),
             failed_digest: Mutex::new(None),
+            stable_loaded: Mutex::new(None),
+            canary,
+            canary_error: Mutex::new(None),
+            canary_loads_failed: AtomicU64::new(0),
         }
     }
 
     /// Takes the counters, breaker and plugin slot of the pipeline built for it.
     pub fn attach(&self, p: &Pipeline) {
+        let plugin = p.plugin_slot().get();
+        *lock(&self.stable_loaded) =
+            Some((plugin.file().to_path_buf(), plugin.digest().to_string()));
         let _ = self.live.set(Live {
             slot: p.plugin_slot(),
             stats: p.stats(),
@@ -166,9 +190,10 @@ impl Handle {
         lock(&self.last_reload_error).clone()
     }
 
-    /// The `.wasm` file the running version was read from.
+    /// The `handler.plugin` `.wasm` file the stable version was last loaded
+    /// from (a promoted canary may run in its place).
     pub fn plugin_file(&self) -> Option<PathBuf> {
-        self.plugin().map(|p| p.file().to_path_buf())
+        lock(&self.stable_loaded).as_ref().map(|(f, _)| f.clone())
     }
 
     /// Loads the plugin file again (compile, instantiate, `init` with the
@@ -186,6 +211,7 @@ impl Handle {
             Ok(p) => {
                 let old = live.slot.get();
                 live.slot.swap(p.clone());
+                *lock(&self.stable_loaded) = Some((p.file().to_path_buf(), p.digest().to_string()));
                 self.reloads_ok.fetch_add(1, Relaxed);
                 *lock(&self.failed_digest) = None;
                 // The running version is the one just loaded: an earlier
@@ -208,11 +234,11 @@ impl Handle {
     /// The digest of the plugin file's bytes when they are neither the
     /// running version nor a version that already failed to load.
     pub fn changed_plugin(&self) -> Option<String> {
-        let (current, file) = (self.plugin()?, self.plugin_file()?);
+        let (file, current) = lock(&self.stable_loaded).clone()?;
         // Unreadable: removed or being replaced; the next event tells.
         let bytes = std::fs::read(&file).ok()?;
         let digest = crate::engine::cache::digest(&bytes);
-        (digest != current.digest() && lock(&self.failed_digest).as_deref() != Some(&digest))
+        (digest != current && lock(&self.failed_digest).as_deref() != Some(&digest))
             .then_some(digest)
     }
 
@@ -265,6 +291,7 @@ impl Handle {
             "error": self.error(),
             "reloads": { "ok": ok, "failed": failed },
             "last_reload_error": self.last_reload_error(),
+            "canary": self.canary_info(),
         })
     }
 }
@@ -287,6 +314,9 @@ pub struct Registry {
     loading: Mutex<BTreeSet<PathBuf>>,
     /// The supervisor looked at every file and folder once.
     scanned: AtomicBool,
+    /// Canary digests rolled back, by pipeline name, kept across the
+    /// pipeline's replacements.
+    rejected: Mutex<BTreeMap<String, Vec<String>>>,
 }
 
 impl Registry {
@@ -321,6 +351,18 @@ impl Registry {
         if m.get(&h.name).is_some_and(|x| Arc::ptr_eq(x, h)) {
             m.remove(&h.name);
         }
+    }
+
+    /// Keeps the canary digests `name` rolled back for the pipeline that replaces it.
+    pub(crate) fn keep_rejected(&self, name: &str, digests: Vec<String>) {
+        if !digests.is_empty() {
+            lock(&self.rejected).insert(name.to_string(), digests);
+        }
+    }
+
+    /// The canary digests a pipeline of this name rolled back before.
+    pub(crate) fn kept_rejected(&self, name: &str) -> Vec<String> {
+        lock(&self.rejected).get(name).cloned().unwrap_or_default()
     }
 
     /// Pipeline files whose last version was refused, with their errors.
