@@ -8,23 +8,12 @@
 use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde_json::Value;
 
 use common::admin::{http, pipeline, spawn, wait_until};
-
-/// Metrics the rules name before `sluice` serves them: (name, the prefix its
-/// family will have in `runtime/src`, what it is). The exemption holds only
-/// while no source file mentions the prefix; once the family is written, the
-/// name must be served like any other.
-const PENDING: &[(&str, &str, &str)] = &[(
-    "sluice_canary_rollbacks_total",
-    "sluice_canary_",
-    "canary rollouts",
-)];
 
 /// Families served without samples by the pipeline started here, and why.
 /// Their label matchers are checked against `pipeline` only, the label every
@@ -170,33 +159,12 @@ fn selectors(query: &str) -> Vec<Selector> {
     out
 }
 
-/// Does a file under `runtime/src` mention `needle`?
-fn source_mentions(needle: &str) -> bool {
-    fn walk(dir: &Path, needle: &str) -> bool {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return false;
-        };
-        entries.flatten().any(|e| {
-            let p = e.path();
-            if p.is_dir() {
-                walk(&p, needle)
-            } else {
-                std::fs::read_to_string(&p).is_ok_and(|t| t.contains(needle))
-            }
-        })
-    }
-    walk(&common::repo().join("runtime/src"), needle)
-}
-
 /// What in `queries` names a metric or a label value `served` lacks, every
-/// problem at once. `pending` exempts names (see [`PENDING`]).
-fn problems(queries: &[String], served: &Served, pending: &[&str]) -> Vec<String> {
+/// problem at once.
+fn problems(queries: &[String], served: &Served) -> Vec<String> {
     let mut out = Vec::new();
     for q in queries {
         for s in selectors(q) {
-            if pending.contains(&s.name.as_str()) {
-                continue;
-            }
             if !served.names.contains(&s.name) {
                 out.push(format!("`{}` is not served (in `{q}`)", s.name));
                 continue;
@@ -272,23 +240,17 @@ fn read(rel: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// `/metrics` of a `sluice run --admin` whose file pipeline handled lines,
-/// some of them dead-lettered; fetched once for every test here.
+/// `/metrics` of a `sluice run --admin` whose file pipeline runs a canary
+/// beside its stable version and handled lines, some of them dead-lettered;
+/// fetched once for every test here.
 fn served_text() -> &'static str {
     static TEXT: OnceLock<String> = OnceLock::new();
     TEXT.get_or_init(|| {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
-        let input: String = (0..50)
-            .map(|i| {
-                if i % 10 == 0 {
-                    format!("bad-{i}\n")
-                } else {
-                    format!("ok-{i}\n")
-                }
-            })
-            .collect();
-        std::fs::write(d.join("m.in"), input).expect("input");
+        std::fs::write(d.join("m.in"), "").expect("input");
+        // The canary (a handler that never fails) is never judged
+        // (min_messages) nor promoted (promote_after = 0).
         let file = d.join("m.toml");
         std::fs::write(
             &file,
@@ -300,6 +262,12 @@ path = "{d}/m.in"
 follow = true
 [handler]
 plugin = "{plugin}"
+[handler.canary]
+plugin = "{canary}"
+share = 0.5
+min_messages = 1000000
+failure_margin = 0.5
+promote_after = 0
 [sink]
 type = "file"
 path = "{d}/m.out"
@@ -309,6 +277,7 @@ path = "{d}/m.dlq"
 "#,
                 d = d.display(),
                 plugin = common::plugin("fatal-on").display(),
+                canary = common::plugin("echo").display(),
             ),
         )
         .expect("pipeline file");
@@ -318,23 +287,29 @@ path = "{d}/m.dlq"
             port,
             &d.join("sluice.log"),
         );
+        wait_until("the canary to run", Duration::from_secs(60), || {
+            pipeline(port, "m").is_some_and(|p| !p["canary"]["running"].is_null())
+        });
+        let input: String = (0..100)
+            .map(|i| {
+                if i % 5 == 0 {
+                    format!("bad-{i}\n")
+                } else {
+                    format!("ok-{i}\n")
+                }
+            })
+            .collect();
+        std::fs::write(d.join("m.in"), input).expect("input");
         wait_until("every line handled", Duration::from_secs(60), || {
             pipeline(port, "m").is_some_and(|p| {
-                p["counts"]["succeeded"] == 45 && p["counts"]["dead_lettered"] == 5
+                let n = |k: &str| p["counts"][k].as_u64().unwrap_or(0);
+                n("succeeded") + n("dead_lettered") == 100 && n("dead_lettered") > 0
             })
         });
         let (status, text) = http(port, "GET", "/metrics", None);
         assert_eq!(status, 200, "{text}");
         text
     })
-}
-
-fn pending_names() -> Vec<&'static str> {
-    PENDING
-        .iter()
-        .filter(|(_, prefix, _)| !source_mentions(prefix))
-        .map(|(name, _, _)| *name)
-        .collect()
 }
 
 /// The families here without samples are exactly [`UNSAMPLED`]: none loses
@@ -367,10 +342,8 @@ fn alert_rules_name_only_served_metrics_and_label_values() {
         rules.matches("- alert:").count(),
         "one expr per alert: {exprs:#?}"
     );
-    let pending = pending_names();
-    let found = problems(&exprs, &served, &pending);
+    let found = problems(&exprs, &served);
     assert!(found.is_empty(), "the alert rules:\n{}", found.join("\n"));
-    // Every name the rules use is checked, the pending ones aside.
     let named: BTreeSet<String> = exprs
         .iter()
         .flat_map(|q| selectors(q))
@@ -378,7 +351,7 @@ fn alert_rules_name_only_served_metrics_and_label_values() {
         .collect();
     assert!(named.len() >= 10, "{named:?}");
     eprintln!(
-        "[monitoring] {} alert rules name {} metrics, all served; pending: {pending:?}",
+        "[monitoring] {} alert rules name {} metrics, all served",
         exprs.len(),
         named.len()
     );
@@ -392,7 +365,7 @@ fn dashboard_queries_name_only_served_metrics_and_label_values() {
     let mut queries = Vec::new();
     dashboard_queries(&dashboard, &mut queries);
     assert!(queries.len() >= 20, "{queries:#?}");
-    let found = problems(&queries, &served, &[]);
+    let found = problems(&queries, &served);
     assert!(found.is_empty(), "the dashboard:\n{}", found.join("\n"));
 }
 
@@ -452,14 +425,9 @@ fn a_renamed_metric_or_label_value_is_reported() {
         r#"sluice_messages_total{pipeline="a\"b"}"#,
         "histogram_quantile(0.99, sum by (le) (rate(sluice_handler_duration_seconds_bucket[5m])))",
         r#"deriv(sluice_source_lag{pipeline=~".*"}[15m]) > 0"#,
-        "increase(sluice_canary_rollbacks_total[15m]) > 0",
     ];
     for e in ok {
-        assert_eq!(
-            problems(&q(e), &served, &["sluice_canary_rollbacks_total"]),
-            Vec::<String>::new(),
-            "{e}"
-        );
+        assert_eq!(problems(&q(e), &served), Vec::<String>::new(), "{e}");
     }
     let bad = [
         "rate(sluice_message_total[5m])",
@@ -468,10 +436,9 @@ fn a_renamed_metric_or_label_value_is_reported() {
         r#"sluice_messages_total{result=~"f.*"}"#,
         "rate(sluice_handler_duration_seconds_total[5m])",
         r#"sluice_source_lag{topic="t"}"#,
-        "increase(sluice_canary_rollbacks_total[15m]) > 0",
     ];
     for e in bad {
-        assert_eq!(problems(&q(e), &served, &[]).len(), 1, "{e}");
+        assert_eq!(problems(&q(e), &served).len(), 1, "{e}");
     }
     // Both lines of a block `expr`, and quoted ones.
     let yaml = "  - alert: A\n    expr: |\n      sluice_a\n        / sluice_b\n    for: 1m\n  - alert: B\n    expr: 'sluice_c > 0'\n";
