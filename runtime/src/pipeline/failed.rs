@@ -77,6 +77,13 @@ async fn process(
                 Err(f) => f,
             },
         };
+        if failure.abandoned {
+            // Its transaction was aborted: the source reads it again from the
+            // last committed offset; this copy only has to let go.
+            tracing::debug!(pipeline = %sh.name, topic = %msg.topic, offset = ?msg.offset, "{failure}");
+            hand_back(sh, handle).await;
+            return Ok(());
+        }
         if handle.wants_answer() {
             handle.answer(Answer::Failed(failure.clone()));
         }
