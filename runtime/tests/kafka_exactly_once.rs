@@ -175,7 +175,10 @@ async fn run(delivery: &str, restart_broker: bool) -> (Count, String) {
     );
     drop((out, dlq));
     // A reader that starts now reads everything committed, from the start.
-    let (out, dlq) = (b.collect(&format!("{base}-out")).await, b.collect(&format!("{base}-dlq")).await);
+    let (out, dlq) = (
+        b.collect(&format!("{base}-out")).await,
+        b.collect(&format!("{base}-dlq")).await,
+    );
     let got_out = out.wait(N, Duration::from_secs(10)).await;
     let got_dlq = dlq.wait(N / POISON_EVERY, Duration::from_secs(3)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -199,7 +202,7 @@ async fn run(delivery: &str, restart_broker: bool) -> (Count, String) {
             c.lost.len()
         ),
         &format!(
-            "`sluice` ({delivery}, noida) SIGKILLed with {before} of {N} out, restarted{}; {all} distinct read back (read_committed)",
+            "`sluice` ({delivery}, noida) SIGKILLed with {before} of {N} out, restarted{}; {all} records seen while it ran (read_committed)",
             if restart_broker {
                 ", broker restarted mid-stream"
             } else {

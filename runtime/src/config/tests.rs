@@ -560,6 +560,10 @@ topic = "out"
     let refused = errors(&own);
     assert_eq!(refused.len(), 1, "{refused:?}");
     let (_, key, msg) = &refused[0];
-    assert!(key.as_deref().is_some_and(|k| k.starts_with("sink.options")), "{key:?}");
+    assert!(
+        key.as_deref()
+            .is_some_and(|k| k.starts_with("sink.options")),
+        "{key:?}"
+    );
     assert!(msg.starts_with("transactional.id is refused"), "{msg}");
 }
