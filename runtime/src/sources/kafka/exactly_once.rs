@@ -194,13 +194,16 @@ pub(super) fn finish<C: Consumer<Ctx>>(
             }
         }
     }
-    txn.abort()?;
+    // What was handed out turns stale before the abort ends the broken
+    // state: from here none of it can begin the next transaction.
     rewind(consumer, shared, txn, leaving);
+    txn.abort()?;
+    shared.lock().committing = false;
     Ok(())
 }
 
-/// After an abort: every assigned partition (but those `leaving`) back to
-/// its last good commit; what was handed out becomes stale.
+/// For an abort: what was handed out becomes stale, and every assigned
+/// partition (but those `leaving`) goes back to its last good commit.
 fn rewind<C: Consumer<Ctx>>(consumer: &C, shared: &Shared, txn: &Txn, leaving: &[Tp]) {
     let seeks: Vec<(Tp, i64)> = {
         let mut st = shared.lock();
@@ -216,12 +219,11 @@ fn rewind<C: Consumer<Ctx>>(consumer: &C, shared: &Shared, txn: &Txn, leaving: &
         st.handed_out = 0;
         st.rewinds += 1;
         st.draining_since = None;
-        st.committing = false;
         st.retry_at = None;
         seeks
     };
     tracing::info!(pipeline = %shared.pipeline, partitions = seeks.len(),
-        "kafka source: transaction aborted; reading again from the last commit");
+        "kafka source: aborting the transaction; reading again from the last commit");
     for ((topic, partition), pos) in seeks {
         if let Err(e) = consumer.seek(&topic, partition, Offset::Offset(pos), SEEK_TIMEOUT) {
             // Reading on from where the fetcher is would skip what the
