@@ -310,3 +310,68 @@ async fn exactly_once_cost_noida() {
         rates[1] / rates[0]
     );
 }
+
+/// A handler failure the policy `stop`s on, exactly once: the pipeline
+/// ends with an error, what was settled before the poison is committed
+/// with its outputs, and the run after (the poison now dead-lettered)
+/// writes everything else: each message once, read committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_across_a_stop_noida() {
+    let b = KafkaBroker::start(Kind::Noida);
+    let base = common::unique("eos-stop");
+    for t in ["in", "out", "dlq"] {
+        b.create_topic(&format!("{base}-{t}"), 1).await;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = pipeline(dir.path(), &b, &base, "exactly-once");
+    let body = std::fs::read_to_string(&file).expect("pipeline");
+    let n = 400;
+    let sent: Vec<TestRecord> = (0..n)
+        .map(|i| {
+            TestRecord::new(if i == n / 2 {
+                format!("bad-{i:04}")
+            } else {
+                format!("ok-{i:04}")
+            })
+        })
+        .collect();
+    b.produce(&format!("{base}-in"), Some(0), &sent).await;
+    std::fs::write(&file, format!("{body}\n[errors]\nfatal = \"stop\"\n")).expect("pipeline");
+    let mut p = common::spawn_sluice(&file);
+    let code = p.wait_timeout(Duration::from_secs(60));
+    assert_eq!(
+        code,
+        Some(1),
+        "a stop by policy ends `sluice run` with 1; log:\n{}",
+        log_of(&file)
+    );
+    let (out, _) = readers(&b, &base).await;
+    let first = out.wait(n / 2, Duration::from_secs(10)).await;
+    assert_eq!(
+        first.len(),
+        n / 2,
+        "the messages before the poison, committed once each; log:\n{}",
+        log_of(&file)
+    );
+    drop(out);
+    std::fs::write(&file, &body).expect("pipeline");
+    let mut p = common::spawn_sluice(&file);
+    let (out, dlq) = readers(&b, &base).await;
+    settled(&out, &dlq, n, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    p.signal("TERM");
+    assert_eq!(p.wait_timeout(Duration::from_secs(30)), Some(0));
+    let (out, dlq) = readers(&b, &base).await;
+    let got_out = out.wait(n, Duration::from_secs(10)).await;
+    let got_dlq = dlq.wait(1, Duration::from_secs(5)).await;
+    let c = count(&sent, &got_out, &got_dlq);
+    assert!(
+        c.lost.is_empty(),
+        "lost {:?}; log:\n{}",
+        c.lost,
+        log_of(&file)
+    );
+    assert_eq!(c.dup, 0, "duplicates; log:\n{}", log_of(&file));
+    assert_eq!(got_dlq.len(), 1, "the poison dead-lettered once");
+    assert_eq!(c.misrouted, 0);
+}
