@@ -375,3 +375,87 @@ async fn exactly_once_across_a_stop_noida() {
     assert_eq!(got_dlq.len(), 1, "the poison dead-lettered once");
     assert_eq!(c.misrouted, 0);
 }
+
+/// Rebalances, exactly once: a second instance (its own `transactional_id`)
+/// joins mid-stream, then the first leaves (SIGTERM) mid-stream; before each
+/// revoke the transaction is committed or aborted, and a `read_committed`
+/// reader counts every message once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_across_rebalances_noida() {
+    let b = KafkaBroker::start(Kind::Noida);
+    let base = common::unique("eos-rebal");
+    b.create_topic(&format!("{base}-in"), 4).await;
+    for t in ["out", "dlq"] {
+        b.create_topic(&format!("{base}-{t}"), 1).await;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = pipeline(dir.path(), &b, &base, "exactly-once");
+    let body = std::fs::read_to_string(&file).expect("pipeline");
+    let file_b = dir.path().join(format!("{base}-b.toml"));
+    std::fs::write(
+        &file_b,
+        body.replace(
+            "delivery = \"exactly-once\"\n",
+            &format!("delivery = \"exactly-once\"\ntransactional_id = \"{base}-b\"\n"),
+        ),
+    )
+    .expect("pipeline b");
+    let sent = messages();
+    b.produce(&format!("{base}-in"), None, &sent).await;
+    let (out, dlq) = readers(&b, &base).await;
+    let mut a = common::spawn_sluice(&file);
+    let first = settled(&out, &dlq, N / 5, Duration::from_secs(60))
+        .await
+        .len();
+    let mut second = common::spawn_sluice(&file_b);
+    let joined = settled(&out, &dlq, N / 2, Duration::from_secs(90))
+        .await
+        .len();
+    a.signal("TERM");
+    assert_eq!(
+        a.wait_timeout(Duration::from_secs(30)),
+        Some(0),
+        "a leaves cleanly; log:\n{}",
+        log_of(&file)
+    );
+    settled(&out, &dlq, N, Duration::from_secs(120)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    second.signal("TERM");
+    assert_eq!(
+        second.wait_timeout(Duration::from_secs(30)),
+        Some(0),
+        "b leaves cleanly; log:\n{}",
+        log_of(&file_b)
+    );
+    drop((out, dlq));
+    let (out, dlq) = readers(&b, &base).await;
+    let got_out = out.wait(N, Duration::from_secs(10)).await;
+    let got_dlq = dlq.wait(N / POISON_EVERY, Duration::from_secs(5)).await;
+    let c = count(&sent, &got_out, &got_dlq);
+    let logs = format!("a:\n{}\nb:\n{}", log_of(&file), log_of(&file_b));
+    for (who, f) in [("a", &file), ("b", &file_b)] {
+        let text = std::fs::read_to_string(f.with_extension("log")).unwrap_or_default();
+        for l in text
+            .lines()
+            .filter(|l| l.contains("revoked") || l.contains("assigned") || l.contains("abort"))
+        {
+            eprintln!("[rebalance] {who}: {l}");
+        }
+    }
+    eprintln!(
+        "[rebalance] out before b joined {first}, before a left {joined}; delivered={} dead={} dup={} lost={}",
+        got_out.len(),
+        got_dlq.len(),
+        c.dup,
+        c.lost.len()
+    );
+    assert!(joined < N, "a must leave mid-stream ({joined} of {N} out)");
+    assert!(
+        c.lost.is_empty(),
+        "lost {}: {:?}; {logs}",
+        c.lost.len(),
+        &c.lost[..c.lost.len().min(5)]
+    );
+    assert_eq!(c.dup, 0, "duplicates; {logs}");
+    assert_eq!(c.misrouted, 0);
+}
