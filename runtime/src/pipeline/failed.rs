@@ -156,6 +156,11 @@ async fn process(
                     }
                     Err(e) => e,
                 };
+                if e.abandoned {
+                    // Its transaction was aborted: read again, as above.
+                    hand_back(sh, handle).await;
+                    return Ok(());
+                }
                 match sh.policy.on_dead_letter_failure(e.class, msg.attempt) {
                     Decision::Redeliver(delay) => {
                         if e.broker_full {

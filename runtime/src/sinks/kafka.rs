@@ -111,13 +111,13 @@ pub fn open_transactional(cfg: &KafkaSinkConfig, txn: Arc<Txn>) -> anyhow::Resul
     if let Some(p) = problems.first() {
         anyhow::bail!("kafka sink: {p}");
     }
-    let ctx = ProducerCtx::new("");
-    let config = ClientConfig::new();
+    // The slot is not used: records go through the transaction's producer,
+    // which the transaction replaces itself after a fatal error.
     Ok(KafkaSink {
         slot: Arc::new(ProducerSlot {
             producer: Mutex::new(txn.producer()),
-            config,
-            ctx,
+            config: ClientConfig::new(),
+            ctx: ProducerCtx::new(""),
         }),
         topic: cfg.topic.as_deref().map(Arc::from),
         timeout: cfg.timeout.0,

@@ -26,6 +26,13 @@
 //! cannot "nak", and since the source still holds the message no seek is
 //! needed.
 //!
+//! # Exactly once
+//!
+//! With `delivery = "exactly-once"` nothing is committed as above: the
+//! offsets go into the pipeline's Kafka transaction with the outputs and
+//! dead letters of the same messages (`exactly_once`: the drain before each
+//! commit, the abort and rewind, the stale deliveries of an aborted one).
+//!
 //! # Backpressure
 //!
 //! When `max_in_flight` messages are received and unsettled, intake holds
