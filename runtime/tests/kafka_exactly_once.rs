@@ -438,10 +438,12 @@ async fn exactly_once_across_rebalances_noida() {
     let logs = format!("a:\n{}\nb:\n{}", log_of(&file), log_of(&file_b));
     for (who, f) in [("a", &file), ("b", &file_b)] {
         let text = std::fs::read_to_string(f.with_extension("log")).unwrap_or_default();
-        for l in text
-            .lines()
-            .filter(|l| l.contains("revoked") || l.contains("assigned") || l.contains("abort"))
-        {
+        for l in text.lines().filter(|l| {
+            l.contains("revoked")
+                || l.contains("assigned")
+                || l.contains("abort")
+                || l.contains("committed")
+        }) {
             eprintln!("[rebalance] {who}: {l}");
         }
     }

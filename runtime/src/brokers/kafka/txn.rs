@@ -233,6 +233,8 @@ impl Txn {
     /// old one left open).
     pub fn abort(&self) -> Result<(), TxnError> {
         let p = self.producer();
+        // The records the abort purges fail: they must not break it again.
+        self.lock().broken.get_or_insert_with(|| "aborting".into());
         if self.lock().open
             && let Err(e) = p.abort_transaction(CALL_TIMEOUT)
         {

@@ -180,6 +180,8 @@ pub(super) fn finish<C: Consumer<Ctx>>(
     if let Some(positions) = positions {
         match txn.commit(&tpl_of(&positions), consumer.group_metadata().as_ref()) {
             Ok(()) => {
+                tracing::debug!(pipeline = %shared.pipeline, partitions = positions.len(),
+                    "kafka source: transaction committed");
                 let mut st = shared.lock();
                 st.tracker.committed_ok(&positions);
                 st.draining_since = None;
