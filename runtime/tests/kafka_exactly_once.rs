@@ -415,12 +415,13 @@ async fn exactly_once_across_rebalances_noida() {
     assert_eq!(
         a.wait_timeout(Duration::from_secs(30)),
         Some(0),
-        "a leaves cleanly;
-    // Readers that lived through the rebalances stopped seeing new records
-    // at times (seen here): fresh ones, reading from the start.
-    (out, dlq) = readers(&b, &base).await; log:\n{}",
+        "a leaves cleanly; log:\n{}",
         log_of(&file)
     );
+    // Readers that lived through the rebalances stopped seeing new records
+    // at times (seen here): fresh ones, reading from the start.
+    drop((out, dlq));
+    (out, dlq) = readers(&b, &base).await;
     settled(&out, &dlq, N, Duration::from_secs(120)).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     second.signal("TERM");
