@@ -401,7 +401,12 @@ async fn exactly_once_across_rebalances_noida() {
     )
     .expect("pipeline b");
     let sent = messages();
-    b.produce(&format!("{base}-in"), None, &sent).await;
+    // A quarter to each partition, so that both members have work
+    // (keyless records may all land in one partition otherwise).
+    for (part, chunk) in sent.chunks(N / 4).enumerate() {
+        b.produce(&format!("{base}-in"), Some(part as i32), chunk)
+            .await;
+    }
     let (mut out, mut dlq) = readers(&b, &base).await;
     let mut a = common::spawn_sluice(&file);
     let first = settled(&out, &dlq, N / 5, Duration::from_secs(60))
