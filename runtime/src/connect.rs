@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
+use crate::brokers::kafka::txn::Txn;
+use crate::config::kafka::KafkaSinkConfig;
 use crate::config::{FileSinkFormat, PipelineConfig, SinkConfig, SourceConfig};
 use crate::engine::{Engine, Plugin, PluginSpec};
 use crate::files::SyncTarget;
@@ -32,7 +34,51 @@ pub async fn open_sink(
     dead_letter: bool,
     pipeline: &str,
 ) -> anyhow::Result<Arc<dyn Sink>> {
-    open_sink_syncing(cfg, dead_letter, pipeline, None).await
+    open_sink_syncing(cfg, dead_letter, pipeline, None, None).await
+}
+
+/// The transaction of a `delivery = "exactly-once"` kafka source: one
+/// producer with the settings of the first kafka sink (validation made them
+/// all alike), or of the source's cluster when there is none.
+async fn open_txn(cfg: &PipelineConfig) -> anyhow::Result<Option<Arc<Txn>>> {
+    let SourceConfig::Kafka(src) = &cfg.source else {
+        return Ok(None);
+    };
+    if !src.exactly_once() {
+        return Ok(None);
+    }
+    let sink = cfg
+        .sink
+        .iter()
+        .chain(cfg.sinks.values())
+        .chain(cfg.dead_letter.iter())
+        .find_map(|s| match s {
+            SinkConfig::Kafka(k) => Some(k.clone()),
+            _ => None,
+        });
+    let sink = match sink {
+        Some(k) => k,
+        None => {
+            let mut k: KafkaSinkConfig = toml::from_str(&format!("brokers = {:?}", src.brokers))
+                .context("kafka: the transactional producer's settings")?;
+            k.security = src.security.clone();
+            k
+        }
+    };
+    let mut c = crate::sinks::kafka::producer_config(&sink, &cfg.name)?;
+    let timeout = src.transaction_timeout.0;
+    // librdkafka requires a record's timeout within the transaction's.
+    let message_timeout = sink.timeout.0.min(timeout);
+    c.set("transactional.id", src.transactional_id_for(&cfg.name))
+        .set("transaction.timeout.ms", timeout.as_millis().to_string())
+        .set(
+            "message.timeout.ms",
+            message_timeout.as_millis().to_string(),
+        );
+    Txn::open(c, &cfg.name)
+        .await
+        .map(Some)
+        .with_context(|| format!("pipeline {}: opening the kafka transaction", cfg.name))
 }
 
 /// [`open_sink`]; a `file` sink with `fsync = true` hands its syncing to
@@ -43,8 +89,12 @@ async fn open_sink_syncing(
     dead_letter: bool,
     pipeline: &str,
     defer: Option<&mut Vec<SyncTarget>>,
+    txn: Option<&Arc<Txn>>,
 ) -> anyhow::Result<Arc<dyn Sink>> {
     use crate::sinks::{jetstream, kafka, mqtt, nats};
+    if let (SinkConfig::Kafka(c), Some(t)) = (cfg, txn) {
+        return Ok(Arc::new(kafka::open_transactional(c, t.clone())?));
+    }
     Ok(match cfg {
         SinkConfig::File(f) => {
             let format = if dead_letter {
@@ -81,23 +131,24 @@ pub async fn build_with_plugin(cfg: &PipelineConfig, plugin: Plugin) -> anyhow::
         SourceConfig::File(f) if f.path != std::path::Path::new("-") => Some(&mut sync),
         _ => None,
     };
+    let txn = open_txn(cfg).await?;
     let mut sinks = Sinks::default();
     if let Some(s) = &cfg.sink {
         sinks.default = Some(
-            open_sink_syncing(s, false, name, defer.as_deref_mut())
+            open_sink_syncing(s, false, name, defer.as_deref_mut(), txn.as_ref())
                 .await
                 .with_context(|| format!("pipeline {name}: opening [sink]"))?,
         );
     }
     for (sink_name, s) in &cfg.sinks {
-        let sink = open_sink_syncing(s, false, name, defer.as_deref_mut())
+        let sink = open_sink_syncing(s, false, name, defer.as_deref_mut(), txn.as_ref())
             .await
             .with_context(|| format!("pipeline {name}: opening [sinks.{sink_name}]"))?;
         sinks.named.insert(sink_name.clone(), sink);
     }
     let dead_letter = match &cfg.dead_letter {
         Some(s) => Some(
-            open_sink_syncing(s, true, name, defer)
+            open_sink_syncing(s, true, name, defer, txn.as_ref())
                 .await
                 .with_context(|| format!("pipeline {name}: opening [dead_letter]"))?,
         ),
@@ -106,6 +157,11 @@ pub async fn build_with_plugin(cfg: &PipelineConfig, plugin: Plugin) -> anyhow::
     let source: Box<dyn Source> = match &cfg.source {
         SourceConfig::File(f) => Box::new(
             crate::sources::file::open_with(f, sync)
+                .with_context(|| format!("pipeline {name}: opening [source]"))?,
+        ),
+        SourceConfig::Kafka(k) if txn.is_some() => Box::new(
+            crate::sources::kafka::open_with(k, name, txn.clone())
+                .await
                 .with_context(|| format!("pipeline {name}: opening [source]"))?,
         ),
         other => open_source(other, name)

@@ -85,6 +85,10 @@ pub struct Failure {
     /// account at its limits, its store out of space): a `sink` failure
     /// that `/metrics` counts on its own (`sluice_broker_full_total`).
     pub broker_full: bool,
+    /// The Kafka transaction this message's outputs went into was aborted
+    /// (`delivery = "exactly-once"`): the source reads the message again from
+    /// the last committed offset, so this copy is handed back, not retried.
+    pub abandoned: bool,
 }
 
 impl Failure {
@@ -93,6 +97,15 @@ impl Failure {
             class,
             message: message.into(),
             broker_full: false,
+            abandoned: false,
+        }
+    }
+
+    /// A message whose transaction was aborted: see [`Failure::abandoned`].
+    pub fn abandoned(message: impl Into<String>) -> Self {
+        Failure {
+            abandoned: true,
+            ..Failure::new(FailureClass::Sink, message)
         }
     }
 

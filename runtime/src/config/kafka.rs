@@ -78,6 +78,27 @@ pub struct KafkaSourceConfig {
     /// TLS and SASL settings. Default: plaintext, no authentication.
     #[serde(default)]
     pub security: KafkaSecurity,
+    /// `at-least-once` (default): offsets are committed once messages are
+    /// settled; a crash repeats what settled since the last commit.
+    /// `exactly-once`: every sink (outputs and dead letter) must be `kafka` on
+    /// this cluster; each batch of messages, their outputs, their dead-letter
+    /// records and the consumer offsets are written in one Kafka transaction,
+    /// every `commit_interval`. Consumers that read the outputs with
+    /// `isolation.level = read_committed` see each output once.
+    #[serde(default)]
+    pub delivery: KafkaDelivery,
+    /// `exactly-once` only: the producer's `transactional.id`, the same
+    /// across restarts of this instance, so that a restarted instance fences
+    /// the old one (and aborts what it left open). Instances sharing the
+    /// group need one each (e.g. `"orders-${HOSTNAME}"`). Default:
+    /// `sluice-<group>-<pipeline name>`.
+    #[serde(default)]
+    pub transactional_id: Option<String>,
+    /// `exactly-once` only: `transaction.timeout.ms`, how long a transaction
+    /// may stay open before the broker aborts it. It must cover
+    /// `commit_interval` plus the retries of the slowest message in it.
+    #[serde(default = "default_transaction_timeout")]
+    pub transaction_timeout: Dur,
     /// Raw librdkafka consumer options (`"fetch.wait.max.ms" = 100`), passed
     /// through after Sluice's own. Options that would break the delivery rules
     /// (`enable.auto.commit`, `enable.auto.offset.store`), that have a key of
@@ -112,6 +133,17 @@ pub struct KafkaSinkConfig {
     /// of their own here, or that hold a secret are refused.
     #[serde(default)]
     pub options: BTreeMap<String, OptionValue>,
+}
+
+/// What a crash may repeat: see [`KafkaSourceConfig::delivery`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum KafkaDelivery {
+    /// Offsets committed after settling: a crash repeats a bounded window.
+    #[default]
+    AtLeastOnce,
+    /// Outputs, dead letters and offsets in one transaction per batch.
+    ExactlyOnce,
 }
 
 /// Where a consumer group without a committed offset starts.
@@ -219,6 +251,10 @@ fn default_max_in_flight() -> usize {
     1000
 }
 
+fn default_transaction_timeout() -> Dur {
+    Dur(Duration::from_secs(60))
+}
+
 fn default_session_timeout() -> Dur {
     Dur(Duration::from_secs(10))
 }
@@ -280,6 +316,11 @@ const SOURCE_REFUSED: &[(&str, &str, Option<&str>)] = &[
 /// Producer options Sluice sets itself or that would weaken delivery.
 const SINK_REFUSED: &[(&str, &str, Option<&str>)] = &[
     (
+        "transactional.id",
+        "set `delivery = \"exactly-once\"` and `transactional_id` in the kafka [source]",
+        None,
+    ),
+    (
         "enable.idempotence",
         "the sink is an idempotent producer, so retries never duplicate or reorder",
         Some("true"),
@@ -296,11 +337,6 @@ const SINK_REFUSED: &[(&str, &str, Option<&str>)] = &[
     ),
     ("message.timeout.ms", "use the `timeout` key", None),
     ("delivery.timeout.ms", "use the `timeout` key", None),
-    (
-        "transactional.id",
-        "the sink does not use transactions",
-        None,
-    ),
 ];
 
 /// Options common to both that have a key of their own here.
@@ -465,6 +501,19 @@ fn check_options(
 }
 
 impl KafkaSourceConfig {
+    /// Whether outputs and offsets are written in transactions.
+    pub fn exactly_once(&self) -> bool {
+        self.delivery == KafkaDelivery::ExactlyOnce
+    }
+
+    /// The `transactional.id` of this instance (see `transactional_id`).
+    pub fn transactional_id_for(&self, pipeline: &str) -> String {
+        match &self.transactional_id {
+            Some(id) => id.clone(),
+            None => format!("sluice-{}-{pipeline}", self.group),
+        }
+    }
+
     /// Problems librdkafka would otherwise report at run time, as
     /// `(key under the table, what is wrong and what is expected)`.
     pub fn validate(&self) -> Vec<Problem> {
@@ -505,6 +554,27 @@ impl KafkaSourceConfig {
                 "session_timeout".into(),
                 "must be between \"1s\" and \"1h\" (brokers usually require at least \"6s\")"
                     .into(),
+            ));
+        }
+        let tt = self.transaction_timeout.0;
+        if tt < Duration::from_secs(1) || tt > Duration::from_secs(15 * 60) {
+            errs.push(Problem::new(
+                "transaction_timeout".into(),
+                "must be between \"1s\" and \"15m\" (Kafka's default transaction.max.timeout.ms)"
+                    .into(),
+            ));
+        } else if self.delivery == KafkaDelivery::ExactlyOnce && tt <= self.commit_interval.0 {
+            errs.push(Problem::new(
+                "transaction_timeout".into(),
+                "must be longer than commit_interval: a transaction stays open that long".into(),
+            ));
+        }
+        if let Some(id) = &self.transactional_id
+            && (id.trim().is_empty() || id.len() > 249)
+        {
+            errs.push(Problem::new(
+                "transactional_id".into(),
+                "must be 1 to 249 characters".into(),
             ));
         }
         check_security(&self.security, &mut errs);

@@ -476,3 +476,94 @@ fn a_client_certificate_without_its_key_names_the_missing_key() {
         .contains(&"sinks.out.tls.key_file".to_string())
     );
 }
+
+/// `delivery = "exactly-once"` is refused, with the key and line of each
+/// reason, when something the pipeline writes cannot join the transaction.
+#[test]
+fn exactly_once_needs_every_sink_on_the_source_cluster() {
+    let kafka = |delivery: &str, tail: &str| {
+        format!(
+            r#"name = "t"
+
+[source]
+type = "kafka"
+brokers = ["k1:9092"]
+topics = ["in"]
+group = "g"
+{delivery}
+
+[handler]
+plugin = "echo.wasm"
+
+[sink]
+type = "kafka"
+brokers = ["k1:9092"]
+topic = "out"
+{tail}"#
+        )
+    };
+    let ok = kafka(
+        "delivery = \"exactly-once\"",
+        "\n[dead_letter]\ntype = \"kafka\"\nbrokers = \"k1:9092\"\ntopic = \"dlq\"\n",
+    );
+    assert_eq!(errors(&ok), vec![], "one cluster: accepted");
+    let c = parse_str(&ok).expect("valid");
+    match &c.source {
+        SourceConfig::Kafka(k) => {
+            assert!(k.exactly_once());
+            assert_eq!(k.transactional_id_for("t"), "sluice-g-t");
+        }
+        _ => panic!("kafka source"),
+    }
+    // The same file at least once takes any dead letter.
+    let file_dlq = "\n[dead_letter]\ntype = \"file\"\npath = \"dead.jsonl\"\n";
+    assert_eq!(errors(&kafka("", file_dlq)), vec![]);
+    let refused = errors(&kafka("delivery = \"exactly-once\"", file_dlq));
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    let (line, key, msg) = &refused[0];
+    assert_eq!(key.as_deref(), Some("dead_letter.type"));
+    assert_eq!(*line, Some(19), "the line of the dead letter's type");
+    assert!(
+        msg.contains("exactly-once") && msg.contains("cannot join the transaction"),
+        "{msg}"
+    );
+    // Another cluster, other options, and [dedup].
+    let other = kafka(
+        "delivery = \"exactly-once\"",
+        "\n[dead_letter]\ntype = \"kafka\"\nbrokers = \"k1:9092\"\ntopic = \"dlq\"\n\n[sinks.audit]\ntype = \"kafka\"\nbrokers = [\"k2:9092\"]\ntopic = \"a\"\noptions = { \"linger.ms\" = 5 }\n\n[dedup]\nby = \"key\"\n",
+    );
+    let keys: Vec<String> = errors(&other)
+        .into_iter()
+        .filter_map(|(_, k, _)| k)
+        .collect();
+    assert_eq!(
+        keys,
+        ["sinks.audit.brokers", "sinks.audit.options", "dedup"],
+        "{:?}",
+        errors(&other)
+    );
+    // A transaction timeout shorter than the commit interval.
+    let short = kafka(
+        "delivery = \"exactly-once\"\ncommit_interval = \"10s\"\ntransaction_timeout = \"5s\"",
+        "\n[errors]\nfatal = \"drop\"\ntrap = \"drop\"\nfuel = \"drop\"\nmemory = \"drop\"\nrejected = \"drop\"\ndecode = \"drop\"\nexhausted = \"drop\"\n",
+    );
+    let keys: Vec<String> = errors(&short)
+        .into_iter()
+        .filter_map(|(_, k, _)| k)
+        .collect();
+    assert_eq!(keys, ["source.transaction_timeout"]);
+    // A sink cannot set its own transactional id.
+    let own = kafka(
+        "",
+        "options = { \"transactional.id\" = \"x\" }\n[dead_letter]\ntype = \"file\"\npath = \"d.jsonl\"\n",
+    );
+    let refused = errors(&own);
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    let (_, key, msg) = &refused[0];
+    assert!(
+        key.as_deref()
+            .is_some_and(|k| k.starts_with("sink.options")),
+        "{key:?}"
+    );
+    assert!(msg.starts_with("transactional.id is refused"), "{msg}");
+}

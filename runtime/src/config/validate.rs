@@ -109,6 +109,80 @@ pub(crate) fn validate(d: &mut Diag<'_>, root: &Spanned<DeTable<'_>>, s: &Sectio
     if let Some(dd) = &s.dedup {
         check_dedup(&mut c, dd);
     }
+    if let Some(SourceConfig::Kafka(src)) = &s.source
+        && src.exactly_once()
+    {
+        check_exactly_once(&mut c, src, s);
+    }
+}
+
+/// `delivery = "exactly-once"` holds only when everything the pipeline writes
+/// goes into the source's cluster, through one transactional producer.
+fn check_exactly_once(c: &mut Check, src: &super::kafka::KafkaSourceConfig, s: &Sections) {
+    let why = "`delivery = \"exactly-once\"` in [source]";
+    let sinks = s
+        .sink
+        .iter()
+        .map(|k| (vec!["sink"], k))
+        .chain(s.sinks.iter().map(|(n, k)| (vec!["sinks", n.as_str()], k)))
+        .chain(s.dead_letter.iter().map(|k| (vec!["dead_letter"], k)));
+    let mut first: Option<&super::kafka::KafkaSinkConfig> = None;
+    let same_brokers = |a: &[String], b: &[String]| {
+        let mut a = a.to_vec();
+        let mut b = b.to_vec();
+        a.sort();
+        b.sort();
+        a == b
+    };
+    for (keys, sink) in sinks {
+        let at = |k: &'static str| {
+            let mut p = keys.clone();
+            p.push(k);
+            p
+        };
+        let SinkConfig::Kafka(k) = sink else {
+            c.fail(
+                &at("type"),
+                format!(
+                    "{why} needs every sink, the dead letter too, to be `kafka` on the source's cluster: a write elsewhere cannot join the transaction"
+                ),
+            );
+            continue;
+        };
+        if !same_brokers(&k.brokers, &src.brokers) {
+            c.fail(
+                &at("brokers"),
+                format!(
+                    "{why} needs the source's brokers ({}): a transaction spans one cluster",
+                    src.brokers.join(",")
+                ),
+            );
+        }
+        if k.security != src.security {
+            c.fail(
+                &at("security"),
+                format!("{why} needs the source's `security`: one producer writes for every sink"),
+            );
+        }
+        match first {
+            None => first = Some(k),
+            Some(f) if f.options != k.options || f.timeout != k.timeout => c.fail(
+                &at("options"),
+                format!(
+                    "{why} needs the same `options` and `timeout` in every sink: one producer writes for all of them"
+                ),
+            ),
+            Some(_) => {}
+        }
+    }
+    if s.dedup.is_some() {
+        c.fail(
+            &["dedup"],
+            format!(
+                "{why} re-reads the messages of an aborted transaction; [dedup] would acknowledge them as copies and lose their outputs"
+            ),
+        );
+    }
 }
 
 fn check_name(c: &mut Check, name: &str) {

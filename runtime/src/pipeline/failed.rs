@@ -77,6 +77,13 @@ async fn process(
                 Err(f) => f,
             },
         };
+        if failure.abandoned {
+            // Its transaction was aborted: the source reads it again from the
+            // last committed offset; this copy only has to let go.
+            tracing::debug!(pipeline = %sh.name, topic = %msg.topic, offset = ?msg.offset, "{failure}");
+            hand_back(sh, handle).await;
+            return Ok(());
+        }
         if handle.wants_answer() {
             handle.answer(Answer::Failed(failure.clone()));
         }
@@ -149,6 +156,11 @@ async fn process(
                     }
                     Err(e) => e,
                 };
+                if e.abandoned {
+                    // Its transaction was aborted: read again, as above.
+                    hand_back(sh, handle).await;
+                    return Ok(());
+                }
                 match sh.policy.on_dead_letter_failure(e.class, msg.attempt) {
                     Decision::Redeliver(delay) => {
                         if e.broker_full {

@@ -18,6 +18,11 @@
 //! plain `sink` failure: the same pause, without the label). After a fatal
 //! producer error (the idempotence guarantee can no longer be kept) the
 //! producer is recreated for the next publish.
+//!
+//! With `delivery = "exactly-once"` in the kafka source, every kafka sink of
+//! the pipeline writes through the pipeline's transactional producer
+//! (`brokers::kafka::txn`): records join the open transaction, and a
+//! failed record breaks it (the source aborts and reads the messages again).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,13 +30,13 @@ use std::time::Duration;
 use anyhow::Context as _;
 use futures::future::BoxFuture;
 use rdkafka::ClientConfig;
-use rdkafka::client::ClientContext;
-use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header as KHeader, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 
 use super::{Accepted, Record, Sink};
+use crate::brokers::kafka::ProducerCtx;
+use crate::brokers::kafka::txn::Txn;
 use crate::config::kafka::{KafkaSinkConfig, client_config};
 use crate::failure::{Failure, FailureClass};
 
@@ -43,33 +48,17 @@ pub struct KafkaSink {
     slot: Arc<ProducerSlot>,
     topic: Option<Arc<str>>,
     timeout: Duration,
+    /// The pipeline's transaction (`delivery = "exactly-once"`): records go
+    /// through its producer, and a failure breaks the transaction.
+    txn: Option<Arc<Txn>>,
 }
 
 /// The producer, replaced after a fatal error; shared with the delivery
 /// waits a `send` leaves behind.
 struct ProducerSlot {
-    producer: Mutex<Arc<FutureProducer<SinkCtx>>>,
+    producer: Mutex<Arc<FutureProducer<ProducerCtx>>>,
     config: ClientConfig,
-    ctx: SinkCtx,
-}
-
-/// The producer's callbacks: logs to `tracing`, remembers the last error.
-#[derive(Clone)]
-struct SinkCtx {
-    pipeline: Arc<str>,
-    last_error: Arc<Mutex<Option<String>>>,
-}
-
-impl ClientContext for SinkCtx {
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
-        crate::brokers::kafka::log(&self.pipeline, level, fac, msg);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        let text = format!("{error}: {reason}");
-        tracing::debug!(pipeline = %self.pipeline, "kafka sink: {text}");
-        crate::config::kafka::remember_error(&self.last_error, &error, text);
-    }
+    ctx: ProducerCtx,
 }
 
 /// The class of a produce error: `Rejected` when the broker refuses this very
@@ -94,13 +83,8 @@ pub fn class_of(e: &KafkaError) -> FailureClass {
     }
 }
 
-/// Opens the producer and checks that the brokers answer within
-/// [`OPEN_TIMEOUT`] (a wrong password or address fails here).
-pub async fn open(cfg: &KafkaSinkConfig, pipeline: &str) -> anyhow::Result<KafkaSink> {
-    let problems = cfg.validate();
-    if let Some(p) = problems.first() {
-        anyhow::bail!("kafka sink: {p}");
-    }
+/// The producer's settings for `cfg`.
+pub fn producer_config(cfg: &KafkaSinkConfig, pipeline: &str) -> anyhow::Result<ClientConfig> {
     let client_id = format!("sluice-{pipeline}");
     // `linger.ms` 1 (librdkafka's default is 5): workers keep up to
     // `publish_window` sends waiting for their delivery reports, so a short
@@ -117,11 +101,40 @@ pub async fn open(cfg: &KafkaSinkConfig, pipeline: &str) -> anyhow::Result<Kafka
     c.set("enable.idempotence", "true")
         .set("acks", "all")
         .set("message.timeout.ms", cfg.timeout.0.as_millis().to_string());
-    let ctx = SinkCtx {
-        pipeline: Arc::from(pipeline),
-        last_error: Arc::new(Mutex::new(None)),
-    };
-    let producer: FutureProducer<SinkCtx> = c
+    Ok(c)
+}
+
+/// A sink writing through the pipeline's transaction (`delivery =
+/// "exactly-once"`): its records join the open transaction.
+pub fn open_transactional(cfg: &KafkaSinkConfig, txn: Arc<Txn>) -> anyhow::Result<KafkaSink> {
+    let problems = cfg.validate();
+    if let Some(p) = problems.first() {
+        anyhow::bail!("kafka sink: {p}");
+    }
+    // The slot is not used: records go through the transaction's producer,
+    // which the transaction replaces itself after a fatal error.
+    Ok(KafkaSink {
+        slot: Arc::new(ProducerSlot {
+            producer: Mutex::new(txn.producer()),
+            config: ClientConfig::new(),
+            ctx: ProducerCtx::new(""),
+        }),
+        topic: cfg.topic.as_deref().map(Arc::from),
+        timeout: cfg.timeout.0,
+        txn: Some(txn),
+    })
+}
+
+/// Opens the producer and checks that the brokers answer within
+/// [`OPEN_TIMEOUT`] (a wrong password or address fails here).
+pub async fn open(cfg: &KafkaSinkConfig, pipeline: &str) -> anyhow::Result<KafkaSink> {
+    let problems = cfg.validate();
+    if let Some(p) = problems.first() {
+        anyhow::bail!("kafka sink: {p}");
+    }
+    let c = producer_config(cfg, pipeline)?;
+    let ctx = ProducerCtx::new(pipeline);
+    let producer: FutureProducer<ProducerCtx> = c
         .create_with_context(ctx.clone())
         .context("kafka sink: creating the producer")?;
     let producer = Arc::new(producer);
@@ -152,11 +165,12 @@ pub async fn open(cfg: &KafkaSinkConfig, pipeline: &str) -> anyhow::Result<Kafka
         }),
         topic: cfg.topic.as_deref().map(Arc::from),
         timeout: cfg.timeout.0,
+        txn: None,
     })
 }
 
 impl ProducerSlot {
-    fn producer(&self) -> Arc<FutureProducer<SinkCtx>> {
+    fn producer(&self) -> Arc<FutureProducer<ProducerCtx>> {
         self.producer
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -168,7 +182,7 @@ impl ProducerSlot {
     /// (seen with tansu after a cut connection: every later record of the
     /// producer was refused with PRODUCER_FENCED, and the sink never
     /// delivered again).
-    fn replace_if_fatal(&self, p: &Arc<FutureProducer<SinkCtx>>, fenced: bool) {
+    fn replace_if_fatal(&self, p: &Arc<FutureProducer<ProducerCtx>>, fenced: bool) {
         let why = match p.client().fatal_error() {
             Some((code, why)) => format!("fatal producer error {code:?} ({why})"),
             None if fenced => "the producer was fenced".to_string(),
@@ -192,7 +206,11 @@ impl KafkaSink {
     /// Queues every record with librdkafka (in order) and returns the wait
     /// for their delivery reports.
     async fn send_all(&self, records: &[Record]) -> Result<Accepted, Failure> {
-        let producer = self.slot.producer();
+        let (producer, epoch) = match &self.txn {
+            Some(t) => (t.producer(), Some(t.enter()?)),
+            None => (self.slot.producer(), None),
+        };
+        let txn = self.txn.clone().zip(epoch);
         // Nothing is queued unless every record has a topic.
         if self.topic.is_none() && records.iter().any(|r| r.topic.is_none()) {
             return Err(Failure::new(
@@ -235,8 +253,19 @@ impl KafkaSink {
                     Err((e, back)) => {
                         let full = e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull);
                         if !full || tokio::time::Instant::now() >= deadline {
-                            self.slot.replace_if_fatal(&producer, is_fenced(&e));
-                            return Err(failure(&e, &topic));
+                            let f = failure(&e, &topic);
+                            match &txn {
+                                // A record librdkafka refuses before queueing
+                                // it (too large) leaves the transaction as it
+                                // was: when it is the first of the send,
+                                // nothing of this message is in it, and the
+                                // message can be dead-lettered in it.
+                                Some(_)
+                                    if pending.is_empty() && f.class == FailureClass::Rejected => {}
+                                Some((t, epoch)) => t.fail(*epoch, f.message.clone()),
+                                None => self.slot.replace_if_fatal(&producer, is_fenced(&e)),
+                            }
+                            return Err(f);
                         }
                         record = back;
                         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -270,9 +299,13 @@ impl KafkaSink {
                     first_err.get_or_insert(f);
                 }
             }
-            match first_err {
-                None => Ok(()),
-                Some(f) => {
+            match (first_err, txn) {
+                (None, _) => Ok(()),
+                (Some(f), Some((t, epoch))) => {
+                    t.fail(epoch, f.message.clone());
+                    Err(f)
+                }
+                (Some(f), None) => {
                     slot.replace_if_fatal(&producer, fenced);
                     Err(f)
                 }
@@ -319,7 +352,10 @@ impl Sink for KafkaSink {
 
     fn close(&self) -> BoxFuture<'_, anyhow::Result<()>> {
         Box::pin(async move {
-            let producer = self.slot.producer();
+            let producer = match &self.txn {
+                Some(t) => t.producer(),
+                None => self.slot.producer(),
+            };
             let timeout = self.timeout;
             tokio::task::spawn_blocking(move || producer.flush(timeout))
                 .await?

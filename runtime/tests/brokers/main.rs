@@ -14,6 +14,7 @@ mod conformance_mqtt;
 mod conformance_nats;
 mod jetstream_delivery;
 mod kafka_delivery;
+mod kafka_exactly_once;
 mod kafka_readiness;
 mod mqtt_delivery;
 mod nats_core;

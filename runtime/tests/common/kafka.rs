@@ -374,10 +374,16 @@ impl KafkaBroker {
     }
 
     /// Starts reading every partition of `topic` from the beginning in the
-    /// background (no group, no commits).
+    /// background (no group, no commits), committed records only.
     pub async fn collect(&self, topic: &str) -> KafkaCollector {
+        self.collect_with(topic, "read_committed").await
+    }
+
+    /// [`KafkaBroker::collect`] at `isolation.level` `isolation`.
+    pub async fn collect_with(&self, topic: &str, isolation: &str) -> KafkaCollector {
         let consumer: StreamConsumer = self
             .config()
+            .set("isolation.level", isolation)
             .set("group.id", format!("collector-{topic}"))
             .set("enable.auto.commit", "false")
             .set("fetch.wait.max.ms", "100")

@@ -108,6 +108,39 @@ impl ConsumerContext for Ctx {
         let Rebalance::Revoke(tpl) = rebalance else {
             return;
         };
+        if self.shared.txn.is_some() && self.shared.lock().closed {
+            // Closed: `close` ended the last transaction.
+            self.shared.revoke(&tps_of(tpl));
+            return;
+        }
+        if let Some(txn) = &self.shared.txn {
+            // Exactly-once: the transaction is committed when nothing is
+            // handed out, else aborted, before the partitions go; an offset
+            // commit outside it would not be exact.
+            let leaving = tps_of(tpl);
+            let abort = {
+                let mut st = self.shared.lock();
+                st.committing = true;
+                st.handed_out > 0
+                    || st.redeliveries.next_due().is_some()
+                    || consumer.assignment_lost()
+            };
+            tracing::info!(pipeline = %self.shared.pipeline(), partitions = tpl.count(),
+                "kafka source: partitions revoked; {} the transaction", if abort { "aborting" } else { "committing" });
+            let r = super::exactly_once::finish(consumer, &self.shared, txn, abort, &leaving);
+            self.shared.lock().committing = false;
+            match r {
+                Ok(()) => {}
+                Err(e @ super::TxnError::Fenced(_)) => {
+                    tracing::error!(pipeline = %self.shared.pipeline(), "kafka source: {e}");
+                    self.shared.fail(e.to_string());
+                }
+                // The poll task tries the abort again.
+                Err(e) => txn.force_abort(e.to_string()),
+            }
+            self.shared.revoke(&leaving);
+            return;
+        }
         let commits = self.shared.revoke(&tps_of(tpl));
         tracing::info!(pipeline = %self.shared.pipeline(), partitions = tpl.count(),
             "kafka source: partitions revoked; committing their settled positions");

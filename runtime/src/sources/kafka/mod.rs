@@ -26,6 +26,13 @@
 //! cannot "nak", and since the source still holds the message no seek is
 //! needed.
 //!
+//! # Exactly once
+//!
+//! With `delivery = "exactly-once"` nothing is committed as above: the
+//! offsets go into the pipeline's Kafka transaction with the outputs and
+//! dead letters of the same messages (`exactly_once`: the drain before each
+//! commit, the abort and rewind, the stale deliveries of an aborted one).
+//!
 //! # Backpressure
 //!
 //! When `max_in_flight` messages are received and unsettled, intake holds
@@ -36,6 +43,7 @@
 //! [`Source::pause`] (circuit breaker) pauses them too. Polling never stops.
 
 mod context;
+mod exactly_once;
 pub mod tracker;
 
 use std::collections::{HashSet, VecDeque};
@@ -56,6 +64,7 @@ use tokio::time::Instant;
 
 use super::delayed::Delayed;
 use super::{Delivery, Settle, Settlement, Source, SourceError};
+use crate::brokers::kafka::txn::{Txn, TxnError};
 use crate::config::kafka::{KafkaSourceConfig, KafkaStart, client_config};
 use crate::message::{Header, Message};
 use crate::stats::{LagGauge, SourceHealth};
@@ -104,6 +113,12 @@ pub(crate) struct Shared {
     /// `session.timeout.ms`: how long the member may hold no partition
     /// before it says so.
     session_timeout: Duration,
+    /// The pipeline's transaction (`delivery = "exactly-once"`): offsets go
+    /// into it instead of being committed (see `exactly_once`).
+    txn: Option<Arc<Txn>>,
+    /// Exactly-once: how long a drain may wait for messages handed out
+    /// before the transaction is aborted instead (half the transaction timeout).
+    drain_limit: Duration,
 }
 
 #[derive(Default)]
@@ -130,6 +145,18 @@ pub(crate) struct State {
     ever_assigned: bool,
     /// The time without partitions past the session timeout was logged.
     warned_unassigned: bool,
+    /// Exactly-once: messages handed out (by `next`) and not settled.
+    handed_out: usize,
+    /// Exactly-once: aborts so far; a settle handle carries the count of its
+    /// hand-out, so a stale one (handed out before an abort) is told apart.
+    rewinds: u64,
+    /// Exactly-once: since when the source holds new messages back so that
+    /// the transaction can be committed.
+    draining_since: Option<Instant>,
+    /// Exactly-once: a commit or abort is under way; nothing is handed out.
+    committing: bool,
+    /// Exactly-once: a failed abort is tried again from then.
+    retry_at: Option<Instant>,
 }
 
 struct Queued {
@@ -264,6 +291,16 @@ pub(crate) fn tpl_of(positions: &[(Tp, i64)]) -> TopicPartitionList {
 /// Opens the consumer, checks that the brokers answer (a wrong password or
 /// an unreachable cluster fails here, within [`OPEN_TIMEOUT`]) and subscribes.
 pub async fn open(cfg: &KafkaSourceConfig, pipeline: &str) -> anyhow::Result<KafkaSource> {
+    open_with(cfg, pipeline, None).await
+}
+
+/// [`open`]; with `txn`, offsets are committed in the pipeline's transaction
+/// (`delivery = "exactly-once"`, see `exactly_once`).
+pub async fn open_with(
+    cfg: &KafkaSourceConfig,
+    pipeline: &str,
+    txn: Option<Arc<Txn>>,
+) -> anyhow::Result<KafkaSource> {
     let problems = cfg.validate();
     if let Some(p) = problems.first() {
         anyhow::bail!("kafka source: {p}");
@@ -303,6 +340,8 @@ pub async fn open(cfg: &KafkaSourceConfig, pipeline: &str) -> anyhow::Result<Kaf
         lag: std::sync::OnceLock::new(),
         health: std::sync::OnceLock::new(),
         session_timeout: cfg.session_timeout.0,
+        txn,
+        drain_limit: cfg.transaction_timeout.0 / 2,
     });
     shared.lock().unassigned_since = Some(Instant::now());
     let ctx = Ctx::new(shared.clone());
@@ -374,6 +413,10 @@ async fn poll_task(
     let mut topic: Option<Arc<str>> = None;
     loop {
         apply_pause(&consumer, &shared);
+        let drain_deadline = match &shared.txn {
+            Some(txn) => exactly_once::step(&consumer, &shared, txn).await,
+            None => None,
+        };
         // Full but not (yet) paused: take nothing more, and look again when
         // the hold would turn into a pause.
         let (holding, pause_at, room) = {
@@ -405,6 +448,8 @@ async fn poll_task(
                 shared.check_assignment(&mut shared.lock());
             }
             _ = tokio::time::sleep_until(pause_at), if holding => {}
+            _ = exactly_once::broken(&shared) => {}
+            _ = tokio::time::sleep_until(drain_deadline.unwrap_or_else(Instant::now)), if drain_deadline.is_some() => {}
             r = stream.next(), if !holding => {
                 let mut next = r;
                 // The first record, then whatever librdkafka already holds,
@@ -569,8 +614,13 @@ fn commit_every(max_in_flight: usize) -> usize {
     (max_in_flight / 2).max(1)
 }
 
-/// Commits every position that moved.
+/// Commits every position that moved (exactly-once: starts a drain for
+/// the transaction's commit instead).
 fn commit(consumer: &StreamConsumer<Ctx>, shared: &Shared, mode: CommitMode) {
+    if let Some(txn) = &shared.txn {
+        exactly_once::request(shared, txn);
+        return;
+    }
     let positions = shared.lock().tracker.to_commit();
     if positions.is_empty() {
         return;
@@ -637,6 +687,10 @@ impl Source for KafkaSource {
                 return;
             };
             apply_pause(&consumer, &self.shared);
+            if self.shared.txn.is_some() {
+                exactly_once::close(consumer, self.shared.clone(), COMMIT_TIMEOUT).await;
+                return;
+            }
             // Commit everything settled, synchronously.
             let shared = self.shared.clone();
             let done = tokio::task::spawn_blocking(move || {
@@ -669,6 +723,13 @@ impl KafkaSource {
         if st.closed {
             return Ok(Ok(None));
         }
+        let gate = match &self.shared.txn {
+            Some(txn) => exactly_once::gate(&st, txn),
+            None => exactly_once::Gate::All,
+        };
+        if gate == exactly_once::Gate::Nothing {
+            return Err(None);
+        }
         let now = Instant::now();
         let mut item = None;
         while let Some(q) = st.redeliveries.pop_due(now) {
@@ -677,21 +738,28 @@ impl KafkaSource {
                 break;
             }
         }
-        if item.is_none() {
+        if item.is_none() && gate == exactly_once::Gate::All {
             item = st.queue.pop_front();
         }
         match item {
-            Some(q) => Ok(Ok(Some(self.delivery(q)))),
+            Some(q) => {
+                if self.shared.txn.is_some() {
+                    st.handed_out += 1;
+                }
+                let rewinds = st.rewinds;
+                Ok(Ok(Some(self.delivery(q, rewinds))))
+            }
             None => Err(st.redeliveries.next_due()),
         }
     }
 
-    fn delivery(&self, q: Queued) -> Delivery {
+    fn delivery(&self, q: Queued, rewinds: u64) -> Delivery {
         let handle = KafkaSettle {
             shared: self.shared.clone(),
             tp: q.tp,
             generation: q.generation,
-            message: q.message.clone(),
+            rewinds,
+            message: Some(q.message.clone()),
         };
         Delivery::new(q.message, Box::new(handle))
     }
@@ -720,20 +788,31 @@ struct KafkaSettle {
     shared: Arc<Shared>,
     tp: Tp,
     generation: u64,
-    message: Message,
+    /// `State::rewinds` when it was handed out (exactly-once).
+    rewinds: u64,
+    /// `None` once settled.
+    message: Option<Message>,
 }
 
 impl Settle for KafkaSettle {
-    fn settle(self: Box<Self>, how: Settlement) -> BoxFuture<'static, anyhow::Result<()>> {
-        let KafkaSettle {
-            shared,
-            tp,
-            generation,
-            mut message,
-        } = *self;
+    fn settle(mut self: Box<Self>, how: Settlement) -> BoxFuture<'static, anyhow::Result<()>> {
+        let mut message = self.message.take();
+        let shared = self.shared.clone();
+        let tp = self.tp.clone();
+        let generation = self.generation;
+        let rewinds = self.rewinds;
         Box::pin(async move {
+            let Some(mut message) = message.take() else {
+                return Ok(());
+            };
             let offset = message.offset.unwrap_or_default();
             let mut st = shared.lock();
+            if let Some(txn) = &shared.txn
+                && !exactly_once::settled(&shared, &mut st, txn, rewinds)
+            {
+                // Handed out before an abort: the message is read again.
+                return Ok(());
+            }
             match how {
                 Settlement::Ack | Settlement::Terminated => {
                     st.tracker.settled(&tp, generation, offset);
@@ -742,7 +821,8 @@ impl Settle for KafkaSettle {
                     // settle cost a task switch per message.
                     let max = shared.max_in_flight;
                     let poke = st.tracker.settled_since_commit() >= commit_every(max)
-                        || (st.full && st.tracker.in_flight() <= resume_at(max));
+                        || (st.full && st.tracker.in_flight() <= resume_at(max))
+                        || (st.draining_since.is_some() && st.handed_out == 0);
                     drop(st);
                     if poke {
                         shared.wake.notify_one();
@@ -766,5 +846,20 @@ impl Settle for KafkaSettle {
             }
             Ok(())
         })
+    }
+}
+
+impl Drop for KafkaSettle {
+    fn drop(&mut self) {
+        // Exactly-once: a delivery dropped unsettled is read again after an
+        // abort (nothing else would bring it back before a restart).
+        if self.message.is_some()
+            && let Some(txn) = &self.shared.txn
+        {
+            let mut st = self.shared.lock();
+            if exactly_once::settled(&self.shared, &mut st, txn, self.rewinds) {
+                txn.force_abort("a delivery was dropped unsettled".into());
+            }
+        }
     }
 }

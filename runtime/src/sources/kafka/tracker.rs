@@ -26,6 +26,12 @@ struct Part {
     next: Option<i64>,
     /// The position last committed (or being committed).
     committed: Option<i64>,
+    /// Where this assignment's reading started, moved by each commit known
+    /// to have succeeded: where an aborted transaction rewinds to.
+    base: Option<i64>,
+    /// The highest offset settled: above the first unsettled one, the
+    /// settled messages are not a contiguous prefix (a gap).
+    max_settled: Option<i64>,
 }
 
 impl Part {
@@ -66,6 +72,8 @@ impl Tracker {
                 outstanding: LowWater::default(),
                 next: None,
                 committed: None,
+                base: None,
+                max_settled: None,
             },
         ) {
             self.in_flight -= old.outstanding.unsettled();
@@ -84,6 +92,7 @@ impl Tracker {
         if p.outstanding.push(offset) {
             self.in_flight += 1;
         }
+        p.base.get_or_insert(offset);
         p.next = Some(p.next.map_or(offset + 1, |n| n.max(offset + 1)));
         p.generation
     }
@@ -103,6 +112,7 @@ impl Tracker {
         {
             // Only the mark matters once they settled.
             p.outstanding.forget_settled();
+            p.max_settled = Some(p.max_settled.map_or(offset, |m| m.max(offset)));
             self.in_flight -= 1;
             self.settled_since_commit += 1;
         }
@@ -143,6 +153,40 @@ impl Tracker {
         {
             p.committed = None;
         }
+    }
+
+    /// Whether some partition has a message settled after one that is not:
+    /// its position would not cover every settled message.
+    pub fn gapped(&self) -> bool {
+        self.parts.values().any(|p| {
+            p.outstanding
+                .first_unsettled()
+                .zip(p.max_settled)
+                .is_some_and(|(first, max)| max > first)
+        })
+    }
+
+    /// These positions were committed for good: an abort rewinds no further back.
+    pub fn committed_ok(&mut self, positions: &[(Tp, i64)]) {
+        for (tp, pos) in positions {
+            if let Some(p) = self.parts.get_mut(tp) {
+                p.base = Some(*pos);
+            }
+        }
+    }
+
+    /// Starts `tp` again from where its last good commit left it (an aborted
+    /// transaction): everything tracked is forgotten under a new generation.
+    /// Returns the offset to seek to, when anything was read since.
+    pub fn rewind(&mut self, tp: &Tp) -> Option<i64> {
+        let p = self.parts.get(tp)?;
+        let read_since = p.next.is_some_and(|n| p.base.is_none_or(|b| n > b));
+        let base = p.base;
+        self.assign(tp.clone());
+        if let Some(p) = self.parts.get_mut(tp) {
+            p.base = base;
+        }
+        base.filter(|_| read_since)
     }
 
     /// Forgets a revoked partition; returns its position to commit, if any.
@@ -214,5 +258,31 @@ mod tests {
         t.settled(&tp(1), g2, 14);
         assert_eq!(t.positions(), vec![(tp(1), 15)]);
         assert_eq!(t.revoke(&tp(2)), None);
+    }
+
+    #[test]
+    fn a_rewind_goes_back_to_the_last_good_commit() {
+        let mut t = Tracker::default();
+        t.assign(tp(0));
+        let g = (10..15).map(|o| t.received(&tp(0), o)).last().unwrap();
+        for o in 10..13 {
+            t.settled(&tp(0), g, o);
+        }
+        assert!(!t.gapped());
+        let pos = t.to_commit();
+        assert_eq!(pos, vec![(tp(0), 13)]);
+        t.committed_ok(&pos);
+        t.received(&tp(0), 15);
+        // 14 settles before 13: a gap.
+        t.settled(&tp(0), g, 14);
+        assert!(t.gapped());
+        assert_eq!(t.rewind(&tp(0)), Some(13), "back to the commit, not to 10");
+        assert_eq!(t.in_flight(), 0);
+        assert!(!t.gapped());
+        assert_eq!(t.rewind(&tp(0)), None, "nothing read since: no seek");
+        // Without a commit, back to the first offset read.
+        t.assign(tp(1));
+        t.received(&tp(1), 7);
+        assert_eq!(t.rewind(&tp(1)), Some(7));
     }
 }
