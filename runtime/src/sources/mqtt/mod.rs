@@ -24,6 +24,17 @@
 //!   failover to another broker), they are handed out, and so are old
 //!   messages the pipeline re-queues: without a session nothing can be acked,
 //!   and the broker no longer has them.
+//! * **QoS 2, exactly once.** A resumed session brings again every QoS 2
+//!   message whose PUBREC the broker did not get, and the PUBREL of every
+//!   one whose PUBREC it did. The source keeps the packet ids of the
+//!   session's settled QoS 2 messages until their PUBREL: a copy of one of
+//!   them is acknowledged again, not handed out, so a settled message is
+//!   handled once. A PUBREL the client does not know (its PUBREC went out on
+//!   an earlier connection or process) is answered with PUBCOMP
+//!   (`vendor/rumqttc/SLUICE.md`). Only a message still being handled when
+//!   the connection went can come out twice: its copy arrives before it is
+//!   settled. The packet ids are kept in memory: a restarted process
+//!   handles such copies again.
 //! * **Persistent session.** `clean_session = false` (default) keeps the
 //!   subscriptions and the QoS 1/2 messages published while Sluice is away
 //!   (MQTT 5: for `session_expiry`). Mosquitto queues at most
@@ -32,8 +43,11 @@
 //! * **Backpressure.** At most `max_in_flight` QoS 1/2 messages are
 //!   unacknowledged (MQTT 5 Receive Maximum; on 3.1.1 the broker's own window,
 //!   Mosquitto `max_inflight_messages`): then the broker waits. `pause()` only
-//!   stops handing out; the window does the rest. QoS 0 messages are buffered
-//!   up to `max_in_flight`, then the socket is no longer read.
+//!   stops handing out; the window does the rest. What waits to be handed
+//!   out is bounded here too, whatever the broker does: QoS 0 messages up to
+//!   `max_in_flight`, QoS 1/2 ones up to `max_in_flight` + 1 (only a broker
+//!   that overruns the Receive Maximum gets there; Mosquitto 2.0 does), and
+//!   then the socket is no longer read until the pipeline takes one.
 //!
 //! # Messages
 //!
@@ -223,12 +237,11 @@ async fn run(
                     return;
                 }
             }
+            Ok(Ev::Released(pkid)) => shared.released(pkid),
             Ok(Ev::Publish(p)) => {
-                let qos0 = p.qos == 0;
+                let qos = p.qos;
                 shared.received(p);
-                if qos0 {
-                    shared.wait_for_space().await;
-                }
+                shared.wait_for_room(qos).await;
             }
             Ok(_) => {}
             Err(e) => {

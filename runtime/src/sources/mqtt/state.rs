@@ -1,8 +1,9 @@
 //! The `mqtt` source's shared state: messages waiting to be handed out,
-//! re-queued ones, and the in-order acknowledgement queue of the current
-//! connection. The event-loop task and the settle handles meet here.
+//! re-queued ones, the in-order acknowledgement queue of the current
+//! connection, and the QoS 2 messages settled and not yet released. The
+//! event-loop task and the settle handles meet here.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -22,6 +23,8 @@ pub(crate) struct Received {
     /// Its place in the ack queue; `None` = nothing to ack (QoS 0, or its
     /// connection is gone and the session with it).
     ack: Option<AckRef>,
+    /// A QoS 2 message's packet id, and the session it belongs to.
+    qos2: Option<(u64, u16)>,
     pub(crate) message: Message,
 }
 
@@ -50,6 +53,14 @@ struct State {
     next_id: u64,
     /// Deliveries handed out and not yet settled.
     outstanding: usize,
+    /// The session counter: bumped by every connection that did not resume
+    /// the session (its packet ids start afresh).
+    session: u64,
+    /// Packet ids of this session's QoS 2 messages that were settled and
+    /// whose PUBREL has not come. Until it comes the broker may send the
+    /// same message again (its PUBREC was lost with a connection); such a
+    /// copy is acknowledged, not handled again: exactly once.
+    released_pending: HashSet<u16>,
     fatal: Option<String>,
     closing: bool,
 }
@@ -76,6 +87,8 @@ impl Shared {
                 acks: VecDeque::new(),
                 next_id: 0,
                 outstanding: 0,
+                session: 0,
+                released_pending: HashSet::new(),
                 fatal: None,
                 closing: false,
             }),
@@ -101,7 +114,16 @@ impl Shared {
         if session_present {
             st.ready.retain(from_here);
             st.delayed.retain(from_here);
+        } else {
+            st.session += 1;
+            st.released_pending.clear();
         }
+    }
+
+    /// The broker released a QoS 2 message (PUBREL): its packet id may now
+    /// name a new message.
+    pub(crate) fn released(&self, pkid: u16) {
+        self.lock().released_pending.remove(&pkid);
     }
 
     /// The connection failed: forget what rumqttc would replay, and the acks
@@ -126,6 +148,25 @@ impl Shared {
             .ok()
             .map(|d| d.as_millis() as u64);
         let mut st = self.lock();
+        if st.closing {
+            // Never handed out now: left unacknowledged, for the broker to
+            // send again to the next session.
+            return;
+        }
+        if p.qos == 2 && st.released_pending.contains(&p.pkid) {
+            // Settled already; the broker did not get its PUBREC. Answer in
+            // turn with the acks before it, and hand nothing out.
+            st.next_id += 1;
+            let id = st.next_id;
+            st.acks.push_back(AckSlot {
+                id,
+                pkid: p.pkid,
+                qos: 2,
+                done: true,
+            });
+            self.flush_acks(&mut st);
+            return;
+        }
         let ack = (p.qos > 0).then(|| {
             st.next_id += 1;
             let a = AckRef {
@@ -142,16 +183,39 @@ impl Shared {
             a
         });
         let conn = st.conn;
-        st.ready.push_back(Received { conn, ack, message });
+        let qos2 = (p.qos == 2).then_some((st.session, p.pkid));
+        st.ready.push_back(Received {
+            conn,
+            ack,
+            qos2,
+            message,
+        });
         drop(st);
         self.notify.notify_one();
     }
 
-    /// Waits until fewer than `capacity` messages wait to be handed out.
-    pub(crate) async fn wait_for_space(&self) {
+    /// Waits until the event loop may read on after a message of `qos`:
+    /// QoS 0 messages while fewer than `capacity` wait to be handed out,
+    /// QoS 1/2 ones while at most `capacity` do. A broker that keeps to the
+    /// Receive Maximum never sends more than `capacity` unacknowledged
+    /// messages, so this only holds back one that overruns it (Mosquitto 2.0
+    /// does once the client acknowledges), and the pipeline's pause never
+    /// stops the event loop (its keep-alives) while the broker's window
+    /// bounds what comes.
+    pub(crate) async fn wait_for_room(&self, qos: u8) {
+        let limit = if qos == 0 {
+            self.capacity
+        } else {
+            self.capacity + 1
+        };
         loop {
             let n = self.space.notified();
-            if self.lock().ready.len() < self.capacity {
+            let room = {
+                let st = self.lock();
+                // Closing: read on, to write the acks and the DISCONNECT.
+                st.ready.len() < limit || st.closing
+            };
+            if room {
                 return;
             }
             n.await;
@@ -173,6 +237,7 @@ impl Shared {
     pub(crate) fn begin_close(&self) -> bool {
         let mut st = self.lock();
         st.closing = true;
+        self.space.notify_one();
         if st.outstanding > 0 {
             return false;
         }
@@ -193,7 +258,8 @@ impl Shared {
             Some(r)
         } else {
             let r = st.ready.pop_front();
-            if r.is_some() && st.ready.len() + 1 == self.capacity {
+            // Crossing either limit of `wait_for_room`.
+            if r.is_some() && st.ready.len().abs_diff(self.capacity) <= 1 {
                 self.space.notify_one();
             }
             r
@@ -215,6 +281,11 @@ impl Shared {
     fn settle_ack(&self, r: &Received) {
         let mut st = self.lock();
         st.outstanding = st.outstanding.saturating_sub(1);
+        if let Some((session, pkid)) = r.qos2
+            && session == st.session
+        {
+            st.released_pending.insert(pkid);
+        }
         let Some(a) = r.ack else { return };
         if r.conn != st.conn {
             return;
@@ -222,6 +293,11 @@ impl Shared {
         if let Some(slot) = st.acks.iter_mut().find(|s| s.id == a.id) {
             slot.done = true;
         }
+        self.flush_acks(&mut st);
+    }
+
+    /// Sends the acks at the head of the queue that are done, in order.
+    fn flush_acks(&self, st: &mut State) {
         while st.acks.front().is_some_and(|s| s.done) {
             let Some(s) = st.acks.pop_front() else { break };
             if let Err(e) = self.client.try_ack(s.pkid, s.qos) {
