@@ -139,7 +139,7 @@ const WHAT: &[(&str, &str)] = &[
     ),
     (
         "kafka-burst-10x",
-        "Kafka (noida-db): a burst of 1000 × 64 KiB (62.5 MiB) into a handler over 10× slower, `max_in_flight = 64`, prefetch 2 MiB",
+        "Kafka (tansu): a burst of 1000 × 64 KiB (62.5 MiB) into a handler over 10× slower, `max_in_flight = 64`, prefetch 2 MiB",
     ),
 ];
 
