@@ -32,6 +32,7 @@ use rdkafka::message::{Header as KHeader, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 
 use super::{Accepted, Record, Sink};
+use crate::brokers::kafka::Probe;
 use crate::config::kafka::{KafkaSinkConfig, client_config};
 use crate::failure::{Failure, FailureClass};
 
@@ -58,6 +59,8 @@ struct ProducerSlot {
 struct SinkCtx {
     pipeline: Arc<str>,
     last_error: Arc<Mutex<Option<String>>>,
+    /// The brokers' refusal of the credentials, once reported (ends `open`).
+    refused: Arc<Mutex<Option<String>>>,
 }
 
 impl ClientContext for SinkCtx {
@@ -68,6 +71,9 @@ impl ClientContext for SinkCtx {
     fn error(&self, error: KafkaError, reason: &str) {
         let text = format!("{error}: {reason}");
         tracing::debug!(pipeline = %self.pipeline, "kafka sink: {text}");
+        if crate::brokers::kafka::is_refusal(&error) {
+            *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = Some(text.clone());
+        }
         crate::config::kafka::remember_error(&self.last_error, &error, text);
     }
 }
@@ -120,6 +126,7 @@ pub async fn open(cfg: &KafkaSinkConfig, pipeline: &str) -> anyhow::Result<Kafka
     let ctx = SinkCtx {
         pipeline: Arc::from(pipeline),
         last_error: Arc::new(Mutex::new(None)),
+        refused: Arc::new(Mutex::new(None)),
     };
     let producer: FutureProducer<SinkCtx> = c
         .create_with_context(ctx.clone())
@@ -127,8 +134,18 @@ pub async fn open(cfg: &KafkaSinkConfig, pipeline: &str) -> anyhow::Result<Kafka
     let producer = Arc::new(producer);
     let probe = producer.clone();
     let metadata =
-        tokio::task::spawn_blocking(move || probe.client().fetch_metadata(None, OPEN_TIMEOUT))
-            .await?;
+        tokio::task::spawn_blocking(move || probe.client().fetch_metadata(None, OPEN_TIMEOUT));
+    // The producer polls its events in a thread of its own: nothing to serve.
+    let metadata =
+        match crate::brokers::kafka::probe(metadata, &ctx.refused, || std::future::pending::<()>())
+            .await
+        {
+            Probe::Done(r) => r?,
+            Probe::Refused(why) => anyhow::bail!(
+                "kafka sink: the brokers {} refused the credentials: {why}",
+                cfg.brokers.join(",")
+            ),
+        };
     if let Err(e) = metadata {
         // The producer polls its events in the background: give it a moment
         // to record the cause.
