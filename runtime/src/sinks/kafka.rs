@@ -136,16 +136,19 @@ pub async fn open(cfg: &KafkaSinkConfig, pipeline: &str) -> anyhow::Result<Kafka
     let metadata =
         tokio::task::spawn_blocking(move || probe.client().fetch_metadata(None, OPEN_TIMEOUT));
     // The producer polls its events in a thread of its own: nothing to serve.
-    let metadata =
-        match crate::brokers::kafka::probe(metadata, &ctx.refused, || std::future::pending::<()>())
-            .await
-        {
-            Probe::Done(r) => r?,
-            Probe::Refused(why) => anyhow::bail!(
-                "kafka sink: the brokers {} refused the credentials: {why}",
-                cfg.brokers.join(",")
-            ),
-        };
+    let metadata = match crate::brokers::kafka::probe(
+        metadata,
+        &ctx.refused,
+        std::future::pending::<()>,
+    )
+    .await
+    {
+        Probe::Done(r) => r?,
+        Probe::Refused(why) => anyhow::bail!(
+            "kafka sink: the brokers {} refused the credentials: {why}",
+            cfg.brokers.join(",")
+        ),
+    };
     if let Err(e) = metadata {
         // The producer polls its events in the background: give it a moment
         // to record the cause.
