@@ -47,7 +47,8 @@
 //!   out is bounded here too, whatever the broker does: QoS 0 messages up to
 //!   `max_in_flight`, QoS 1/2 ones up to `max_in_flight` + 1 (only a broker
 //!   that overruns the Receive Maximum gets there; Mosquitto 2.0 does), and
-//!   then the socket is no longer read until the pipeline takes one.
+//!   then the socket is no longer read until the pipeline takes one (from
+//!   the first SUBACK on: before it nothing is handed out yet).
 //!
 //! # Messages
 //!
@@ -241,7 +242,11 @@ async fn run(
             Ok(Ev::Publish(p)) => {
                 let qos = p.qos;
                 shared.received(p);
-                shared.wait_for_room(qos).await;
+                // Not before the SUBACK: nothing is handed out until `open`
+                // returns, and a resumed session's messages come before it.
+                if started {
+                    shared.wait_for_room(qos).await;
+                }
             }
             Ok(_) => {}
             Err(e) => {
