@@ -1,12 +1,13 @@
 //! A burst far faster than the handler, on each source that holds back:
 //! JetStream (`max_ack_pending`), MQTT 5 (`max_in_flight`, the receive
-//! maximum, and the source's own read-ahead bound) and Kafka
+//! maximum) and Kafka
 //! (`max_in_flight`, then its partitions paused, and librdkafka's prefetch
 //! bounded by `queued.max.messages.kbytes` and the fetch sizes). Nothing is
 //! lost, and the `sluice` process's resident memory grows by no more than
 //! what the source may hold: a bound derived from its in-flight limit and
-//! the message size, not from the size of the burst. On noida-db, which
-//! ignores the fetch sizes, no such bound holds (ignored, with the figures).
+//! the message size, not from the size of the burst. Where the broker does
+//! not keep to the window it was given (Mosquitto 2.0.11's Receive Maximum,
+//! noida-db's fetch sizes) no such bound holds (ignored, with the figures).
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -201,7 +202,7 @@ async fn burst_beyond_handler_speed() {
 /// MQTT 5 at QoS 1 with the default `max_in_flight` (64), sent to the
 /// broker as its receive maximum.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: the MQTT source's memory is not bounded by max_in_flight (resident memory grew 83 MiB during a 62.5 MiB burst, bound 26 MiB); open bug"]
+#[ignore = "broker fault: Mosquitto 2.0.11 sends past the Receive Maximum once the client acknowledges (30 in flight for a Receive Maximum of 4, its own log), so the burst comes in whole (83 MiB of growth, bound 26 MiB); holding the reads back holds back rumqttc's acknowledgements too (842 duplicates after a broker restart)"]
 async fn mqtt_burst_beyond_handler_speed() {
     let _alone = crate::HEAVY.lock().await;
     let name = "mqtt5-burst-10x";

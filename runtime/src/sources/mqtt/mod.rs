@@ -43,12 +43,12 @@
 //! * **Backpressure.** At most `max_in_flight` QoS 1/2 messages are
 //!   unacknowledged (MQTT 5 Receive Maximum; on 3.1.1 the broker's own window,
 //!   Mosquitto `max_inflight_messages`): then the broker waits. `pause()` only
-//!   stops handing out; the window does the rest. What waits to be handed
-//!   out is bounded here too, whatever the broker does: QoS 0 messages up to
-//!   `max_in_flight`, QoS 1/2 ones up to `max_in_flight` + 1 (only a broker
-//!   that overruns the Receive Maximum gets there; Mosquitto 2.0 does), and
-//!   then the socket is no longer read until the pipeline takes one (from
-//!   the first SUBACK on: before it nothing is handed out yet).
+//!   stops handing out; the window does the rest. A broker that sends past
+//!   the window (Mosquitto 2.0.11 does once the client acknowledges) is not
+//!   held back: rumqttc writes the acknowledgements from the same poll that
+//!   reads, so not reading would stall them. QoS 0 messages are buffered up
+//!   to `max_in_flight`, then the socket is no longer read (from the first
+//!   SUBACK on: before it nothing is handed out yet).
 //!
 //! # Messages
 //!
@@ -240,12 +240,12 @@ async fn run(
             }
             Ok(Ev::Released(pkid)) => shared.released(pkid),
             Ok(Ev::Publish(p)) => {
-                let qos = p.qos;
+                let qos0 = p.qos == 0;
                 shared.received(p);
                 // Not before the SUBACK: nothing is handed out until `open`
                 // returns, and a resumed session's messages come before it.
-                if started {
-                    shared.wait_for_room(qos).await;
+                if qos0 && started {
+                    shared.wait_for_room().await;
                 }
             }
             Ok(_) => {}

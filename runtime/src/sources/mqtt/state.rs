@@ -194,20 +194,13 @@ impl Shared {
         self.notify.notify_one();
     }
 
-    /// Waits until the event loop may read on after a message of `qos`:
-    /// QoS 0 messages while fewer than `capacity` wait to be handed out,
-    /// QoS 1/2 ones while at most `capacity` do. A broker that keeps to the
-    /// Receive Maximum never sends more than `capacity` unacknowledged
-    /// messages, so this only holds back one that overruns it (Mosquitto 2.0
-    /// does once the client acknowledges), and the pipeline's pause never
-    /// stops the event loop (its keep-alives) while the broker's window
-    /// bounds what comes.
-    pub(crate) async fn wait_for_room(&self, qos: u8) {
-        let limit = if qos == 0 {
-            self.capacity
-        } else {
-            self.capacity + 1
-        };
+    /// Waits until fewer than `capacity` messages wait to be handed out
+    /// (after a QoS 0 message: nothing else bounds those). QoS 1/2 messages
+    /// are bounded by the broker's window only: holding back the event loop
+    /// would hold back the acknowledgements too, since rumqttc writes them
+    /// from the same poll that reads.
+    pub(crate) async fn wait_for_room(&self) {
+        let limit = self.capacity;
         loop {
             let n = self.space.notified();
             let room = {
@@ -258,8 +251,7 @@ impl Shared {
             Some(r)
         } else {
             let r = st.ready.pop_front();
-            // Crossing either limit of `wait_for_room`.
-            if r.is_some() && st.ready.len().abs_diff(self.capacity) <= 1 {
+            if r.is_some() && st.ready.len() + 1 == self.capacity {
                 self.space.notify_one();
             }
             r
