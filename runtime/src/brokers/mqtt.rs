@@ -685,6 +685,12 @@ impl Reconnect {
         self.backoff.reset();
     }
 
+    /// The broker address (its place in `spec.addrs`) the event loop
+    /// connects to.
+    pub(crate) fn address(&self) -> usize {
+        self.index
+    }
+
     /// The pause before the next attempt, for the log line that announces it.
     pub(crate) fn next_delay(&mut self) -> Duration {
         self.backoff.next_delay()

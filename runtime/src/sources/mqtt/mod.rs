@@ -210,7 +210,7 @@ async fn run(
                 session_present, ..
             }) => {
                 reconnect.connected();
-                shared.connected(session_present);
+                shared.connected(session_present, reconnect.address());
                 // Subscribe on the first connect (the filters may have changed
                 // since the session was made) and whenever there is no session.
                 if (!started || !session_present)

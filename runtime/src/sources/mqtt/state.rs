@@ -56,6 +56,8 @@ struct State {
     /// The session counter: bumped by every connection that did not resume
     /// the session (its packet ids start afresh).
     session: u64,
+    /// The broker address of the current session (its place in the URLs).
+    address: usize,
     /// Packet ids of this session's QoS 2 messages that were settled and
     /// whose PUBREL has not come. Until it comes the broker may send the
     /// same message again (its PUBREC was lost with a connection); such a
@@ -88,6 +90,7 @@ impl Shared {
                 next_id: 0,
                 outstanding: 0,
                 session: 0,
+                address: 0,
                 released_pending: HashSet::new(),
                 fatal: None,
                 closing: false,
@@ -106,8 +109,16 @@ impl Shared {
     /// A CONNACK arrived. With the session resumed, the broker redelivers
     /// every unacknowledged message of earlier connections, so the copies
     /// still queued here are dropped; without one they are all we have.
-    pub(crate) fn connected(&self, session_present: bool) {
+    /// `address` is the broker's place in the URL list: a session found on
+    /// another broker is another session, whose packet ids say nothing of
+    /// this one's.
+    pub(crate) fn connected(&self, session_present: bool, address: usize) {
         let mut st = self.lock();
+        if st.address != address {
+            st.address = address;
+            st.session += 1;
+            st.released_pending.clear();
+        }
         st.connected = true;
         let conn = st.conn;
         let from_here = |r: &Received| r.conn == conn || r.ack.is_none();
