@@ -217,6 +217,9 @@ pub(crate) enum Ev {
     Sent(u16),
     /// A publish waits for its packet id to be freed (out-of-order acks).
     AwaitAck(u16),
+    /// The broker released a received QoS 2 message (PUBREL); the client
+    /// answers it with PUBCOMP.
+    Released(u16),
     SubAck {
         failures: Vec<String>,
     },
@@ -410,6 +413,7 @@ fn ev4(e: rumqttc::Event) -> Ev {
             pkid: a.pkid,
             error: None,
         },
+        Event::Incoming(Packet::PubRel(r)) => Ev::Released(r.pkid),
         Event::Incoming(Packet::SubAck(s)) => Ev::SubAck {
             failures: s
                 .return_codes
@@ -493,6 +497,7 @@ fn ev5(e: rumqttc::v5::Event) -> Ev {
                 error,
             }
         }
+        Event::Incoming(Packet::PubRel(r)) => Ev::Released(r.pkid),
         Event::Incoming(Packet::SubAck(s)) => Ev::SubAck {
             failures: s
                 .return_codes
@@ -678,6 +683,12 @@ impl Reconnect {
     /// A connection was made: the next loss backs off from the start.
     pub(crate) fn connected(&mut self) {
         self.backoff.reset();
+    }
+
+    /// The broker address (its place in `spec.addrs`) the event loop
+    /// connects to.
+    pub(crate) fn address(&self) -> usize {
+        self.index
     }
 
     /// The pause before the next attempt, for the log line that announces it.

@@ -35,8 +35,8 @@ use rdkafka::message::{Header as KHeader, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 
 use super::{Accepted, Record, Sink};
-use crate::brokers::kafka::ProducerCtx;
 use crate::brokers::kafka::txn::Txn;
+use crate::brokers::kafka::{Probe, ProducerCtx};
 use crate::config::kafka::{KafkaSinkConfig, client_config};
 use crate::failure::{Failure, FailureClass};
 
@@ -140,8 +140,21 @@ pub async fn open(cfg: &KafkaSinkConfig, pipeline: &str) -> anyhow::Result<Kafka
     let producer = Arc::new(producer);
     let probe = producer.clone();
     let metadata =
-        tokio::task::spawn_blocking(move || probe.client().fetch_metadata(None, OPEN_TIMEOUT))
-            .await?;
+        tokio::task::spawn_blocking(move || probe.client().fetch_metadata(None, OPEN_TIMEOUT));
+    // The producer polls its events in a thread of its own: nothing to serve.
+    let metadata = match crate::brokers::kafka::probe(
+        metadata,
+        &ctx.refused,
+        std::future::pending::<()>,
+    )
+    .await
+    {
+        Probe::Done(r) => r?,
+        Probe::Refused(why) => anyhow::bail!(
+            "kafka sink: the brokers {} refused the credentials: {why}",
+            cfg.brokers.join(",")
+        ),
+    };
     if let Err(e) = metadata {
         // The producer polls its events in the background: give it a moment
         // to record the cause.

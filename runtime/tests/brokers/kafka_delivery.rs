@@ -825,3 +825,48 @@ async fn tls_source_reads_and_an_unknown_ca_fails_open() {
         "the sink's error says it is about TLS: {err}"
     );
 }
+
+// ---------------------------------------------------------------------------
+
+/// Wrong SASL credentials on tansu with `--authentication`: the source
+/// and the sink fail `open` at once with the broker's reason, the password
+/// never in the error. (Right credentials cannot be
+/// had on this broker: see [`KafkaBroker::start_tansu_authenticated`].)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sasl_wrong_credentials_fail_open() {
+    let b = KafkaBroker::start_tansu_authenticated();
+    let topic = common::unique("sasl");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bad"), "wr0ng-pw\n").unwrap();
+    for mechanism in ["SCRAM-SHA-512", "SCRAM-SHA-256"] {
+        let cfg = format!(
+            "[security]\nprotocol = \"sasl_plaintext\"\nsasl_mechanism = \"{mechanism}\"\nusername = \"sluice\"\npassword = {{ file = \"{}\" }}",
+            dir.path().join("bad").display()
+        );
+        let t0 = std::time::Instant::now();
+        let source = sluice::sources::kafka::open(
+            &source_cfg(&b, &topic, &common::unique("g"), &cfg),
+            "sasl",
+        )
+        .await
+        .err()
+        .map(|e| format!("source: {e:#}"));
+        let sink = sluice::sinks::kafka::open(&sink_cfg(&b, &topic, &cfg), "sasl")
+            .await
+            .err()
+            .map(|e| format!("sink: {e:#}"));
+        let took = t0.elapsed();
+        eprintln!("[kafka sasl {mechanism}] refused in {took:?}: {source:?} {sink:?}");
+        for e in [&source, &sink] {
+            let e = e.as_deref().expect("wrong credentials must fail open");
+            assert!(
+                e.contains("refused the credentials") && e.contains("SASL authentication"),
+                "{e}"
+            );
+            assert!(!e.contains("wr0ng-pw"), "the secret leaked: {e}");
+        }
+        // Both refused at the first answer, not after the open timeout
+        // (10 s each) that librdkafka's retries would run into.
+        assert!(took < Duration::from_secs(5), "took {took:?}");
+    }
+}

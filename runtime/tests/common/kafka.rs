@@ -106,6 +106,8 @@ pub struct KafkaBroker {
     pub advertised: Option<u16>,
     /// Extra client settings (TLS) for [`KafkaBroker::config`].
     pub client_extra: Vec<(String, String)>,
+    /// tansu started with `--authentication`: every client must pass SASL.
+    pub authentication: bool,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
@@ -120,6 +122,7 @@ impl KafkaBroker {
             port: free_port(),
             advertised: None,
             client_extra: Vec::new(),
+            authentication: false,
             dir,
             child: None,
         };
@@ -136,6 +139,28 @@ impl KafkaBroker {
             port: free_port(),
             advertised: Some(advertised),
             client_extra: Vec::new(),
+            authentication: false,
+            dir: tempfile::tempdir().expect("tempdir"),
+            child: None,
+        };
+        b.spawn();
+        b
+    }
+
+    /// Starts tansu with `--authentication` on a free port: every client
+    /// must pass SASL. tansu 0.6 offers only SCRAM, and keeps its users in
+    /// its storage, where only an authenticated client can add one; with
+    /// memory storage (the only one here) no user can exist, so every
+    /// client is refused (measured: PLAIN is refused with
+    /// `NoSharedMechanism`, creating a user with `NotAuthenticated`).
+    pub fn start_tansu_authenticated() -> KafkaBroker {
+        init_logs();
+        let mut b = KafkaBroker {
+            kind: Kind::Tansu,
+            port: free_port(),
+            advertised: None,
+            client_extra: Vec::new(),
+            authentication: true,
             dir: tempfile::tempdir().expect("tempdir"),
             child: None,
         };
@@ -180,6 +205,9 @@ impl KafkaBroker {
                     &advertised,
                 ])
                 .args(["--storage-engine", "memory://tansu/"]);
+                if self.authentication {
+                    c.arg("--authentication");
+                }
                 c
             }
         };

@@ -28,6 +28,8 @@ pub struct Opts {
     pub save_every_change: bool,
     /// `message_size_limit` in bytes.
     pub message_size_limit: Option<usize>,
+    /// Log every packet (`log_type debug`), to see what the broker sent.
+    pub debug_log: bool,
     /// A second listener serving TLS with this (CA, certificate, key), on
     /// [`Mosquitto::tls_port`]; the first stays plain for the test clients.
     pub tls: Option<(PathBuf, PathBuf, PathBuf)>,
@@ -86,6 +88,9 @@ impl Mosquitto {
             if opts.save_every_change {
                 conf += "autosave_on_changes true\n";
             }
+        }
+        if opts.debug_log {
+            conf += "log_type debug\n";
         }
         if let Some(n) = opts.message_size_limit {
             conf += &format!("message_size_limit {n}\n");

@@ -74,6 +74,10 @@ const WHAT: &[(&str, &str)] = &[
         "Mosquitto (persistence written after every change) killed (SIGKILL) 2 s mid-stream, restarted on its file; MQTT 5, QoS 1, persistent sessions",
     ),
     (
+        "mqtt-qos2-release-lost",
+        "MQTT 5 at QoS 2: the source's connection held 1 s a chunk, then cut, while the broker's PUBRELs were on their way; the resumed session sends them again",
+    ),
+    (
         "nats-core-server-restart",
         "NATS core server killed (SIGKILL) 1 s mid-stream while ~1000 msg/s are published, restarted (at most once: lost is what the server had not delivered)",
     ),
@@ -135,7 +139,7 @@ const WHAT: &[(&str, &str)] = &[
     ),
     (
         "kafka-burst-10x",
-        "Kafka (noida-db): a burst of 1000 × 64 KiB (62.5 MiB) into a handler over 10× slower, `max_in_flight = 64`, prefetch 2 MiB",
+        "Kafka (tansu): a burst of 1000 × 64 KiB (62.5 MiB) into a handler over 10× slower, `max_in_flight = 64`, prefetch 2 MiB",
     ),
     (
         "nats-cluster-request-reply-killed",

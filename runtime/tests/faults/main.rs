@@ -39,6 +39,8 @@ mod kafka_nodes;
 mod load;
 /// A broker restarted, a connection cut or hung, mid-stream.
 mod outages;
+/// A QoS 2 release (PUBREL) lost with a connection.
+mod release;
 /// A queue-group request/reply service through NATS cluster failover.
 mod requests;
 /// MQTT primary/standby switch-over and back.

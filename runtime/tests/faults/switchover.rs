@@ -108,7 +108,7 @@ fn first_after(all: &[Got], t: Instant) -> Option<Duration> {
 
 /// A persistent session (MQTT 5, 1 h) for `client_id` subscribed to
 /// `filter` at `qos`: the session Sluice finds on a broker it moves to.
-async fn session(port: u16, client_id: &str, filter: &str, qos: u8) {
+pub(crate) async fn session(port: u16, client_id: &str, filter: &str, qos: u8) {
     use rumqttc::v5::mqttbytes::v5::{Filter, Packet};
     use rumqttc::v5::{AsyncClient, Event, MqttOptions};
     let mut o = MqttOptions::new(client_id, "127.0.0.1", port);

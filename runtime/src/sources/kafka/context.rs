@@ -18,6 +18,8 @@ pub(crate) struct Ctx {
     shared: Arc<Shared>,
     /// The last error the client reported, for `open`'s message.
     pub(crate) last_error: Arc<Mutex<Option<String>>>,
+    /// The brokers' refusal of the credentials, once reported (ends `open`).
+    pub(crate) refused: Arc<Mutex<Option<String>>>,
     warned: Mutex<WarnLimiter>,
 }
 
@@ -26,6 +28,7 @@ impl Ctx {
         Ctx {
             shared,
             last_error: Arc::new(Mutex::new(None)),
+            refused: Arc::new(Mutex::new(None)),
             warned: Mutex::new(WarnLimiter::default()),
         }
     }
@@ -89,6 +92,9 @@ impl ClientContext for Ctx {
     fn error(&self, error: KafkaError, reason: &str) {
         let text = format!("{error}: {reason}");
         crate::config::kafka::remember_error(&self.last_error, &error, text.clone());
+        if crate::brokers::kafka::is_refusal(&error) {
+            *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = Some(text.clone());
+        }
         if error.rdkafka_error_code().is_some_and(is_fatal_code) {
             tracing::error!(pipeline = %self.shared.pipeline(), "kafka source: {text}");
             self.shared.fail(format!("kafka source: {text}"));

@@ -64,6 +64,7 @@ use tokio::time::Instant;
 
 use super::delayed::Delayed;
 use super::{Delivery, Settle, Settlement, Source, SourceError};
+use crate::brokers::kafka::Probe;
 use crate::brokers::kafka::txn::{Txn, TxnError};
 use crate::config::kafka::{KafkaSourceConfig, KafkaStart, client_config};
 use crate::message::{Header, Message};
@@ -346,6 +347,7 @@ pub async fn open_with(
     shared.lock().unassigned_since = Some(Instant::now());
     let ctx = Ctx::new(shared.clone());
     let last_error = ctx.last_error.clone();
+    let refused = ctx.refused.clone();
     let consumer: StreamConsumer<Ctx> = c
         .create_with_context(ctx)
         .context("kafka source: creating the consumer")?;
@@ -353,8 +355,20 @@ pub async fn open_with(
 
     // Reach the cluster once, so bad credentials or addresses fail `open`.
     let probe = consumer.clone();
-    let metadata =
-        tokio::task::spawn_blocking(move || probe.fetch_metadata(None, OPEN_TIMEOUT)).await?;
+    let metadata = tokio::task::spawn_blocking(move || probe.fetch_metadata(None, OPEN_TIMEOUT));
+    // Polling serves the consumer's events: its error callback records a refusal.
+    let polled = &consumer;
+    let serve = move || async move { drop(polled.recv().await) };
+    let metadata = match crate::brokers::kafka::probe(metadata, &refused, serve).await {
+        Probe::Done(r) => r?,
+        Probe::Refused(why) => {
+            release(consumer);
+            anyhow::bail!(
+                "kafka source: the brokers {} refused the credentials: {why}",
+                cfg.brokers.join(",")
+            );
+        }
+    };
     if let Err(e) = metadata {
         // Serve queued events so the error callback records the cause.
         let _ = tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await;

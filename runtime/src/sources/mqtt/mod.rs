@@ -24,6 +24,17 @@
 //!   failover to another broker), they are handed out, and so are old
 //!   messages the pipeline re-queues: without a session nothing can be acked,
 //!   and the broker no longer has them.
+//! * **QoS 2, exactly once.** A resumed session brings again every QoS 2
+//!   message whose PUBREC the broker did not get, and the PUBREL of every
+//!   one whose PUBREC it did. The source keeps the packet ids of the
+//!   session's settled QoS 2 messages until their PUBREL: a copy of one of
+//!   them is acknowledged again, not handed out, so a settled message is
+//!   handled once. A PUBREL the client does not know (its PUBREC went out on
+//!   an earlier connection or process) is answered with PUBCOMP
+//!   (`vendor/rumqttc/SLUICE.md`). Only a message still being handled when
+//!   the connection went can come out twice: its copy arrives before it is
+//!   settled. The packet ids are kept in memory: a restarted process
+//!   handles such copies again.
 //! * **Persistent session.** `clean_session = false` (default) keeps the
 //!   subscriptions and the QoS 1/2 messages published while Sluice is away
 //!   (MQTT 5: for `session_expiry`). Mosquitto queues at most
@@ -32,8 +43,12 @@
 //! * **Backpressure.** At most `max_in_flight` QoS 1/2 messages are
 //!   unacknowledged (MQTT 5 Receive Maximum; on 3.1.1 the broker's own window,
 //!   Mosquitto `max_inflight_messages`): then the broker waits. `pause()` only
-//!   stops handing out; the window does the rest. QoS 0 messages are buffered
-//!   up to `max_in_flight`, then the socket is no longer read.
+//!   stops handing out; the window does the rest. A broker that sends past
+//!   the window (Mosquitto 2.0.11 does once the client acknowledges) is not
+//!   held back: rumqttc writes the acknowledgements from the same poll that
+//!   reads, so not reading would stall them. QoS 0 messages are buffered up
+//!   to `max_in_flight`, then the socket is no longer read (from the first
+//!   SUBACK on: before it nothing is handed out yet).
 //!
 //! # Messages
 //!
@@ -195,7 +210,7 @@ async fn run(
                 session_present, ..
             }) => {
                 reconnect.connected();
-                shared.connected(session_present);
+                shared.connected(session_present, reconnect.address());
                 // Subscribe on the first connect (the filters may have changed
                 // since the session was made) and whenever there is no session.
                 if (!started || !session_present)
@@ -223,11 +238,14 @@ async fn run(
                     return;
                 }
             }
+            Ok(Ev::Released(pkid)) => shared.released(pkid),
             Ok(Ev::Publish(p)) => {
                 let qos0 = p.qos == 0;
                 shared.received(p);
-                if qos0 {
-                    shared.wait_for_space().await;
+                // Not before the SUBACK: nothing is handed out until `open`
+                // returns, and a resumed session's messages come before it.
+                if qos0 && started {
+                    shared.wait_for_room().await;
                 }
             }
             Ok(_) => {}

@@ -1,8 +1,9 @@
 //! The `mqtt` source's shared state: messages waiting to be handed out,
-//! re-queued ones, and the in-order acknowledgement queue of the current
-//! connection. The event-loop task and the settle handles meet here.
+//! re-queued ones, the in-order acknowledgement queue of the current
+//! connection, and the QoS 2 messages settled and not yet released. The
+//! event-loop task and the settle handles meet here.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -22,6 +23,8 @@ pub(crate) struct Received {
     /// Its place in the ack queue; `None` = nothing to ack (QoS 0, or its
     /// connection is gone and the session with it).
     ack: Option<AckRef>,
+    /// A QoS 2 message's packet id, and the session it belongs to.
+    qos2: Option<(u64, u16)>,
     pub(crate) message: Message,
 }
 
@@ -50,6 +53,16 @@ struct State {
     next_id: u64,
     /// Deliveries handed out and not yet settled.
     outstanding: usize,
+    /// The session counter: bumped by every connection that did not resume
+    /// the session (its packet ids start afresh).
+    session: u64,
+    /// The broker address of the current session (its place in the URLs).
+    address: usize,
+    /// Packet ids of this session's QoS 2 messages that were settled and
+    /// whose PUBREL has not come. Until it comes the broker may send the
+    /// same message again (its PUBREC was lost with a connection); such a
+    /// copy is acknowledged, not handled again: exactly once.
+    released_pending: HashSet<u16>,
     fatal: Option<String>,
     closing: bool,
 }
@@ -76,6 +89,9 @@ impl Shared {
                 acks: VecDeque::new(),
                 next_id: 0,
                 outstanding: 0,
+                session: 0,
+                address: 0,
+                released_pending: HashSet::new(),
                 fatal: None,
                 closing: false,
             }),
@@ -93,15 +109,32 @@ impl Shared {
     /// A CONNACK arrived. With the session resumed, the broker redelivers
     /// every unacknowledged message of earlier connections, so the copies
     /// still queued here are dropped; without one they are all we have.
-    pub(crate) fn connected(&self, session_present: bool) {
+    /// `address` is the broker's place in the URL list: a session found on
+    /// another broker is another session, whose packet ids say nothing of
+    /// this one's.
+    pub(crate) fn connected(&self, session_present: bool, address: usize) {
         let mut st = self.lock();
+        if st.address != address {
+            st.address = address;
+            st.session += 1;
+            st.released_pending.clear();
+        }
         st.connected = true;
         let conn = st.conn;
         let from_here = |r: &Received| r.conn == conn || r.ack.is_none();
         if session_present {
             st.ready.retain(from_here);
             st.delayed.retain(from_here);
+        } else {
+            st.session += 1;
+            st.released_pending.clear();
         }
+    }
+
+    /// The broker released a QoS 2 message (PUBREL): its packet id may now
+    /// name a new message.
+    pub(crate) fn released(&self, pkid: u16) {
+        self.lock().released_pending.remove(&pkid);
     }
 
     /// The connection failed: forget what rumqttc would replay, and the acks
@@ -126,6 +159,25 @@ impl Shared {
             .ok()
             .map(|d| d.as_millis() as u64);
         let mut st = self.lock();
+        if st.closing {
+            // Never handed out now: left unacknowledged, for the broker to
+            // send again to the next session.
+            return;
+        }
+        if p.qos == 2 && st.released_pending.contains(&p.pkid) {
+            // Settled already; the broker did not get its PUBREC. Answer in
+            // turn with the acks before it, and hand nothing out.
+            st.next_id += 1;
+            let id = st.next_id;
+            st.acks.push_back(AckSlot {
+                id,
+                pkid: p.pkid,
+                qos: 2,
+                done: true,
+            });
+            self.flush_acks(&mut st);
+            return;
+        }
         let ack = (p.qos > 0).then(|| {
             st.next_id += 1;
             let a = AckRef {
@@ -142,16 +194,32 @@ impl Shared {
             a
         });
         let conn = st.conn;
-        st.ready.push_back(Received { conn, ack, message });
+        let qos2 = (p.qos == 2).then_some((st.session, p.pkid));
+        st.ready.push_back(Received {
+            conn,
+            ack,
+            qos2,
+            message,
+        });
         drop(st);
         self.notify.notify_one();
     }
 
-    /// Waits until fewer than `capacity` messages wait to be handed out.
-    pub(crate) async fn wait_for_space(&self) {
+    /// Waits until fewer than `capacity` messages wait to be handed out
+    /// (after a QoS 0 message: nothing else bounds those). QoS 1/2 messages
+    /// are bounded by the broker's window only: holding back the event loop
+    /// would hold back the acknowledgements too, since rumqttc writes them
+    /// from the same poll that reads.
+    pub(crate) async fn wait_for_room(&self) {
+        let limit = self.capacity;
         loop {
             let n = self.space.notified();
-            if self.lock().ready.len() < self.capacity {
+            let room = {
+                let st = self.lock();
+                // Closing: read on, to write the acks and the DISCONNECT.
+                st.ready.len() < limit || st.closing
+            };
+            if room {
                 return;
             }
             n.await;
@@ -173,6 +241,7 @@ impl Shared {
     pub(crate) fn begin_close(&self) -> bool {
         let mut st = self.lock();
         st.closing = true;
+        self.space.notify_one();
         if st.outstanding > 0 {
             return false;
         }
@@ -215,6 +284,11 @@ impl Shared {
     fn settle_ack(&self, r: &Received) {
         let mut st = self.lock();
         st.outstanding = st.outstanding.saturating_sub(1);
+        if let Some((session, pkid)) = r.qos2
+            && session == st.session
+        {
+            st.released_pending.insert(pkid);
+        }
         let Some(a) = r.ack else { return };
         if r.conn != st.conn {
             return;
@@ -222,6 +296,11 @@ impl Shared {
         if let Some(slot) = st.acks.iter_mut().find(|s| s.id == a.id) {
             slot.done = true;
         }
+        self.flush_acks(&mut st);
+    }
+
+    /// Sends the acks at the head of the queue that are done, in order.
+    fn flush_acks(&self, st: &mut State) {
         while st.acks.front().is_some_and(|s| s.done) {
             let Some(s) = st.acks.pop_front() else { break };
             if let Err(e) = self.client.try_ack(s.pkid, s.qos) {
