@@ -10,7 +10,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::config::units::{Dur, Size};
-use crate::config::{ConfigError, ConfigErrors};
+use crate::config::{ConfigError, ConfigErrors, line_col};
 use crate::failure::FailureClass;
 
 /// Largest fixtures file read.
@@ -339,18 +339,6 @@ fn check(text: &str, f: &Fixtures) -> Vec<ConfigError> {
         }
     }
     errors
-}
-
-/// 1-based line and column of a byte offset.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let mut end = offset.min(text.len());
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    let before = &text[..end];
-    let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, col)
 }
 
 /// `case[N]` when `offset` lies after the N-th `[[case]]` header (0-based).

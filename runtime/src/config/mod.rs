@@ -28,6 +28,7 @@ mod fuzz;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use diagnostics::line_col;
 pub use diagnostics::{ConfigError, ConfigErrors, position_of};
 pub use model::*;
 pub use table::{Problem, Table};

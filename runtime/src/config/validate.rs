@@ -75,12 +75,7 @@ pub(crate) fn validate(d: &mut Diag<'_>, root: &Spanned<DeTable<'_>>, s: &Sectio
     if let Some(h) = &s.handler {
         check_handler(&mut c, h);
     }
-    let sinks = s
-        .sink
-        .iter()
-        .map(|k| (vec!["sink"], k))
-        .chain(s.sinks.iter().map(|(n, k)| (vec!["sinks", n.as_str()], k)))
-        .chain(s.dead_letter.iter().map(|k| (vec!["dead_letter"], k)));
+    let sinks = sink_tables(s);
     let mut files: Vec<(Vec<&str>, std::path::PathBuf)> = Vec::new();
     if let Some(SourceConfig::File(f)) = &s.source
         && f.path.as_os_str() != "-"
@@ -116,16 +111,21 @@ pub(crate) fn validate(d: &mut Diag<'_>, root: &Spanned<DeTable<'_>>, s: &Sectio
     }
 }
 
+/// Every sink table of the file with its key path: `[sink]`, each
+/// `[sinks.NAME]`, `[dead_letter]`.
+fn sink_tables(s: &Sections) -> impl Iterator<Item = (Vec<&str>, &SinkConfig)> {
+    s.sink
+        .iter()
+        .map(|k| (vec!["sink"], k))
+        .chain(s.sinks.iter().map(|(n, k)| (vec!["sinks", n.as_str()], k)))
+        .chain(s.dead_letter.iter().map(|k| (vec!["dead_letter"], k)))
+}
+
 /// `delivery = "exactly-once"` holds only when everything the pipeline writes
 /// goes into the source's cluster, through one transactional producer.
 fn check_exactly_once(c: &mut Check, src: &super::kafka::KafkaSourceConfig, s: &Sections) {
     let why = "`delivery = \"exactly-once\"` in [source]";
-    let sinks = s
-        .sink
-        .iter()
-        .map(|k| (vec!["sink"], k))
-        .chain(s.sinks.iter().map(|(n, k)| (vec!["sinks", n.as_str()], k)))
-        .chain(s.dead_letter.iter().map(|k| (vec!["dead_letter"], k)));
+    let sinks = sink_tables(s);
     let mut first: Option<&super::kafka::KafkaSinkConfig> = None;
     let same_brokers = |a: &[String], b: &[String]| {
         let mut a = a.to_vec();
