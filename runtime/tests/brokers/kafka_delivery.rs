@@ -654,36 +654,6 @@ async fn source_lag_noida() {
 
 // ---------------------------------------------------------------------------
 
-/// Runs `openssl` with `args` in `dir`.
-fn openssl(dir: &std::path::Path, args: &[&str]) {
-    let out = std::process::Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl on PATH");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA (`<name>.pem`, `<name>.key`) in `dir`.
-fn make_ca(dir: &std::path::Path, name: &str) {
-    let (pem, key, subj) = (
-        format!("{name}.pem"),
-        format!("{name}.key"),
-        format!("/CN=sluice test {name}"),
-    );
-    openssl(
-        dir,
-        &[
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &pem,
-            "-days", "2", "-subj", &subj,
-        ],
-    );
-}
-
 /// TLS: tansu behind a TLS terminator (socat, with a certificate for
 /// 127.0.0.1 signed by a test CA; the broker advertises the TLS port). The
 /// source reads and the sink writes over TLS with that CA as
@@ -691,46 +661,8 @@ fn make_ca(dir: &std::path::Path, name: &str) {
 /// names the refused certificate (not librdkafka's later "all brokers down").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_source_reads_and_an_unknown_ca_fails_open() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    make_ca(d, "ca");
-    make_ca(d, "other");
-    std::fs::write(d.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-    openssl(
-        d,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ],
-    );
-    openssl(
-        d,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "san.ext",
-        ],
-    );
+    let ca_files = common::tls::TestCa::new();
+    let d = ca_files.dir.path();
     let tls_port = common::free_port();
     let mut b = KafkaBroker::start_tansu_advertising(tls_port);
     let _tls = common::Proc {
